@@ -1,0 +1,55 @@
+"""Trial functions: set up once per worker, then one short PEFT fine-tune per trial.
+
+The registry below is the one place objectives are listed: adding one is a module plus a line.
+
+Example:
+    >>> from objectives import available_objectives
+    >>> available_objectives()
+    ['causal_lm', 'sequence_classification']
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from ._base import Objective, Reporter, TrialDiverged
+from ._config import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget
+from ._sources import bundled_datasets, bundled_models, load_splits, resolve_model_path
+
+# name -> "module:Class". Modules are imported on first use, so listing objectives stays cheap.
+OBJECTIVES: dict[str, str] = {
+    "causal_lm": "objectives.causal_lm:CausalLMObjective",
+    "sequence_classification": "objectives.sequence_classification:SequenceClassificationObjective",
+}
+
+
+def available_objectives() -> list[str]:
+    return sorted(OBJECTIVES)
+
+
+def get_objective(name: str) -> type[Objective]:
+    """The objective class registered under `name` (KeyError-free: unknown names raise ConfigError)."""
+    from spaces import ConfigError
+
+    if name not in OBJECTIVES:
+        raise ConfigError("unknown objective", key="objective.name", value=name, allowed=available_objectives())
+    module, cls = OBJECTIVES[name].split(":")
+    return getattr(import_module(module), cls)
+
+
+__all__ = [
+    "OBJECTIVES",
+    "DataConfig",
+    "ModelConfig",
+    "Objective",
+    "ObjectiveOptions",
+    "Reporter",
+    "TrainBudget",
+    "TrialDiverged",
+    "available_objectives",
+    "bundled_datasets",
+    "bundled_models",
+    "get_objective",
+    "load_splits",
+    "resolve_model_path",
+]

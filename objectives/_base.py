@@ -1,0 +1,397 @@
+"""What every objective shares: set up once per worker, then one short PEFT fine-tune per trial.
+
+The life of a worker:
+
+1. `Objective(...)`         — cheap: only settings, nothing loaded.
+2. `objective.setup()`      — expensive, once: tokenizer, base model, tokenized train/eval data.
+3. `objective.run_trial()`  — per trial: wrap the *same* base model in a fresh LoRA adapter, train
+   `budget.max_steps` steps with `transformers.Trainer`, report every evaluation to the backend
+   (which may prune), then remove the adapter so the base weights are exactly as they were.
+
+Subclasses (one file each) say what task they are: which model class, how examples become tokens,
+which metrics they compute.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from spaces import ConfigError
+
+from ._config import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget
+from ._sources import load_splits, resolve_model_path
+
+Direction = Literal["minimize", "maximize"]
+# `report(step, metrics)` returns True when the backend wants the trial stopped (pruned).
+Reporter = Callable[[int, dict[str, float]], bool]
+
+# Space parameter name -> the TrainingArguments field it sets. Everything here is a hyperparameter of
+# the optimisation itself; fields the engine owns (output_dir, max_steps, eval_steps...) are not.
+TRAINING_ARGUMENT_PARAMS: dict[str, str] = {
+    "learning_rate": "learning_rate",
+    "lr_scheduler_type": "lr_scheduler_type",
+    # transformers >= 5 takes a warmup *ratio* as a float below 1 in `warmup_steps`; we keep the
+    # name users know from Optuna/HF examples.
+    "warmup_ratio": "warmup_steps",
+    "warmup_steps": "warmup_steps",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "label_smoothing_factor": "label_smoothing_factor",
+    "adam_beta1": "adam_beta1",
+    "adam_beta2": "adam_beta2",
+    "adam_epsilon": "adam_epsilon",
+    "optim": "optim",
+    "batch_size": "per_device_train_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+}
+# Space parameter name -> the peft.LoraConfig field it sets.
+LORA_PARAMS: dict[str, str] = {
+    "lora_r": "r",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "target_modules": "target_modules",
+    "use_rslora": "use_rslora",
+    "use_dora": "use_dora",
+    "lora_bias": "bias",
+}
+# Knobs the objective reads itself.
+OBJECTIVE_PARAMS: dict[str, str] = {"peft_method": "which PEFT method wraps the base model"}
+SUPPORTED_PEFT_METHODS = ("lora",)
+
+# Short names in spaces -> module names per architecture. 'all_linear' is PEFT's own shortcut.
+_TARGET_MODULES: dict[str, dict[str, Any]] = {
+    "attention_qv": {"default": ["q_proj", "v_proj"], "gpt2": ["c_attn"]},
+    "attention": {"default": ["q_proj", "k_proj", "v_proj", "o_proj"], "gpt2": ["c_attn", "c_proj"]},
+    "all_linear": {"default": "all-linear"},
+}
+
+
+class TrialDiverged(RuntimeError):
+    """The loss became NaN or infinite: the trial fails, and retrying the same params would too."""
+
+
+class Objective(ABC):
+    """Base class of trial functions. See the module docstring for the lifecycle.
+
+    Example:
+        >>> from objectives import get_objective
+        >>> cls = get_objective("causal_lm")
+        >>> sorted(cls.metrics)
+        ['eval_loss', 'perplexity']
+    """
+
+    name: ClassVar[str]
+    metrics: ClassVar[dict[str, Direction]]  # metric -> its natural direction
+    peft_task_type: ClassVar[str]
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        data: DataConfig,
+        budget: TrainBudget,
+        *,
+        seed: int = 0,
+        options: ObjectiveOptions | None = None,
+        output_dir: str | Path | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.model_config = model
+        self.data_config = data
+        self.budget = budget
+        self.seed = seed
+        self.options = options or ObjectiveOptions()
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.source = source  # the sweep file, named in error messages
+        self.base_model = None
+        self.tokenizer = None
+        self.train_dataset = None
+        self.eval_dataset = None
+
+    # ---------------------------------------------------------------- checks (no loading)
+
+    @classmethod
+    def accepted_params(cls) -> dict[str, str]:
+        """Every space parameter name this objective applies, with where it goes."""
+        accepted = {k: f"TrainingArguments.{v}" for k, v in TRAINING_ARGUMENT_PARAMS.items()}
+        accepted.update({k: f"LoraConfig.{v}" for k, v in LORA_PARAMS.items()})
+        accepted.update(OBJECTIVE_PARAMS)
+        return accepted
+
+    @classmethod
+    def check_params(cls, names: Iterable[str], *, auxiliary: Iterable[str] = (), source: str | None = None) -> None:
+        """Reject space parameters this objective cannot apply (before any trial runs).
+
+        `auxiliary` are parameters that only feed derived ones (e.g. `lora_alpha_ratio`): they are
+        searched but never applied directly, so they are allowed.
+        """
+        unknown = sorted(set(names) - set(cls.accepted_params()) - set(auxiliary))
+        if unknown:
+            raise ConfigError(
+                f"objective '{cls.name}' cannot apply space parameter(s) {unknown}",
+                source=source, key=f"space.params.{unknown[0]}", value=unknown[0],
+                allowed=sorted(cls.accepted_params()),
+                hint="Fix: rename it to one of these, remove it, or use it only as an input of a derived parameter.",
+            )
+
+    @classmethod
+    def check_metric(cls, metric: str, *, source: str | None = None) -> Direction:
+        """The metric's natural direction, or a ConfigError listing what the objective reports."""
+        if metric not in cls.metrics:
+            raise ConfigError(
+                f"objective '{cls.name}' does not report this metric",
+                source=source, key="metric.name", value=metric, allowed=sorted(cls.metrics),
+            )
+        return cls.metrics[metric]
+
+    # ---------------------------------------------------------------- set-up (once per worker)
+
+    @abstractmethod
+    def required_columns(self) -> list[str]:
+        """Data columns this task reads."""
+
+    @abstractmethod
+    def _tokenize(self, train, validation) -> tuple[Any, Any]:
+        """Turn raw (train, validation) datasets into model inputs."""
+
+    @abstractmethod
+    def _load_model(self, path: str, **kwargs):
+        """Load the base model for this task."""
+
+    @abstractmethod
+    def _collator(self):
+        """Batches examples (padding)."""
+
+    def _compute_metrics(self):
+        """`Trainer(compute_metrics=...)`, or None when eval_loss is all the task needs."""
+        return None
+
+    def check_sources(self) -> str:
+        """Validate that model and data exist (cheap; nothing is loaded). Returns the model path."""
+        model_path = resolve_model_path(self.model_config, source=self.source)
+        from ._sources import _local_data_file
+
+        _local_data_file(self.data_config, self.source)
+        return model_path
+
+    def setup(self) -> None:
+        """Load tokenizer, data and base model once; every trial reuses them."""
+        import torch
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars, once per worker
+        # Raised by Trainer's own internals in transformers 5.x, not by anything a user can change.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if self.options.num_threads:
+            torch.set_num_threads(self.options.num_threads)
+        path = self.check_sources()
+        self.tokenizer = self._load(transformers.AutoTokenizer.from_pretrained, path)
+        if self.tokenizer.pad_token is None:
+            # Padding only needs *a* token id: its positions are masked out of attention and loss.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        train, validation = load_splits(
+            self.data_config, seed=self.seed, columns=self.required_columns(), source=self.source
+        )
+        self.train_dataset, self.eval_dataset = self._tokenize(train, validation)
+        transformers.set_seed(self.seed)  # the classification head is initialised here: same for every trial
+        self.base_model = self._load(self._load_model, path, dtype=self.torch_dtype())
+        if getattr(self.base_model.config, "pad_token_id", None) is None:
+            self.base_model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.base_model.eval()
+
+    def _load(self, loader, path: str, **kwargs):
+        try:
+            return loader(
+                path, revision=self.model_config.revision, trust_remote_code=self.model_config.trust_remote_code,
+                **kwargs,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"could not load model ({str(exc).splitlines()[0]})",
+                source=self.source, key="model.name_or_path", value=self.model_config.name_or_path,
+                hint="Fix: use a local save_pretrained directory, or make sure this machine can reach the hub "
+                "(HF_HUB_OFFLINE unset) and the id is right.",
+            ) from exc
+
+    def torch_dtype(self):
+        import torch
+
+        if self.model_config.dtype != "auto":
+            return getattr(torch, self.model_config.dtype)
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+
+    # ---------------------------------------------------------------- one trial
+
+    def lora_config(self, params: Mapping[str, Any]):
+        """The `peft.LoraConfig` a trial's params describe."""
+        from peft import LoraConfig
+
+        method = params.get("peft_method", "lora")
+        if method not in SUPPORTED_PEFT_METHODS:
+            raise ConfigError(
+                "unsupported PEFT method", key="space.params.peft_method", value=method,
+                allowed=list(SUPPORTED_PEFT_METHODS),
+            )
+        kwargs = {LORA_PARAMS[k]: v for k, v in params.items() if k in LORA_PARAMS}
+        kwargs["target_modules"] = self.target_modules(kwargs.get("target_modules", "attention_qv"))
+        kwargs.setdefault("r", 8)
+        kwargs.setdefault("lora_alpha", 2 * kwargs["r"])
+        return LoraConfig(task_type=self.peft_task_type, **kwargs)
+
+    def target_modules(self, choice: Any) -> Any:
+        """Map a short name ('attention_qv', 'attention', 'all_linear') or 'a,b' to LoRA target modules."""
+        if isinstance(choice, (list, tuple)):
+            return list(choice)
+        if choice in _TARGET_MODULES:
+            model_type = getattr(self.base_model.config, "model_type", "default") if self.base_model else "default"
+            table = _TARGET_MODULES[choice]
+            return table.get(model_type, table["default"])
+        return [m.strip() for m in str(choice).split(",") if m.strip()]
+
+    def training_arguments(self, params: Mapping[str, Any], output_dir: str):
+        """`TrainingArguments` for one trial: the budget, fixed engine settings, then the trial's params."""
+        import torch
+        from transformers import TrainingArguments
+
+        on_gpu = torch.cuda.is_available()
+        dtype = self.torch_dtype()
+        kwargs: dict[str, Any] = dict(
+            output_dir=output_dir,
+            max_steps=self.budget.max_steps,
+            per_device_train_batch_size=self.budget.batch_size,
+            per_device_eval_batch_size=self.budget.eval_batch_size,
+            gradient_accumulation_steps=self.budget.gradient_accumulation_steps,
+            eval_strategy="steps",
+            eval_steps=self.budget.eval_every,
+            logging_strategy="steps",
+            logging_steps=max(1, min(self.budget.eval_every, 5)),
+            # Keep NaN visible: the default filter would replace a NaN loss with the running mean.
+            logging_nan_inf_filter=False,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            seed=self.seed,
+            data_seed=self.seed,
+            use_cpu=not on_gpu,
+            bf16=on_gpu and dtype == torch.bfloat16,
+            fp16=on_gpu and dtype == torch.float16,
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+        )
+        for name, value in params.items():
+            if name in TRAINING_ARGUMENT_PARAMS:
+                kwargs[TRAINING_ARGUMENT_PARAMS[name]] = value
+        return TrainingArguments(**kwargs)
+
+    def clean_metrics(self, raw: Mapping[str, float]) -> dict[str, float]:
+        """Trainer's `eval_*` dict -> the objective's metric names (plus perplexity from eval_loss)."""
+        metrics = {}
+        for key, value in raw.items():
+            if key in ("epoch", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"):
+                continue
+            name = key if key == "eval_loss" else key.removeprefix("eval_")
+            metrics[name] = float(value)
+        if "eval_loss" in metrics:
+            loss = metrics["eval_loss"]
+            metrics["perplexity"] = math.exp(loss) if loss < 50 else float("inf")
+        return metrics
+
+    def run_trial(
+        self, params: Mapping[str, Any], report: Reporter | None = None, trial_dir: str | Path | None = None
+    ) -> dict[str, float]:
+        """Fine-tune once with `params`; return the final evaluation's metrics.
+
+        Raises `optuna.TrialPruned` when `report` asked to stop, `TrialDiverged` on a NaN/inf loss.
+        Whatever happens, the base model is left exactly as it was found.
+
+        Example:
+            >>> metrics = objective.run_trial({"learning_rate": 1e-3, "lora_r": 8})  # doctest: +SKIP
+            >>> metrics["eval_loss"]  # doctest: +SKIP
+            2.31
+        """
+        import optuna
+        import torch
+        from peft import get_peft_model
+        from transformers import PrinterCallback, Trainer, set_seed
+
+        if self.base_model is None:
+            self.setup()
+        base = self.base_model
+        saved_requires_grad = {name: p.requires_grad for name, p in base.named_parameters()}
+        had_peft_config = hasattr(base, "peft_config")
+        peft_config = self.lora_config(params)
+        set_seed(self.seed)  # adapter init and data order depend only on the sweep seed, not on trial order
+        model = get_peft_model(base, peft_config)
+        from ._callback import ReportingCallback
+
+        callback = ReportingCallback(self, report)
+        tmp = None
+        try:
+            if trial_dir is None:
+                tmp = tempfile.TemporaryDirectory(prefix="ftsweep-trial-")
+                trial_dir = tmp.name
+            trainer = Trainer(
+                model=model,
+                args=self.training_arguments(params, str(trial_dir)),
+                train_dataset=self.train_dataset,
+                eval_dataset=self.eval_dataset,
+                data_collator=self._collator(),
+                compute_metrics=self._compute_metrics(),
+                callbacks=[callback],
+            )
+            # With tqdm disabled, Trainer prints every log dict; the backend's progress display says enough.
+            trainer.remove_callback(PrinterCallback)
+            output = trainer.train()
+            if callback.diverged:
+                raise TrialDiverged(callback.diverged)
+            if callback.pruned_at is not None:
+                raise optuna.TrialPruned(f"pruned at step {callback.pruned_at}")
+            if not callback.history or callback.history[-1][0] != trainer.state.global_step:
+                # max_steps is not a multiple of eval_every: evaluate the final weights too.
+                trainer.evaluate()
+                if callback.diverged:
+                    raise TrialDiverged(callback.diverged)
+            final = dict(callback.history[-1][1])
+            final["train_loss"] = float(output.training_loss)
+            final["steps"] = float(trainer.state.global_step)
+            return final
+        finally:
+            _restore_modules_to_save(model)
+            # Remove the LoRA layers (no merge): the base modules go back in place, untouched.
+            model.unload()
+            for name, p in base.named_parameters():
+                p.requires_grad_(saved_requires_grad.get(name, p.requires_grad))
+            if hasattr(base, "peft_config") and not had_peft_config:
+                del base.peft_config
+            base.eval()
+            del model
+            if tmp is not None:
+                tmp.cleanup()
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+
+def _restore_modules_to_save(peft_model) -> None:
+    """Put back the original of every `modules_to_save` module (e.g. a classification head).
+
+    PEFT trains a *copy* of such modules and `unload()` keeps the trained copy; the next trial must
+    start from the original head, so each wrapper is swapped for its `original_module` first.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    root = peft_model.get_base_model()
+    for name, module in list(root.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = root.get_submodule(parent_name) if parent_name else root
+            setattr(parent, child, module.original_module)

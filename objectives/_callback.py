@@ -1,0 +1,36 @@
+"""The Trainer callback that connects a trial's evaluations to the backend's pruner."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import TrainerCallback
+
+
+class ReportingCallback(TrainerCallback):
+    """Sends every evaluation to the backend and stops training when it says prune or the loss is NaN."""
+
+    def __init__(self, objective, report) -> None:
+        self.objective = objective
+        self.report = report
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.pruned_at: int | None = None
+        self.diverged: str | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.diverged = f"training loss became {loss} at step {state.global_step}"
+            control.should_training_stop = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        clean = self.objective.clean_metrics(metrics or {})
+        step = state.global_step
+        self.history.append((step, clean))
+        if not math.isfinite(clean.get("eval_loss", 0.0)):
+            self.diverged = f"eval loss became {clean['eval_loss']} at step {step}"
+            control.should_training_stop = True
+            return
+        if self.report is not None and self.report(step, clean):
+            self.pruned_at = step
+            control.should_training_stop = True

@@ -1,0 +1,107 @@
+"""Typed settings an objective needs: which model, which data, how much training per trial.
+
+These are the `model:`, `dataset:` and `budget:` sections of a sweep file. They live here, not in
+`search`, because an objective must be usable on its own (a notebook, `ftsweep train`, a Ray worker)
+without the sweep engine.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo such as `max_step` must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The base model every trial fine-tunes.
+
+    Example:
+        >>> ModelConfig(name_or_path="bundled:tiny-support-lm").name_or_path
+        'bundled:tiny-support-lm'
+    """
+
+    name_or_path: str = Field(
+        description="A local directory, a hub id (e.g. 'Qwen/Qwen2.5-0.5B') or 'bundled:NAME' for a model shipped with ftsweep."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
+    trust_remote_code: bool = Field(
+        default=False, description="Run the model repository's own Python code. Only when you trust it."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 on a GPU that supports it, float32 otherwise."
+    )
+
+
+class DataConfig(_Strict):
+    """Where the training examples come from and how the held-out split is made.
+
+    Example:
+        >>> DataConfig(source="data/train.jsonl", validation_fraction=0.2).validation_fraction
+        0.2
+    """
+
+    source: str = Field(
+        description="A local .jsonl/.json/.csv/.parquet file, a `datasets` hub name, or 'bundled:NAME'."
+    )
+    config_name: str | None = Field(default=None, description="Hub dataset configuration name.")
+    train_split: str = "train"
+    validation_split: str | None = Field(
+        default=None, description="A split of the source to evaluate on; when absent, one is carved out of train."
+    )
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    max_train_examples: int | None = Field(default=None, gt=0)
+    max_eval_examples: int | None = Field(default=256, gt=0, description="Caps evaluation cost per report.")
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+class TrainBudget(_Strict):
+    """How much work one trial does. Small on purpose: a trial is a probe, not the final fit.
+
+    Example:
+        >>> TrainBudget(max_steps=40, eval_every=10).eval_every
+        10
+    """
+
+    max_steps: int = Field(default=60, gt=0, description="Optimizer steps per trial.")
+    eval_every: int = Field(default=10, gt=0, description="Evaluate (and let the pruner decide) every N steps.")
+    batch_size: int = Field(default=8, gt=0, description="Per-device training batch size.")
+    eval_batch_size: int = Field(default=32, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    max_seq_length: int = Field(default=128, gt=8, description="Longer examples are truncated.")
+
+    @model_validator(mode="after")
+    def _eval_not_beyond_training(self) -> "TrainBudget":
+        if self.eval_every > self.max_steps:
+            raise ValueError(
+                f"eval_every ({self.eval_every}) is larger than max_steps ({self.max_steps}): "
+                "the trial would never report, so nothing could be pruned"
+            )
+        return self
+
+
+class ObjectiveOptions(_Strict):
+    """Objective-specific knobs shared by the built-in objectives (`objective.args` in a sweep file)."""
+
+    prompt_template: str = Field(
+        default="Question: {prompt}\nAnswer:",
+        description="causal_lm: the text before the response; `{prompt}` is replaced by the prompt column. "
+        "When it does not end in whitespace, the response is joined with one space.",
+    )
+    num_threads: int | None = Field(
+        default=None, gt=0, description="torch CPU threads per worker; default: torch's own choice."
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_prompt_slot(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("prompt_template must contain '{prompt}'")
+        return value

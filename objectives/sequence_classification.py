@@ -1,0 +1,81 @@
+"""Text -> label classification with a sequence-classification head and LoRA.
+
+Metrics: eval_loss, accuracy and macro-F1 (scikit-learn). The head is created from the base
+checkpoint once per worker with the sweep's seed, so every trial starts from the same head.
+"""
+
+from __future__ import annotations
+
+from spaces import ConfigError
+
+from ._base import Objective
+
+
+class SequenceClassificationObjective(Objective):
+    """Classify the text column into the label column's classes.
+
+    Example:
+        >>> from objectives import get_objective
+        >>> get_objective("sequence_classification").metrics["f1_macro"]
+        'maximize'
+    """
+
+    name = "sequence_classification"
+    metrics = {"eval_loss": "minimize", "accuracy": "maximize", "f1_macro": "maximize"}
+    peft_task_type = "SEQ_CLS"
+
+    def required_columns(self) -> list[str]:
+        return [self.data_config.text_column, self.data_config.label_column]
+
+    def _tokenize(self, train, validation):
+        text_col, label_col = self.required_columns()
+        labels = sorted({*train[label_col], *validation[label_col]}, key=str)
+        if len(labels) < 2:
+            raise ConfigError(
+                f"column '{label_col}' has {len(labels)} distinct value(s); classification needs at least 2",
+                source=self.source, key="dataset.label_column", value=label_col,
+            )
+        self.label2id = {str(label): i for i, label in enumerate(labels)}
+        tok = self.tokenizer
+        max_len = self.budget.max_seq_length
+
+        def encode(batch):
+            bad = next((t for t in batch[text_col] if not isinstance(t, str)), None)
+            if bad is not None:
+                raise ConfigError(
+                    f"column '{text_col}' must hold text, found {type(bad).__name__}",
+                    source=self.source, key="dataset.text_column", value=text_col,
+                )
+            out = tok(batch[text_col], truncation=True, max_length=max_len)
+            out["labels"] = [self.label2id[str(label)] for label in batch[label_col]]
+            return out
+
+        return (
+            train.map(encode, batched=True, remove_columns=train.column_names),
+            validation.map(encode, batched=True, remove_columns=validation.column_names),
+        )
+
+    def _load_model(self, path: str, **kwargs):
+        from transformers import AutoModelForSequenceClassification
+
+        id2label = {i: label for label, i in self.label2id.items()}
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(id2label), id2label=id2label, label2id=self.label2id, **kwargs
+        )
+
+    def _collator(self):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(self.tokenizer)
+
+    def _compute_metrics(self):
+        from sklearn.metrics import accuracy_score, f1_score
+
+        def compute(prediction):
+            predicted = prediction.predictions.argmax(axis=-1)
+            return {
+                "accuracy": float(accuracy_score(prediction.label_ids, predicted)),
+                "f1_macro": float(f1_score(prediction.label_ids, predicted, average="macro", zero_division=0)),
+            }
+
+        return compute

@@ -1,0 +1,284 @@
+"""The sweep file: one YAML document that says everything a sweep needs.
+
+    name: demo
+    objective: causal_lm
+    model: bundled:tiny-support-lm
+    dataset: bundled:support-qa
+    space: lora-quick              # a preset, an extended preset, or an inline space
+    metric: eval_loss              # direction defaults to the metric's natural one
+    sampler: {name: tpe, args: {n_startup_trials: 5}}
+    pruner: {name: median, args: {n_warmup_steps: 10}}
+    n_trials: 16
+    budget: {max_steps: 40, eval_every: 10, batch_size: 8, max_seq_length: 64}
+
+`load_sweep` reads it safely, applies `--set key.path=value` overrides, validates every key
+(unknown keys are errors) and resolves the space and the objective, so a bad sweep fails before
+anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
+from spaces import ConfigError, SearchSpace, load_yaml, resolve_space
+
+BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _named(value: Any) -> Any:
+    # `sampler: tpe` is shorthand for `sampler: {name: tpe}`; same for pruner, objective, metric.
+    return {"name": value} if isinstance(value, str) else value
+
+
+class ComponentSpec(_Strict):
+    """A sampler or pruner: a registry name plus keyword arguments for its Optuna class."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectiveSpec(_Strict):
+    name: str = Field(description="A registered objective: causal_lm or sequence_classification.")
+    args: ObjectiveOptions = Field(default_factory=ObjectiveOptions)
+
+
+class MetricSpec(_Strict):
+    name: str = "eval_loss"
+    direction: Literal["minimize", "maximize"] | None = Field(
+        default=None, description="Defaults to the metric's natural direction (loss: minimize, accuracy: maximize)."
+    )
+
+
+class SweepSpec(_Strict):
+    """A validated sweep file. Defaults live here and nowhere else.
+
+    Example:
+        >>> spec = SweepSpec(name="s", objective="causal_lm", model="bundled:tiny-support-lm",
+        ...                  dataset="bundled:support-qa", space="lora-quick")
+        >>> spec.sampler.name, spec.pruner.name, spec.n_trials
+        ('tpe', 'median', 20)
+    """
+
+    name: str = Field(description="Names the study and the default output directory.")
+    description: str = ""
+    objective: ObjectiveSpec
+    model: ModelConfig
+    dataset: DataConfig
+    space: str | dict[str, Any] = Field(description="A preset name, {preset, override, add, remove} or {params}.")
+    metric: MetricSpec = Field(default_factory=MetricSpec)
+    sampler: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="tpe"))
+    pruner: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="median"))
+    n_trials: int | None = Field(default=20, gt=0, description="Finished trials the study should hold.")
+    timeout: float | None = Field(default=None, gt=0, description="Seconds after which no new trial starts.")
+    budget: TrainBudget = Field(default_factory=TrainBudget)
+    seed: int = 0
+    backend: str = "optuna"
+    storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite in output_dir.")
+    study_name: str | None = None
+    output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
+
+    _normalize = field_validator("objective", "metric", "sampler", "pruner", mode="before")(_named)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        return {"name_or_path": value} if isinstance(value, str) else value
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+    @field_validator("name", "study_name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        # Names become file names and study keys: no path separators, no surprises.
+        if value is not None and not _SAFE_NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (no path separators or spaces)")
+        return value
+
+    @model_validator(mode="after")
+    def _something_stops_the_sweep(self) -> "SweepSpec":
+        if self.n_trials is None and self.timeout is None:
+            raise ValueError("set n_trials or timeout (or both): otherwise the sweep never ends")
+        return self
+
+
+@dataclass
+class Sweep:
+    """A sweep file resolved into the objects the backends use.
+
+    Example:
+        >>> sweep = load_sweep("demo")
+        >>> sweep.spec.objective.name, sweep.direction
+        ('causal_lm', 'minimize')
+    """
+
+    spec: SweepSpec
+    space: SearchSpace
+    objective_cls: type
+    direction: str
+    source: str
+
+    @property
+    def study_name(self) -> str:
+        return self.spec.study_name or self.spec.name
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.spec.output_dir or Path("runs") / self.spec.name).expanduser().resolve()
+
+    @property
+    def storage_url(self) -> str:
+        if self.spec.storage:
+            return self.spec.storage
+        return f"sqlite:///{self.output_dir / (self.study_name + '.db')}"
+
+    def make_objective(self):
+        """A fresh, not yet set-up objective instance for one worker."""
+        spec = self.spec
+        return self.objective_cls(
+            spec.model, spec.dataset, spec.budget, seed=spec.seed, options=spec.objective.args,
+            output_dir=self.output_dir, source=self.source,
+        )
+
+
+def find_sweep_file(path_or_name: str | Path) -> Path:
+    """A sweep file path, or the name of a sweep bundled with ftsweep (e.g. 'demo')."""
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return path
+    bundled = BUNDLED_SWEEPS / f"{path_or_name}.yaml"
+    if bundled.exists():
+        return bundled
+    raise ConfigError(
+        "sweep file not found", value=str(path_or_name),
+        allowed=f"an existing file, or a bundled sweep: {bundled_sweeps()}",
+    )
+
+
+def bundled_sweeps() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_SWEEPS.glob("*.yaml"))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`budget.max_steps=20` -> (['budget', 'max_steps'], 20). Values are YAML scalars/lists, read safely."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError("an override must look like key.path=value", key="--set", value=text)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the value is not valid YAML ({exc.problem})", key="--set", value=text) from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each `key.path=value` into a copy of the raw sweep mapping."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and part in ("objective", "metric", "sampler", "pruner"):
+                child = node[part] = {"name": child}
+            elif isinstance(child, str) and part in ("model", "dataset"):
+                child = node[part] = {"name_or_path" if part == "model" else "source": child}
+            elif isinstance(child, str) and part == "space":
+                child = node[part] = {"preset": child}
+            elif child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"cannot set a key inside '{'.'.join(path[: depth + 1])}', which is {child!r}",
+                    key="--set", value=text,
+                )
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_sweep(path_or_name: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read, override, validate and resolve a sweep file. Raises ConfigError on any bad input.
+
+    Example:
+        >>> load_sweep("demo", ["budget.max_steps=20"]).spec.budget.max_steps
+        20
+    """
+    path = find_sweep_file(path_or_name)
+    source = str(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError("a sweep file must be a mapping of keys to values", source=source, value=raw)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error_from_pydantic(exc, SweepSpec, source) from None
+
+    from .backends import available_backends
+
+    if spec.backend not in available_backends():
+        raise ConfigError("unknown backend", source=source, key="backend", value=spec.backend,
+                          allowed=available_backends())
+    objective_cls = get_objective(spec.objective.name)
+    space = resolve_space(spec.space, source=source, key="space")
+    # Params that only steer others (inputs of a derived param, switches in a `when`) are not applied
+    # to the trainer themselves, so the objective need not know them.
+    steering = [name for name in space.names if space.dependents(name)]
+    objective_cls.check_params(space.names, auxiliary=steering, source=source)
+    natural = objective_cls.check_metric(spec.metric.name, source=source)
+    direction = spec.metric.direction or natural
+
+    from .samplers import check_sampler
+    from .pruners import check_pruner
+
+    check_sampler(spec.sampler, space, source=source)
+    check_pruner(spec.pruner, source=source)
+    return Sweep(spec=spec, space=space, objective_cls=objective_cls, direction=direction, source=source)
+
+
+def config_error_from_pydantic(exc: ValidationError, model: type[BaseModel], source: str | None) -> ConfigError:
+    """The first pydantic error as a ConfigError with the dotted key path and what is allowed."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc) or None
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    if first["type"] == "extra_forbidden":
+        allowed = _fields_at(model, loc[:-1])
+        return ConfigError(f"unknown key '{loc[-1]}'{more}", source=source, key=key,
+                           allowed=allowed, hint="Fix: check the spelling.")
+    if first["type"] == "missing":
+        return ConfigError(f"required key is missing{more}", source=source, key=key)
+    message = first["msg"].removeprefix("Value error, ")
+    return ConfigError(message + more, source=source, key=key, value=first.get("input"))
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str] | None:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return None
+    return sorted(current.model_fields) if current is not None else None

@@ -1,0 +1,100 @@
+"""The study store: the single source of truth every command reads, whichever backend wrote it.
+
+What ftsweep keeps on each Optuna trial (so `best`, `show`, `export` need nothing else):
+    params                      searched values (Optuna's own record)
+    intermediate_values         the sweep metric at each evaluation step
+    user_attrs["config"]        the full resolved params: searched, fixed and derived
+    user_attrs["metrics"]       final metrics of a completed trial
+    user_attrs["eval_history"]  every evaluation: step + all metrics
+    user_attrs["fail_reason"]   why a FAIL trial failed ("TrialDiverged: ...", "interrupted: ...")
+    user_attrs["worker"]        host:pid that ran it, to tell a dead worker's trial from a live one
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from spaces import ConfigError
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def redact_url(url: str) -> str:
+    """A storage URL with its password replaced by ***, safe to print or store.
+
+    Example:
+        >>> redact_url("postgresql://sweeper:s3cret@db:5432/optuna")
+        'postgresql://sweeper:***@db:5432/optuna'
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL (e.g. a journal file path): nothing to hide
+        return url
+
+
+def prepare_storage(url: str) -> str:
+    """Create the directory of a SQLite file so Optuna can create the database in it."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished trials count toward n_trials; a trial cut short by an interruption does not (it is re-run)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted", False)
+
+
+def _worker_is_gone(worker: str | None) -> bool:
+    if not worker:
+        return False  # unknown origin: leave it (a heartbeat-enabled storage will time it out)
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's worker: we cannot tell from here
+    if int(pid) == os.getpid():
+        return True  # this process is launching, so it is not running that trial
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_interrupted(study: optuna.Study) -> list[int]:
+    """Mark trials left RUNNING by a dead process as FAIL, and queue every interrupted trial's
+    params again (once), so a resumed sweep re-runs exactly what was cut short. Returns their numbers."""
+    storage = study._storage
+    trials = study.get_trials(deepcopy=False)
+    # A finished trial cannot be updated, so "already queued again" is read off the retries themselves.
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    requeued = []
+    for trial in trials:
+        interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted", False)
+        if trial.state == TrialState.RUNNING and _worker_is_gone(trial.user_attrs.get("worker")):
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted: the worker process ended mid-trial")
+            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            interrupted = True
+        if interrupted and trial.number not in retried:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+            requeued.append(trial.number)
+    return requeued
+
+
+def load_existing_study(study_name: str, storage: str) -> optuna.Study:
+    """Open a study for reading; a clear error listing the studies there when the name is wrong."""
+    names = optuna.study.get_all_study_names(storage=storage)
+    if study_name not in names:
+        raise ConfigError("no such study in this storage", key="study", value=study_name,
+                          allowed=names or "(the storage holds no study)")
+    return optuna.load_study(study_name=study_name, storage=storage)

@@ -1,0 +1,54 @@
+"""Shared fixtures: small real sweeps on the bundled tiny model, written to a temporary directory."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing in the tests may reach a hub: the real loading code runs against local files only.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+# A causal_lm sweep small enough for a test: each trial is 4 optimizer steps on the tiny model.
+TINY_SWEEP: dict[str, Any] = {
+    "name": "tiny",
+    "objective": "causal_lm",
+    "model": "bundled:tiny-support-lm",
+    "dataset": {"source": "bundled:support-qa", "max_train_examples": 128, "max_eval_examples": 16},
+    "space": "lora-quick",
+    "metric": "eval_loss",
+    "sampler": {"name": "random"},
+    "pruner": "none",
+    "n_trials": 2,
+    "budget": {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 16, "max_seq_length": 64},
+    "seed": 0,
+}
+
+
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@pytest.fixture
+def write_sweep(tmp_path: Path):
+    """write_sweep(**changes) -> path of a YAML sweep file based on TINY_SWEEP, output under tmp_path."""
+
+    def write(name: str = "sweep.yaml", **changes: Any) -> Path:
+        data = deep_merge(TINY_SWEEP, {"output_dir": str(tmp_path / "runs"), **changes})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
+    return write

@@ -1,0 +1,95 @@
+"""Every registered objective runs a real short fine-tune of the bundled tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+
+from objectives import OBJECTIVES, DataConfig, ModelConfig, TrainBudget, TrialDiverged, get_objective
+from spaces import ConfigError
+
+# One row per registered objective: the bundled data it trains on in tests.
+DATA = {
+    "causal_lm": DataConfig(source="bundled:support-qa", max_train_examples=64, max_eval_examples=16),
+    "sequence_classification": DataConfig(source="bundled:support-intents", max_train_examples=64, max_eval_examples=32),
+}
+BUDGET = TrainBudget(max_steps=4, eval_every=2, batch_size=4, eval_batch_size=16, max_seq_length=64)
+PARAMS = {"learning_rate": 3e-3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.01,
+          "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.05, "target_modules": "attention_qv", "peft_method": "lora"}
+
+
+def test_every_objective_has_test_data():
+    assert sorted(DATA) == sorted(OBJECTIVES)
+
+
+@pytest.fixture(scope="module", params=sorted(OBJECTIVES))
+def objective(request):
+    cls = get_objective(request.param)
+    obj = cls(ModelConfig(name_or_path="bundled:tiny-support-lm"), DATA[request.param], BUDGET, seed=0)
+    obj.setup()
+    return obj
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_trial_runs_real_steps_and_reports_each_evaluation(objective):
+    reports = []
+    metrics = objective.run_trial(PARAMS, report=lambda step, m: reports.append((step, m)) or False)
+    assert metrics["steps"] == BUDGET.max_steps
+    assert [step for step, _ in reports] == [2, 4]
+    for name in objective.metrics:
+        assert math.isfinite(metrics[name]), name
+    assert metrics["eval_loss"] == pytest.approx(reports[-1][1]["eval_loss"])
+    if "accuracy" in objective.metrics:
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_macro"] <= 1.0
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-6)
+
+
+def test_trial_leaves_base_model_bit_identical(objective):
+    before = _snapshot(objective.base_model)
+    grads_before = {n: p.requires_grad for n, p in objective.base_model.named_parameters()}
+    objective.run_trial({**PARAMS, "target_modules": "all_linear", "learning_rate": 1e-2})
+    after = _snapshot(objective.base_model)
+    assert before.keys() == after.keys()  # no adapter weights left behind
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert {n: p.requires_grad for n, p in objective.base_model.named_parameters()} == grads_before
+    assert not any("lora" in name for name, _ in objective.base_model.named_modules())
+
+
+def test_learning_rate_changes_the_outcome(objective):
+    slow = objective.run_trial({**PARAMS, "learning_rate": 1e-6})
+    fast = objective.run_trial({**PARAMS, "learning_rate": 2e-2})
+    assert slow["eval_loss"] != fast["eval_loss"]
+
+
+def test_a_prune_request_stops_training_and_keeps_the_base_intact(objective):
+    before = _snapshot(objective.base_model)
+    steps = []
+    with pytest.raises(optuna.TrialPruned, match="step 2"):
+        objective.run_trial(PARAMS, report=lambda step, m: steps.append(step) or True)
+    assert steps == [2]
+    after = _snapshot(objective.base_model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_exploding_loss_is_reported_as_diverged(objective):
+    with pytest.raises(TrialDiverged, match="nan|inf"):
+        objective.run_trial({**PARAMS, "learning_rate": float("inf"), "warmup_ratio": 0.0})
+
+
+def test_unknown_space_parameter_is_rejected_before_any_trial():
+    cls = get_objective("causal_lm")
+    with pytest.raises(ConfigError) as err:
+        cls.check_params(["learning_rate", "lora_rank"], source="s.yaml")
+    assert "lora_rank" in str(err.value) and "s.yaml" in str(err.value) and "lora_r" in str(err.value)
+    cls.check_params(["learning_rate", "lora_alpha_ratio"], auxiliary=["lora_alpha_ratio"])
+
+
+def test_unknown_metric_lists_the_objectives_metrics():
+    with pytest.raises(ConfigError, match="perplexity"):
+        get_objective("causal_lm").check_metric("accuracy")

@@ -1,0 +1,51 @@
+"""The CLI as a user runs it."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.cli import main
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    from search.cli import COMMANDS
+
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_spaces_lists_and_shows_presets(capsys):
+    assert main(["spaces"]) == 0
+    out = capsys.readouterr().out
+    assert "lora-quick" in out and "lora" in out
+    assert main(["spaces", "show", "lora"]) == 0
+    shown = capsys.readouterr().out
+    for name in ("learning_rate", "lr_scheduler_type", "warmup_ratio", "weight_decay", "lora_r", "lora_alpha",
+                 "lora_dropout", "target_modules"):
+        assert name in shown
+
+
+def test_spaces_show_unknown_preset_lists_presets(capsys):
+    assert main(["spaces", "show", "lorax"]) == 2
+    err = capsys.readouterr().err
+    assert "lorax" in err and "lora-quick" in err
+
+
+def test_dry_run_validates_samples_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["launch", "demo", "--dry-run", "--samples", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "3 sampled configurations" in out
+    assert "learning_rate" in out and "training and" in out
+    assert "nothing written" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_launch_prints_the_top_trials(write_sweep, capsys):
+    assert main(["launch", str(write_sweep()), "--set", "n_trials=2"]) == 0
+    out = capsys.readouterr().out
+    assert "Top 2 trials" in out and "Done: 2 complete" in out

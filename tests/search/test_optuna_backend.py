@@ -1,0 +1,153 @@
+"""The Optuna backend on real studies of real (tiny) fine-tunes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.backends import get_backend
+from search.cli import main
+from search.spec import load_sweep
+from spaces import list_presets
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(path: Path, *overrides: str) -> optuna.Study:
+    sweep = load_sweep(path, list(overrides))
+    get_backend("optuna")(sweep).run()
+    return optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+
+
+def test_every_trial_is_recorded_with_params_curve_metrics_and_duration(write_sweep):
+    study = _run(write_sweep(n_trials=3))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert sorted(t.intermediate_values) == [2, 4]
+        assert t.value == pytest.approx(t.user_attrs["metrics"]["eval_loss"])
+        assert t.value == pytest.approx(t.intermediate_values[4])
+        assert t.user_attrs["duration_s"] > 0
+        config = t.user_attrs["config"]
+        assert set(t.params) <= set(config)
+        assert config["lora_alpha"] == 2 * config["lora_r"]  # lora-quick's derived parameter
+        assert [h["step"] for h in t.user_attrs["eval_history"]] == [2, 4]
+    assert study.user_attrs["sweep"]["name"] == "tiny"
+    assert len({t.value for t in trials}) == 3  # different params, different outcomes
+
+
+def test_aggressive_pruner_prunes(write_sweep):
+    path = write_sweep(n_trials=6, pruner={"name": "percentile", "args": {"percentile": 10.0, "n_startup_trials": 1}},
+                       budget={"max_steps": 6, "eval_every": 2})
+    study = _run(path)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.PRUNED) >= 1, states
+    assert len(states) == 6
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        assert max(t.intermediate_values) < 6  # stopped before the end of its budget
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(write_sweep):
+    space = {"params": {
+        # At lr 1e38 the first Adam step pushes activations past float32 range: inf, then NaN.
+        "learning_rate": {"type": "categorical", "choices": [1e-3, 1e38]},
+        "target_modules": {"type": "categorical", "choices": ["attention_qv", "no_such_module"]},
+    }}
+    study = _run(write_sweep(space=space, sampler="grid", n_trials=4))
+    trials = study.get_trials()
+    assert len(trials) == 4
+    by_params = {(t.params["learning_rate"], t.params["target_modules"]): t for t in trials}
+    assert by_params[(1e-3, "attention_qv")].state == TrialState.COMPLETE
+    diverged = by_params[(1e38, "attention_qv")]
+    assert diverged.state == TrialState.FAIL
+    assert diverged.user_attrs["fail_reason"].startswith("TrialDiverged")
+    bad_module = by_params[(1e-3, "no_such_module")]
+    assert bad_module.state == TrialState.FAIL
+    assert "no_such_module" in bad_module.user_attrs["fail_reason"]
+
+
+def test_launching_again_resumes_without_rerunning(write_sweep):
+    path = write_sweep(n_trials=2)
+    first = _run(path)
+    values = [t.value for t in first.get_trials()]
+    again = _run(path, "n_trials=3")
+    trials = again.get_trials()
+    assert len(trials) == 3
+    assert [t.value for t in trials[:2]] == values
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_every_preset_runs_through_the_backend(write_sweep, preset):
+    study = _run(write_sweep(space=preset, n_trials=1, budget={"max_steps": 2, "eval_every": 2}))
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.COMPLETE, trial.user_attrs.get("fail_reason")
+
+
+def _spawn(path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "launch", str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path: Path, predicate, timeout: float = 120.0) -> optuna.Study:
+    sweep = load_sweep(path)
+    database = Path(sweep.storage_url.removeprefix("sqlite:///"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if database.exists() and sweep.study_name in optuna.study.get_all_study_names(sweep.storage_url):
+            study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+            if predicate(study.get_trials()):
+                return study
+        time.sleep(0.2)
+    raise AssertionError("the sweep did not get there in time")
+
+
+def _one_done_one_running(trials) -> bool:
+    states = [t.state for t in trials]
+    return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and bool(trials[-1].intermediate_values)
+
+
+def test_killed_sweep_resumes_keeping_completed_trials(write_sweep):
+    path = write_sweep(n_trials=3, budget={"max_steps": 20, "eval_every": 2})
+    proc = _spawn(path)
+    try:
+        study = _wait_for(path, _one_done_one_running)
+    finally:
+        proc.kill()
+        proc.wait()
+    before = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    killed = study.get_trials()[-1].number
+
+    resumed = _run(path)
+    trials = resumed.get_trials()
+    assert {t.number: t.value for t in trials if t.number in before} == before
+    dead = next(t for t in trials if t.number == killed)
+    assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("interrupted")
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed)
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_completed_trials(write_sweep):
+    path = write_sweep(n_trials=3, budget={"max_steps": 20, "eval_every": 2})
+    proc = _spawn(path)
+    study = _wait_for(path, _one_done_one_running)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "Run the same command again to resume" in output
+    trials = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url).get_trials()
+    assert TrialState.RUNNING not in [t.state for t in trials]
+    assert any(t.state == TrialState.COMPLETE for t in trials)
+    assert main(["launch", str(path)]) == 0
+    final = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url).get_trials()
+    assert sum(t.state == TrialState.COMPLETE for t in final) == 3
