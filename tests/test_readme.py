@@ -1,0 +1,43 @@
+"""Every YAML example in the README is valid, and the commands it shows exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from objectives import get_objective
+from search.spec import SweepSpec, load_sweep
+from spaces import resolve_space
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCKS = re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_yaml_examples():
+    assert len(BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def test_yaml_example_is_valid(block, tmp_path):
+    data = yaml.safe_load(block)
+    if "name" in data:  # a whole sweep file: validate it, then load it with local model and data
+        SweepSpec.model_validate(data)
+        data.update(model="bundled:tiny-support-lm", dataset={**data["dataset"], "source": "bundled:support-qa"})
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump(data))
+        load_sweep(path)
+    else:  # a `space:` example
+        space = resolve_space(data["space"], source="README.md")
+        steering = [n for n in space.names if space.dependents(n)]
+        get_objective("causal_lm").check_params(space.names, auxiliary=steering)
+
+
+def test_readme_commands_exist():
+    from search.cli import COMMANDS
+
+    text = README.read_text()
+    for command in re.findall(r"ftsweep (\w[\w-]*)", text):
+        assert command in COMMANDS, command
