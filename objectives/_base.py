@@ -113,6 +113,7 @@ class Objective(ABC):
         self.tokenizer = None
         self.train_dataset = None
         self.eval_dataset = None
+        self.test_dataset = None
 
     # ---------------------------------------------------------------- checks (no loading)
 
@@ -157,8 +158,8 @@ class Objective(ABC):
         """Data columns this task reads."""
 
     @abstractmethod
-    def _tokenize(self, train, validation) -> tuple[Any, Any]:
-        """Turn raw (train, validation) datasets into model inputs."""
+    def _tokenize(self, train, validation, test) -> tuple[Any, Any, Any]:
+        """Turn raw (train, validation, test-or-None) datasets into model inputs."""
 
     @abstractmethod
     def _load_model(self, path: str, **kwargs):
@@ -196,10 +197,8 @@ class Objective(ABC):
         if self.tokenizer.pad_token is None:
             # Padding only needs *a* token id: its positions are masked out of attention and loss.
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        train, validation = load_splits(
-            self.data_config, seed=self.seed, columns=self.required_columns(), source=self.source
-        )
-        self.train_dataset, self.eval_dataset = self._tokenize(train, validation)
+        splits = load_splits(self.data_config, seed=self.seed, columns=self.required_columns(), source=self.source)
+        self.train_dataset, self.eval_dataset, self.test_dataset = self._tokenize(*splits)
         transformers.set_seed(self.seed)  # the classification head is initialised here: same for every trial
         self.base_model = self._load(self._load_model, path, dtype=self.torch_dtype())
         if getattr(self.base_model.config, "pad_token_id", None) is None:
@@ -252,10 +251,19 @@ class Objective(ABC):
         if isinstance(choice, (list, tuple)):
             return list(choice)
         if choice in _TARGET_MODULES:
-            model_type = getattr(self.base_model.config, "model_type", "default") if self.base_model else "default"
             table = _TARGET_MODULES[choice]
+            model_type = self.model_type()
             return table.get(model_type, table["default"])
         return [m.strip() for m in str(choice).split(",") if m.strip()]
+
+    def model_type(self) -> str:
+        """`config.model_type` of the base model, read from its config alone when it is not loaded."""
+        if self.base_model is not None:
+            return getattr(self.base_model.config, "model_type", "default")
+        from transformers import AutoConfig
+
+        config = self._load(AutoConfig.from_pretrained, self.check_sources())
+        return getattr(config, "model_type", "default")
 
     def training_arguments(self, params: Mapping[str, Any], output_dir: str):
         """`TrainingArguments` for one trial: the budget, fixed engine settings, then the trial's params."""
@@ -264,6 +272,18 @@ class Objective(ABC):
 
         on_gpu = torch.cuda.is_available()
         dtype = self.torch_dtype()
+        kwargs = self.training_kwargs(params, output_dir)
+        kwargs.update(
+            use_cpu=not on_gpu,
+            bf16=on_gpu and dtype == torch.bfloat16,
+            fp16=on_gpu and dtype == torch.float16,
+        )
+        return TrainingArguments(**kwargs)
+
+    def training_kwargs(self, params: Mapping[str, Any], output_dir: str) -> dict[str, Any]:
+        """The machine-independent keyword arguments of `TrainingArguments` (JSON-serializable):
+        the budget, the engine's fixed settings, then the trial's params. Device and precision flags
+        are added per machine by `training_arguments`."""
         kwargs: dict[str, Any] = dict(
             output_dir=output_dir,
             max_steps=self.budget.max_steps,
@@ -281,16 +301,13 @@ class Objective(ABC):
             disable_tqdm=True,
             seed=self.seed,
             data_seed=self.seed,
-            use_cpu=not on_gpu,
-            bf16=on_gpu and dtype == torch.bfloat16,
-            fp16=on_gpu and dtype == torch.float16,
             dataloader_num_workers=0,
             remove_unused_columns=False,
         )
         for name, value in params.items():
             if name in TRAINING_ARGUMENT_PARAMS:
                 kwargs[TRAINING_ARGUMENT_PARAMS[name]] = value
-        return TrainingArguments(**kwargs)
+        return kwargs
 
     def clean_metrics(self, raw: Mapping[str, float]) -> dict[str, float]:
         """Trainer's `eval_*` dict -> the objective's metric names (plus perplexity from eval_loss)."""
@@ -306,12 +323,20 @@ class Objective(ABC):
         return metrics
 
     def run_trial(
-        self, params: Mapping[str, Any], report: Reporter | None = None, trial_dir: str | Path | None = None
+        self,
+        params: Mapping[str, Any],
+        report: Reporter | None = None,
+        trial_dir: str | Path | None = None,
+        *,
+        train_dataset=None,
+        after_training: Callable[[Any, Any], dict[str, float]] | None = None,
     ) -> dict[str, float]:
         """Fine-tune once with `params`; return the final evaluation's metrics.
 
         Raises `optuna.TrialPruned` when `report` asked to stop, `TrialDiverged` on a NaN/inf loss.
-        Whatever happens, the base model is left exactly as it was found.
+        Whatever happens, the base model is left exactly as it was found. `train_dataset` replaces
+        the training split; `after_training(peft_model, trainer)` runs before the adapter is removed
+        (to save it, or evaluate elsewhere) and its metrics are merged into the result.
 
         Example:
             >>> metrics = objective.run_trial({"learning_rate": 1e-3, "lora_r": 8})  # doctest: +SKIP
@@ -342,7 +367,7 @@ class Objective(ABC):
             trainer = Trainer(
                 model=model,
                 args=self.training_arguments(params, str(trial_dir)),
-                train_dataset=self.train_dataset,
+                train_dataset=self.train_dataset if train_dataset is None else train_dataset,
                 eval_dataset=self.eval_dataset,
                 data_collator=self._collator(),
                 compute_metrics=self._compute_metrics(),
@@ -363,6 +388,9 @@ class Objective(ABC):
             final = dict(callback.history[-1][1])
             final["train_loss"] = float(output.training_loss)
             final["steps"] = float(trainer.state.global_step)
+            if after_training is not None:
+                callback.report = None  # later evaluations are not the sweep's to prune on
+                final.update(after_training(model, trainer))
             return final
         finally:
             _restore_modules_to_save(model)
@@ -379,6 +407,40 @@ class Objective(ABC):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def fit(self, params: Mapping[str, Any], output_dir: str | Path, *, merge_validation: bool = False) -> dict[str, float]:
+        """The final fit of a chosen config: train, evaluate on validation and on the held-out test
+        split, save the PEFT adapter (loadable with `PeftModel.from_pretrained`) in `output_dir/adapter`.
+
+        With `merge_validation`, the validation examples are trained on too (validation metrics are
+        then no longer held-out figures; the test metrics still are).
+
+        Example:
+            >>> metrics = objective.fit(params, "runs/final")  # doctest: +SKIP
+            >>> sorted(metrics)[:2]  # doctest: +SKIP
+            ['eval_loss', 'perplexity']
+        """
+        output_dir = Path(output_dir)
+        if self.base_model is None:
+            self.setup()
+        train = self.train_dataset
+        if merge_validation:
+            from datasets import concatenate_datasets
+
+            train = concatenate_datasets([self.train_dataset, self.eval_dataset])
+
+        def save_and_test(model, trainer) -> dict[str, float]:
+            model.save_pretrained(output_dir / "adapter")
+            if self.test_dataset is None:
+                return {}
+            raw = trainer.evaluate(self.test_dataset, metric_key_prefix="test")
+            metrics = {k: float(v) for k, v in raw.items()
+                       if k.startswith("test_") and not k.endswith(("_runtime", "_per_second"))}
+            if "test_loss" in metrics:
+                metrics["test_perplexity"] = math.exp(metrics["test_loss"]) if metrics["test_loss"] < 50 else float("inf")
+            return metrics
+
+        return self.run_trial(params, trial_dir=output_dir, train_dataset=train, after_training=save_and_test)
 
 
 def _restore_modules_to_save(peft_model) -> None:

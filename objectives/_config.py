@@ -54,6 +54,13 @@ class DataConfig(_Strict):
         default=None, description="A split of the source to evaluate on; when absent, one is carved out of train."
     )
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    test_split: str | None = Field(
+        default=None, description="A split of the source for the final test; when absent, one is carved out of train."
+    )
+    test_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0,
+        description="Share of train held out as a test set that no trial ever sees (0: none); used by `ftsweep train`.",
+    )
     max_train_examples: int | None = Field(default=None, gt=0)
     max_eval_examples: int | None = Field(default=256, gt=0, description="Caps evaluation cost per report.")
     prompt_column: str = "prompt"

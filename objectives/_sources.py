@@ -7,6 +7,7 @@ with a message that says so, instead of a long stack trace from deep inside `hug
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from spaces import ConfigError
 
@@ -95,11 +96,23 @@ def _local_data_file(data: DataConfig, source: str | None) -> Path | None:
     return None
 
 
-def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str | None = None):
-    """Load (train, validation) `datasets.Dataset`s holding at least `columns`.
+class Splits(NamedTuple):
+    train: Any
+    validation: Any
+    test: Any | None  # held out from every trial; only `ftsweep train` evaluates on it
 
-    A validation split is carved from train with `seed` when the source has none, so every trial of
-    a sweep (and a later `ftsweep train`) sees exactly the same held-out examples.
+
+def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str | None = None) -> Splits:
+    """Load train, validation and (optional) test `datasets.Dataset`s holding at least `columns`.
+
+    When the source has no such splits they are carved from train with `seed` — test first, then
+    validation from the rest — so every trial of a sweep and a later `ftsweep train` see exactly
+    the same held-out examples, and no trial ever sees the test examples.
+
+    Example:
+        >>> splits = load_splits(DataConfig(source="bundled:support-qa"), seed=0, columns=["prompt", "response"])
+        >>> len(splits.train), len(splits.validation), len(splits.test)
+        (972, 108, 120)
     """
     import datasets
 
@@ -135,6 +148,16 @@ def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str 
             hint="Fix: rename the columns in the data, or set dataset.prompt_column / response_column / text_column / label_column.",
         )
 
+    test = None
+    if data.test_split is not None:
+        if data.test_split not in loaded:
+            raise ConfigError("no such split", source=source, key="dataset.test_split", value=data.test_split,
+                              allowed=list(loaded))
+        test = loaded[data.test_split]
+    elif data.test_fraction > 0 and int(len(train) * data.test_fraction) >= 1:
+        parts = train.train_test_split(test_size=data.test_fraction, seed=seed)
+        train, test = parts["train"], parts["test"]
+
     if data.validation_split is not None:
         if data.validation_split not in loaded:
             raise ConfigError(
@@ -155,4 +178,7 @@ def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str 
         train = train.select(range(data.max_train_examples))
     if data.max_eval_examples is not None and len(validation) > data.max_eval_examples:
         validation = validation.select(range(data.max_eval_examples))
-    return train.select_columns(columns), validation.select_columns(columns)
+    if data.max_eval_examples is not None and test is not None and len(test) > data.max_eval_examples:
+        test = test.select(range(data.max_eval_examples))
+    return Splits(train.select_columns(columns), validation.select_columns(columns),
+                  test.select_columns(columns) if test is not None else None)

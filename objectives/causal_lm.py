@@ -29,7 +29,7 @@ class CausalLMObjective(Objective):
     def required_columns(self) -> list[str]:
         return [self.data_config.prompt_column, self.data_config.response_column]
 
-    def _tokenize(self, train, validation):
+    def _tokenize(self, train, validation, test):
         tok = self.tokenizer
         template = self.options.prompt_template
         prompt_col, response_col = self.required_columns()
@@ -67,6 +67,7 @@ class CausalLMObjective(Objective):
             return encoded.filter(lambda row: any(label != IGNORE_INDEX for label in row["labels"]))
 
         train_ids, eval_ids = encode_split(train), encode_split(validation)
+        test_ids = encode_split(test) if test is not None else None
         for split_name, split in (("training", train_ids), ("validation", eval_ids)):
             if len(split) == 0:
                 raise ConfigError(
@@ -74,7 +75,7 @@ class CausalLMObjective(Objective):
                     source=self.source, key="budget.max_seq_length", value=max_len,
                     hint="Fix: raise budget.max_seq_length or shorten the prompts.",
                 )
-        return train_ids, eval_ids
+        return train_ids, eval_ids, test_ids
 
     def _load_model(self, path: str, **kwargs):
         from transformers import AutoModelForCausalLM

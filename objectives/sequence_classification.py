@@ -27,9 +27,10 @@ class SequenceClassificationObjective(Objective):
     def required_columns(self) -> list[str]:
         return [self.data_config.text_column, self.data_config.label_column]
 
-    def _tokenize(self, train, validation):
+    def _tokenize(self, train, validation, test):
         text_col, label_col = self.required_columns()
-        labels = sorted({*train[label_col], *validation[label_col]}, key=str)
+        splits = [split for split in (train, validation, test) if split is not None]
+        labels = sorted({label for split in splits for label in split[label_col]}, key=str)
         if len(labels) < 2:
             raise ConfigError(
                 f"column '{label_col}' has {len(labels)} distinct value(s); classification needs at least 2",
@@ -50,10 +51,10 @@ class SequenceClassificationObjective(Objective):
             out["labels"] = [self.label2id[str(label)] for label in batch[label_col]]
             return out
 
-        return (
-            train.map(encode, batched=True, remove_columns=train.column_names),
-            validation.map(encode, batched=True, remove_columns=validation.column_names),
-        )
+        def encode_split(split):
+            return split.map(encode, batched=True, remove_columns=split.column_names) if split is not None else None
+
+        return encode_split(train), encode_split(validation), encode_split(test)
 
     def _load_model(self, path: str, **kwargs):
         from transformers import AutoModelForSequenceClassification

@@ -1,8 +1,18 @@
 """The `ftsweep` command. Every command is a small function; COMMANDS below lists them all.
 
-    ftsweep launch SWEEP.yaml [--set key.path=value ...] [--dry-run]
-    ftsweep spaces                 # list the shipped search-space presets
-    ftsweep spaces show NAME       # print one preset
+    ftsweep launch SWEEP.yaml [--set key.path=value ...] [--dry-run] [--enqueue winner.yaml]
+    ftsweep status STUDY           # counts by state, best so far, throughput (works mid-sweep)
+    ftsweep best STUDY [--top K] [--json]
+    ftsweep show STUDY TRIAL       # one trial: params, learning curve, metrics, failure reason
+    ftsweep importance STUDY       # parameter importances (Optuna's evaluators)
+    ftsweep report STUDY --out DIR # PNG plots + one offline HTML page
+    ftsweep dashboard STORAGE      # optuna-dashboard on 127.0.0.1
+    ftsweep export STUDY [--trial N | --top K] --out DIR
+    ftsweep train winner.yaml [--set key.path=value ...]
+    ftsweep spaces [show NAME]     # the shipped search-space presets
+
+STUDY is a sweep file, a study database (.db, or FILE.db:NAME), or a study name (found in
+runs/NAME/NAME.db, or in --storage URL / $FTSWEEP_STORAGE).
 
 Errors in the user's input print one clear line (file, key, value, what is allowed) and exit 2;
 `--debug` shows the traceback instead.
@@ -11,6 +21,7 @@ Errors in the user's input print one clear line (file, key, value, what is allow
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 
@@ -19,6 +30,13 @@ from rich.console import Console
 from spaces import ConfigError
 
 EXIT_BAD_INPUT = 2
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.I)
+
+
+def scrub_secrets(text: str) -> str:
+    """Hide the password of any URL in a message (libraries sometimes echo connection strings)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
 EXIT_INTERRUPTED = 130
 
 
@@ -35,6 +53,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     console = _console()
     sweep = load_sweep(args.sweep, args.overrides)
+    sweep.enqueue = [_enqueued_params(ref) for ref in args.enqueue]
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
 
@@ -87,15 +106,16 @@ def _dry_run(sweep, console: Console, *, n_samples: int) -> int:
 
     objective = sweep.make_objective()
     objective.check_sources()
-    train, validation = load_splits(sweep.spec.dataset, seed=sweep.spec.seed, columns=objective.required_columns(),
-                                    source=sweep.source)
+    train, validation, test = load_splits(sweep.spec.dataset, seed=sweep.spec.seed,
+                                          columns=objective.required_columns(), source=sweep.source)
     resolved = sweep.spec.model_dump(mode="json")
     resolved.update(space=sweep.space.to_dict(), study_name=sweep.study_name,
                     storage=redact_url(sweep.storage_url), output_dir=str(sweep.output_dir))
     resolved["metric"]["direction"] = sweep.direction
     console.print(f"[bold]Resolved sweep[/] ({sweep.source}):")
     console.print(yaml.safe_dump(resolved, sort_keys=False), markup=False)
-    console.print(f"Data: {len(train)} training and {len(validation)} validation examples.")
+    held_out = f", {len(test)} test examples held out for `ftsweep train`" if test is not None else ""
+    console.print(f"Data: {len(train)} training and {len(validation)} validation examples{held_out}.")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction=sweep.direction,
@@ -107,6 +127,188 @@ def _dry_run(sweep, console: Console, *, n_samples: int) -> int:
         study.tell(trial, 0.0)  # a placeholder value so the sampler moves on; this study is in memory only
         console.print(f"  {i}: {params}", markup=False)
     console.print("Dry run: nothing trained, nothing written.")
+    return 0
+
+
+def _enqueued_params(ref: str) -> dict:
+    """Params to queue from a winner.yaml (its trial's params) or a study (its best trial's)."""
+    from pathlib import Path
+
+    from .spec import load_run
+    from .study import resolve_study
+
+    if Path(ref).suffix in (".yaml", ".yml") and Path(ref).exists():
+        from spaces import load_yaml
+
+        if "params" in (load_yaml(ref) or {}):
+            run, _ = load_run(ref)
+            return run.provenance.get("trial_params") or run.params
+    study = resolve_study(ref)
+    if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+        raise ConfigError("the study has no completed trial to enqueue", key="--enqueue", value=ref)
+    return study.best_trial.params
+
+
+# ---------------------------------------------------------------------------------------- inspect
+
+
+def _study(args: argparse.Namespace):
+    from .study import resolve_study
+
+    return resolve_study(args.study, args.storage)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Counts by state, best value so far, elapsed time and trials per hour; works while a sweep runs."""
+    import json
+
+    from .results import format_value, study_status
+
+    status = study_status(_study(args))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    counts = status["counts"]
+    console = _console()
+    console.print(f"Study [bold]{status['study']}[/]: {status['total']} trials — " + ", ".join(
+        f"{n} {state}" for state, n in counts.items()))
+    best = status["best"]
+    console.print(f"Best {status['metric']}: " + (f"{format_value(best['value'])} (trial {best['number']})"
+                                                  if best else "— (no completed trial yet)"))
+    rate = status["trials_per_hour"]
+    console.print(f"Elapsed {status['elapsed_s'] / 60:.1f} min, "
+                  f"{format_value(rate) if rate else '—'} finished trials per hour")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    """The top trials: number, value, searched params, steps reached, duration (Pareto front if multi-objective)."""
+    import json
+
+    from .results import best_rows, render_top_table
+
+    study = _study(args)
+    rows = best_rows(study, args.top)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        raise ConfigError("the study has no completed trial yet", key="study", value=study.study_name,
+                          hint="Check progress with `ftsweep status`.")
+    _console().print(render_top_table(study, k=args.top))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Everything about one trial: params, learning curve, metrics, duration, state, failure reason."""
+    import json
+
+    from rich.table import Table
+
+    from .results import format_value, get_trial, trial_details
+
+    details = trial_details(get_trial(_study(args), args.trial))
+    if args.json:
+        print(json.dumps(details, indent=2, default=str))
+        return 0
+    console = _console()
+    value = format_value(details["value"]) if details["value"] is not None else "—"
+    duration = f"{details['duration_s']:.1f}s" if details["duration_s"] else "—"
+    console.print(f"Trial [bold]{details['number']}[/]: {details['state']}, value {value}, {duration}")
+    if details["fail_reason"]:
+        console.print(f"[red]Failure:[/] {details['fail_reason']}", markup=True)
+    if details["retry_of"] is not None:
+        console.print(f"Retry of trial {details['retry_of']}")
+    params = Table(title="Params (searched ones marked *)")
+    params.add_column("name")
+    params.add_column("value", justify="right")
+    for name, v in details["params"].items():
+        params.add_row(name + (" *" if name in details["searched"] else ""), format_value(v))
+    console.print(params)
+    if details["eval_history"]:
+        history = details["eval_history"]
+        names = [k for k in history[0] if k != "step"]
+        curve = Table(title="Evaluations (learning curve)")
+        curve.add_column("step", justify="right")
+        for name in names:
+            curve.add_column(name, justify="right")
+        for row in history:
+            curve.add_row(str(row["step"]), *[format_value(row.get(n)) for n in names])
+        console.print(curve)
+    if details["metrics"]:
+        console.print("Final metrics: " + ", ".join(f"{k}={format_value(v)}" for k, v in details["metrics"].items()))
+    console.print("Outputs: trials keep no checkpoint; `ftsweep export STUDY --trial N` writes this trial's config.")
+    return 0
+
+
+def cmd_importance(args: argparse.Namespace) -> int:
+    """Parameter importances (fANOVA by default) as a table."""
+    from .report import importance_table
+
+    _console().print(importance_table(_study(args), evaluator=args.evaluator))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Optuna's plots as PNG files plus one self-contained HTML page that opens offline."""
+    from pathlib import Path
+
+    from .report import write_report
+
+    files = write_report(_study(args), Path(args.out), evaluator=args.evaluator)
+    console = _console()
+    for path in files.written:
+        console.print(f"wrote {path}")
+    for note in files.notes:
+        console.print(f"[yellow]skipped:[/] {note}")
+    console.print(f"Open {files.html} in a browser (works offline).")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard on the study storage (127.0.0.1 by default)."""
+    from .dashboard import run_dashboard
+    from .study import resolve_storage
+
+    run_dashboard(resolve_storage(args.storage_or_study), host=args.host, port=args.port, console=_console())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write winner.yaml, training_args.json and adapter_config.json for the best (or chosen) trial(s)."""
+    from pathlib import Path
+
+    from .export import export
+
+    exported = export(_study(args), Path(args.out), trial=args.trial, top=args.top, force=args.force,
+                      allow_incomplete=args.allow_incomplete)
+    console = _console()
+    for item in exported:
+        console.print(f"Exported trial {item.trial} to {item.directory}/ (winner.yaml, training_args.json, "
+                      "adapter_config.json)")
+    console.print(f"Next: ftsweep train {exported[0].directory / 'winner.yaml'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Final fit of an exported config: train, evaluate on the held-out test split, save the adapter."""
+    from .results import format_value
+    from .spec import load_run
+    from .train import output_dir_for, train_run
+
+    run, objective_cls = load_run(args.run, args.overrides)
+    console = _console()
+    console.print(f"Training [bold]{run.name}[/] ({objective_cls.name}, {run.budget.max_steps} steps) "
+                  f"into {output_dir_for(run)}")
+    record = train_run(run, objective_cls, source=args.run, force=args.force)
+    metrics = record["metrics"]
+    console.print("Metrics: " + ", ".join(f"{k}={format_value(v)}" for k, v in metrics.items()))
+    repro = record.get("reproduction")
+    if repro:
+        like = "" if repro["comparable"] else " (different budget or data than the trial: not like for like)"
+        console.print(f"Trial value {format_value(repro['trial_value'])} → {format_value(repro['value'])}: "
+                      f"{repro['relative_error']:.2%} apart{like}")
+    console.print(f"Adapter: {record['adapter']}")
     return 0
 
 
@@ -164,6 +366,74 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
                    help="validate everything, print the resolved sweep and sampled configs; train nothing")
     p.add_argument("--samples", type=int, default=5, help="configurations to sample with --dry-run (default 5)")
     p.add_argument("--top", type=int, default=10, help="rows in the final table of best trials (default 10)")
+    p.add_argument("--enqueue", action="append", default=[], metavar="WINNER_OR_STUDY",
+                   help="queue a known-good config first: an exported winner.yaml or a study (its best trial); "
+                   "repeatable")
+
+
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="sweep file, study .db file, or study name (see `ftsweep --help`)")
+    p.add_argument("--storage", help="Optuna storage URL holding the study (or set FTSWEEP_STORAGE)")
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+
+
+def _status_arguments(p):
+    _study_arguments(p)
+    _json_flag(p)
+
+
+def _best_arguments(p):
+    _study_arguments(p)
+    p.add_argument("--top", type=int, default=10, help="how many trials (default 10)")
+    _json_flag(p)
+
+
+def _show_arguments(p):
+    _study_arguments(p)
+    p.add_argument("trial", type=int, help="trial number")
+    _json_flag(p)
+
+
+def _evaluator_flag(p):
+    p.add_argument("--evaluator", choices=["fanova", "mdi", "ped_anova"], default="fanova",
+                   help="Optuna importance evaluator (default fanova)")
+
+
+def _importance_arguments(p):
+    _study_arguments(p)
+    _evaluator_flag(p)
+
+
+def _report_arguments(p):
+    _study_arguments(p)
+    p.add_argument("--out", required=True, help="directory for the PNGs and report.html")
+    _evaluator_flag(p)
+
+
+def _dashboard_arguments(p):
+    p.add_argument("storage_or_study", help="a storage URL, a .db file, a sweep file or a study name")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+
+
+def _export_arguments(p):
+    _study_arguments(p)
+    p.add_argument("--out", required=True, help="directory to write into (refused if it exists, unless --force)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="export this trial (default: the best)")
+    which.add_argument("--top", type=int, help="export the K best trials, one folder each")
+    p.add_argument("--force", action="store_true", help="write into an existing directory")
+    p.add_argument("--allow-incomplete", action="store_true", help="allow exporting a pruned or failed trial")
+
+
+def _train_arguments(p):
+    p.add_argument("run", help="a winner.yaml written by `ftsweep export`")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a field, e.g. --set budget.max_steps=500 --set merge_validation=true")
+    p.add_argument("--force", action="store_true", help="overwrite an existing adapter in the output directory")
 
 
 def _spaces_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,6 +442,14 @@ def _spaces_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _command("launch", "run or resume a sweep of short fine-tunes")(_launch_arguments)(cmd_launch)
+_command("status", "counts by state, best so far, throughput")(_status_arguments)(cmd_status)
+_command("best", "table of the top trials (--json for scripts)")(_best_arguments)(cmd_best)
+_command("show", "everything about one trial")(_show_arguments)(cmd_show)
+_command("importance", "parameter importances as a table")(_importance_arguments)(cmd_importance)
+_command("report", "PNG plots and an offline HTML report")(_report_arguments)(cmd_report)
+_command("dashboard", "serve optuna-dashboard on the study storage")(_dashboard_arguments)(cmd_dashboard)
+_command("export", "write winner.yaml, training_args.json, adapter_config.json")(_export_arguments)(cmd_export)
+_command("train", "final fit of an exported winner.yaml")(_train_arguments)(cmd_train)
 _command("spaces", "list search-space presets, or show one")(_spaces_arguments)(cmd_spaces)
 
 
@@ -215,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         if debug:
             raise
-        err.print("error: " + str(exc), markup=False, soft_wrap=True)
+        err.print("error: " + scrub_secrets(str(exc)), markup=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         err.print("Interrupted.")
@@ -223,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an unexpected failure: one line unless --debug
         if debug:
             raise
-        err.print(f"error: {type(exc).__name__}: {exc}\n(run with --debug for the traceback)", markup=False)
+        err.print(f"error: {type(exc).__name__}: {scrub_secrets(str(exc))}\n(run with --debug for the traceback)",
+                  markup=False)
         return 1
 
 

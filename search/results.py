@@ -91,3 +91,93 @@ def _searched(study: optuna.Study) -> set[str]:
     for trial in study.get_trials(deepcopy=False):
         names.update(trial.params)
     return names
+
+
+def _states(study: optuna.Study) -> dict[str, int]:
+    names = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+    counts = {label: 0 for label in names.values()}
+    for trial in study.get_trials(deepcopy=False):
+        counts[names[trial.state.name]] += 1
+    return counts
+
+
+def study_status(study: optuna.Study) -> dict[str, Any]:
+    """Counts by state, best value, elapsed time and throughput; works while a sweep is running.
+
+    Example:
+        >>> study_status(study)["counts"]  # doctest: +SKIP
+        {'complete': 11, 'pruned': 13, 'failed': 0, 'running': 0, 'waiting': 0}
+    """
+    import datetime as dt
+
+    trials = study.get_trials(deepcopy=False)
+    counts = _states(study)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    elapsed = 0.0
+    if starts:
+        last = dt.datetime.now() if counts["running"] or not ends else max(ends)
+        elapsed = max((last - min(starts)).total_seconds(), 0.0)
+    finished = counts["complete"] + counts["pruned"] + counts["failed"]
+    best = None
+    if counts["complete"] and len(study.directions) == 1:
+        best_trial = study.best_trial
+        best = {"number": best_trial.number, "value": best_trial.value}
+    return {
+        "study": study.study_name,
+        "metric": study.user_attrs.get("metric", "value"),
+        "directions": [d.name.lower() for d in study.directions],
+        "counts": counts,
+        "total": len(trials),
+        "best": best,
+        "elapsed_s": elapsed,
+        "trials_per_hour": finished / (elapsed / 3600) if elapsed > 0 else None,
+    }
+
+
+def best_rows(study: optuna.Study, k: int = 10) -> list[dict[str, Any]]:
+    """JSON-ready rows of the top-k completed trials (the Pareto front for multi-objective studies)."""
+    if len(study.directions) > 1:
+        trials = study.best_trials
+        return [_row_dict(trial_row(t), values=t.values) for t in trials[:k]]
+    return [_row_dict(row) for row in top_trials(study, k)]
+
+
+def _row_dict(row: TrialRow, values: list[float] | None = None) -> dict[str, Any]:
+    data = {"number": row.number, "state": row.state.lower(), "value": row.value, "params": row.params,
+            "steps": row.steps, "duration_s": row.duration_s}
+    if values is not None:
+        data["values"] = values
+    return data
+
+
+def get_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """The trial with that number, or a ConfigError listing the numbers that exist."""
+    from spaces import ConfigError
+
+    trials = study.get_trials(deepcopy=False)
+    for trial in trials:
+        if trial.number == number:
+            return trial
+    numbers = [t.number for t in trials]
+    allowed = f"{numbers[0]}..{numbers[-1]}" if numbers else "(the study has no trials)"
+    raise ConfigError(f"study '{study.study_name}' has no trial {number}", key="trial", value=number, allowed=allowed)
+
+
+def trial_details(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """Everything recorded about one trial, JSON-ready."""
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "value": trial.value if trial.state == TrialState.COMPLETE else None,
+        "params": trial.user_attrs.get("config", trial.params),
+        "searched": trial.params,
+        "learning_curve": {int(k): v for k, v in sorted(trial.intermediate_values.items())},
+        "eval_history": trial.user_attrs.get("eval_history", []),
+        "metrics": trial.user_attrs.get("metrics", {}),
+        "duration_s": trial.user_attrs.get("duration_s", trial.duration.total_seconds() if trial.duration else None),
+        "started": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "fail_reason": trial.user_attrs.get("fail_reason"),
+        "retry_of": trial.user_attrs.get("retry_of"),
+        "worker": trial.user_attrs.get("worker"),
+    }

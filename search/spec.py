@@ -19,7 +19,7 @@ anything is trained or written.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,6 +131,7 @@ class Sweep:
     objective_cls: type
     direction: str
     source: str
+    enqueue: list[dict[str, Any]] = field(default_factory=list)  # configs to try first (--enqueue)
 
     @property
     def study_name(self) -> str:
@@ -282,3 +283,58 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str] | None:
         if current is None:
             return None
     return sorted(current.model_fields) if current is not None else None
+
+
+class RunSpec(_Strict):
+    """A sweep-free, reproducible run: what `ftsweep export` writes as winner.yaml and `ftsweep train` reads.
+
+    Example:
+        >>> run = RunSpec(name="demo-trial-8", objective="causal_lm", model="bundled:tiny-support-lm",
+        ...               dataset="bundled:support-qa", params={"learning_rate": 0.026})
+        >>> run.budget.max_steps
+        60
+    """
+
+    name: str
+    objective: ObjectiveSpec
+    model: ModelConfig
+    dataset: DataConfig
+    params: dict[str, Any] = Field(description="Every applied hyperparameter: searched, fixed and derived.")
+    budget: TrainBudget = Field(default_factory=TrainBudget)
+    seed: int = 0
+    merge_validation: bool = Field(
+        default=False, description="Train on train+validation (the test split stays held out)."
+    )
+    output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
+    provenance: dict[str, Any] = Field(default_factory=dict, description="Where the values came from; not used to train.")
+
+    _normalize = field_validator("objective", mode="before")(_named)
+    _model_shorthand = field_validator("model", mode="before")(SweepSpec._model_shorthand.__func__)
+    _dataset_shorthand = field_validator("dataset", mode="before")(SweepSpec._dataset_shorthand.__func__)
+    _safe_name = field_validator("name")(SweepSpec._safe_name.__func__)
+
+
+def load_run(path: str | Path, overrides: list[str] | None = None) -> tuple[RunSpec, type]:
+    """Read and validate a run spec (winner.yaml); returns it with its objective class.
+
+    Example:
+        >>> run, objective_cls = load_run("exported/winner.yaml", ["budget.max_steps=200"])  # doctest: +SKIP
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError("run file not found", value=str(path))
+    source = str(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError("a run file must be a mapping of keys to values", source=source, value=raw)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        run = RunSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error_from_pydantic(exc, RunSpec, source) from None
+    objective_cls = get_objective(run.objective.name)
+    unknown = sorted(set(run.params) - set(objective_cls.accepted_params()))
+    if unknown:
+        raise ConfigError(f"objective '{objective_cls.name}' cannot apply param(s) {unknown}", source=source,
+                          key=f"params.{unknown[0]}", allowed=sorted(objective_cls.accepted_params()))
+    return run, objective_cls

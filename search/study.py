@@ -98,3 +98,80 @@ def load_existing_study(study_name: str, storage: str) -> optuna.Study:
         raise ConfigError("no such study in this storage", key="study", value=study_name,
                           allowed=names or "(the storage holds no study)")
     return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def resolve_study(ref: str, storage: str | None = None) -> optuna.Study:
+    """Open the study a CLI argument names. `ref` may be:
+
+    - a study name with `--storage URL` (or `FTSWEEP_STORAGE` in the environment);
+    - a sweep file: its storage and study name;
+    - a `.db` SQLite file holding one study (or `FILE.db:STUDY` for one of several);
+    - a study name whose default database exists: `runs/<name>/<name>.db`.
+
+    Example:
+        >>> study = resolve_study("demo")  # doctest: +SKIP  (after `ftsweep launch demo`)
+    """
+    storage = storage or os.environ.get("FTSWEEP_STORAGE")
+    if storage:
+        _check_study_name(ref)
+        return load_existing_study(ref, storage)
+    path = Path(ref).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        from .spec import load_sweep
+
+        sweep = load_sweep(ref)
+        database = sweep.storage_url
+        if database.startswith("sqlite:///") and not Path(database.removeprefix("sqlite:///")).exists():
+            raise ConfigError("this sweep has not been launched yet (no study database)", key="study", value=ref,
+                              hint=f"Fix: ftsweep launch {ref}")
+        return load_existing_study(sweep.study_name, sweep.storage_url)
+    db_path, _, name = str(path).partition(".db:")
+    if name or path.suffix == ".db":
+        db = Path(db_path + ".db" if name else path)
+        if not db.exists():
+            raise ConfigError("no such study database", key="study", value=str(db))
+        url = f"sqlite:///{db.resolve()}"
+        names = optuna.study.get_all_study_names(storage=url)
+        if not name:
+            if len(names) != 1:
+                raise ConfigError("the database holds several studies: name one as FILE.db:STUDY", key="study",
+                                  value=ref, allowed=names)
+            name = names[0]
+        return load_existing_study(name, url)
+    _check_study_name(ref)
+    default = Path("runs") / ref / f"{ref}.db"
+    if default.exists():
+        return load_existing_study(ref, f"sqlite:///{default.resolve()}")
+    known = sorted(p.parent.name for p in Path("runs").glob("*/*.db")) if Path("runs").exists() else []
+    raise ConfigError(
+        "no such study", key="study", value=ref, allowed=known or "(no study under ./runs)",
+        hint="Fix: pass the sweep file, the .db file, or --storage URL with the study name.",
+    )
+
+
+def _check_study_name(name: str) -> None:
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise ConfigError("a study name cannot contain path separators", key="study", value=name)
+
+
+
+def resolve_storage(ref: str) -> str:
+    """A storage URL from a URL, a .db file, a sweep file or a study name (for `ftsweep dashboard`)."""
+    if "://" in ref:
+        return ref
+    path = Path(ref).expanduser()
+    if path.suffix == ".db":
+        if not path.exists():
+            raise ConfigError("no such study database", key="storage", value=ref)
+        return f"sqlite:///{path.resolve()}"
+    resolve_study(ref)  # a clear error when there is no such study
+    return _storage_url_of(ref)
+
+
+def _storage_url_of(ref: str) -> str:
+    path = Path(ref).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        from .spec import load_sweep
+
+        return load_sweep(ref).storage_url
+    return f"sqlite:///{(Path('runs') / ref / f'{ref}.db').resolve()}"

@@ -46,6 +46,7 @@ class OptunaBackend(Backend):
         storage = prepare_storage(sweep.storage_url)
         study = self._open_study(storage)
         requeued = recover_interrupted(study)
+        self._enqueue_known_configs(study)
         done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
         remaining = None if spec.n_trials is None else max(spec.n_trials - done, 0)
         outcome = SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(storage))
@@ -101,6 +102,14 @@ class OptunaBackend(Backend):
             study.set_user_attr("metric", spec.metric.name)
             study.set_user_attr("objective", spec.objective.name)
         return study
+
+    def _enqueue_known_configs(self, study: optuna.Study) -> None:
+        # Only the params this space searches: the sampler fills in the rest as usual.
+        searched = set(self.sweep.space.searched_names)
+        for params in self.sweep.enqueue:
+            known = {k: v for k, v in params.items() if k in searched}
+            if known:
+                study.enqueue_trial(known, user_attrs={"enqueued": True}, skip_if_exists=True)
 
     def _run_trial(self, trial: optuna.Trial, objective) -> float:
         sweep = self.sweep

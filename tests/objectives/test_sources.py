@@ -27,21 +27,27 @@ def test_local_files_of_each_type_load(tmp_path, suffix):
     {".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
      ".csv": lambda: frame.to_csv(path, index=False),
      ".parquet": lambda: frame.to_parquet(path)}[suffix]()
-    train, validation = load_splits(DataConfig(source=str(path), validation_fraction=0.25), seed=0,
-                                    columns=["prompt", "response"])
-    assert (len(train), len(validation)) == (30, 10)
+    train, validation, test = load_splits(DataConfig(source=str(path), validation_fraction=0.25), seed=0,
+                                          columns=["prompt", "response"])
+    assert (len(train), len(validation), len(test)) == (27, 9, 4)
     assert set(train.column_names) == {"prompt", "response"}
 
 
 def test_validation_split_is_seeded_and_disjoint():
     data = DataConfig(source="bundled:support-qa", max_eval_examples=None)
-    train_a, val_a = load_splits(data, seed=0, columns=["prompt", "response"])
-    train_b, val_b = load_splits(data, seed=0, columns=["prompt", "response"])
-    _, val_c = load_splits(data, seed=1, columns=["prompt", "response"])
-    assert val_a["prompt"] == val_b["prompt"]
-    assert val_a["prompt"] != val_c["prompt"]
-    assert not set(val_a["prompt"]) & set(train_a["prompt"])
-    assert len(val_a) == 120
+    train_a, val_a, test_a = load_splits(data, seed=0, columns=["prompt", "response"])
+    train_b, val_b, test_b = load_splits(data, seed=0, columns=["prompt", "response"])
+    _, val_c, test_c = load_splits(data, seed=1, columns=["prompt", "response"])
+    assert (val_a["prompt"], test_a["prompt"]) == (val_b["prompt"], test_b["prompt"])
+    assert val_a["prompt"] != val_c["prompt"] and test_a["prompt"] != test_c["prompt"]
+    train, val, test = set(train_a["prompt"]), set(val_a["prompt"]), set(test_a["prompt"])
+    assert not (train & val or train & test or val & test)
+    assert (len(train), len(val), len(test)) == (972, 108, 120)
+
+
+def test_no_test_split_when_asked_for_none():
+    splits = load_splits(DataConfig(source="bundled:support-qa", test_fraction=0.0), seed=0, columns=["prompt"])
+    assert splits.test is None and len(splits.train) + len(splits.validation) == 1200
 
 
 def test_unknown_split_lists_the_splits():

@@ -1,0 +1,168 @@
+"""Carrying a winner out of the study: `winner.yaml`, `training_args.json`, `adapter_config.json`.
+
+    winner.yaml          a RunSpec: objective, model, dataset, every applied param, budget, seed,
+                         provenance (study, trial, value, package versions). `ftsweep train` reads it.
+    training_args.json   keyword arguments for `transformers.TrainingArguments(**kwargs)`
+    adapter_config.json  `peft.PeftConfig.from_pretrained(DIR)` loads it
+
+Everything comes from the study store alone (whichever backend wrote it); no storage URL, token or
+password is ever written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
+from spaces import ConfigError
+
+from .spec import RunSpec
+
+EXPORTED_FILES = ("winner.yaml", "training_args.json", "adapter_config.json")
+_VERSIONED = ("ftsweep", "optuna", "torch", "transformers", "peft", "datasets")
+
+
+@dataclass
+class Exported:
+    trial: int
+    directory: Path
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def safe_join(base: Path, *parts: str) -> Path:
+    """`base / parts` that is guaranteed to stay inside `base` (no `..` or absolute escapes)."""
+    base = base.resolve()
+    target = base.joinpath(*parts).resolve()
+    if target != base and base not in target.parents:
+        raise ConfigError("output path escapes the chosen directory", key="--out", value=str(target),
+                          allowed=f"paths inside {base}")
+    return target
+
+
+def sweep_record(study: optuna.Study) -> dict:
+    record = study.user_attrs.get("sweep")
+    if not record:
+        raise ConfigError("this study was not written by ftsweep (it has no sweep record)", key="study",
+                          value=study.study_name)
+    return record
+
+
+def objective_for(record: dict):
+    """An objective instance (not set up) rebuilt from a study's sweep record."""
+    cls = get_objective(record["objective"]["name"])
+    return cls(ModelConfig(**record["model"]), DataConfig(**record["dataset"]), TrainBudget(**record["budget"]),
+               seed=record.get("seed", 0), options=ObjectiveOptions(**record["objective"].get("args", {})))
+
+
+def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpec:
+    """The RunSpec that reproduces `trial`: the sweep's settings plus the trial's applied params."""
+    record = sweep_record(study)
+    cls = get_objective(record["objective"]["name"])
+    config = trial.user_attrs.get("config", trial.params)
+    applied = {k: v for k, v in config.items() if k in cls.accepted_params()}
+    return RunSpec(
+        name=f"{study.study_name}-trial-{trial.number}",
+        objective=record["objective"],
+        model=record["model"],
+        dataset=record["dataset"],
+        params=applied,
+        budget=record["budget"],
+        seed=record.get("seed", 0),
+        provenance={
+            "study": study.study_name,
+            "trial": trial.number,
+            "state": trial.state.name.lower(),
+            "metric": study.user_attrs.get("metric"),
+            "direction": study.direction.name.lower() if len(study.directions) == 1 else None,
+            "value": trial.value if trial.state == TrialState.COMPLETE else None,
+            "metrics": trial.user_attrs.get("metrics", {}),
+            "budget": record["budget"],  # the trial's own; `train` says whether its run matched it
+            "trial_params": trial.params,  # what --enqueue feeds back to a sampler
+            "all_params": config,
+            "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": package_versions(),
+        },
+    )
+
+
+def write_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, directory: Path) -> Path:
+    """Write the three files for one trial into `directory`."""
+    run = run_spec_for(study, trial)
+    objective = objective_for(sweep_record(study))
+    directory.mkdir(parents=True, exist_ok=True)
+    safe_join(directory, "winner.yaml").write_text(
+        "# A reproducible run of one trial: `ftsweep train winner.yaml` (override with --set key=value).\n"
+        + yaml.safe_dump(run.model_dump(mode="json", by_alias=True), sort_keys=False)
+    )
+    kwargs = objective.training_kwargs(run.params, output_dir="output")
+    safe_join(directory, "training_args.json").write_text(json.dumps(kwargs, indent=2) + "\n")
+    lora = objective.lora_config(run.params)
+    # A bundled model is referred to by its installed path, so PeftModel.from_pretrained can find it.
+    from objectives import resolve_model_path
+
+    lora.base_model_name_or_path = (
+        resolve_model_path(run.model) if run.model.name_or_path.startswith("bundled:") else run.model.name_or_path
+    )
+    lora.revision = run.model.revision
+    lora.save_pretrained(str(directory))
+    return directory
+
+
+def export(
+    study: optuna.Study,
+    out: Path,
+    *,
+    trial: int | None = None,
+    top: int | None = None,
+    force: bool = False,
+    allow_incomplete: bool = False,
+) -> list[Exported]:
+    """Export the best trial (default), one trial (`trial`) or the top-k (`top`, one folder each).
+
+    Example:
+        >>> export(study, Path("winner"))  # doctest: +SKIP
+        [Exported(trial=8, directory=PosixPath('winner'))]
+    """
+    from .results import get_trial, top_trials
+
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConfigError("the export directory already exists and is not empty", key="--out", value=str(out),
+                          hint="Fix: choose another directory, or pass --force to overwrite the exported files.")
+    if trial is not None and top is not None:
+        raise ConfigError("give --trial or --top, not both", key="--trial")
+    if top is not None:
+        rows = top_trials(study, top)
+        if not rows:
+            raise ConfigError("the study has no completed trial to export", key="study", value=study.study_name)
+        chosen = [get_trial(study, row.number) for row in rows]
+        return [Exported(t.number, write_trial(study, t, safe_join(out, f"trial-{t.number}"))) for t in chosen]
+    if trial is None:
+        rows = top_trials(study, 1)
+        if not rows:
+            raise ConfigError("the study has no completed trial to export", key="study", value=study.study_name)
+        trial = rows[0].number
+    chosen = get_trial(study, trial)
+    if chosen.state != TrialState.COMPLETE and not allow_incomplete:
+        raise ConfigError(
+            f"trial {trial} is {chosen.state.name.lower()}, not complete: its params never finished a full budget",
+            key="--trial", value=trial, hint="Fix: export a complete trial, or pass --allow-incomplete.",
+        )
+    return [Exported(chosen.number, write_trial(study, chosen, safe_join(out)))]
