@@ -21,7 +21,6 @@ Errors in the user's input print one clear line (file, key, value, what is allow
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Callable
 
@@ -29,13 +28,9 @@ from rich.console import Console
 
 from spaces import ConfigError
 
+from .study import scrub_secrets
+
 EXIT_BAD_INPUT = 2
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.I)
-
-
-def scrub_secrets(text: str) -> str:
-    """Hide the password of any URL in a message (libraries sometimes echo connection strings)."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
 
 EXIT_INTERRUPTED = 130
 

@@ -9,6 +9,7 @@ Needs the `dashboard` extra: ``pip install 'ftsweep[dashboard]'``.
 from __future__ import annotations
 
 import errno
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,38 @@ def _optuna_dashboard():
     return optuna_dashboard
 
 
-def _scrub(text: str, storage: str) -> str:
-    """``text`` with the storage URL and its password hidden (driver errors may quote either)."""
+# user:password@ in a URL SQLAlchemy cannot parse (a bad port, an unescaped '@' in the password).
+_CREDENTIALS = re.compile(r"(://[^:/@]*:)([^/]*)@")
+
+
+def _password(storage: str) -> str | None:
     from sqlalchemy.engine import make_url
 
-    text = text.replace(storage, redact_url(storage))
     try:
-        password = make_url(storage).password
-    except Exception:  # not an SQLAlchemy URL: no password in it
-        password = None
-    return text.replace(str(password), "***") if password else text
+        return make_url(storage).password
+    except Exception:  # not parseable by SQLAlchemy: look for user:password@ ourselves
+        match = _CREDENTIALS.search(storage)
+        return match.group(2) if match else None
+
+
+def shown_storage(storage: str) -> str:
+    """The storage URL as it may be printed: ``redact_url``, and no password even when SQLAlchemy
+    cannot parse the URL (redact_url then returns it unchanged).
+
+    Example:
+        >>> shown_storage("postgresql://sweeper:s3cret@db:bad-port/optuna")
+        'postgresql://sweeper:***@db:bad-port/optuna'
+    """
+    shown = redact_url(storage)
+    password = _password(storage)
+    return _CREDENTIALS.sub(r"\1***@", shown) if password and password in shown else shown
+
+
+def _scrub(text: str, storage: str) -> str:
+    """``text`` with the storage URL and its password hidden (driver errors may quote either)."""
+    text = text.replace(storage, shown_storage(storage))
+    password = _password(storage)
+    return text.replace(password, "***") if password else text
 
 
 def _check_sqlite_file(storage: str) -> None:
@@ -45,9 +68,12 @@ def _check_sqlite_file(storage: str) -> None:
         return
     from sqlalchemy.engine import make_url
 
-    database = make_url(storage).database
+    try:
+        database = make_url(storage).database
+    except Exception:  # unparseable: study_names reports it, with the password hidden
+        return
     if database and database != ":memory:" and not Path(database).expanduser().exists():
-        raise ConfigError("no database file at this path", key="storage", value=redact_url(storage),
+        raise ConfigError("no database file at this path", key="storage", value=shown_storage(storage),
                           hint="Fix: pass the storage a sweep wrote (default sqlite:///runs/<name>/<study>.db).")
 
 
@@ -64,8 +90,9 @@ def study_names(storage: str) -> list[str]:
     try:
         return optuna.study.get_all_study_names(storage=storage)
     except Exception as exc:
-        raise ConfigError(f"cannot open the storage ({type(exc).__name__}: {_scrub(str(exc), storage)})",
-                          key="storage", value=redact_url(storage)) from None  # the cause may quote the password
+        detail = " ".join(_scrub(str(exc), storage).split())  # SQLAlchemy's messages span lines; errors are one
+        raise ConfigError(f"cannot open the storage ({type(exc).__name__}: {detail})",
+                          key="storage", value=shown_storage(storage)) from None  # the cause may quote the password
 
 
 def dashboard_url(host: str, port: int) -> str:
@@ -111,10 +138,10 @@ def run_dashboard(storage: str, *, host: str = "127.0.0.1", port: int = 8080, co
     optuna_dashboard = _optuna_dashboard()
     names = study_names(storage)
     if not names:
-        raise ConfigError("the storage holds no study", key="storage", value=redact_url(storage),
+        raise ConfigError("the storage holds no study", key="storage", value=shown_storage(storage),
                           hint="Fix: run a sweep first (ftsweep launch SWEEP), or pass the storage it wrote.")
     shown = ", ".join(names[:5]) + (f", … ({len(names) - 5} more)" if len(names) > 5 else "")
-    console.print(f"Dashboard for {redact_url(storage)} "
+    console.print(f"Dashboard for {shown_storage(storage)} "
                   f"({len(names)} {'study' if len(names) == 1 else 'studies'}: {shown})", markup=False)
     console.print(f"Open [bold cyan]{dashboard_url(host, port)}[/] (Ctrl-C to stop)")
     try:

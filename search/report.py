@@ -88,6 +88,7 @@ def compute_importances(study: optuna.Study, *, evaluator: str = "fanova", seed:
         >>> compute_importances(study)  # doctest: +SKIP
         {'learning_rate': 0.83, 'lora_dropout': 0.09, 'lora_r': 0.05, 'lr_scheduler_type': 0.03}
     """
+    evaluator_obj = _make_evaluator(evaluator, seed)  # a bad name fails first, whatever the study
     complete = _finished(study)
     if len(complete) < 2:
         raise ConfigError(
@@ -100,11 +101,19 @@ def compute_importances(study: optuna.Study, *, evaluator: str = "fanova", seed:
             "no searched parameter took more than one value in the completed trials, so none can explain the metric",
             key="study", value=study.study_name,
         )
-    evaluator_obj = _make_evaluator(evaluator, seed)
+    if len({t.value for t in complete}) == 1:
+        raise ConfigError(f"every completed trial has the same value ({complete[0].value}), so no param explains it",
+                          key="study", value=study.study_name)
     with warnings.catch_warnings():
         # PED-ANOVA warns per param when few trials fall in a regime; the numbers are still its best estimate.
         warnings.simplefilter("ignore", UserWarning)
-        importances = optuna.importance.get_param_importances(study, evaluator=evaluator_obj)
+        try:
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator_obj)
+        except RuntimeError as exc:
+            # fANOVA's trees found no split: none of the params it rates varied (the metric did, see above).
+            if "zero total variance" not in str(exc):
+                raise
+            importances = {}
     if not set(importances) & varied:
         # fANOVA and MDI rate only params present in every completed trial; conditional ones drop out.
         raise ConfigError(
@@ -122,22 +131,22 @@ class _Precomputed(BaseImportanceEvaluator):
     def __init__(self, importances: dict[str, float]) -> None:
         self.importances = importances
 
-    def evaluate(self, study, params=None, *, target=None) -> dict[str, float]:  # noqa: ANN001 - Optuna's signature
+    def evaluate(self, study: optuna.Study, params: list[str] | None = None, *,
+                 target: Callable[[FrozenTrial], float] | None = None) -> dict[str, float]:
         return {k: v for k, v in self.importances.items() if params is None or k in params}
 
 
-def importance_table(study: optuna.Study, **kwargs: Any):
-    """A rich Table of ``compute_importances(study, **kwargs)``: param, importance, bar.
+def importance_table(study: optuna.Study, *, evaluator: str = "fanova", seed: int = 0):
+    """A rich Table of ``compute_importances(study, evaluator=..., seed=...)``: param, importance, bar.
 
     Example:
         >>> Console().print(importance_table(study, evaluator="ped_anova"))  # doctest: +SKIP
     """
     from rich.table import Table
 
-    importances = compute_importances(study, **kwargs)
-    evaluator = kwargs.get("evaluator", "fanova")
-    table = Table(title=f"Parameter importance in '{study.study_name}' ({evaluator}, "
-                        f"{len(_finished(study))} completed trials)")
+    importances = compute_importances(study, evaluator=evaluator, seed=seed)
+    table = Table(title=f"Parameter importance in '{study.study_name}'",
+                  caption=f"{evaluator}, {len(_finished(study))} completed trials")
     table.add_column("param")
     table.add_column("importance", justify="right")
     table.add_column("", min_width=20)
@@ -161,6 +170,11 @@ class ReportFiles:
     def written(self) -> list[Path]:
         return [*self.images, self.html]
 
+    @property
+    def notes(self) -> list[str]:
+        """One line per skipped plot, e.g. "contour_lr_rank.png: lora_r was not searched"."""
+        return [f"{name}: {why}" for name, why in self.skipped.items()]
+
 
 @dataclass
 class _Plot:
@@ -179,7 +193,7 @@ def _import_plotting():
         raise ConfigError(f"the report needs matplotlib and plotly ({exc.name} is not installed)",
                           hint=INSTALL_HINT) from exc
     if "matplotlib.pyplot" not in sys.modules:
-        # Headless and thread-safe; a session that already chose a backend (a notebook) keeps it,
+        # Headless: no display needed. A session that already chose a backend (a notebook) keeps it,
         # since every figure here is saved to a file and closed anyway.
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -244,7 +258,7 @@ def _save_png(plt, result: Any, path: Path) -> None:
     axes = result.flat[0] if hasattr(result, "flat") else result
     fig = axes.figure
     try:
-        legend = getattr(axes, "get_legend", lambda: None)()
+        legend = axes.get_legend()
         if legend is not None and len(legend.get_texts()) > 20:
             legend.remove()  # one entry per trial: past ~20 it is taller than the plot and says nothing
         fig.savefig(path, format="png", dpi=110, bbox_inches="tight")
@@ -255,12 +269,9 @@ def _save_png(plt, result: Any, path: Path) -> None:
 def _summary(study: optuna.Study, metric: str) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
-    complete = _finished(study)
-    best = None
-    if complete:
-        best = study.best_trial
+    best = study.best_trial if _finished(study) else None
     return {"trials": len(trials), "counts": counts, "best": best, "metric": metric,
-            "direction": study.direction.name.lower(), "complete": complete}
+            "direction": study.direction.name.lower()}
 
 
 def write_report(study: optuna.Study, out_dir: Path, *, evaluator: str = "fanova") -> ReportFiles:
@@ -276,6 +287,7 @@ def write_report(study: optuna.Study, out_dir: Path, *, evaluator: str = "fanova
         >>> files = write_report(study, Path("runs/demo/report"))  # doctest: +SKIP
         >>> files.html, [p.name for p in files.images], files.skipped
     """
+    _make_evaluator(evaluator, 0)  # a bad name is the caller's mistake, not a note in the report
     matplotlib, plt, mpl_vis, plotly_vis = _import_plotting()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -299,6 +311,7 @@ def write_report(study: optuna.Study, out_dir: Path, *, evaluator: str = "fanova
             figures.append((plot, None, None))
             continue
         png_uri = div = None
+        open_figures = set(plt.get_fignums())
         try:
             # Optuna's plots call plt.style.use("ggplot"); rc_context keeps that from leaking out.
             with _quiet_optuna(), matplotlib.rc_context():
@@ -312,7 +325,8 @@ def write_report(study: optuna.Study, out_dir: Path, *, evaluator: str = "fanova
                               default_height="520px", config={"displaylogo": False, "responsive": True})
             first_plotly = False
         except Exception as exc:  # one plot Optuna cannot draw must not cost the whole report
-            plt.close("all")
+            for number in set(plt.get_fignums()) - open_figures:  # ours only: not a notebook's
+                plt.close(number)
             png_path.unlink(missing_ok=True)
             if png_path in files.images:
                 files.images.remove(png_path)
@@ -329,13 +343,15 @@ def write_report(study: optuna.Study, out_dir: Path, *, evaluator: str = "fanova
 # ----------------------------------------------------------------------------------------- HTML
 
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;color:#222;
+padding:0 1rem}
 h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.6rem 0}td,th{padding:.25rem .7rem;border-bottom:1px solid #eee;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#777}
 .bar{background:#4c78a8;height:.8rem;display:inline-block;vertical-align:middle}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4rem .8rem}
-.plotly-box{overflow-x:auto}figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;margin-top:.3rem}
+.plotly-box{overflow-x:auto}figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#555;margin-top:.3rem}
 """
 
 
@@ -401,7 +417,8 @@ def _render_html(study: optuna.Study, summary: dict[str, Any], importances: dict
     parts.append("<h2>Plots</h2>")
     for plot, png_uri, _ in figures:
         if png_uri is None:
-            parts.append(f'<p class="note"><b>{_e(plot.title)}</b> ({_e(plot.name)}.png): skipped: {_e(plot.why_not)}.</p>')
+            parts.append(f'<p class="note"><b>{_e(plot.title)}</b> ({_e(plot.name)}.png): '
+                         f"skipped: {_e(plot.why_not)}.</p>")
         else:
             parts.append(f'<figure><img alt="{_e(plot.title)}" src="{png_uri}">'
                          f"<figcaption>{_e(plot.title)} ({_e(plot.name)}.png)</figcaption></figure>")

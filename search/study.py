@@ -13,6 +13,7 @@ What ftsweep keeps on each Optuna trial (so `best`, `show`, `export` need nothin
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -34,9 +35,23 @@ def redact_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL (e.g. a journal file path): nothing to hide
-        return url
+        # The pattern runs too: an unescaped '@' in a password fools the URL parser into a host.
+        return scrub_secrets(make_url(url).render_as_string(hide_password=True))
+    except Exception:  # not something SQLAlchemy parses (bad port, unescaped '@'...): hide by pattern
+        return scrub_secrets(url)
+
+
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^\s]+@", re.I)
+
+
+def scrub_secrets(text: str) -> str:
+    """Hide the password of any URL in a message (libraries sometimes echo connection strings).
+
+    Example:
+        >>> scrub_secrets("could not connect to postgresql://u:p@ss@db:bad/x")
+        'could not connect to postgresql://u:***@db:bad/x'
+    """
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 def prepare_storage(url: str) -> str:

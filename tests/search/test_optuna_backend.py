@@ -112,20 +112,24 @@ def _wait_for(path: Path, predicate, timeout: float = 120.0) -> optuna.Study:
 
 
 def _one_done_one_running(trials) -> bool:
+    # Early in a 60-step trial: the kill lands long before that trial could finish.
     states = [t.state for t in trials]
-    return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and bool(trials[-1].intermediate_values)
+    steps = trials[-1].intermediate_values if trials else {}
+    return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and 0 < max(steps, default=0) <= 20
 
 
 def test_killed_sweep_resumes_keeping_completed_trials(write_sweep):
-    path = write_sweep(n_trials=3, budget={"max_steps": 20, "eval_every": 2})
+    path = write_sweep(n_trials=3, budget={"max_steps": 60, "eval_every": 2})
     proc = _spawn(path)
     try:
-        study = _wait_for(path, _one_done_one_running)
+        _wait_for(path, _one_done_one_running)
     finally:
         proc.kill()
         proc.wait()
+    # Read the state after the kill: the trial seen running may have finished in between.
+    study = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url)
     before = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
-    killed = study.get_trials()[-1].number
+    killed = next(t.number for t in study.get_trials() if t.state == TrialState.RUNNING)
 
     resumed = _run(path)
     trials = resumed.get_trials()
@@ -138,9 +142,9 @@ def test_killed_sweep_resumes_keeping_completed_trials(write_sweep):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_completed_trials(write_sweep):
-    path = write_sweep(n_trials=3, budget={"max_steps": 20, "eval_every": 2})
+    path = write_sweep(n_trials=3, budget={"max_steps": 60, "eval_every": 2})
     proc = _spawn(path)
-    study = _wait_for(path, _one_done_one_running)
+    _wait_for(path, _one_done_one_running)
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
