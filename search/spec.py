@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
-from spaces import ConfigError, SearchSpace, load_yaml, resolve_space
+from spaces import ConfigError, SearchSpace, from_validation_error, load_yaml, resolve_space
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -223,14 +223,7 @@ def load_sweep(path_or_name: str | Path, overrides: list[str] | None = None) -> 
     """
     path = find_sweep_file(path_or_name)
     source = str(path)
-    raw = load_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError("a sweep file must be a mapping of keys to values", source=source, value=raw)
-    raw = apply_overrides(raw, overrides or [])
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise config_error_from_pydantic(exc, SweepSpec, source) from None
+    spec = _read_validated(path, SweepSpec, overrides)
 
     from .backends import available_backends
 
@@ -254,21 +247,19 @@ def load_sweep(path_or_name: str | Path, overrides: list[str] | None = None) -> 
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, direction=direction, source=source)
 
 
-def config_error_from_pydantic(exc: ValidationError, model: type[BaseModel], source: str | None) -> ConfigError:
-    """The first pydantic error as a ConfigError with the dotted key path and what is allowed."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = [str(p) for p in first["loc"]]
-    key = ".".join(loc) or None
-    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    if first["type"] == "extra_forbidden":
-        allowed = _fields_at(model, loc[:-1])
-        return ConfigError(f"unknown key '{loc[-1]}'{more}", source=source, key=key,
-                           allowed=allowed, hint="Fix: check the spelling.")
-    if first["type"] == "missing":
-        return ConfigError(f"required key is missing{more}", source=source, key=key)
-    message = first["msg"].removeprefix("Value error, ")
-    return ConfigError(message + more, source=source, key=key, value=first.get("input"))
+def _read_validated(path: Path, model: type[BaseModel], overrides: list[str] | None):
+    """Safe-load a YAML mapping, apply `--set` overrides, validate it as `model` (ConfigError on any problem)."""
+    source = str(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError("the file must be a mapping of keys to values", source=source, value=raw)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation_error(
+            exc, source=source, prefix=None, allowed_keys=lambda loc: _fields_at(model, [str(p) for p in loc])
+        ) from None
 
 
 def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str] | None:
@@ -324,14 +315,7 @@ def load_run(path: str | Path, overrides: list[str] | None = None) -> tuple[RunS
     if not path.exists():
         raise ConfigError("run file not found", value=str(path))
     source = str(path)
-    raw = load_yaml(path)
-    if not isinstance(raw, dict):
-        raise ConfigError("a run file must be a mapping of keys to values", source=source, value=raw)
-    raw = apply_overrides(raw, overrides or [])
-    try:
-        run = RunSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise config_error_from_pydantic(exc, RunSpec, source) from None
+    run = _read_validated(path, RunSpec, overrides)
     objective_cls = get_objective(run.objective.name)
     unknown = sorted(set(run.params) - set(objective_cls.accepted_params()))
     if unknown:

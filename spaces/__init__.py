@@ -29,6 +29,7 @@ Example:
 """
 
 from spaces._errors import ConfigError
+from spaces._errors import from_validation_error
 from spaces._params import CategoricalParam
 from spaces._params import DerivedParam
 from spaces._params import FixedParam
@@ -52,6 +53,7 @@ __all__ = [
     "IntParam",
     "Param",
     "SearchSpace",
+    "from_validation_error",
     "get_preset",
     "list_presets",
     "load_yaml",

@@ -93,17 +93,39 @@ def test_every_preset_runs_through_the_backend(write_sweep, preset):
 
 
 def _spawn(path: Path) -> subprocess.Popen:
+    # Output goes to a file, not a pipe: nobody reads a pipe while we poll, and a full one would block it.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = (path.parent / "launch.log").open("w")
     return subprocess.Popen([sys.executable, "-m", "search.cli", "launch", str(path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for(path: Path, predicate, timeout: float = 120.0) -> optuna.Study:
+def _output(path: Path) -> str:
+    return (path.parent / "launch.log").read_text()
+
+
+def _study_created(database: Path, name: str) -> bool:
+    # Read-only peek first: opening the storage with Optuna while the sweep is still creating its
+    # schema would race it (both would try to create the tables).
+    import sqlite3
+
+    if not database.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+def _wait_for(path: Path, predicate, proc: subprocess.Popen, timeout: float = 180.0) -> optuna.Study:
     sweep = load_sweep(path)
     database = Path(sweep.storage_url.removeprefix("sqlite:///"))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if database.exists() and sweep.study_name in optuna.study.get_all_study_names(sweep.storage_url):
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep process ended early ({proc.returncode}):\n{_output(path)}")
+        if _study_created(database, sweep.study_name):
             study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
             if predicate(study.get_trials()):
                 return study
@@ -112,17 +134,18 @@ def _wait_for(path: Path, predicate, timeout: float = 120.0) -> optuna.Study:
 
 
 def _one_done_one_running(trials) -> bool:
-    # Early in a 60-step trial: the kill lands long before that trial could finish.
+    # Not late in a 60-step trial: the signal lands before that trial could finish. The window is
+    # most of a trial, so a busy machine (slow polling) still sees it.
     states = [t.state for t in trials]
     steps = trials[-1].intermediate_values if trials else {}
-    return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and 0 < max(steps, default=0) <= 20
+    return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and 0 < max(steps, default=0) <= 40
 
 
 def test_killed_sweep_resumes_keeping_completed_trials(write_sweep):
-    path = write_sweep(n_trials=3, budget={"max_steps": 60, "eval_every": 2})
+    path = write_sweep(n_trials=3, budget={"max_steps": 60, "eval_every": 4})
     proc = _spawn(path)
     try:
-        _wait_for(path, _one_done_one_running)
+        _wait_for(path, _one_done_one_running, proc)
     finally:
         proc.kill()
         proc.wait()
@@ -142,11 +165,12 @@ def test_killed_sweep_resumes_keeping_completed_trials(write_sweep):
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_completed_trials(write_sweep):
-    path = write_sweep(n_trials=3, budget={"max_steps": 60, "eval_every": 2})
+    path = write_sweep(n_trials=3, budget={"max_steps": 60, "eval_every": 4})
     proc = _spawn(path)
-    _wait_for(path, _one_done_one_running)
+    _wait_for(path, _one_done_one_running, proc)
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    output = _output(path)
     assert proc.returncode == 130, output
     assert "Run the same command again to resume" in output
     trials = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url).get_trials()
