@@ -32,6 +32,7 @@ class TrialRow:
     steps: int | None
     duration_s: float | None
     fail_reason: str | None
+    values: list[float] | None = None
 
 
 def trial_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
@@ -39,18 +40,23 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     duration = trial.user_attrs.get("duration_s")
     if duration is None and trial.duration is not None:
         duration = trial.duration.total_seconds()
-    value = trial.value if trial.state == TrialState.COMPLETE else (
+    complete = trial.state == TrialState.COMPLETE
+    multi = trial.values is not None and len(trial.values) > 1
+    value = (trial.values[0] if multi else trial.value) if complete else (
         trial.intermediate_values[steps] if steps is not None else None
     )
     return TrialRow(
         number=trial.number, state=trial.state.name, value=value,
         params=trial.user_attrs.get("config", trial.params), steps=steps, duration_s=duration,
-        fail_reason=trial.user_attrs.get("fail_reason"),
+        fail_reason=trial.user_attrs.get("fail_reason"), values=list(trial.values) if complete and multi else None,
     )
 
 
 def top_trials(study: optuna.Study, k: int = 10) -> list[TrialRow]:
-    """Completed trials, best first (pruned ones are never 'best': they did not finish their budget)."""
+    """Completed trials, best first (pruned ones are never 'best': they did not finish their budget).
+    For a multi-objective study: the Pareto front, in trial order."""
+    if len(study.directions) > 1:
+        return [trial_row(t) for t in sorted(study.best_trials, key=lambda t: t.number)[:k]]
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     complete.sort(key=lambda t: t.value, reverse=reverse)
@@ -69,9 +75,13 @@ def render_top_table(study: optuna.Study, *, k: int = 10, title: str | None = No
 
     rows = top_trials(study, k)
     metric = study.user_attrs.get("metric", "value")
-    table = Table(title=title or f"Top {len(rows)} trials of '{study.study_name}' ({study.direction.name.lower()} {metric})")
+    multi = len(study.directions) > 1
+    goal = ", ".join(d.name.lower() for d in study.directions)
+    default_title = (f"Pareto front of '{study.study_name}' ({len(rows)} trials; {goal})" if multi
+                     else f"Top {len(rows)} trials of '{study.study_name}' ({goal} {metric})")
+    table = Table(title=title or default_title)
     table.add_column("#", justify="right")
-    table.add_column(metric, justify="right")
+    table.add_column("values" if multi else metric, justify="right")
     searched = sorted({name for row in rows for name in row.params if name in _searched(study)})
     for name in searched:
         table.add_column(SHORT_NAMES.get(name, name), justify="right")
@@ -79,7 +89,7 @@ def render_top_table(study: optuna.Study, *, k: int = 10, title: str | None = No
     table.add_column("time", justify="right")
     for row in rows:
         table.add_row(
-            str(row.number), format_value(row.value),
+            str(row.number), ", ".join(format_value(v) for v in row.values) if multi else format_value(row.value),
             *[format_value(row.params.get(name, "—")) for name in searched],
             str(row.steps or "—"), f"{row.duration_s:.1f}s" if row.duration_s else "—",
         )
@@ -137,17 +147,14 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
 
 def best_rows(study: optuna.Study, k: int = 10) -> list[dict[str, Any]]:
     """JSON-ready rows of the top-k completed trials (the Pareto front for multi-objective studies)."""
-    if len(study.directions) > 1:
-        trials = study.best_trials
-        return [_row_dict(trial_row(t), values=t.values) for t in trials[:k]]
     return [_row_dict(row) for row in top_trials(study, k)]
 
 
-def _row_dict(row: TrialRow, values: list[float] | None = None) -> dict[str, Any]:
+def _row_dict(row: TrialRow) -> dict[str, Any]:
     data = {"number": row.number, "state": row.state.lower(), "value": row.value, "params": row.params,
             "steps": row.steps, "duration_s": row.duration_s}
-    if values is not None:
-        data["values"] = values
+    if row.values is not None:
+        data["values"] = row.values
     return data
 
 

@@ -185,3 +185,25 @@ def test_secrets_never_reach_output_or_exports(swept, tmp_path, capsys, monkeypa
     for file in out.iterdir():
         text = file.read_text()
         assert sentinel not in text and "sqlite" not in text
+
+
+def test_multi_objective_best_is_the_pareto_front(tmp_path, capsys):
+    storage = f"sqlite:///{tmp_path / 'mo.db'}"
+    study = optuna.create_study(study_name="mo", storage=storage, directions=["minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1 - t.suggest_float("y", 0, 1) ** 2), n_trials=12)
+    rows = _json(capsys, "best", "mo", "--storage", storage, "--json")
+    assert sorted(r["number"] for r in rows) == sorted(t.number for t in study.best_trials)
+    assert all(len(r["values"]) == 2 for r in rows)
+    assert main(["best", "mo", "--storage", storage]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+
+
+def test_output_paths_cannot_escape_the_chosen_directory(tmp_path):
+    from search.export import safe_join
+    from spaces import ConfigError
+
+    assert safe_join(tmp_path, "trial-3") == tmp_path.resolve() / "trial-3"
+    for bad in ("../outside", "/etc/passwd", "a/../../b"):
+        with pytest.raises(ConfigError, match="escapes"):
+            safe_join(tmp_path, bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -141,7 +142,7 @@ def _one_done_one_running(trials) -> bool:
     return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING and 0 < max(steps, default=0) <= 40
 
 
-def test_killed_sweep_resumes_keeping_completed_trials(write_sweep):
+def test_killed_sweep_resumes_keeping_completed_trials(write_sweep, capsys):
     path = write_sweep(n_trials=3, budget={"max_steps": 60, "eval_every": 4})
     proc = _spawn(path)
     try:
@@ -153,6 +154,9 @@ def test_killed_sweep_resumes_keeping_completed_trials(write_sweep):
     study = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url)
     before = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
     killed = next(t.number for t in study.get_trials() if t.state == TrialState.RUNNING)
+    assert main(["status", str(path), "--json"]) == 0  # status works while a trial is marked running
+    assert json.loads(capsys.readouterr().out)["counts"]["running"] == 1
+
 
     resumed = _run(path)
     trials = resumed.get_trials()
