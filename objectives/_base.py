@@ -330,13 +330,15 @@ class Objective(ABC):
         *,
         train_dataset=None,
         after_training: Callable[[Any, Any], dict[str, float]] | None = None,
+        on_log: Callable[[int, dict[str, float]], None] | None = None,
     ) -> dict[str, float]:
         """Fine-tune once with `params`; return the final evaluation's metrics.
 
         Raises `optuna.TrialPruned` when `report` asked to stop, `TrialDiverged` on a NaN/inf loss.
         Whatever happens, the base model is left exactly as it was found. `train_dataset` replaces
         the training split; `after_training(peft_model, trainer)` runs before the adapter is removed
-        (to save it, or evaluate elsewhere) and its metrics are merged into the result.
+        (to save it, or evaluate elsewhere) and its metrics are merged into the result. `on_log(step,
+        logs)` receives training logs (train_loss, learning_rate, grad_norm) for trackers.
 
         Example:
             >>> metrics = objective.run_trial({"learning_rate": 1e-3, "lora_r": 8})  # doctest: +SKIP
@@ -358,7 +360,7 @@ class Objective(ABC):
         model = get_peft_model(base, peft_config)
         from ._callback import ReportingCallback
 
-        callback = ReportingCallback(self, report)
+        callback = ReportingCallback(self, report, on_log)
         tmp = None
         try:
             if trial_dir is None:

@@ -10,15 +10,21 @@ from transformers import TrainerCallback
 class ReportingCallback(TrainerCallback):
     """Sends every evaluation to the backend and stops training when it says prune or the loss is NaN."""
 
-    def __init__(self, objective, report) -> None:
+    def __init__(self, objective, report, on_log=None) -> None:
         self.objective = objective
         self.report = report
+        self.log_sink = on_log  # training logs (loss, learning rate) for trackers
         self.history: list[tuple[int, dict[str, float]]] = []
         self.pruned_at: int | None = None
         self.diverged: str | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
+        logs = logs or {}
+        if self.log_sink is not None and "loss" in logs:
+            train = {f"train_{k}" if k == "loss" else k: float(v) for k, v in logs.items()
+                     if k in ("loss", "learning_rate", "grad_norm") and isinstance(v, (int, float))}
+            self.log_sink(state.global_step, train)
+        loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
             self.diverged = f"training loss became {loss} at step {state.global_step}"
             control.should_training_stop = True

@@ -47,7 +47,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from .spec import load_sweep
 
     console = _console()
-    sweep = load_sweep(args.sweep, args.overrides)
+    overrides = list(args.overrides) + ([f"tracking.wandb={args.wandb}"] if args.wandb else [])
+    sweep = load_sweep(args.sweep, overrides)
     sweep.enqueue = [_enqueued_params(ref) for ref in args.enqueue]
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
@@ -250,14 +251,27 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from .report import write_report
 
-    files = write_report(_study(args), Path(args.out), evaluator=args.evaluator)
+    study = _study(args)
+    files = write_report(study, Path(args.out), evaluator=args.evaluator)
     console = _console()
+    if args.wandb:
+        from .tracking import TrackingConfig, make_tracker
+
+        tracker = make_tracker(TrackingConfig(wandb=args.wandb, **_tracking_of(study)), Path(args.out),
+                               say=lambda text: console.print(text, markup=False))
+        tracker.sweep_end(study, Path(args.out))
     for path in files.written:
         console.print(f"wrote {path}")
     for note in files.notes:
         console.print(f"[yellow]skipped:[/] {note}")
     console.print(f"Open {files.html} in a browser (works offline).")
     return 0
+
+
+def _tracking_of(study) -> dict:
+    """project/entity/tags of the sweep that wrote the study, for W&B runs made afterwards."""
+    tracking = (study.user_attrs.get("sweep") or {}).get("tracking") or {}
+    return {k: tracking[k] for k in ("project", "entity", "tags") if tracking.get(k) is not None}
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -361,6 +375,8 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
                    help="validate everything, print the resolved sweep and sampled configs; train nothing")
     p.add_argument("--samples", type=int, default=5, help="configurations to sample with --dry-run (default 5)")
     p.add_argument("--top", type=int, default=10, help="rows in the final table of best trials (default 10)")
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "off"],
+                   help="W&B logging mode (overrides tracking.wandb; default auto: offline without credentials)")
     p.add_argument("--enqueue", action="append", default=[], metavar="WINNER_OR_STUDY",
                    help="queue a known-good config first: an exported winner.yaml or a study (its best trial); "
                    "repeatable")
@@ -405,6 +421,8 @@ def _importance_arguments(p):
 def _report_arguments(p):
     _study_arguments(p)
     p.add_argument("--out", required=True, help="directory for the PNGs and report.html")
+    p.add_argument("--wandb", nargs="?", const="auto", choices=["auto", "online", "offline"],
+                   help="also log the sweep run (trial table, best config, pictures) to W&B")
     _evaluator_flag(p)
 
 

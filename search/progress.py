@@ -51,6 +51,9 @@ class SweepProgress:
         if handler is not None:
             handler(**details)
 
+    def _on_note(self, text: str) -> None:
+        self.console.print(text, markup=False)
+
     def _on_setup(self, model: str) -> None:
         self.console.print(f"Loading [cyan]{model}[/] and tokenizing data (once per worker)…")
 

@@ -29,6 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
 from spaces import ConfigError, SearchSpace, from_validation_error, load_yaml, resolve_space
 
+from .tracking import TrackingConfig  # noqa: E402
+
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -85,6 +87,7 @@ class SweepSpec(_Strict):
     budget: TrainBudget = Field(default_factory=TrainBudget)
     seed: int = 0
     backend: str = "optuna"
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite in output_dir.")
     study_name: str | None = None
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")

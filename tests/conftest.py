@@ -28,6 +28,7 @@ TINY_SWEEP: dict[str, Any] = {
     "n_trials": 2,
     "budget": {"max_steps": 4, "eval_every": 2, "batch_size": 4, "eval_batch_size": 16, "max_seq_length": 64},
     "seed": 0,
+    "tracking": {"wandb": "off"},  # W&B has its own tests (tests/search/test_tracking.py)
 }
 
 

@@ -22,6 +22,7 @@ from objectives import TrialDiverged
 
 from ..pruners import build_pruner
 from ..samplers import build_sampler
+from ..tracking import make_tracker
 from ..study import WORKER, counts_toward_budget, prepare_storage, recover_interrupted, redact_url
 from ._base import Backend, SweepOutcome
 
@@ -43,6 +44,8 @@ class OptunaBackend(Backend):
         objective.setup()
 
         sweep.output_dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = make_tracker(spec.tracking, sweep.output_dir,
+                                    say=lambda text: self.listener("note", {"text": text}))
         storage = prepare_storage(sweep.storage_url)
         study = self._open_study(storage)
         requeued = recover_interrupted(study)
@@ -72,6 +75,7 @@ class OptunaBackend(Backend):
             raise
         finally:
             self._finish(study, outcome)
+        self.tracker.sweep_end(study, sweep.output_dir)
         return outcome
 
     def _open_study(self, storage: str) -> optuna.Study:
@@ -119,27 +123,34 @@ class OptunaBackend(Backend):
         trial.set_user_attr("config", params)
         self.listener("trial_start", {"trial": trial, "params": params})
         history: list[dict[str, Any]] = []
+        tracked = self.tracker.trial(sweep.study_name, trial.number, params)
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             history.append({"step": step, **metrics})
             trial.set_user_attr("eval_history", history)
+            tracked.log(step, metrics)
             trial.report(metrics[metric], step)
             self.listener("trial_report", {"trial": trial, "step": step, "metrics": metrics})
             return trial.should_prune()
 
         started = time.monotonic()
+        last = lambda: {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}  # noqa: E731
         try:
-            metrics = objective.run_trial(params, report)
+            metrics = objective.run_trial(params, report, on_log=tracked.log)
         except optuna.TrialPruned:
             trial.set_user_attr("duration_s", time.monotonic() - started)
+            tracked.finish("pruned", last())
             raise
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted: stopped by the user (Ctrl-C)")
+            reason = "interrupted: stopped by the user (Ctrl-C)"
+            trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("interrupted", True)
+            tracked.finish("failed", last(), reason)
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", _reason(exc))
             trial.set_user_attr("duration_s", time.monotonic() - started)
+            tracked.finish("failed", last(), _reason(exc))
             raise
         trial.set_user_attr("duration_s", time.monotonic() - started)
         trial.set_user_attr("metrics", metrics)
@@ -147,7 +158,9 @@ class OptunaBackend(Backend):
         if not math.isfinite(value):
             reason = f"TrialDiverged: final {metric} is {value}"
             trial.set_user_attr("fail_reason", reason)
+            tracked.finish("failed", metrics, reason)
             raise TrialDiverged(reason)
+        tracked.finish("complete", metrics)
         return value
 
     def _finish(self, study: optuna.Study, outcome: SweepOutcome) -> SweepOutcome:
