@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from spaces import ConfigError
 
@@ -49,6 +49,12 @@ class TrackingConfig(BaseModel):
     tags: list[str] = Field(default_factory=list)
     dir: str | None = Field(default=None, description="Where W&B writes runs; default: the sweep's output_dir.")
     connect_timeout_s: float = Field(default=3.0, gt=0, description="How long `auto`/`online` wait for the server.")
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true): take them as the user meant them.
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 # ------------------------------------------------------------------------------------- interface

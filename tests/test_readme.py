@@ -29,6 +29,10 @@ def test_yaml_example_is_valid(block, tmp_path):
         path = tmp_path / "sweep.yaml"
         path.write_text(yaml.safe_dump(data))
         load_sweep(path)
+    elif "tracking" in data:  # the W&B section
+        from search.tracking import TrackingConfig
+
+        assert TrackingConfig.model_validate(data["tracking"]).wandb == "auto"
     else:  # a `space:` example
         space = resolve_space(data["space"], source="README.md")
         steering = [n for n in space.names if space.dependents(n)]

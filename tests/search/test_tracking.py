@@ -111,3 +111,11 @@ def test_secrets_never_reach_run_files(write_sweep, monkeypatch, tmp_path):
     for path in files:
         data = path.read_bytes()
         assert key.encode() not in data and password.encode() not in data, path
+
+
+def test_bare_yaml_off_means_off(write_sweep, tmp_path):
+    path = tmp_path / "plain.yaml"
+    path.write_text(write_sweep().read_text().replace("wandb: 'off'", "wandb: off"))
+    assert "wandb: off" in path.read_text()
+    assert load_sweep(path).spec.tracking.wandb == "off"
+    assert load_sweep(path, ["tracking.wandb=off"]).spec.tracking.wandb == "off"
