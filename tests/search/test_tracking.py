@@ -119,3 +119,17 @@ def test_bare_yaml_off_means_off(write_sweep, tmp_path):
     assert "wandb: off" in path.read_text()
     assert load_sweep(path).spec.tracking.wandb == "off"
     assert load_sweep(path, ["tracking.wandb=off"]).spec.tracking.wandb == "off"
+
+
+def test_report_wandb_makes_the_sweep_run_for_an_existing_study(write_sweep, tmp_path):
+    from search.cli import main
+
+    path = write_sweep(n_trials=2)  # tracking off while it ran
+    sweep = load_sweep(path)
+    get_backend("optuna")(sweep).run()
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--out", str(out), "--wandb", "offline"]) == 0
+    (run,) = read_runs(out / "wandb")
+    assert run.job_type == "sweep" and run.group == "tiny"
+    assert any(name.endswith("best-config") for name in run.artifacts)
+    assert any(key.startswith("report/") for key in run.summary)
