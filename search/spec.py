@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
 from spaces import ConfigError, SearchSpace, from_validation_error, load_yaml, resolve_space
 
-from .tracking import TrackingConfig  # noqa: E402
+from .tracking import TrackingConfig
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -8,7 +8,6 @@ import json
 import math
 import re
 import sys
-from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import optuna
