@@ -48,6 +48,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     console = _console()
     overrides = list(args.overrides) + ([f"tracking.wandb={args.wandb}"] if args.wandb else [])
+    overrides += [f"ray.address={args.ray_address}"] if args.ray_address else []
+    overrides += ["ray.resume=true"] if args.resume else []
     sweep = load_sweep(args.sweep, overrides)
     sweep.enqueue = [_enqueued_params(ref) for ref in args.enqueue]
     if args.dry_run:
@@ -377,6 +379,10 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=int, default=10, help="rows in the final table of best trials (default 10)")
     p.add_argument("--wandb", choices=["auto", "online", "offline", "off"],
                    help="W&B logging mode (overrides tracking.wandb; default auto: offline without credentials)")
+    p.add_argument("--ray-address", help="backend ray: connect to this cluster (else RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--resume", action="store_true",
+                   help="backend ray: restore the interrupted Ray experiment of this sweep (Tuner.restore; "
+                   "it unpickles Ray's state, so only point it at your own sweep)")
     p.add_argument("--enqueue", action="append", default=[], metavar="WINNER_OR_STUDY",
                    help="queue a known-good config first: an exported winner.yaml or a study (its best trial); "
                    "repeatable")

@@ -63,6 +63,19 @@ class MetricSpec(_Strict):
     )
 
 
+class RayConfig(_Strict):
+    """The `ray:` section: used by `backend: ray` only."""
+
+    address: str | None = Field(default=None, description="An existing cluster (else RAY_ADDRESS, else a local Ray).")
+    num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local Ray (default: all).")
+    num_gpus: float | None = Field(default=None, ge=0, description="GPUs of a local Ray (default: detected).")
+    cpus_per_trial: float = Field(default=1, gt=0)
+    gpus_per_trial: float = Field(default=0, ge=0, description="0.5 puts two trials on each GPU.")
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    max_failures: int = Field(default=0, ge=0, description="Ray retries of a trial that raised.")
+    resume: bool = Field(default=False, description="Restore an interrupted Ray experiment (Tuner.restore).")
+
+
 class SweepSpec(_Strict):
     """A validated sweep file. Defaults live here and nowhere else.
 
@@ -88,6 +101,7 @@ class SweepSpec(_Strict):
     seed: int = 0
     backend: str = "optuna"
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
     storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite in output_dir.")
     study_name: str | None = None
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
@@ -149,6 +163,19 @@ class Sweep:
         if self.spec.storage:
             return self.spec.storage
         return f"sqlite:///{self.output_dir / (self.study_name + '.db')}"
+
+    def to_payload(self) -> str:
+        """The resolved sweep as JSON, to rebuild it in another process (a Ray worker)."""
+        import json
+
+        return json.dumps({"spec": self.spec.model_dump(mode="json"), "source": self.source}, sort_keys=True)
+
+    @classmethod
+    def from_payload(cls, payload: str) -> "Sweep":
+        import json
+
+        data = json.loads(payload)
+        return _resolve(SweepSpec.model_validate(data["spec"]), data["source"])
 
     def make_objective(self):
         """A fresh, not yet set-up objective instance for one worker."""
@@ -227,7 +254,10 @@ def load_sweep(path_or_name: str | Path, overrides: list[str] | None = None) -> 
     path = find_sweep_file(path_or_name)
     source = str(path)
     spec = _read_validated(path, SweepSpec, overrides)
+    return _resolve(spec, source)
 
+
+def _resolve(spec: SweepSpec, source: str) -> Sweep:
     from .backends import available_backends
 
     if spec.backend not in available_backends():
@@ -246,7 +276,8 @@ def load_sweep(path_or_name: str | Path, overrides: list[str] | None = None) -> 
     from .pruners import check_pruner
 
     check_sampler(spec.sampler, space, source=source)
-    check_pruner(spec.pruner, source=source)
+    if spec.backend == "optuna":  # other backends map the pruner to their own schedulers when they run
+        check_pruner(spec.pruner, source=source)
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, direction=direction, source=source)
 
 

@@ -61,6 +61,18 @@ def prepare_storage(url: str) -> str:
     return url
 
 
+def record_sweep(study: optuna.Study, sweep) -> None:
+    """Store the sweep on its study once, so every command can rebuild the objective from the store.
+    Provenance without secrets: the storage URL is not stored at all (it may hold a password)."""
+    if study.user_attrs.get("sweep"):
+        return
+    study.set_user_attr("sweep", sweep.spec.model_dump(mode="json", exclude={"storage"}))
+    study.set_user_attr("space", sweep.space.to_dict())
+    study.set_user_attr("metric", sweep.spec.metric.name)
+    study.set_user_attr("objective", sweep.spec.objective.name)
+    study.set_user_attr("backend", sweep.spec.backend)
+
+
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     """Finished trials count toward n_trials; a trial cut short by an interruption does not (it is re-run)."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):

@@ -17,6 +17,7 @@ from ._base import Backend, SweepOutcome
 
 BACKENDS: dict[str, str] = {
     "optuna": "search.backends._optuna:OptunaBackend",
+    "ray": "search.backends._ray:RayBackend",
 }
 
 

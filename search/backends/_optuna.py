@@ -23,7 +23,7 @@ from objectives import TrialDiverged
 from ..pruners import build_pruner
 from ..samplers import build_sampler
 from ..tracking import make_tracker
-from ..study import WORKER, counts_toward_budget, prepare_storage, recover_interrupted, redact_url
+from ..study import WORKER, record_sweep, counts_toward_budget, prepare_storage, recover_interrupted, redact_url
 from ._base import Backend, SweepOutcome
 
 
@@ -98,13 +98,7 @@ class OptunaBackend(Backend):
                 source=sweep.source, key="metric.direction", value=sweep.direction,
                 hint="Fix: use another study_name, or the same direction as before.",
             )
-        if not study.user_attrs.get("sweep"):
-            # Provenance, without secrets: the storage URL is not stored at all (it may hold a password).
-            sweep_record = spec.model_dump(mode="json", exclude={"storage"})
-            study.set_user_attr("sweep", sweep_record)
-            study.set_user_attr("space", sweep.space.to_dict())
-            study.set_user_attr("metric", spec.metric.name)
-            study.set_user_attr("objective", spec.objective.name)
+        record_sweep(study, sweep)
         return study
 
     def _enqueue_known_configs(self, study: optuna.Study) -> None:

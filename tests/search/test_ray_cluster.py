@@ -1,0 +1,65 @@
+"""Ray-only behaviour: fractional (declared) GPUs and a two-node cluster on this one machine.
+Each test starts and stops its own Ray, so this module never shares one with another."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.backends import get_backend
+from search.spec import load_sweep
+
+pytestmark = pytest.mark.integration
+ray = pytest.importorskip("ray")
+
+
+def _run(write_sweep, **changes) -> optuna.Study:
+    sweep = load_sweep(write_sweep(backend="ray", **changes))
+    get_backend("ray")(sweep).run()
+    return optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+
+
+@pytest.fixture
+def ray_module():
+    if ray.is_initialized():
+        ray.shutdown()
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_fractional_gpus_run_eight_trials_at_once_on_their_own_devices(write_sweep, ray_module):
+    # Declared (fake) GPUs: Ray assigns them and sets CUDA_VISIBLE_DEVICES; torch runs on the CPU here.
+    ray_module.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    study = _run(write_sweep, n_trials=8,
+                 ray={"cpus_per_trial": 0.25, "gpus_per_trial": 0.5, "max_concurrent_trials": 8},
+                 budget={"max_steps": 2, "eval_every": 2})
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    starts = sorted(t.datetime_start for t in trials)
+    ends = sorted(t.datetime_complete for t in trials)
+    assert starts[-1] < ends[0]  # all eight were running at the same time
+    for t in trials:
+        placement = t.user_attrs["placement"]
+        assert len(placement["gpu_ids"]) == 1  # half a GPU: one device
+        assert placement["cuda_visible_devices"] == placement["gpu_ids"][0]
+    per_gpu = [t.user_attrs["placement"]["gpu_ids"][0] for t in trials]
+    assert sorted(per_gpu.count(g) for g in set(per_gpu)) == [2, 2, 2, 2]
+
+
+def test_ray_trials_land_on_both_nodes_of_a_two_node_cluster(write_sweep, ray_module):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    ray_module.init(address=cluster.address, log_to_driver=False)
+    try:
+        study = _run(write_sweep, n_trials=4, budget={"max_steps": 2, "eval_every": 2},
+                     ray={"max_concurrent_trials": 2})
+        nodes = {t.user_attrs["placement"]["node_id"] for t in study.get_trials()}
+        assert len(nodes) == 2
+        assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    finally:
+        ray_module.shutdown()
+        cluster.shutdown()
