@@ -381,8 +381,8 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
                    help="W&B logging mode (overrides tracking.wandb; default auto: offline without credentials)")
     p.add_argument("--ray-address", help="backend ray: connect to this cluster (else RAY_ADDRESS, else a local Ray)")
     p.add_argument("--resume", action="store_true",
-                   help="backend ray: restore the interrupted Ray experiment of this sweep (Tuner.restore; "
-                   "it unpickles Ray's state, so only point it at your own sweep)")
+                   help="resume an interrupted sweep (launching again always does: finished trials are kept, "
+                   "interrupted ones re-run)")
     p.add_argument("--enqueue", action="append", default=[], metavar="WINNER_OR_STUDY",
                    help="queue a known-good config first: an exported winner.yaml or a study (its best trial); "
                    "repeatable")

@@ -73,7 +73,9 @@ class RayConfig(_Strict):
     gpus_per_trial: float = Field(default=0, ge=0, description="0.5 puts two trials on each GPU.")
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     max_failures: int = Field(default=0, ge=0, description="Ray retries of a trial that raised.")
-    resume: bool = Field(default=False, description="Restore an interrupted Ray experiment (Tuner.restore).")
+    resume: bool = Field(
+        default=False, description="Accepted for clarity: every launch resumes from the study store (see README)."
+    )
 
 
 class SweepSpec(_Strict):

@@ -26,7 +26,7 @@ from spaces import ConfigError
 
 from ..pruners import ALIASES
 from ..samplers import build_sampler
-from ..study import counts_toward_budget, prepare_storage, record_sweep, redact_url
+from ..study import WORKER, counts_toward_budget, prepare_storage, record_sweep, recover_interrupted, redact_url
 from ._base import Backend, SweepOutcome
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
@@ -122,19 +122,30 @@ class StudySearch(_OptunaSearch):
         self.histories: dict[str, list[dict]] = {}
         self.fail_reasons: dict[str, str] = {}
 
-    def _attr(self, trial_id: str, key: str, value: Any) -> None:
+    def _running(self, trial_id: str) -> bool:
+        """Whether the study trial behind `trial_id` can still be written. After `Tuner.restore` the
+        searcher is as it was at its last checkpoint, so Ray may replay trials already finished."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return False
         ot_trial = self._ot_trials[trial_id]
-        self._ot_study._storage.set_trial_user_attr(ot_trial._trial_id, key, value)
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state != TrialState.RUNNING:
+            self._completed_trials.add(trial_id)
+            return False
+        return True
+
+    def _attr(self, trial_id: str, key: str, value: Any) -> None:
+        if self._running(trial_id):
+            self._ot_study._storage.set_trial_user_attr(self._ot_trials[trial_id]._trial_id, key, value)
 
     def suggest(self, trial_id: str):
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             self._attr(trial_id, "config", config)
-            self._attr(trial_id, "worker", "ray")
+            self._attr(trial_id, "worker", WORKER)  # the driver owns the record: a dead driver's trial is stale
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self.metric_name not in result or result.get(DONE_KEY):
+        if not self._running(trial_id) or self.metric_name not in result or result.get(DONE_KEY):
             return
         step = int(result.get("step", result.get("training_iteration", 0)))
         history = self.histories.setdefault(trial_id, [])
@@ -143,10 +154,11 @@ class StudySearch(_OptunaSearch):
         history.append({"step": step, **{k: v for k, v in result.items()
                                          if k in _METRIC_KEYS or k == self.metric_name}})
         self._attr(trial_id, "eval_history", history)
-        self._ot_trials[trial_id].report(float(result[self.metric_name]), step)
+        if step not in self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id).intermediate_values:
+            self._ot_trials[trial_id].report(float(result[self.metric_name]), step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if not self._running(trial_id):
             return
         ot_trial = self._ot_trials[trial_id]
         value = (result or {}).get(self.metric_name)
@@ -244,10 +256,15 @@ class RayBackend(Backend):
         study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
                                     load_if_exists=True)
         record_sweep(study, sweep)
+        # The study is the source of truth for resuming: trials a dead driver left RUNNING become FAIL
+        # (interrupted) and their params are queued again; OptunaSearch's ask() takes queued ones first.
+        requeued = recover_interrupted(study)
         done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
         remaining = None if spec.n_trials is None else max(spec.n_trials - done, 0)
         outcome = SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(storage_url))
-        if remaining == 0 and not spec.ray.resume:
+        self.listener("start", {"study": study, "done": done, "remaining": remaining, "requeued": requeued,
+                                "total": spec.n_trials})
+        if remaining == 0:
             return outcome
         search = StudySearch(
             space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, metric_name=metric,
@@ -264,7 +281,7 @@ class RayBackend(Backend):
         trainable_fn = tune.with_resources(trainable_fn, {"cpu": ray_options.cpus_per_trial,
                                                           "gpu": ray_options.gpus_per_trial})
         run_config = tune.RunConfig(
-            name=sweep.study_name, storage_path=str(sweep.output_dir / "ray"),
+            name=f"{sweep.study_name}-{int(time.time())}",  # one Ray experiment folder per launch storage_path=str(sweep.output_dir / "ray"),
             failure_config=tune.FailureConfig(max_failures=ray_options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
@@ -274,13 +291,11 @@ class RayBackend(Backend):
             num_samples=-1 if remaining is None else remaining, max_concurrent_trials=ray_options.max_concurrent_trials,
             time_budget_s=spec.timeout, reuse_actors=True,
         )
-        experiment = sweep.output_dir / "ray" / sweep.study_name
-        self.listener("note", {"text": f"Ray: {ray.cluster_resources()} · results in {experiment}"})
-        if ray_options.resume and tune.Tuner.can_restore(str(experiment)):
-            # Restoring unpickles Ray's experiment state: only ever point it at your own sweep's folder.
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable_fn, resume_errored=True)
-        else:
-            tuner = tune.Tuner(trainable_fn, tune_config=tune_config, run_config=run_config)
+        self.listener("note", {"text": f"Ray: {ray.cluster_resources()} · Ray results in {sweep.output_dir / 'ray'}"})
+        # Not Tuner.restore: a restored searcher only knows trials up to its last checkpoint, so trials
+        # finished after it would run again (measured: 12 complete for n_trials 10). Each launch is a
+        # fresh Tuner for what the study still lacks.
+        tuner = tune.Tuner(trainable_fn, tune_config=tune_config, run_config=run_config)
         results = tuner.fit()
         states = [t.state for t in study.get_trials(deepcopy=False)]
         outcome.ran = len(results)

@@ -63,3 +63,47 @@ def test_ray_trials_land_on_both_nodes_of_a_two_node_cluster(write_sweep, ray_mo
     finally:
         ray_module.shutdown()
         cluster.shutdown()
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(write_sweep, ray_module, tmp_path):
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = write_sweep(backend="ray", n_trials=10, budget={"max_steps": 20, "eval_every": 4},
+                       ray={"num_cpus": 2})
+    sweep = load_sweep(path)
+    database = Path(sweep.storage_url.removeprefix("sqlite:///"))
+    repo = Path(__file__).resolve().parents[2]
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "launch", str(path)], cwd=repo, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+
+    def complete() -> int:
+        try:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+                return conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
+    deadline = time.monotonic() + 240
+    while complete() < 3 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    before = optuna.load_study(study_name="tiny", storage=sweep.storage_url)
+    finished = {t.number: t.value for t in before.get_trials(states=(TrialState.COMPLETE,))}
+    assert 3 <= len(finished) < 10, f"the driver should have been killed mid-sweep:\n{(tmp_path / 'driver.log').read_text()}"
+
+    resumed = load_sweep(path, ["ray.resume=true"])
+    get_backend("ray")(resumed).run()
+    study = optuna.load_study(study_name="tiny", storage=sweep.storage_url)
+    trials = study.get_trials()
+    assert {t.number: t.value for t in trials if t.number in finished} == finished  # not re-run
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 10, [(t.number, t.state) for t in trials]
+    assert TrialState.RUNNING not in {t.state for t in trials}, [(t.number, t.state, t.user_attrs) for t in trials]
