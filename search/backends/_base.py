@@ -36,6 +36,25 @@ class Backend(ABC):
         self.sweep = sweep
         self.listener = listener or (lambda event, details: None)
 
+    def begin(self, study, storage_url: str) -> tuple[SweepOutcome, int | None]:
+        """What every backend does to an opened study before running trials: fail and re-queue
+        trials a dead process left running, queue `--enqueue` configs, and work out how many trials
+        are still owed. Returns the outcome to fill and that number (None: until the timeout)."""
+        from ..study import counts_toward_budget, recover_interrupted, redact_url
+
+        sweep, spec = self.sweep, self.sweep.spec
+        requeued = recover_interrupted(study)
+        searched = set(sweep.space.searched_names)
+        for params in sweep.enqueue:  # only the params this space searches: the sampler fills in the rest
+            known = {k: v for k, v in params.items() if k in searched}
+            if known:
+                study.enqueue_trial(known, user_attrs={"enqueued": True}, skip_if_exists=True)
+        done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+        remaining = None if spec.n_trials is None else max(spec.n_trials - done, 0)
+        self.listener("start", {"study": study, "done": done, "remaining": remaining, "requeued": requeued,
+                                "total": spec.n_trials})
+        return SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(storage_url)), remaining
+
     @abstractmethod
     def run(self) -> SweepOutcome:
         """Run the sweep. Raises KeyboardInterrupt after recording what finished when interrupted."""

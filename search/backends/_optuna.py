@@ -23,7 +23,7 @@ from objectives import TrialDiverged
 from ..pruners import build_pruner
 from ..samplers import build_sampler
 from ..tracking import make_tracker
-from ..study import WORKER, record_sweep, counts_toward_budget, prepare_storage, recover_interrupted, redact_url
+from ..study import WORKER, prepare_storage, record_sweep
 from ._base import Backend, SweepOutcome
 
 
@@ -48,13 +48,7 @@ class OptunaBackend(Backend):
                                     say=lambda text: self.listener("note", {"text": text}))
         storage = prepare_storage(sweep.storage_url)
         study = self._open_study(storage)
-        requeued = recover_interrupted(study)
-        self._enqueue_known_configs(study)
-        done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
-        remaining = None if spec.n_trials is None else max(spec.n_trials - done, 0)
-        outcome = SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(storage))
-        self.listener("start", {"study": study, "done": done, "remaining": remaining, "requeued": requeued,
-                                "total": spec.n_trials})
+        outcome, remaining = self.begin(study, storage)
         if remaining == 0:
             return self._finish(study, outcome)
 
@@ -100,14 +94,6 @@ class OptunaBackend(Backend):
             )
         record_sweep(study, sweep)
         return study
-
-    def _enqueue_known_configs(self, study: optuna.Study) -> None:
-        # Only the params this space searches: the sampler fills in the rest as usual.
-        searched = set(self.sweep.space.searched_names)
-        for params in self.sweep.enqueue:
-            known = {k: v for k, v in params.items() if k in searched}
-            if known:
-                study.enqueue_trial(known, user_attrs={"enqueued": True}, skip_if_exists=True)
 
     def _run_trial(self, trial: optuna.Trial, objective) -> float:
         sweep = self.sweep

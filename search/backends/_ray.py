@@ -26,7 +26,7 @@ from spaces import ConfigError
 
 from ..pruners import ALIASES
 from ..samplers import build_sampler
-from ..study import WORKER, counts_toward_budget, prepare_storage, record_sweep, recover_interrupted, redact_url
+from ..study import WORKER, prepare_storage, record_sweep
 from ._base import Backend, SweepOutcome
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
@@ -256,14 +256,8 @@ class RayBackend(Backend):
         study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
                                     load_if_exists=True)
         record_sweep(study, sweep)
-        # The study is the source of truth for resuming: trials a dead driver left RUNNING become FAIL
-        # (interrupted) and their params are queued again; OptunaSearch's ask() takes queued ones first.
-        requeued = recover_interrupted(study)
-        done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
-        remaining = None if spec.n_trials is None else max(spec.n_trials - done, 0)
-        outcome = SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(storage_url))
-        self.listener("start", {"study": study, "done": done, "remaining": remaining, "requeued": requeued,
-                                "total": spec.n_trials})
+        # The study is the source of truth for resuming; OptunaSearch's ask() takes queued trials first.
+        outcome, remaining = self.begin(study, storage_url)
         if remaining == 0:
             return outcome
         search = StudySearch(
