@@ -73,6 +73,11 @@ _TARGET_MODULES: dict[str, dict[str, Any]] = {
 }
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), as inf once it would overflow a float (a loss past ~700; 50 is already meaningless)."""
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
 class TrialDiverged(RuntimeError):
     """The loss became NaN or infinite: the trial fails, and retrying the same params would too."""
 
@@ -319,7 +324,7 @@ class Objective(ABC):
             metrics[name] = float(value)
         if "eval_loss" in metrics:
             loss = metrics["eval_loss"]
-            metrics["perplexity"] = math.exp(loss) if loss < 50 else float("inf")
+            metrics["perplexity"] = perplexity(loss)
         return metrics
 
     def run_trial(
@@ -439,7 +444,7 @@ class Objective(ABC):
             metrics = {k: float(v) for k, v in raw.items()
                        if k.startswith("test_") and not k.endswith(("_runtime", "_per_second"))}
             if "test_loss" in metrics:
-                metrics["test_perplexity"] = math.exp(metrics["test_loss"]) if metrics["test_loss"] < 50 else float("inf")
+                metrics["test_perplexity"] = perplexity(metrics["test_loss"])
             return metrics
 
         return self.run_trial(params, trial_dir=output_dir, train_dataset=train, after_training=save_and_test)

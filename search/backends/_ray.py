@@ -115,9 +115,10 @@ class DefineByRun:
 class StudySearch(_OptunaSearch):
     """OptunaSearch that records ftsweep's per-trial attributes and tells PRUNED for stopped trials."""
 
-    def __init__(self, *args, metric_name: str, max_steps: int, **kwargs):
+    def __init__(self, *args, metric_name: str, metric_keys: set[str], max_steps: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.metric_name = metric_name
+        self.metric_keys = metric_keys | {metric_name}  # what of a Ray result is the trial's own metrics
         self.max_steps = max_steps
         self.histories: dict[str, list[dict]] = {}
         self.fail_reasons: dict[str, str] = {}
@@ -151,8 +152,7 @@ class StudySearch(_OptunaSearch):
         history = self.histories.setdefault(trial_id, [])
         if not history and "placement" in result:
             self._attr(trial_id, "placement", json.loads(result["placement"]))
-        history.append({"step": step, **{k: v for k, v in result.items()
-                                         if k in _METRIC_KEYS or k == self.metric_name}})
+        history.append({"step": step, **{k: v for k, v in result.items() if k in self.metric_keys}})
         self._attr(trial_id, "eval_history", history)
         if step not in self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id).intermediate_values:
             self._ot_trials[trial_id].report(float(result[self.metric_name]), step)
@@ -175,7 +175,7 @@ class StudySearch(_OptunaSearch):
             self._attr(trial_id, "fail_reason", self.fail_reasons.get(trial_id, "the Ray trial raised"))
             state, value = TrialState.FAIL, None
         elif ran_budget and value is not None and math.isfinite(value):
-            metrics = {k: v for k, v in result.items() if k in _METRIC_KEYS or k == self.metric_name}
+            metrics = {k: v for k, v in result.items() if k in self.metric_keys}
             self._attr(trial_id, "metrics", metrics)
             if "duration_s" in result:
                 self._attr(trial_id, "duration_s", result["duration_s"])
@@ -187,9 +187,6 @@ class StudySearch(_OptunaSearch):
         except Exception as exc:  # never let bookkeeping end a sweep
             optuna.logging.get_logger("ftsweep").warning("could not record Ray trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
-
-
-_METRIC_KEYS = {"eval_loss", "perplexity", "accuracy", "f1_macro", "train_loss", "steps", "step"}
 
 
 def _scheduler(spec, budget, metric: str, mode: str):
@@ -263,6 +260,8 @@ class RayBackend(Backend):
         search = StudySearch(
             space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, metric_name=metric,
             max_steps=spec.budget.max_steps,
+            # The objective's own metrics plus what run_trial adds: a new objective needs no list here.
+            metric_keys=set(sweep.objective_cls.metrics) | {"train_loss", "steps"},
             sampler=build_sampler(spec.sampler, space, seed=spec.seed, source=sweep.source),
             study_name=sweep.study_name, storage=storage, seed=spec.seed,
         )
