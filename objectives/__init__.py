@@ -28,13 +28,35 @@ def available_objectives() -> list[str]:
 
 
 def get_objective(name: str) -> type[Objective]:
-    """The objective class registered under `name` (KeyError-free: unknown names raise ConfigError)."""
+    """The objective class registered under `name`, or your own as "package.module:ClassName".
+
+    Your own class must subclass `Objective` and be importable wherever trials run (on a Ray cluster:
+    on every node). Unknown names raise ConfigError.
+
+    Example:
+        >>> get_objective("causal_lm").__name__
+        'CausalLMObjective'
+        >>> get_objective("objectives.causal_lm:CausalLMObjective").__name__
+        'CausalLMObjective'
+    """
     from spaces import ConfigError
 
-    if name not in OBJECTIVES:
-        raise ConfigError("unknown objective", key="objective.name", value=name, allowed=available_objectives())
-    module, cls = OBJECTIVES[name].split(":")
-    return getattr(import_module(module), cls)
+    if name in OBJECTIVES:
+        module, cls = OBJECTIVES[name].split(":")
+        return getattr(import_module(module), cls)
+    if ":" not in name:
+        raise ConfigError("unknown objective", key="objective.name", value=name, allowed=available_objectives(),
+                          hint='Fix: use a registered name, or your own class as "package.module:ClassName".')
+    module, _, cls = name.partition(":")
+    try:
+        found = getattr(import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot import objective ({exc})", key="objective.name", value=name,
+                          hint="Fix: make the module importable (installed, or on PYTHONPATH) and check the class name.") from None
+    if not (isinstance(found, type) and issubclass(found, Objective)):
+        raise ConfigError("not an Objective subclass", key="objective.name", value=name,
+                          hint="Fix: subclass objectives.Objective (or CausalLMObjective / SequenceClassificationObjective).")
+    return found
 
 
 __all__ = [

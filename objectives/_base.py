@@ -73,6 +73,9 @@ _TARGET_MODULES: dict[str, dict[str, Any]] = {
 }
 
 
+CHECKPOINT_STATE = "ftsweep_checkpoint.json"  # next to the adapter files: the step they are from
+
+
 def perplexity(loss: float) -> float:
     """exp(loss), as inf once it would overflow a float (a loss past ~700; 50 is already meaningless)."""
     return math.exp(loss) if loss < 50 else float("inf")
@@ -336,6 +339,8 @@ class Objective(ABC):
         train_dataset=None,
         after_training: Callable[[Any, Any], dict[str, float]] | None = None,
         on_log: Callable[[int, dict[str, float]], None] | None = None,
+        on_evaluate: Callable[[int, Any], None] | None = None,
+        resume_from: str | Path | None = None,
     ) -> dict[str, float]:
         """Fine-tune once with `params`; return the final evaluation's metrics.
 
@@ -358,6 +363,7 @@ class Objective(ABC):
         if self.base_model is None:
             self.setup()
         base = self.base_model
+        _check_pristine(base)
         saved_requires_grad = {name: p.requires_grad for name, p in base.named_parameters()}
         had_peft_config = hasattr(base, "peft_config")
         peft_config = self.lora_config(params)
@@ -365,15 +371,21 @@ class Objective(ABC):
         model = get_peft_model(base, peft_config)
         from ._callback import ReportingCallback
 
-        callback = ReportingCallback(self, report, on_log)
         tmp = None
         try:
+            start_step = self.load_checkpoint(model, resume_from) if resume_from is not None else 0
+            callback = ReportingCallback(self, report, on_log, on_evaluate=on_evaluate, step_offset=start_step)
             if trial_dir is None:
                 tmp = tempfile.TemporaryDirectory(prefix="ftsweep-trial-")
                 trial_dir = tmp.name
+            args = self.training_arguments(params, str(trial_dir))
+            if start_step:
+                # The rest of the budget; a new data order, so a resumed trial does not re-see its first batches.
+                args.max_steps = max(1, self.budget.max_steps - start_step)
+                args.data_seed = self.seed + start_step
             trainer = Trainer(
                 model=model,
-                args=self.training_arguments(params, str(trial_dir)),
+                args=args,
                 train_dataset=self.train_dataset if train_dataset is None else train_dataset,
                 eval_dataset=self.eval_dataset,
                 data_collator=self._collator(),
@@ -382,19 +394,23 @@ class Objective(ABC):
             )
             # With tqdm disabled, Trainer prints every log dict; the backend's progress display says enough.
             trainer.remove_callback(PrinterCallback)
-            output = trainer.train()
+            train_loss = None  # resumed from the final step: nothing left to train
+            if start_step < self.budget.max_steps:
+                train_loss = float(trainer.train().training_loss)
             if callback.diverged:
                 raise TrialDiverged(callback.diverged)
             if callback.pruned_at is not None:
                 raise optuna.TrialPruned(f"pruned at step {callback.pruned_at}")
-            if not callback.history or callback.history[-1][0] != trainer.state.global_step:
+            last_step = start_step + trainer.state.global_step
+            if not callback.history or callback.history[-1][0] != last_step:
                 # max_steps is not a multiple of eval_every: evaluate the final weights too.
                 trainer.evaluate()
                 if callback.diverged:
                     raise TrialDiverged(callback.diverged)
             final = dict(callback.history[-1][1])
-            final["train_loss"] = float(output.training_loss)
-            final["steps"] = float(trainer.state.global_step)
+            if train_loss is not None:
+                final["train_loss"] = train_loss
+            final["steps"] = float(last_step)
             if after_training is not None:
                 callback.report = None  # later evaluations are not the sweep's to prune on
                 final.update(after_training(model, trainer))
@@ -414,6 +430,45 @@ class Objective(ABC):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def save_checkpoint(self, model, step: int, directory: str | Path, *, params: Mapping[str, Any] | None = None,
+                        **about: Any) -> Path:
+        """Save a trial's adapter (never the base model), its step and the params it was trained with:
+        what `run_trial(resume_from=)` reads. `about` adds JSON fields for the backend (e.g. who wrote it).
+
+        Example:
+            >>> objective.save_checkpoint(peft_model, 20, "ckpt")  # doctest: +SKIP
+            PosixPath('ckpt')
+        """
+        import json
+
+        directory = Path(directory)
+        model.save_pretrained(directory)
+        state = {"step": int(step), **({"params": dict(params)} if params is not None else {}), **about}
+        (directory / CHECKPOINT_STATE).write_text(json.dumps(state))
+        return directory
+
+    def load_checkpoint(self, model, directory: str | Path) -> int:
+        """Load the adapter weights `save_checkpoint` wrote into `model`; returns the step they are from."""
+        import json
+
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        try:
+            step = int(json.loads((directory / CHECKPOINT_STATE).read_text())["step"])
+            weights = load_file(directory / "adapter_model.safetensors")
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"{directory} is not an ftsweep trial checkpoint ({exc})") from exc
+        expected = get_peft_model_state_dict(model)
+        mismatched = sorted(set(expected) ^ set(weights)) + sorted(
+            k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+        if mismatched:
+            # A shape-changing param (rank, target modules, method) differs: these weights do not fit.
+            raise ValueError(f"checkpoint {directory} does not fit this adapter (e.g. {mismatched[0]})")
+        set_peft_model_state_dict(model, weights)
+        return step
 
     def fit(self, params: Mapping[str, Any], output_dir: str | Path, *, merge_validation: bool = False) -> dict[str, float]:
         """The final fit of a chosen config: train, evaluate on validation and on the held-out test
@@ -448,6 +503,20 @@ class Objective(ABC):
             return metrics
 
         return self.run_trial(params, trial_dir=output_dir, train_dataset=train, after_training=save_and_test)
+
+
+def _check_pristine(base) -> None:
+    """Refuse to start a trial on a base model that still carries a previous trial's adapter layers.
+
+    Backends reuse one base model across trials (Ray actor reuse included, where a stopped trial ends
+    by SystemExit inside `report`); every path out of `run_trial` must have unloaded its adapter.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    leftover = next((name for name, m in base.named_modules() if isinstance(m, BaseTunerLayer)), None)
+    if leftover is not None:
+        raise RuntimeError(f"the shared base model still has adapter layers from an earlier trial (at {leftover}); "
+                           "the worker must be restarted")
 
 
 def _restore_modules_to_save(peft_model) -> None:

@@ -10,9 +10,11 @@ from transformers import TrainerCallback
 class ReportingCallback(TrainerCallback):
     """Sends every evaluation to the backend and stops training when it says prune or the loss is NaN."""
 
-    def __init__(self, objective, report, on_log=None) -> None:
+    def __init__(self, objective, report, on_log=None, *, on_evaluate=None, step_offset: int = 0) -> None:
         self.objective = objective
         self.report = report
+        self.on_evaluate_hook = on_evaluate  # (step, model): e.g. checkpoint the adapter before reporting
+        self.step_offset = step_offset  # a resumed trial counts steps from its checkpoint
         self.log_sink = on_log  # training logs (loss, learning rate) for trackers
         self.history: list[tuple[int, dict[str, float]]] = []
         self.pruned_at: int | None = None
@@ -23,20 +25,22 @@ class ReportingCallback(TrainerCallback):
         if self.log_sink is not None and "loss" in logs:
             train = {f"train_{k}" if k == "loss" else k: float(v) for k, v in logs.items()
                      if k in ("loss", "learning_rate", "grad_norm") and isinstance(v, (int, float))}
-            self.log_sink(state.global_step, train)
+            self.log_sink(self.step_offset + state.global_step, train)
         loss = logs.get("loss")
         if loss is not None and not math.isfinite(loss):
-            self.diverged = f"training loss became {loss} at step {state.global_step}"
+            self.diverged = f"training loss became {loss} at step {self.step_offset + state.global_step}"
             control.should_training_stop = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         clean = self.objective.clean_metrics(metrics or {})
-        step = state.global_step
+        step = self.step_offset + state.global_step
         self.history.append((step, clean))
         if not math.isfinite(clean.get("eval_loss", 0.0)):
             self.diverged = f"eval loss became {clean['eval_loss']} at step {step}"
             control.should_training_stop = True
             return
+        if self.on_evaluate_hook is not None and self.report is not None:
+            self.on_evaluate_hook(step, kwargs["model"])
         if self.report is not None and self.report(step, clean):
             self.pruned_at = step
             control.should_training_stop = True

@@ -52,7 +52,7 @@ class ComponentSpec(_Strict):
 
 
 class ObjectiveSpec(_Strict):
-    name: str = Field(description="A registered objective: causal_lm or sequence_classification.")
+    name: str = Field(description="A registered objective (causal_lm, sequence_classification) or your own as \"package.module:Class\".")
     args: ObjectiveOptions = Field(default_factory=ObjectiveOptions)
 
 
@@ -72,7 +72,10 @@ class RayConfig(_Strict):
     cpus_per_trial: float = Field(default=1, gt=0)
     gpus_per_trial: float = Field(default=0, ge=0, description="0.5 puts two trials on each GPU.")
     max_concurrent_trials: int | None = Field(default=None, gt=0)
-    max_failures: int = Field(default=0, ge=0, description="Ray retries of a trial that raised.")
+    max_failures: int = Field(default=0, ge=0, description="Ray retries of a trial that raised (from its last checkpoint).")
+    checkpoints_to_keep: int | None = Field(
+        default=None, gt=0, description="Adapter checkpoints kept per trial (default 1; 4 under PBT)."
+    )
     resume: bool = Field(
         default=False, description="Accepted for clarity: every launch resumes from the study store (see README)."
     )

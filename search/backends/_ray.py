@@ -17,11 +17,13 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from objectives._base import CHECKPOINT_STATE
 from spaces import ConfigError
 
 from ..pruners import ALIASES
@@ -46,6 +48,10 @@ def _import_ray():
 # ------------------------------------------------------------------------------------ worker side
 
 _WORKER_OBJECTIVES: dict[str, Any] = {}
+STUDY_TRIAL = "ftsweep_trial"  # PBT only: the study trial number a Ray trial started as (not a param)
+ABSENT = "<ftsweep: not in this trial>"  # PBT only: a conditional param this trial does not have
+PBT_MUTABLE = ("learning_rate", "weight_decay", "lora_dropout", "max_grad_norm", "warmup_ratio",
+               "lr_scheduler_type", "label_smoothing_factor")  # params that keep the adapter's shapes
 
 
 def _worker_objective(payload: str):
@@ -63,33 +69,73 @@ def _worker_objective(payload: str):
 
 
 def trainable(config: dict[str, Any], payload: str) -> None:
-    """One Ray trial: a short fine-tune with `config`, every evaluation sent to `tune.report`."""
+    """One Ray trial: a short fine-tune with `config`, every evaluation sent to `tune.report` with a
+    checkpoint of the adapter (only). A trial Ray restarts (a retry after a failure, or PBT cloning
+    another trial) continues from its checkpoint's adapter and step."""
+    import shutil
+    import tempfile
+
     import ray
     from ray import tune
 
     objective = _worker_objective(payload)
+    params = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
     # Where this trial ran, so the study shows placement: node, GPUs Ray assigned, devices it could see.
     # JSON text: Tune flattens nested dicts in results.
     placement = json.dumps({"node_id": ray.get_runtime_context().get_node_id(),
                             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+    trial_id = tune.get_context().get_trial_id()
+    previous = tune.get_checkpoint()
+    resume_dir = None
+    resumed_from, cloned_from = 0, None
+    if previous is not None:
+        with previous.as_directory() as directory:  # a local copy: the original may live on another node
+            resume_dir = tempfile.mkdtemp(prefix="ftsweep-resume-")
+            shutil.copytree(directory, resume_dir, dirs_exist_ok=True)
+        state = json.loads((Path(resume_dir) / CHECKPOINT_STATE).read_text())
+        resumed_from = int(state["step"])
+        if state.get("ray_trial_id") not in (None, trial_id):
+            cloned_from = state["ray_trial_id"]  # PBT gave this trial another trial's checkpoint
+        # The weights decide the adapter's shape: take the checkpoint's params, and from the config only
+        # what PBT may change. (Ray's PBT can pair a clone's config with an older checkpoint.)
+        params = {**state.get("params", params), **{k: v for k, v in params.items() if k in PBT_MUTABLE}}
+    common = {"placement": placement, "resumed_from": resumed_from, "params": json.dumps(params),
+              **({"cloned_from": cloned_from} if cloned_from else {})}
+    staged: dict[str, str] = {}
+
+    def checkpoint(step: int, model) -> None:
+        staged["dir"] = tempfile.mkdtemp(prefix="ftsweep-checkpoint-")
+        objective.save_checkpoint(model, step, staged["dir"], params=params, ray_trial_id=trial_id)
 
     def report(step: int, metrics: dict[str, float]) -> bool:
-        tune.report({**metrics, "step": step, "placement": placement})
-        return False  # Ray's scheduler stops trials itself
+        saved = staged.pop("dir", None)
+        try:  # Ray copies the checkpoint into the experiment folder and drops the oldest ones
+            tune.report({**metrics, "step": step, **common},
+                        checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
+        finally:
+            if saved:
+                shutil.rmtree(saved, ignore_errors=True)
+        return False  # Ray's scheduler stops trials itself (SystemExit inside tune.report)
 
     started = time.monotonic()
-    metrics = objective.run_trial(config, report)
-    tune.report({**metrics, DONE_KEY: True, "duration_s": time.monotonic() - started, "placement": placement})
+    try:
+        metrics = objective.run_trial(params, report, on_evaluate=checkpoint, resume_from=resume_dir)
+    finally:
+        if resume_dir:
+            shutil.rmtree(resume_dir, ignore_errors=True)
+    tune.report({**metrics, "step": int(metrics["steps"]), DONE_KEY: True,
+                 "duration_s": time.monotonic() - started, **common})
 
 
 # ------------------------------------------------------------------------------------ driver side
 
 
 try:  # Ray is optional: without it this module still imports, and RayBackend says how to install it.
+    from ray.tune import Callback as _Callback
     from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
 except ImportError:  # pragma: no cover - exercised only without the extra
-    _OptunaSearch = object
+    _OptunaSearch = _Callback = object
 
 
 class DefineByRun:
@@ -112,84 +158,177 @@ class DefineByRun:
         return {"payload": self.payload, "_space": None}
 
 
-class StudySearch(_OptunaSearch):
-    """OptunaSearch that records ftsweep's per-trial attributes and tells PRUNED for stopped trials."""
+class StudyRecorder:
+    """Writes Ray trials into the sweep's study: config, placement, eval history and intermediate
+    values, final metrics and state (a trial a scheduler stopped early is PRUNED), failure reasons.
+    Tells the progress listener as trials report and end. Driver side; fed by `StudyCallback`."""
 
-    def __init__(self, *args, metric_name: str, metric_keys: set[str], max_steps: int, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, study: optuna.Study, *, metric_name: str, metric_keys: set[str], max_steps: int,
+                 listener=None) -> None:
+        self.study = study
         self.metric_name = metric_name
         self.metric_keys = metric_keys | {metric_name}  # what of a Ray result is the trial's own metrics
         self.max_steps = max_steps
+        self.listener = listener
+        self.trials: dict[str, optuna.Trial] = {}
+        self.population: dict[int, optuna.Trial] = {}  # PBT: study trials asked up front, by number
         self.histories: dict[str, list[dict]] = {}
-        self.fail_reasons: dict[str, str] = {}
+        self.configs: dict[str, dict] = {}  # params each trial trains with now
+        self.finished: set[str] = set()
+
+    def __getstate__(self):  # Ray pickles its searcher and callbacks into experiment checkpoints
+        return {**self.__dict__, "listener": None}
+
+    def _tell(self, event: str, details: dict) -> None:
+        if self.listener is not None:
+            self.listener(event, details)
+
+    def attach(self, trial_id: str, ot_trial: optuna.Trial, config: dict) -> None:
+        self.trials[trial_id] = ot_trial
+        self.configs[trial_id] = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
+        self.attr(trial_id, "config", self.configs[trial_id])
+        self.attr(trial_id, "worker", WORKER)  # the driver owns the record: a dead driver's trial is stale
 
     def _running(self, trial_id: str) -> bool:
-        """Whether the study trial behind `trial_id` can still be written. After `Tuner.restore` the
-        searcher is as it was at its last checkpoint, so Ray may replay trials already finished."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self.finished or trial_id not in self.trials:
             return False
-        ot_trial = self._ot_trials[trial_id]
-        if self._ot_study._storage.get_trial(ot_trial._trial_id).state != TrialState.RUNNING:
-            self._completed_trials.add(trial_id)
+        if self.study._storage.get_trial(self.trials[trial_id]._trial_id).state != TrialState.RUNNING:
+            self.finished.add(trial_id)
             return False
         return True
 
-    def _attr(self, trial_id: str, key: str, value: Any) -> None:
+    def attr(self, trial_id: str, key: str, value: Any) -> None:
         if self._running(trial_id):
-            self._ot_study._storage.set_trial_user_attr(self._ot_trials[trial_id]._trial_id, key, value)
+            self.study._storage.set_trial_user_attr(self.trials[trial_id]._trial_id, key, value)
 
-    def suggest(self, trial_id: str):
-        config = super().suggest(trial_id)
-        if isinstance(config, dict):
-            self._attr(trial_id, "config", config)
-            self._attr(trial_id, "worker", WORKER)  # the driver owns the record: a dead driver's trial is stale
-        return config
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
+    def result(self, trial_id: str, result: dict, config: dict | None = None) -> None:
         if not self._running(trial_id) or self.metric_name not in result or result.get(DONE_KEY):
             return
+        ot_trial = self.trials[trial_id]
         step = int(result.get("step", result.get("training_iteration", 0)))
         history = self.histories.setdefault(trial_id, [])
         if not history and "placement" in result:
-            self._attr(trial_id, "placement", json.loads(result["placement"]))
-        history.append({"step": step, **{k: v for k, v in result.items() if k in self.metric_keys}})
-        self._attr(trial_id, "eval_history", history)
-        if step not in self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id).intermediate_values:
-            self._ot_trials[trial_id].report(float(result[self.metric_name]), step)
+            self.attr(trial_id, "placement", json.loads(result["placement"]))
+        resumed = int(result.get("resumed_from", 0))
+        restarted = bool(history) and (step <= history[-1]["step"] or resumed != history[-1].get("resumed_from", 0))
+        if restarted:
+            # Restarted from a checkpoint (a retry, or PBT cloning a trial): its curve goes on from there.
+            history[:] = [h for h in history if h["step"] <= resumed and h["step"] < step]
+        entry = {"step": step, **{k: v for k, v in result.items() if k in self.metric_keys}}
+        if resumed:
+            entry["resumed_from"] = resumed
+        if restarted and result.get("cloned_from") in self.trials:  # PBT: now training a copy of that trial
+            entry["cloned_from"] = self.trials[result["cloned_from"]].number
+        params = json.loads(result["params"]) if "params" in result else {}
+        if params and params != self.configs[trial_id]:  # PBT changed params (cloned, then explored)
+            self.configs[trial_id] = entry["config"] = params
+            self.attr(trial_id, "config", params)  # the params it finished with
+        history.append(entry)
+        self.attr(trial_id, "eval_history", history)
+        if step not in self.study._storage.get_trial(ot_trial._trial_id).intermediate_values:
+            ot_trial.report(float(result[self.metric_name]), step)
+        self._tell("trial_report", {"trial": ot_trial, "step": step,
+                                    "metrics": {k: v for k, v in result.items() if k in self.metric_keys}})
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def retried(self, trial_id: str, reason: str) -> None:
+        if self._running(trial_id):
+            previous = self.study._storage.get_trial(self.trials[trial_id]._trial_id).user_attrs
+            self.attr(trial_id, "retry_reasons", previous.get("retry_reasons", []) + [reason])
+
+    def complete(self, trial_id: str, result: dict | None, *, error: str | None = None) -> None:
         if not self._running(trial_id):
             return
-        ot_trial = self._ot_trials[trial_id]
-        value = (result or {}).get(self.metric_name)
-        step = int((result or {}).get("step", 0))
-        if value is not None and not (result or {}).get(DONE_KEY) and step not in ot_trial.storage.get_trial(
-                ot_trial._trial_id).intermediate_values:
-            # A scheduler that stops a trial consumes its last result without passing it on.
-            self.on_trial_result(trial_id, result)
-        if result and "placement" in result:
-            self._attr(trial_id, "placement", json.loads(result["placement"]))
+        ot_trial = self.trials[trial_id]
+        result = result or {}
+        value = result.get(self.metric_name)
+        if result.get("placement"):
+            self.attr(trial_id, "placement", json.loads(result["placement"]))
         # A trial stopped at its last step by a scheduler (ASHA stops at max_t) did run its budget.
-        ran_budget = bool(result) and (result.get(DONE_KEY) or step >= self.max_steps)
-        if error:
-            self._attr(trial_id, "fail_reason", self.fail_reasons.get(trial_id, "the Ray trial raised"))
+        step = int(result.get("step", 0))
+        ran_budget = bool(result.get(DONE_KEY)) or step >= self.max_steps
+        if error is not None:
+            self.attr(trial_id, "fail_reason", error)
             state, value = TrialState.FAIL, None
         elif ran_budget and value is not None and math.isfinite(value):
-            metrics = {k: v for k, v in result.items() if k in self.metric_keys}
-            self._attr(trial_id, "metrics", metrics)
+            self.attr(trial_id, "metrics", {k: v for k, v in result.items() if k in self.metric_keys})
             if "duration_s" in result:
-                self._attr(trial_id, "duration_s", result["duration_s"])
+                self.attr(trial_id, "duration_s", result["duration_s"])
             state = TrialState.COMPLETE
         else:  # a scheduler stopped it before its budget ran out
             state, value = TrialState.PRUNED, None
         try:
-            self._ot_study.tell(ot_trial, value, state=state)
+            frozen = self.study.tell(ot_trial, value, state=state)
         except Exception as exc:  # never let bookkeeping end a sweep
             optuna.logging.get_logger("ftsweep").warning("could not record Ray trial %s: %s", trial_id, exc)
-        self._completed_trials.add(trial_id)
+            return
+        finally:
+            self.finished.add(trial_id)
+        self._tell("trial_end", {"study": self.study, "trial": frozen})
 
 
-def _scheduler(spec, budget, metric: str, mode: str):
+class StudySearch(_OptunaSearch):
+    """Ray's OptunaSearch on the sweep's own study and sampler. It only suggests: each trial it asks
+    the study for is attached to the `StudyRecorder`, which records everything after that."""
+
+    def __init__(self, *args, recorder: StudyRecorder, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recorder = recorder
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            self.recorder.attach(trial_id, self._ot_trials[trial_id], config)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # StudyCallback records results, including those of trials a scheduler stops
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._ot_trials.pop(trial_id, None)  # StudyCallback tells the study
+
+
+class StudyCallback(_Callback):
+    """Feeds Ray's trial events to the `StudyRecorder`. With PBT (no searcher), trials are attached
+    here, by the study trial number their first config carries."""
+
+    def __init__(self, recorder: StudyRecorder) -> None:
+        self.recorder = recorder
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.recorder.trials and STUDY_TRIAL in trial.config:
+            ot_trial = self.recorder.population.pop(trial.config[STUDY_TRIAL])
+            self.recorder.attach(trial.trial_id, ot_trial, trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.recorder.result(trial.trial_id, result, dict(trial.config))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.recorder.complete(trial.trial_id, trial.last_result)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.recorder.retried(trial.trial_id, _error_text(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.recorder.complete(trial.trial_id, trial.last_result, error=_error_text(trial))
+
+
+def _error_text(trial) -> str:
+    """The exception a Ray trial raised, as 'Type: message' (the recorded fail reason)."""
+    import cloudpickle
+
+    error = None
+    try:  # Ray pickles the error next to the driver's copy of the trial as it handles it
+        if trial.pickled_error_file and Path(trial.pickled_error_file).exists():
+            error = cloudpickle.loads(Path(trial.pickled_error_file).read_bytes())
+    except Exception:  # an exception that does not unpickle here: fall back to the text below
+        error = None
+    if error is None:
+        return "the Ray trial raised (see error.txt in its Ray results folder)"
+    cause = getattr(error, "cause", None) or error
+    return f"{type(cause).__name__}: {cause}"
+
+
+def _scheduler(spec, budget, metric: str, mode: str, space=None):
     from ray.tune import schedulers
 
     name = ALIASES.get(spec.pruner.name, spec.pruner.name)
@@ -212,11 +351,48 @@ def _scheduler(spec, budget, metric: str, mode: str):
             min_samples_required=int(args.get("n_startup_trials", 3)),
         )
     if name == "pbt":
-        mutations = args.get("mutations", {"learning_rate": [1e-5, 1e-4, 1e-3, 1e-2]})
-        return schedulers.PopulationBasedTraining(**common, perturbation_interval=args.get(
-            "perturbation_interval", budget.eval_every), hyperparam_mutations=mutations)
+        args = _only(args, ("mutations", "perturbation_interval", "quantile_fraction", "resample_probability",
+                            "synch"))
+        return schedulers.PopulationBasedTraining(
+            **common, perturbation_interval=args.pop("perturbation_interval", budget.eval_every),
+            hyperparam_mutations=_pbt_mutations(args.pop("mutations", None), space), **args)
     raise ConfigError(f"the {name} pruner has no Ray equivalent", key="pruner.name", value=spec.pruner.name,
                       allowed=["none", "successive_halving (asha)", "hyperband", "median", "pbt"])
+
+
+def _pbt_mutations(given: dict | None, space) -> dict:
+    """What PBT may change while training: the space's own ranges for learning rate, weight decay and
+    dropout by default; `mutations: {name: [values] | {low, high, log}}` to choose."""
+    from ray import tune
+
+    if given is None:
+        given = {}
+        for name, param in space.params().items():
+            if name in ("learning_rate", "weight_decay", "lora_dropout") and name in space.searched_names:
+                given[name] = ({"low": param.low, "high": param.high, "log": param.log}
+                               if param.type == "float" else list(param.choices))
+    # A param PBT changes must exist in every trial: try the space on a throwaway in-memory study.
+    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    samples = [space.sample(probe.ask()) for _ in range(32)]
+    mutations = {}
+    for name, values in given.items():
+        if any(name not in sample for sample in samples):
+            raise ConfigError("PBT can only mutate a param every trial has; this one is conditional (or not in the "
+                              "space)", key=f"pruner.args.mutations.{name}", value=values)
+        if name not in PBT_MUTABLE:
+            raise ConfigError("PBT cannot change this param while training (the adapter's shape or the "
+                              "objective depends on it)", key=f"pruner.args.mutations.{name}", value=values,
+                              allowed=list(PBT_MUTABLE))
+        if isinstance(values, dict):
+            low, high = float(values["low"]), float(values["high"])
+            mutations[name] = tune.loguniform(low, high) if values.get("log") else tune.uniform(low, high)
+        else:
+            mutations[name] = list(values)
+    if not mutations:
+        raise ConfigError("PBT has nothing to mutate: the space searches none of learning_rate, weight_decay, "
+                          "lora_dropout", key="pruner.args.mutations", hint="Fix: give mutations, e.g. "
+                          "{learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}}")
+    return mutations
 
 
 def _only(args: dict, allowed: tuple[str, ...]) -> dict:
@@ -248,24 +424,49 @@ class RayBackend(Backend):
         metric = spec.metric.name
         mode = "min" if sweep.direction == "minimize" else "max"
         space = sweep.space
+        pbt = ALIASES.get(spec.pruner.name, spec.pruner.name) == "pbt"
 
-        scheduler = _scheduler(spec, spec.budget, metric, mode)  # bad pruner settings fail before the study exists
+        # Bad pruner settings fail before the study exists.
+        scheduler = _scheduler(spec, spec.budget, metric, mode, space)
+        if pbt and spec.n_trials is None:
+            raise ConfigError("PBT trains a fixed population: set n_trials (its size)", key="n_trials",
+                              source=sweep.source)
+        sampler = build_sampler(spec.sampler, space, seed=spec.seed, source=sweep.source)
         study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
-                                    load_if_exists=True)
+                                    sampler=sampler, load_if_exists=True)
         record_sweep(study, sweep)
-        # The study is the source of truth for resuming; OptunaSearch's ask() takes queued trials first.
+        # The study is the source of truth for resuming; asking it takes queued trials first.
         outcome, remaining = self.begin(study, storage_url)
         if remaining == 0:
             return outcome
-        search = StudySearch(
-            space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, metric_name=metric,
-            max_steps=spec.budget.max_steps,
+        recorder = StudyRecorder(
+            study, metric_name=metric, max_steps=spec.budget.max_steps, listener=self.listener,
             # The objective's own metrics plus what run_trial adds: a new objective needs no list here.
             metric_keys=set(sweep.objective_cls.metrics) | {"train_loss", "steps"},
-            sampler=build_sampler(spec.sampler, space, seed=spec.seed, source=sweep.source),
-            study_name=sweep.study_name, storage=storage, seed=spec.seed,
         )
         ray_options = spec.ray
+        if pbt:
+            # PBT takes no searcher: the population is asked of the study up front (the sampler picks
+            # the starting points) and each config carries its study trial number.
+            points = []
+            for _ in range(remaining):
+                ot_trial = study.ask()
+                params = space.sample(ot_trial)
+                recorder.population[ot_trial.number] = ot_trial
+                study._storage.set_trial_user_attr(ot_trial._trial_id, "worker", WORKER)
+                points.append({**params, STUDY_TRIAL: ot_trial.number})
+            from ray.tune.search import BasicVariantGenerator
+
+            # Ray takes preset points only for keys its param space has; a conditional param a
+            # point lacks stays ABSENT and the trainable drops it.
+            param_space = {key: ABSENT for point in points for key in point}
+            search = BasicVariantGenerator(points_to_evaluate=points)
+        else:
+            param_space = None
+            search = StudySearch(
+                space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, recorder=recorder,
+                sampler=sampler, study_name=sweep.study_name, storage=storage, seed=spec.seed,
+            )
         if not ray.is_initialized():
             address = ray_options.address or os.environ.get("RAY_ADDRESS")
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -273,10 +474,15 @@ class RayBackend(Backend):
         trainable_fn = tune.with_parameters(trainable, payload=sweep.to_payload())
         trainable_fn = tune.with_resources(trainable_fn, {"cpu": ray_options.cpus_per_trial,
                                                           "gpu": ray_options.gpus_per_trial})
+        # Checkpoints hold the adapter only; Ray deletes all but the newest `num_to_keep` per trial.
+        # PBT keeps a few more: a trial it clones from must still have the checkpoint it chose.
+        keep = ray_options.checkpoints_to_keep or (4 if pbt else 1)
         run_config = tune.RunConfig(
-            name=f"{sweep.study_name}-{int(time.time())}",  # one Ray experiment folder per launch storage_path=str(sweep.output_dir / "ray"),
+            name=f"{sweep.study_name}-{int(time.time())}",  # one Ray experiment folder per launch
+            storage_path=str((sweep.output_dir / "ray").resolve()),
             failure_config=tune.FailureConfig(max_failures=ray_options.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+            callbacks=[StudyCallback(recorder)],
             verbose=0,
         )
         tune_config = tune.TuneConfig(
@@ -288,10 +494,15 @@ class RayBackend(Backend):
         # Not Tuner.restore: a restored searcher only knows trials up to its last checkpoint, so trials
         # finished after it would run again (measured: 12 complete for n_trials 10). Each launch is a
         # fresh Tuner for what the study still lacks.
-        tuner = tune.Tuner(trainable_fn, tune_config=tune_config, run_config=run_config)
-        results = tuner.fit()
+        tuner = tune.Tuner(trainable_fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
+        try:
+            results = tuner.fit()
+        finally:
+            for ot_trial in recorder.population.values():  # PBT trials Ray never started: run them next launch
+                study._storage.set_trial_user_attr(ot_trial._trial_id, "fail_reason", "interrupted: never started")
+                study._storage.set_trial_user_attr(ot_trial._trial_id, "interrupted", True)
+                study.tell(ot_trial, state=TrialState.FAIL)
         states = [t.state for t in study.get_trials(deepcopy=False)]
         outcome.ran = len(results)
         outcome.counts = {s.name.lower(): states.count(s) for s in TrialState if states.count(s)}
         return outcome
-

@@ -33,16 +33,22 @@ def backend(request):
         yield request.param
 
 
-def _run(write_sweep, backend, **changes) -> optuna.Study:
+def _run(write_sweep, backend, listener=None, **changes) -> optuna.Study:
     sweep = load_sweep(write_sweep(backend=backend, **changes))
-    get_backend(backend)(sweep).run()
+    get_backend(backend)(sweep, listener=listener).run()
     return optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
 
 
 def test_runs_and_records_every_trial(write_sweep, backend):
-    study = _run(write_sweep, backend, n_trials=3)
+    events = []
+    study = _run(write_sweep, backend, n_trials=3, listener=lambda event, details: events.append((event, details)))
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # The progress display hears of every report and every end, whichever backend ran the trial.
+    ended = [d["trial"] for e, d in events if e == "trial_end"]
+    assert sorted((t.number, t.state, t.value) for t in ended) == [(t.number, t.state, t.value) for t in trials]
+    reports = sorted((d["trial"].number, d["step"]) for e, d in events if e == "trial_report")
+    assert reports == [(t.number, step) for t in trials for step in (2, 4)]
     for t in trials:
         assert sorted(t.intermediate_values) == [2, 4]
         assert t.value == pytest.approx(t.user_attrs["metrics"]["eval_loss"])
@@ -56,6 +62,9 @@ def test_aggressive_scheduler_prunes(write_sweep, backend):
                  budget={"max_steps": 8, "eval_every": 2})
     states = [t.state for t in study.get_trials()]
     assert len(states) == 8 and TrialState.PRUNED in states and TrialState.COMPLETE in states
+    # No FAIL: every trial after a pruned one found the shared base model without adapter layers
+    # (run_trial refuses a base with leftovers), including in Ray's reused actors.
+    assert TrialState.FAIL not in states, [t.user_attrs.get("fail_reason") for t in study.get_trials()]
     for t in study.get_trials(states=(TrialState.PRUNED,)):
         assert max(t.intermediate_values) < 8
 
