@@ -97,17 +97,47 @@ def _worker_is_gone(worker: str | None) -> bool:
     return False
 
 
+# Every backend stamps `worker` on a trial right after creating it (and sampling its params). A RUNNING
+# trial still unstamped this long after its start belongs to a process killed in between.
+UNSTAMPED_GRACE_S = 5.0
+
+
+def _orphans_unstamped(study: optuna.Study, trials: list) -> set[int]:
+    """Numbers of RUNNING trials without a `worker` stamp whose creator died before stamping them.
+    Waits (at most UNSTAMPED_GRACE_S) for young ones, which a live process may be stamping right now."""
+    unstamped = [t for t in trials if t.state == TrialState.RUNNING and "worker" not in t.user_attrs]
+    if not unstamped:
+        return set()
+    import datetime
+    import time
+
+    youngest = max(t.datetime_start for t in unstamped if t.datetime_start) if any(
+        t.datetime_start for t in unstamped) else None
+    if youngest is not None:
+        age = (datetime.datetime.now() - youngest).total_seconds()
+        if age < UNSTAMPED_GRACE_S:
+            time.sleep(UNSTAMPED_GRACE_S - age)
+    orphans = set()
+    for t in unstamped:
+        now = study._storage.get_trial(t._trial_id)
+        if now.state == TrialState.RUNNING and "worker" not in now.user_attrs:
+            orphans.add(t.number)
+    return orphans
+
+
 def recover_interrupted(study: optuna.Study) -> list[int]:
     """Mark trials left RUNNING by a dead process as FAIL, and queue every interrupted trial's
     params again (once), so a resumed sweep re-runs exactly what was cut short. Returns their numbers."""
     storage = study._storage
     trials = study.get_trials(deepcopy=False)
+    orphans = _orphans_unstamped(study, trials)
     # A finished trial cannot be updated, so "already queued again" is read off the retries themselves.
     retried = {t.user_attrs.get("retry_of") for t in trials}
     requeued = []
     for trial in trials:
         interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted", False)
-        if trial.state == TrialState.RUNNING and _worker_is_gone(trial.user_attrs.get("worker")):
+        if trial.state == TrialState.RUNNING and (
+                trial.number in orphans or _worker_is_gone(trial.user_attrs.get("worker"))):
             storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted: the worker process ended mid-trial")
             storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
             storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)

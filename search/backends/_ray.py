@@ -14,6 +14,7 @@ ray is optional (`pip install 'ftsweep[ray]'`) and imported only here.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -36,6 +37,10 @@ DONE_KEY = "ftsweep_done"  # set on a trial's last result: it ran its whole budg
 
 
 def _import_ray():
+    # ftsweep draws its own progress: Ray's console reporter, its "experiment state snapshot" warning
+    # (forced by num_to_keep, which bounds disk on purpose) and INFO chatter would only bury it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     try:
         import ray
         from ray import tune
@@ -469,7 +474,7 @@ class RayBackend(Backend):
             )
         if not ray.is_initialized():
             address = ray_options.address or os.environ.get("RAY_ADDRESS")
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                      **({} if address else {"num_cpus": ray_options.num_cpus, "num_gpus": ray_options.num_gpus}))
         trainable_fn = tune.with_parameters(trainable, payload=sweep.to_payload())
         trainable_fn = tune.with_resources(trainable_fn, {"cpu": ray_options.cpus_per_trial,
@@ -494,6 +499,7 @@ class RayBackend(Backend):
         # Not Tuner.restore: a restored searcher only knows trials up to its last checkpoint, so trials
         # finished after it would run again (measured: 12 complete for n_trials 10). Each launch is a
         # fresh Tuner for what the study still lacks.
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
         tuner = tune.Tuner(trainable_fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
         try:
             results = tuner.fit()

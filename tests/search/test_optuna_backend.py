@@ -183,3 +183,22 @@ def test_ctrl_c_stops_cleanly_and_keeps_completed_trials(write_sweep):
     assert main(["launch", str(path)]) == 0
     final = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url).get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in final) == 3
+
+
+def test_a_trial_its_process_never_stamped_is_recovered_after_a_grace_period(tmp_path):
+    # A process killed between creating a trial and stamping its `worker` leaves an anonymous RUNNING
+    # trial; a live process stamps within milliseconds, so after the grace period it is an orphan.
+    from search.study import UNSTAMPED_GRACE_S, recover_interrupted
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    stamped_by_other_host = study.ask()
+    stamped_by_other_host.set_user_attr("worker", "another-host:1")
+    started = time.monotonic()
+    assert recover_interrupted(study) == [orphan.number]
+    assert time.monotonic() - started >= UNSTAMPED_GRACE_S - 0.5  # it waited for a possible stamp first
+    trials = study.get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL and trials[orphan.number].user_attrs["interrupted"]
+    assert trials[stamped_by_other_host.number].state == TrialState.RUNNING  # not ours to judge
+    assert trials[-1].state == TrialState.WAITING  # queued again with the same params
+    assert trials[-1].system_attrs["fixed_params"] == {"x": orphan.params["x"]}
