@@ -60,7 +60,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from .backends import get_backend
     from .progress import SweepProgress
     from .results import render_top_table
-    from .study import redact_url
+    from .study import open_storage, redact_url
 
     optuna.logging.set_verbosity(optuna.logging.INFO if args.debug else optuna.logging.ERROR)
     spec = sweep.spec
@@ -78,7 +78,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             outcome = backend(sweep, listener=progress).run()
     except KeyboardInterrupt:
         interrupted = True
-    study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+    study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
     counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail", "running") if states.count(s))
     if any(s == "complete" for s in states):

@@ -54,11 +54,32 @@ def scrub_secrets(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***@", text)
 
 
-def prepare_storage(url: str) -> str:
-    """Create the directory of a SQLite file so Optuna can create the database in it."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+JOURNAL = "journal:///"  # Optuna's journal file storage: journal:///relative/file.log, journal:////abs/file.log
+
+
+def open_storage(url: str):
+    """What `optuna.create_study/load_study(storage=...)` takes for a storage URL: the URL itself for
+    databases, a `JournalStorage` for `journal:///FILE` (several processes on one node or a shared
+    filesystem, without a database server).
+
+    Example:
+        >>> type(open_storage("journal:///runs/demo/demo.log")).__name__  # doctest: +SKIP
+        'JournalStorage'
+    """
+    if url.startswith(JOURNAL):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL)))
     return url
+
+
+def prepare_storage(url: str):
+    """Create the directory of a SQLite or journal file, then open the storage (see `open_storage`)."""
+    for prefix in ("sqlite:///", JOURNAL):
+        if url.startswith(prefix):
+            Path(url.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)
+    return open_storage(url)
 
 
 def record_sweep(study: optuna.Study, sweep) -> None:
@@ -150,11 +171,11 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 def load_existing_study(study_name: str, storage: str) -> optuna.Study:
     """Open a study for reading; a clear error listing the studies there when the name is wrong."""
-    names = optuna.study.get_all_study_names(storage=storage)
+    names = optuna.study.get_all_study_names(storage=open_storage(storage))
     if study_name not in names:
         raise ConfigError("no such study in this storage", key="study", value=study_name,
                           allowed=names or "(the storage holds no study)")
-    return optuna.load_study(study_name=study_name, storage=storage)
+    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
 
 
 def resolve_study(ref: str, storage: str | None = None) -> optuna.Study:

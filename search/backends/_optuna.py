@@ -48,7 +48,7 @@ class OptunaBackend(Backend):
                                     say=lambda text: self.listener("note", {"text": text}))
         storage = prepare_storage(sweep.storage_url)
         study = self._open_study(storage)
-        outcome, remaining = self.begin(study, storage)
+        outcome, remaining = self.begin(study, sweep.storage_url)
         if remaining == 0:
             return self._finish(study, outcome)
 

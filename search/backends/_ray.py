@@ -424,8 +424,10 @@ class RayBackend(Backend):
         sweep.output_dir.mkdir(parents=True, exist_ok=True)
         # Fail fast on bad model/data before any worker starts.
         sweep.make_objective().check_sources()
-        storage_url = prepare_storage(sweep.storage_url)
-        storage = optuna.storages.RDBStorage(storage_url) if "://" in storage_url else storage_url
+        storage_url = sweep.storage_url
+        storage = prepare_storage(storage_url)
+        if isinstance(storage, str):  # OptunaSearch takes a storage object
+            storage = optuna.storages.RDBStorage(storage)
         metric = spec.metric.name
         mode = "min" if sweep.direction == "minimize" else "max"
         space = sweep.space

@@ -202,3 +202,20 @@ def test_a_trial_its_process_never_stamped_is_recovered_after_a_grace_period(tmp
     assert trials[stamped_by_other_host.number].state == TrialState.RUNNING  # not ours to judge
     assert trials[-1].state == TrialState.WAITING  # queued again with the same params
     assert trials[-1].system_attrs["fixed_params"] == {"x": orphan.params["x"]}
+
+
+def test_a_sweep_on_the_journal_file_storage_runs_resumes_and_is_read_by_the_inspect_commands(
+        write_sweep, tmp_path, capsys):
+    journal = tmp_path / "store" / "sweeps.log"
+    path = write_sweep(storage=f"journal:///{journal}", n_trials=2)
+    assert main(["launch", str(path)]) == 0
+    assert journal.exists() and not list(tmp_path.rglob("*.db"))  # the journal holds the study
+    assert main(["launch", str(path), "--set", "n_trials=3"]) == 0  # resumes: one more trial
+    from search.study import open_storage
+
+    study = optuna.load_study(study_name="tiny", storage=open_storage(f"journal:///{journal}"))
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
+    capsys.readouterr()
+    assert main(["status", "tiny", "--storage", f"journal:///{journal}", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"]["complete"] == 3 and status["best"]["number"] == study.best_trial.number
