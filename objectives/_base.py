@@ -448,18 +448,29 @@ class Objective(ABC):
         (directory / CHECKPOINT_STATE).write_text(json.dumps(state))
         return directory
 
-    def load_checkpoint(self, model, directory: str | Path) -> int:
-        """Load the adapter weights `save_checkpoint` wrote into `model`; returns the step they are from."""
+    @staticmethod
+    def checkpoint_state(directory: str | Path) -> dict[str, Any]:
+        """What `save_checkpoint` wrote beside the adapter: {"step", "params"?, and its `about` fields}."""
         import json
 
+        directory = Path(directory)
+        try:
+            state = json.loads((directory / CHECKPOINT_STATE).read_text())
+            int(state["step"])
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"{directory} is not an ftsweep trial checkpoint ({exc})") from exc
+        return state
+
+    def load_checkpoint(self, model, directory: str | Path) -> int:
+        """Load the adapter weights `save_checkpoint` wrote into `model`; returns the step they are from."""
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
 
         directory = Path(directory)
+        step = int(self.checkpoint_state(directory)["step"])
         try:
-            step = int(json.loads((directory / CHECKPOINT_STATE).read_text())["step"])
             weights = load_file(directory / "adapter_model.safetensors")
-        except (OSError, KeyError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise ValueError(f"{directory} is not an ftsweep trial checkpoint ({exc})") from exc
         expected = get_peft_model_state_dict(model)
         mismatched = sorted(set(expected) ^ set(weights)) + sorted(

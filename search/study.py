@@ -132,8 +132,7 @@ def _orphans_unstamped(study: optuna.Study, trials: list) -> set[int]:
     import datetime
     import time
 
-    youngest = max(t.datetime_start for t in unstamped if t.datetime_start) if any(
-        t.datetime_start for t in unstamped) else None
+    youngest = max((t.datetime_start for t in unstamped if t.datetime_start), default=None)
     if youngest is not None:
         age = (datetime.datetime.now() - youngest).total_seconds()
         if age < UNSTAMPED_GRACE_S:
@@ -144,6 +143,14 @@ def _orphans_unstamped(study: optuna.Study, trials: list) -> set[int]:
         if now.state == TrialState.RUNNING and "worker" not in now.user_attrs:
             orphans.add(t.number)
     return orphans
+
+
+def mark_interrupted(storage, trial_id: int, reason: str) -> None:
+    """FAIL a trial that was cut short (not its own fault): it does not count toward n_trials and
+    `recover_interrupted` queues its params again."""
+    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+    storage.set_trial_user_attr(trial_id, "interrupted", True)
+    storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
 
 def recover_interrupted(study: optuna.Study) -> list[int]:
@@ -159,9 +166,7 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
         interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted", False)
         if trial.state == TrialState.RUNNING and (
                 trial.number in orphans or _worker_is_gone(trial.user_attrs.get("worker"))):
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted: the worker process ended mid-trial")
-            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            mark_interrupted(storage, trial._trial_id, "interrupted: the worker process ended mid-trial")
             interrupted = True
         if interrupted and trial.number not in retried:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
@@ -171,11 +176,12 @@ def recover_interrupted(study: optuna.Study) -> list[int]:
 
 def load_existing_study(study_name: str, storage: str) -> optuna.Study:
     """Open a study for reading; a clear error listing the studies there when the name is wrong."""
-    names = optuna.study.get_all_study_names(storage=open_storage(storage))
+    opened = open_storage(storage)  # once: a journal file is replayed on opening
+    names = optuna.study.get_all_study_names(storage=opened)
     if study_name not in names:
         raise ConfigError("no such study in this storage", key="study", value=study_name,
                           allowed=names or "(the storage holds no study)")
-    return optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return optuna.load_study(study_name=study_name, storage=opened)
 
 
 def resolve_study(ref: str, storage: str | None = None) -> optuna.Study:

@@ -24,12 +24,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from objectives._base import CHECKPOINT_STATE
 from spaces import ConfigError
 
 from ..pruners import ALIASES
 from ..samplers import build_sampler
-from ..study import WORKER, prepare_storage, record_sweep
+from ..study import WORKER, mark_interrupted, prepare_storage, record_sweep
 from ._base import Backend, SweepOutcome
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
@@ -98,7 +97,7 @@ def trainable(config: dict[str, Any], payload: str) -> None:
         with previous.as_directory() as directory:  # a local copy: the original may live on another node
             resume_dir = tempfile.mkdtemp(prefix="ftsweep-resume-")
             shutil.copytree(directory, resume_dir, dirs_exist_ok=True)
-        state = json.loads((Path(resume_dir) / CHECKPOINT_STATE).read_text())
+        state = objective.checkpoint_state(resume_dir)
         resumed_from = int(state["step"])
         if state.get("ray_trial_id") not in (None, trial_id):
             cloned_from = state["ray_trial_id"]  # PBT gave this trial another trial's checkpoint
@@ -191,29 +190,34 @@ class StudyRecorder:
     def attach(self, trial_id: str, ot_trial: optuna.Trial, config: dict) -> None:
         self.trials[trial_id] = ot_trial
         self.configs[trial_id] = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
-        self.attr(trial_id, "config", self.configs[trial_id])
-        self.attr(trial_id, "worker", WORKER)  # the driver owns the record: a dead driver's trial is stale
+        self._set(trial_id, "config", self.configs[trial_id])
+        self._set(trial_id, "worker", WORKER)  # the driver owns the record: a dead driver's trial is stale
 
-    def _running(self, trial_id: str) -> bool:
+    def _live(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        """The study's record of a Ray trial while it can still be written. After a relaunch Ray may
+        report on trials the study already finished; those are left alone."""
         if trial_id in self.finished or trial_id not in self.trials:
-            return False
-        if self.study._storage.get_trial(self.trials[trial_id]._trial_id).state != TrialState.RUNNING:
+            return None
+        frozen = self.study._storage.get_trial(self.trials[trial_id]._trial_id)
+        if frozen.state != TrialState.RUNNING:
             self.finished.add(trial_id)
-            return False
-        return True
+            return None
+        return frozen
 
-    def attr(self, trial_id: str, key: str, value: Any) -> None:
-        if self._running(trial_id):
-            self.study._storage.set_trial_user_attr(self.trials[trial_id]._trial_id, key, value)
+    def _set(self, trial_id: str, key: str, value: Any) -> None:
+        self.study._storage.set_trial_user_attr(self.trials[trial_id]._trial_id, key, value)
 
-    def result(self, trial_id: str, result: dict, config: dict | None = None) -> None:
-        if not self._running(trial_id) or self.metric_name not in result or result.get(DONE_KEY):
+    def result(self, trial_id: str, result: dict) -> None:
+        if self.metric_name not in result or result.get(DONE_KEY):
+            return
+        frozen = self._live(trial_id)
+        if frozen is None:
             return
         ot_trial = self.trials[trial_id]
         step = int(result.get("step", result.get("training_iteration", 0)))
         history = self.histories.setdefault(trial_id, [])
         if not history and "placement" in result:
-            self.attr(trial_id, "placement", json.loads(result["placement"]))
+            self._set(trial_id, "placement", json.loads(result["placement"]))
         resumed = int(result.get("resumed_from", 0))
         restarted = bool(history) and (step <= history[-1]["step"] or resumed != history[-1].get("resumed_from", 0))
         if restarted:
@@ -227,37 +231,37 @@ class StudyRecorder:
         params = json.loads(result["params"]) if "params" in result else {}
         if params and params != self.configs[trial_id]:  # PBT changed params (cloned, then explored)
             self.configs[trial_id] = entry["config"] = params
-            self.attr(trial_id, "config", params)  # the params it finished with
+            self._set(trial_id, "config", params)  # the params it finished with
         history.append(entry)
-        self.attr(trial_id, "eval_history", history)
-        if step not in self.study._storage.get_trial(ot_trial._trial_id).intermediate_values:
+        self._set(trial_id, "eval_history", history)
+        if step not in frozen.intermediate_values:
             ot_trial.report(float(result[self.metric_name]), step)
         self._tell("trial_report", {"trial": ot_trial, "step": step,
                                     "metrics": {k: v for k, v in result.items() if k in self.metric_keys}})
 
     def retried(self, trial_id: str, reason: str) -> None:
-        if self._running(trial_id):
-            previous = self.study._storage.get_trial(self.trials[trial_id]._trial_id).user_attrs
-            self.attr(trial_id, "retry_reasons", previous.get("retry_reasons", []) + [reason])
+        frozen = self._live(trial_id)
+        if frozen is not None:
+            self._set(trial_id, "retry_reasons", frozen.user_attrs.get("retry_reasons", []) + [reason])
 
     def complete(self, trial_id: str, result: dict | None, *, error: str | None = None) -> None:
-        if not self._running(trial_id):
+        if self._live(trial_id) is None:
             return
         ot_trial = self.trials[trial_id]
         result = result or {}
         value = result.get(self.metric_name)
         if result.get("placement"):
-            self.attr(trial_id, "placement", json.loads(result["placement"]))
+            self._set(trial_id, "placement", json.loads(result["placement"]))
         # A trial stopped at its last step by a scheduler (ASHA stops at max_t) did run its budget.
         step = int(result.get("step", 0))
         ran_budget = bool(result.get(DONE_KEY)) or step >= self.max_steps
         if error is not None:
-            self.attr(trial_id, "fail_reason", error)
+            self._set(trial_id, "fail_reason", error)
             state, value = TrialState.FAIL, None
         elif ran_budget and value is not None and math.isfinite(value):
-            self.attr(trial_id, "metrics", {k: v for k, v in result.items() if k in self.metric_keys})
+            self._set(trial_id, "metrics", {k: v for k, v in result.items() if k in self.metric_keys})
             if "duration_s" in result:
-                self.attr(trial_id, "duration_s", result["duration_s"])
+                self._set(trial_id, "duration_s", result["duration_s"])
             state = TrialState.COMPLETE
         else:  # a scheduler stopped it before its budget ran out
             state, value = TrialState.PRUNED, None
@@ -305,7 +309,7 @@ class StudyCallback(_Callback):
             self.recorder.attach(trial.trial_id, ot_trial, trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.recorder.result(trial.trial_id, result, dict(trial.config))
+        self.recorder.result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.recorder.complete(trial.trial_id, trial.last_result)
@@ -507,9 +511,7 @@ class RayBackend(Backend):
             results = tuner.fit()
         finally:
             for ot_trial in recorder.population.values():  # PBT trials Ray never started: run them next launch
-                study._storage.set_trial_user_attr(ot_trial._trial_id, "fail_reason", "interrupted: never started")
-                study._storage.set_trial_user_attr(ot_trial._trial_id, "interrupted", True)
-                study.tell(ot_trial, state=TrialState.FAIL)
+                mark_interrupted(study._storage, ot_trial._trial_id, "interrupted: never started")
         states = [t.state for t in study.get_trials(deepcopy=False)]
         outcome.ran = len(results)
         outcome.counts = {s.name.lower(): states.count(s) for s in TrialState if states.count(s)}
