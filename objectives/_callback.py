@@ -41,6 +41,8 @@ class ReportingCallback(TrainerCallback):
             return
         if self.on_evaluate_hook is not None and self.report is not None:
             self.on_evaluate_hook(step, kwargs["model"])
-        if self.report is not None and self.report(step, clean):
+        # The pruner hears every evaluation, but a trial that has trained its whole budget completes:
+        # stopping it now would save nothing and would hide a finished result.
+        if self.report is not None and self.report(step, clean) and step < self.objective.budget.max_steps:
             self.pruned_at = step
             control.should_training_stop = True

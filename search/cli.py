@@ -1,6 +1,8 @@
 """The `ftsweep` command. Every command is a small function; COMMANDS below lists them all.
 
     ftsweep launch SWEEP.yaml [--set key.path=value ...] [--dry-run] [--enqueue winner.yaml]
+                   [--storage URL] [--workers N | --gpus 0,1,2,3]
+    ftsweep worker STUDY [--storage URL]   # join a prepared sweep (another node, a SLURM array task)
     ftsweep status STUDY           # counts by state, best so far, throughput (works mid-sweep)
     ftsweep best STUDY [--top K] [--json]
     ftsweep show STUDY TRIAL       # one trial: params, learning curve, metrics, failure reason
@@ -43,7 +45,9 @@ def _console() -> Console:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    """Run (or resume) a sweep."""
+    """Run (or resume) a sweep: in this process, or in `--workers N` / `--gpus 0,1` worker processes."""
+    import os
+
     from .spec import load_sweep
 
     console = _console()
@@ -51,7 +55,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
     overrides += [f"ray.address={args.ray_address}"] if args.ray_address else []
     overrides += ["ray.resume=true"] if args.resume else []
     sweep = load_sweep(args.sweep, overrides)
+    # The storage URL may carry a password: from --storage or $FTSWEEP_STORAGE it never enters a file.
+    storage = args.storage or sweep.spec.storage or os.environ.get("FTSWEEP_STORAGE")
+    if storage:
+        sweep.spec = sweep.spec.model_copy(update={"storage": storage})
     sweep.enqueue = [_enqueued_params(ref) for ref in args.enqueue]
+    gpus = _gpu_list(args.gpus) if args.gpus is not None else None
+    n_workers = len(gpus) if gpus else args.workers
+    if n_workers is not None:
+        _check_workers(sweep, n_workers)
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
 
@@ -59,8 +71,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     from .backends import get_backend
     from .progress import SweepProgress
-    from .results import render_top_table
-    from .study import open_storage, redact_url
+    from .study import redact_url
 
     optuna.logging.set_verbosity(optuna.logging.INFO if args.debug else optuna.logging.ERROR)
     spec = sweep.spec
@@ -70,25 +81,128 @@ def cmd_launch(args: argparse.Namespace) -> int:
         f"{spec.pruner.name} pruner, {sweep.direction} {spec.metric.name}"
     )
     console.print(f"Study [cyan]{sweep.study_name}[/] in {redact_url(sweep.storage_url)}")
+    if n_workers is not None:
+        return _launch_workers(sweep, console, n_workers=n_workers, gpus=gpus, top=args.top)
     backend = get_backend(spec.backend)
     progress = SweepProgress(console, metric=spec.metric.name)
     interrupted = False
+    outcome = None
     try:
         with progress:
             outcome = backend(sweep, listener=progress).run()
     except KeyboardInterrupt:
         interrupted = True
+    return _summarize(sweep, console, top=args.top, interrupted=interrupted,
+                      ran=f"This launch ran {outcome.ran} trial(s)." if outcome else "")
+
+
+def _gpu_list(text: str) -> list[str]:
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus or len(set(gpus)) != len(gpus):
+        raise ConfigError("--gpus takes distinct device ids separated by commas", key="--gpus", value=text,
+                          hint="Fix: e.g. --gpus 0,1,2,3 (one worker process per GPU)")
+    return gpus
+
+
+def _check_workers(sweep, n_workers: int) -> None:
+    from .workers import refuse_sqlite
+
+    if n_workers < 0:
+        raise ConfigError("--workers must be 0 or more", key="--workers", value=n_workers)
+    if sweep.spec.backend != "optuna":
+        raise ConfigError("--workers/--gpus start Optuna worker processes; Ray places trials itself",
+                          key="backend", value=sweep.spec.backend,
+                          hint="Fix: for Ray use ray.max_concurrent_trials and ray.gpus_per_trial.")
+    if n_workers != 1:  # 0: workers will join from elsewhere
+        refuse_sqlite(sweep.storage_url, key="storage", workers=n_workers or "joining")
+
+
+def _launch_workers(sweep, console: Console, *, n_workers: int, gpus: list[str] | None, top: int) -> int:
+    """Prepare the study here, then run its trials in `n_workers` processes (one per GPU with --gpus)."""
+    from .backends._optuna import OptunaBackend
+    from .progress import SweepProgress
+    from .workers import LocalWorkers
+
+    sweep.make_objective().check_sources()  # a bad model or data path fails here, not in every worker
+    progress = SweepProgress(console, metric=sweep.spec.metric.name)
+    interrupted, failures = False, []
+    try:
+        with progress:
+            study, _, remaining = OptunaBackend(sweep, listener=progress).prepare()
+            if n_workers == 0:
+                progress.progress.stop()
+                console.print(f"Prepared study [cyan]{sweep.study_name}[/] ({remaining} trial(s) to run). "
+                              f"Start workers with: FTSWEEP_STORAGE=<storage URL> ftsweep worker {sweep.study_name}")
+                return 0
+            if remaining != 0:
+                where = f"GPUs {','.join(gpus)}" if gpus else "CPU"
+                console.print(f"Starting {n_workers} worker process(es) on {where}; logs in "
+                              f"{sweep.output_dir / 'workers'}/")
+                with LocalWorkers(sweep, n_workers=n_workers, gpus=gpus) as workers:
+                    workers.follow(progress, study)
+                failures = workers.failures()
+    except KeyboardInterrupt:
+        interrupted = True
+    for line in failures:
+        console.print(f"[red]{line}[/]", markup=True)
+    code = _summarize(sweep, console, top=top, interrupted=interrupted, ran=f"{n_workers} worker(s).")
+    return 1 if failures and code == 0 else code
+
+
+def _summarize(sweep, console: Console, *, top: int, interrupted: bool, ran: str) -> int:
+    """The end of a launch: the best trials, the counts, where the study is."""
+    import optuna
+
+    from .results import render_top_table
+    from .study import open_storage, redact_url
+
     study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False)]
-    counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail", "running") if states.count(s))
+    counts = ", ".join(f"{states.count(s)} {s}" for s in ("complete", "pruned", "fail", "running", "waiting")
+                       if states.count(s))
     if any(s == "complete" for s in states):
-        console.print(render_top_table(study, k=args.top))
+        console.print(render_top_table(study, k=top))
     if interrupted:
         console.print(f"[yellow]Stopped.[/] Kept {counts or 'no trials'} in {redact_url(sweep.storage_url)}. "
                       "Run the same command again to resume.")
         return EXIT_INTERRUPTED
-    console.print(f"Done: {counts}. This launch ran {outcome.ran} trial(s). Study: {study.study_name} "
-                  f"in {redact_url(sweep.storage_url)}")
+    console.print(f"Done: {counts}. {ran} Study: {study.study_name} in {redact_url(sweep.storage_url)}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Join a prepared sweep and run its queued trials until none is left (or its timeout passes)."""
+    import os
+
+    import optuna
+
+    from .backends._optuna import OptunaBackend
+    from .progress import SweepProgress
+    from .retries import WorkerPreempted, stop_on_sigterm
+    from .study import WORKER, load_existing_study, redact_url
+    from .workers import refuse_sqlite, sweep_from_study
+
+    storage = args.storage or os.environ.get("FTSWEEP_STORAGE")
+    if not storage:
+        raise ConfigError("a worker needs the storage URL of the study", key="--storage",
+                          hint="Fix: set FTSWEEP_STORAGE=URL (keeps a password out of `ps`), or pass --storage URL.")
+    refuse_sqlite(storage, key="--storage", workers="several")
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.debug else optuna.logging.ERROR)
+    sweep = sweep_from_study(load_existing_study(args.study, storage), storage)
+    stop_on_sigterm()
+    console = _console()
+    console.print(f"Worker {WORKER} joins study [cyan]{sweep.study_name}[/] in {redact_url(storage)}")
+    progress = SweepProgress(console, metric=sweep.spec.metric.name)
+    try:
+        with progress:
+            outcome = OptunaBackend(sweep, listener=progress).join()
+    except WorkerPreempted:
+        console.print("Preempted (SIGTERM): the running trial is queued again.")
+        return 128 + 15
+    except KeyboardInterrupt:
+        console.print("Stopped: the running trial is queued again.")
+        return EXIT_INTERRUPTED
+    console.print(f"Worker {WORKER} done: ran {outcome.ran} trial(s).")
     return 0
 
 
@@ -215,8 +329,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print(f"Trial [bold]{details['number']}[/]: {details['state']}, value {value}, {duration}")
     if details["fail_reason"]:
         console.print(f"[red]Failure:[/] {details['fail_reason']}", markup=True)
+    if details["retry"]:
+        console.print(f"Retry policy ({details['failure_cause']}): {details['retry']}")
     if details["retry_of"] is not None:
-        console.print(f"Retry of trial {details['retry_of']}")
+        changed = ", ".join(f"{k}={v}" for k, v in (details["overrides"] or {}).items())
+        console.print(f"Retry {details['attempt']} of trial {details['retry_of']} ({details['retry_cause']})"
+                      + (f" with {changed}" if changed else ""))
     params = Table(title="Params (searched ones marked *)")
     params.add_column("name")
     params.add_column("value", justify="right")
@@ -380,6 +498,14 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb", choices=["auto", "online", "offline", "off"],
                    help="W&B logging mode (overrides tracking.wandb; default auto: offline without credentials)")
     p.add_argument("--ray-address", help="backend ray: connect to this cluster (else RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage of the study (else the sweep's `storage`, else $FTSWEEP_STORAGE, else "
+                   "SQLite in the output directory); prefer $FTSWEEP_STORAGE for URLs with a password")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="run trials in N worker processes on this node (0: only prepare the study, for "
+                       "`ftsweep worker` elsewhere); needs a journal or database storage for N != 1")
+    where.add_argument("--gpus", metavar="IDS", help="one worker process per GPU, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES)")
     p.add_argument("--resume", action="store_true",
                    help="resume an interrupted sweep (launching again always does: finished trials are kept, "
                    "interrupted ones re-run)")
@@ -391,6 +517,12 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
 def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="sweep file, study .db file, or study name (see `ftsweep --help`)")
     p.add_argument("--storage", help="Optuna storage URL holding the study (or set FTSWEEP_STORAGE)")
+
+
+def _worker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="the study name a `ftsweep launch` prepared")
+    p.add_argument("--storage", metavar="URL",
+                   help="its Optuna storage (journal:///FILE or a database URL); default $FTSWEEP_STORAGE")
 
 
 def _json_flag(p: argparse.ArgumentParser) -> None:
@@ -461,6 +593,7 @@ def _spaces_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _command("launch", "run or resume a sweep of short fine-tunes")(_launch_arguments)(cmd_launch)
+_command("worker", "join a prepared sweep and run its trials")(_worker_arguments)(cmd_worker)
 _command("status", "counts by state, best so far, throughput")(_status_arguments)(cmd_status)
 _command("best", "table of the top trials (--json for scripts)")(_best_arguments)(cmd_best)
 _command("show", "everything about one trial")(_show_arguments)(cmd_show)

@@ -1,6 +1,7 @@
 """optuna-dashboard over a sweep's storage: every trial, curve and importance, live in a browser.
 
     run_dashboard("sqlite:///runs/demo/demo.db")        # prints the URL, serves until Ctrl-C
+    run_dashboard("journal:///runs/demo/demo.journal")  # Optuna's journal file storage too
     app = dashboard_app("sqlite:///runs/demo/demo.db")  # the WSGI app, for gunicorn or tests
 
 Needs the `dashboard` extra: ``pip install 'ftsweep[dashboard]'``.
@@ -15,7 +16,7 @@ from typing import Any
 
 from spaces import ConfigError
 
-from .study import redact_url
+from .study import open_storage, redact_url
 
 INSTALL_HINT = "Fix: pip install 'ftsweep[dashboard]'"
 
@@ -88,7 +89,7 @@ def study_names(storage: str) -> list[str]:
 
     _check_sqlite_file(storage)
     try:
-        return optuna.study.get_all_study_names(storage=storage)
+        return optuna.study.get_all_study_names(storage=open_storage(storage))
     except Exception as exc:
         detail = " ".join(_scrub(str(exc), storage).split())  # SQLAlchemy's messages span lines; errors are one
         raise ConfigError(f"cannot open the storage ({type(exc).__name__}: {detail})",
@@ -118,7 +119,7 @@ def dashboard_app(storage: str) -> Any:
     """
     optuna_dashboard = _optuna_dashboard()
     _check_sqlite_file(storage)
-    return optuna_dashboard.wsgi(storage)
+    return optuna_dashboard.wsgi(open_storage(storage))  # a journal:/// URL becomes a JournalStorage
 
 
 def run_dashboard(storage: str, *, host: str = "127.0.0.1", port: int = 8080, console=None) -> None:
@@ -145,7 +146,7 @@ def run_dashboard(storage: str, *, host: str = "127.0.0.1", port: int = 8080, co
                   f"({len(names)} {'study' if len(names) == 1 else 'studies'}: {shown})", markup=False)
     console.print(f"Open [bold cyan]{dashboard_url(host, port)}[/] (Ctrl-C to stop)")
     try:
-        optuna_dashboard.run_server(storage, host=host, port=port)
+        optuna_dashboard.run_server(open_storage(storage), host=host, port=port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ConfigError("the port is already in use", key="port", value=port,

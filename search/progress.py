@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .results import SHORT_NAMES, format_value
-from .study import counts_toward_budget
+from .study import counts_toward_budget, superseded_numbers
 
 
 class SweepProgress:
@@ -60,7 +60,8 @@ class SweepProgress:
     def _on_start(self, study, done: int, remaining: int | None, requeued: list[int], total: int | None) -> None:
         trials = study.get_trials(deepcopy=False)
         self.counts["pruned"] = sum(t.state == TrialState.PRUNED for t in trials)
-        self.counts["failed"] = sum(t.state == TrialState.FAIL and counts_toward_budget(t) for t in trials)
+        superseded = superseded_numbers(trials)
+        self.counts["failed"] = sum(t.state == TrialState.FAIL and counts_toward_budget(t, superseded) for t in trials)
         if any(t.state == TrialState.COMPLETE for t in trials):
             self.best = study.best_value
         if done:

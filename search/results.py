@@ -48,7 +48,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     return TrialRow(
         number=trial.number, state=trial.state.name, value=value,
         params=trial.user_attrs.get("config", trial.params), steps=steps, duration_s=duration,
-        fail_reason=trial.user_attrs.get("fail_reason"), values=list(trial.values) if complete and multi else None,
+        fail_reason=fail_reason(trial), values=list(trial.values) if complete and multi else None,
     )
 
 
@@ -184,7 +184,21 @@ def trial_details(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "metrics": trial.user_attrs.get("metrics", {}),
         "duration_s": trial.user_attrs.get("duration_s", trial.duration.total_seconds() if trial.duration else None),
         "started": trial.datetime_start.isoformat() if trial.datetime_start else None,
-        "fail_reason": trial.user_attrs.get("fail_reason"),
+        "fail_reason": fail_reason(trial),
+        "failure_cause": trial.user_attrs.get("failure_cause"),
+        "retry": trial.user_attrs.get("retry"),  # what the retry policy did about this failure
         "retry_of": trial.user_attrs.get("retry_of"),
+        "retry_cause": trial.user_attrs.get("retry_cause"),
+        "attempt": trial.user_attrs.get("attempt"),
+        "overrides": trial.user_attrs.get("overrides"),
         "worker": trial.user_attrs.get("worker"),
     }
+
+
+def fail_reason(trial: optuna.trial.FrozenTrial) -> str | None:
+    """Why a FAIL trial failed. A trial failed by Optuna's heartbeat check carries no reason of its own
+    (a finished trial cannot be written to); its worker went silent."""
+    if trial.state != TrialState.FAIL:
+        return trial.user_attrs.get("fail_reason")
+    return trial.user_attrs.get("fail_reason") or (
+        "preempted: no heartbeat from its worker within the grace period (killed, preempted or hung)")

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
 from spaces import ConfigError, SearchSpace, from_validation_error, load_yaml, resolve_space
 
+from .retries import RetryPolicy
 from .tracking import TrackingConfig
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
@@ -107,6 +108,7 @@ class SweepSpec(_Strict):
     backend: str = "optuna"
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    retries: RetryPolicy = Field(default_factory=RetryPolicy)
     storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite in output_dir.")
     study_name: str | None = None
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")

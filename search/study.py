@@ -8,6 +8,10 @@ What ftsweep keeps on each Optuna trial (so `best`, `show`, `export` need nothin
     user_attrs["eval_history"]  every evaluation: step + all metrics
     user_attrs["fail_reason"]   why a FAIL trial failed ("TrialDiverged: ...", "interrupted: ...")
     user_attrs["worker"]        host:pid that ran it, to tell a dead worker's trial from a live one
+    user_attrs["retry_of"]      on a re-run: the failed trial it repeats (see search/retries.py), with
+                                "retry_cause", "attempt" and "overrides" (e.g. a halved batch)
+    user_attrs["retried"]       on a failed trial: it was queued again, so it no longer counts toward n_trials
+    user_attrs["slot"]          a WAITING trial holding one of the n_trials places (see search/workers.py)
 """
 
 from __future__ import annotations
@@ -15,14 +19,20 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
+from collections.abc import Collection
 from pathlib import Path
 
 import optuna
+from optuna.storages._heartbeat import BaseHeartbeat  # the interface Optuna's own RDBStorage implements
 from optuna.trial import TrialState
 
 from spaces import ConfigError
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# FTSWEEP_HOST names this machine where hostnames are not unique (containers that all call themselves
+# "localhost"): a worker on another host is never judged dead by its process id.
+HOST = os.environ.get("FTSWEEP_HOST") or socket.gethostname()
+WORKER = f"{HOST}:{os.getpid()}"
 
 
 def redact_url(url: str) -> str:
@@ -57,10 +67,15 @@ def scrub_secrets(text: str) -> str:
 JOURNAL = "journal:///"  # Optuna's journal file storage: journal:///relative/file.log, journal:////abs/file.log
 
 
-def open_storage(url: str):
+def open_storage(url: str, *, heartbeat=None, on_stale=None):
     """What `optuna.create_study/load_study(storage=...)` takes for a storage URL: the URL itself for
     databases, a `JournalStorage` for `journal:///FILE` (several processes on one node or a shared
     filesystem, without a database server).
+
+    With `heartbeat` (a RetryPolicy), storages shared by several processes heartbeat running trials:
+    `study.optimize` then fails a trial silent for `grace_period` and passes it to `on_stale(study,
+    trial)`. PostgreSQL/MySQL use Optuna's RDB heartbeat; the journal file uses the same mechanism
+    through `HeartbeatJournalStorage`; SQLite (one worker) needs none.
 
     Example:
         >>> type(open_storage("journal:///runs/demo/demo.log")).__name__  # doctest: +SKIP
@@ -70,8 +85,57 @@ def open_storage(url: str):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL)))
-    return url
+        backend = JournalFileBackend(url.removeprefix(JOURNAL))
+        if heartbeat is None:
+            return JournalStorage(backend)
+        return HeartbeatJournalStorage(backend, heartbeat_interval=heartbeat.heartbeat_interval,
+                                       grace_period=heartbeat.grace_period, stale_trial_callback=on_stale)
+    if heartbeat is None or url.startswith("sqlite"):
+        return url
+    import warnings
+
+    from optuna.storages import RDBStorage
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, heartbeat_interval=heartbeat.heartbeat_interval, grace_period=heartbeat.grace_period,
+                          heartbeat_stale_trial_callback=on_stale)
+
+
+class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
+    """Optuna's journal file storage with the heartbeat Optuna gives its RDB storage: `study.optimize`
+    refreshes each running trial's `heartbeat` system attr every `heartbeat_interval` s, and
+    `optuna.storages.fail_stale_trials` fails those older than `grace_period` (wall-clock time of the
+    writing nodes: keep the grace period well above their clock skew).
+
+    Example:
+        >>> from optuna.storages.journal import JournalFileBackend
+        >>> storage = HeartbeatJournalStorage(JournalFileBackend("s.log"), heartbeat_interval=10,
+        ...                                   grace_period=60)  # doctest: +SKIP
+    """
+
+    def __init__(self, backend, *, heartbeat_interval: int, grace_period: int, stale_trial_callback=None) -> None:
+        super().__init__(backend)
+        self._heartbeat_interval = heartbeat_interval
+        self._grace_period = grace_period
+        self._stale_trial_callback = stale_trial_callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker judged it stale meanwhile; the trial's own next write fails too
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        deadline = time.time() - self._grace_period
+        return [t._trial_id for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                if t.system_attrs.get("heartbeat", deadline) < deadline]
+
+    def get_heartbeat_interval(self) -> int:
+        return self._heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self._stale_trial_callback
 
 
 def prepare_storage(url: str):
@@ -83,10 +147,8 @@ def prepare_storage(url: str):
 
 
 def record_sweep(study: optuna.Study, sweep) -> None:
-    """Store the sweep on its study once, so every command can rebuild the objective from the store.
-    Provenance without secrets: the storage URL is not stored at all (it may hold a password)."""
-    if study.user_attrs.get("sweep"):
-        return
+    """Store the sweep on its study at every launch, so every command (and `ftsweep worker`) can rebuild
+    the objective from the store. Without secrets: the storage URL is not stored (it may hold a password)."""
     study.set_user_attr("sweep", sweep.spec.model_dump(mode="json", exclude={"storage"}))
     study.set_user_attr("space", sweep.space.to_dict())
     study.set_user_attr("metric", sweep.spec.metric.name)
@@ -94,18 +156,33 @@ def record_sweep(study: optuna.Study, sweep) -> None:
     study.set_user_attr("backend", sweep.spec.backend)
 
 
-def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished trials count toward n_trials; a trial cut short by an interruption does not (it is re-run)."""
+def counts_toward_budget(trial: optuna.trial.FrozenTrial, superseded: Collection[int] = ()) -> bool:
+    """Finished trials count toward n_trials, except a failed one that runs again: its re-run counts
+    instead. `superseded` are numbers of trials some `retry_of` points at (see `superseded_numbers`)."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted", False)
+    if trial.state != TrialState.FAIL:
+        return False
+    attrs = trial.user_attrs
+    return not (attrs.get("interrupted") or attrs.get("retried") or trial.number in superseded)
+
+
+def superseded_numbers(trials) -> set[int]:
+    """Numbers of the trials that were queued again (a trial failed by a heartbeat cannot be marked itself)."""
+    return {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+
+
+def finished_count(trials) -> int:
+    """How many of `trials` count toward n_trials."""
+    superseded = superseded_numbers(trials)
+    return sum(counts_toward_budget(t, superseded) for t in trials)
 
 
 def _worker_is_gone(worker: str | None) -> bool:
     if not worker:
         return False  # unknown origin: leave it (a heartbeat-enabled storage will time it out)
     host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != HOST or not pid.isdigit():
         return False  # another machine's worker: we cannot tell from here
     if int(pid) == os.getpid():
         return True  # this process is launching, so it is not running that trial
@@ -130,7 +207,6 @@ def _orphans_unstamped(study: optuna.Study, trials: list) -> set[int]:
     if not unstamped:
         return set()
     import datetime
-    import time
 
     youngest = max((t.datetime_start for t in unstamped if t.datetime_start), default=None)
     if youngest is not None:
@@ -153,23 +229,62 @@ def mark_interrupted(storage, trial_id: int, reason: str) -> None:
     storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
 
-def recover_interrupted(study: optuna.Study) -> list[int]:
-    """Mark trials left RUNNING by a dead process as FAIL, and queue every interrupted trial's
-    params again (once), so a resumed sweep re-runs exactly what was cut short. Returns their numbers."""
+def fail_lost_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, policy=None) -> bool:
+    """FAIL a RUNNING trial whose worker is gone, and queue it again per the retry policy.
+    Returns True when it was re-queued. Safe against several workers recovering at once: only the one
+    whose FAIL lands re-queues it."""
+    from .retries import PREEMPTED, RetryPolicy, enqueue_retry, plan_retry
+
+    retry, why = plan_retry(trial, PREEMPTED, policy or RetryPolicy(), budget=None)
     storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"preempted: {reason}; {why}")
+        storage.set_trial_user_attr(trial._trial_id, "failure_cause", PREEMPTED)
+        if retry:
+            storage.set_trial_user_attr(trial._trial_id, "retried", True)
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another process failed (or finished) it first
+    if retry:
+        enqueue_retry(study, trial, retry)
+    return retry is not None
+
+
+def retry_stale_trial(policy):
+    """The heartbeat callback: Optuna has already failed `trial` (its worker went silent), so its
+    re-run carries the reason. Re-queued per the retry policy, like any lost worker's trial."""
+    from .retries import PREEMPTED, enqueue_retry, plan_retry
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        retry, _ = plan_retry(trial, PREEMPTED, policy, budget=None)
+        if retry:
+            retry["retry_reason"] = f"no heartbeat from trial {trial.number}'s worker for {policy.grace_period} s"
+            enqueue_retry(study, trial, retry)
+
+    return callback
+
+
+def recover_interrupted(study: optuna.Study, policy=None) -> list[int]:
+    """Fail trials left RUNNING by a dead process on this host (or never stamped by their creator) and
+    queue them again per the retry policy; also queue any interrupted trial not queued yet. Returns the
+    numbers queued. Trials of live workers, or of other hosts, are left to their heartbeats."""
+    from .retries import INTERRUPTED, RetryPolicy, enqueue_retry, plan_retry
+
+    policy = policy or RetryPolicy()
     trials = study.get_trials(deepcopy=False)
     orphans = _orphans_unstamped(study, trials)
-    # A finished trial cannot be updated, so "already queued again" is read off the retries themselves.
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    superseded = superseded_numbers(trials)
     requeued = []
     for trial in trials:
-        interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted", False)
         if trial.state == TrialState.RUNNING and (
                 trial.number in orphans or _worker_is_gone(trial.user_attrs.get("worker"))):
-            mark_interrupted(storage, trial._trial_id, "interrupted: the worker process ended mid-trial")
-            interrupted = True
-        if interrupted and trial.number not in retried:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+            if fail_lost_trial(study, trial, "its worker process ended mid-trial", policy):
+                requeued.append(trial.number)
+        elif (trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
+              and trial.number not in superseded):
+            retry, _ = plan_retry(trial, INTERRUPTED, policy, budget=None)
+            enqueue_retry(study, trial, retry)
             requeued.append(trial.number)
     return requeued
 

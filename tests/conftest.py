@@ -53,3 +53,34 @@ def write_sweep(tmp_path: Path):
         return path
 
     return write
+
+
+# A real PostgreSQL (tests/_postgres.py): skipped where it cannot start, unless FTSWEEP_REQUIRE_POSTGRES=1.
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server on 127.0.0.1 for the whole session (a `_postgres.PostgresServer`)."""
+    from _postgres import PostgresUnavailable, required, start_server
+
+    try:
+        server = start_server()
+    except PostgresUnavailable as error:
+        reason = f"PostgreSQL is not available: {error}"
+    else:
+        yield server
+        server.stop()
+        return
+    if required():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """postgresql+psycopg2://ftsweep:<PASSWORD_SENTINEL>@127.0.0.1:<port>/optuna, shared by the session."""
+    return postgres_server.url
+
+
+@pytest.fixture
+def postgres_db_url(postgres_server, request) -> str:
+    """The URL of a new empty database for this test alone (named after it), on the session's server."""
+    return postgres_server.create_database(request.node.name)

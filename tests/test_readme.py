@@ -33,6 +33,10 @@ def test_yaml_example_is_valid(block, tmp_path):
         from search.tracking import TrackingConfig
 
         assert TrackingConfig.model_validate(data["tracking"]).wandb == "auto"
+    elif "retries" in data:  # the retry policy section
+        from search.retries import RetryPolicy
+
+        assert RetryPolicy.model_validate(data["retries"]) == RetryPolicy()  # the README shows the defaults
     else:  # a `space:` example
         space = resolve_space(data["space"], source="README.md")
         steering = [n for n in space.names if space.dependents(n)]

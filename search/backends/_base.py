@@ -40,16 +40,16 @@ class Backend(ABC):
         """What every backend does to an opened study before running trials: fail and re-queue
         trials a dead process left running, queue `--enqueue` configs, and work out how many trials
         are still owed. Returns the outcome to fill and that number (None: until the timeout)."""
-        from ..study import counts_toward_budget, recover_interrupted, redact_url
+        from ..study import finished_count, recover_interrupted, redact_url
 
         sweep, spec = self.sweep, self.sweep.spec
-        requeued = recover_interrupted(study)
+        requeued = recover_interrupted(study, spec.retries)
         searched = set(sweep.space.searched_names)
         for params in sweep.enqueue:  # only the params this space searches: the sampler fills in the rest
             known = {k: v for k, v in params.items() if k in searched}
             if known:
                 study.enqueue_trial(known, user_attrs={"enqueued": True}, skip_if_exists=True)
-        done = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+        done = finished_count(study.get_trials(deepcopy=False))
         remaining = None if spec.n_trials is None else max(spec.n_trials - done, 0)
         self.listener("start", {"study": study, "done": done, "remaining": remaining, "requeued": requeued,
                                 "total": spec.n_trials})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from typing import Any
 
 import optuna
@@ -21,14 +22,18 @@ from optuna.trial import TrialState
 from objectives import TrialDiverged
 
 from ..pruners import build_pruner
+from ..retries import DIVERGED, INTERRUPTED, PREEMPTED, WorkerPreempted, enqueue_retry, failure_cause, plan_retry
 from ..samplers import build_sampler
 from ..tracking import make_tracker
-from ..study import WORKER, prepare_storage, record_sweep
+from ..study import (WORKER, finished_count, open_storage, prepare_storage, record_sweep, recover_interrupted,
+                     retry_stale_trial, scrub_secrets)
+from ..workers import NoTrialLeft, QueueStudy, top_up_slots
 from ._base import Backend, SweepOutcome
 
 
 class OptunaBackend(Backend):
-    """Run a sweep with Optuna in this process.
+    """Run a sweep with Optuna: `run()` prepares the study and works on it in this process; `join()`
+    works on a study another process prepared (`ftsweep worker`, one of many).
 
     Example:
         >>> from search.spec import load_sweep
@@ -38,19 +43,70 @@ class OptunaBackend(Backend):
     name = "optuna"
 
     def run(self) -> SweepOutcome:
-        sweep, spec = self.sweep, self.sweep.spec
-        objective = sweep.make_objective()
-        self.listener("setup", {"model": spec.model.name_or_path})
-        objective.setup()
-
-        sweep.output_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = make_tracker(spec.tracking, sweep.output_dir,
-                                    say=lambda text: self.listener("note", {"text": text}))
-        storage = prepare_storage(sweep.storage_url)
-        study = self._open_study(storage)
-        outcome, remaining = self.begin(study, sweep.storage_url)
+        objective = self._set_up()
+        study, outcome, remaining = self.prepare()
         if remaining == 0:
             return self._finish(study, outcome)
+        return self.work(objective, outcome)
+
+    def join(self, *, seed_salt: str = WORKER) -> SweepOutcome:
+        """Work on an already prepared study until its queue is empty (or its deadline passes)."""
+        from ..study import redact_url
+
+        objective = self._set_up()
+        sweep = self.sweep
+        outcome = SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(sweep.storage_url))
+        study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
+        recover_interrupted(study, self.sweep.spec.retries)  # trials of dead workers on this node
+        self.listener("start", {"study": study, "done": finished_count(study.get_trials(deepcopy=False)),
+                                "remaining": None, "requeued": [], "total": sweep.spec.n_trials})
+        return self.work(objective, outcome, seed_salt=seed_salt)
+
+    def _set_up(self):
+        sweep = self.sweep
+        objective = sweep.make_objective()
+        self.listener("setup", {"model": sweep.spec.model.name_or_path})
+        objective.setup()  # bad data or a bad model fail here, before the study is touched
+        sweep.output_dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = make_tracker(sweep.spec.tracking, sweep.output_dir,
+                                    say=lambda text: self.listener("note", {"text": text}))
+        return objective
+
+    def prepare(self) -> tuple[optuna.Study, SweepOutcome, int | None]:
+        """Create or resume the study: record the sweep, recover interrupted trials, queue `--enqueue`
+        configs, a slot per trial still owed, and the deadline of `timeout`. Runs in one process."""
+        sweep, spec = self.sweep, self.sweep.spec
+        storage = prepare_storage(sweep.storage_url)
+        study = self._create_study(storage)
+        outcome, remaining = self.begin(study, sweep.storage_url)
+        if spec.n_trials is not None:
+            top_up_slots(study, spec.n_trials)
+        study.set_user_attr("deadline", time.time() + spec.timeout if spec.timeout else None)
+        return study, outcome, remaining
+
+    def work(self, objective, outcome: SweepOutcome, *, seed_salt: str | None = None) -> SweepOutcome:
+        """Run queued trials until none is left (n_trials) or the deadline passes (timeout)."""
+        sweep, spec = self.sweep, self.sweep.spec
+        policy = spec.retries
+        shared = not sweep.storage_url.startswith("sqlite")
+        storage = open_storage(sweep.storage_url, heartbeat=policy if shared else None,
+                               on_stale=retry_stale_trial(policy))
+        probe = optuna.load_study(study_name=sweep.study_name, storage=storage)
+        deadline = probe.user_attrs.get("deadline")
+        # Offset by the trials already started: a resumed sweep must not replay the same random draws.
+        # Each worker its own seed: workers started together must not draw the same configs.
+        started = sum(t.state != TrialState.WAITING for t in probe.get_trials(deepcopy=False))
+        seed = spec.seed + started
+        if seed_salt is not None:
+            seed = zlib.crc32(f"{spec.seed}:{seed_salt}".encode()) + started
+        # (Optuna's TPE defaults to constant_liar: workers treat each other's running trials as bad
+        # results and spread out rather than all sampling near the current best.)
+        sampler = build_sampler(spec.sampler, sweep.space, seed=seed, source=sweep.source)
+        pruner = build_pruner(spec.pruner, budget=spec.budget, source=sweep.source)
+        study_cls = QueueStudy if spec.n_trials is not None else optuna.Study
+        extra = dict(waits_for_others=shared, deadline=deadline,
+                     on_idle=lambda s: recover_interrupted(s, policy)) if spec.n_trials is not None else {}
+        study = study_cls(study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner, **extra)
 
         def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             outcome.ran += 1
@@ -59,11 +115,12 @@ class OptunaBackend(Backend):
         try:
             study.optimize(
                 lambda trial: self._run_trial(trial, objective),
-                n_trials=remaining,
-                timeout=spec.timeout,
+                timeout=None if deadline is None else max(deadline - time.time(), 0.001),
                 catch=(Exception,),  # a failing trial is recorded as FAIL; the sweep goes on
                 callbacks=[on_trial_end],
             )
+        except NoTrialLeft:
+            pass
         except KeyboardInterrupt:
             outcome.interrupted = True
             raise
@@ -72,18 +129,10 @@ class OptunaBackend(Backend):
         self.tracker.sweep_end(study, sweep.output_dir)
         return outcome
 
-    def _open_study(self, storage: str) -> optuna.Study:
-        sweep, spec = self.sweep, self.sweep.spec
-        # Seed offset by the trials already there: a resumed sweep must not replay the same random draws.
-        existing = 0
-        if sweep.study_name in optuna.study.get_all_study_names(storage=storage):
-            existing = len(optuna.load_study(study_name=sweep.study_name, storage=storage).trials)
-        sampler = build_sampler(spec.sampler, sweep.space, seed=spec.seed + existing, source=sweep.source)
-        pruner = build_pruner(spec.pruner, budget=spec.budget, source=sweep.source)
-        study = optuna.create_study(
-            storage=storage, study_name=sweep.study_name, direction=sweep.direction,
-            sampler=sampler, pruner=pruner, load_if_exists=True,
-        )
+    def _create_study(self, storage) -> optuna.Study:
+        sweep = self.sweep
+        study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
+                                    load_if_exists=True)
         if study.direction.name.lower() != sweep.direction:
             from spaces import ConfigError
 
@@ -100,6 +149,7 @@ class OptunaBackend(Backend):
         metric = sweep.spec.metric.name
         trial.set_user_attr("worker", WORKER)
         params = sweep.space.sample(trial)
+        params.update(trial.user_attrs.get("overrides", {}))  # a re-run's changes, e.g. the halved batch after OOM
         trial.set_user_attr("config", params)
         self.listener("trial_start", {"trial": trial, "params": params})
         history: list[dict[str, Any]] = []
@@ -121,27 +171,38 @@ class OptunaBackend(Backend):
             trial.set_user_attr("duration_s", time.monotonic() - started)
             tracked.finish("pruned", last())
             raise
-        except KeyboardInterrupt:
-            reason = "interrupted: stopped by the user (Ctrl-C)"
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("interrupted", True)
-            tracked.finish("failed", last(), reason)
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, WorkerPreempted):
+                self._fail(trial, PREEMPTED, f"preempted: {exc}", tracked, last())
+            else:
+                self._fail(trial, INTERRUPTED, "interrupted: stopped by the user (Ctrl-C)", tracked, last())
             raise
         except Exception as exc:
-            trial.set_user_attr("fail_reason", _reason(exc))
             trial.set_user_attr("duration_s", time.monotonic() - started)
-            tracked.finish("failed", last(), _reason(exc))
+            self._fail(trial, failure_cause(exc), _reason(exc), tracked, last())
             raise
         trial.set_user_attr("duration_s", time.monotonic() - started)
         trial.set_user_attr("metrics", metrics)
         value = metrics[metric]
         if not math.isfinite(value):
             reason = f"TrialDiverged: final {metric} is {value}"
-            trial.set_user_attr("fail_reason", reason)
-            tracked.finish("failed", metrics, reason)
+            self._fail(trial, DIVERGED, reason, tracked, metrics)
             raise TrialDiverged(reason)
         tracked.finish("complete", metrics)
         return value
+
+    def _fail(self, trial: optuna.Trial, cause: str, reason: str, tracked, metrics: dict[str, float]) -> None:
+        """Record why the trial failed and, per the retry policy, queue its re-run (search/retries.py)."""
+        retry, outcome = plan_retry(trial, cause, self.sweep.spec.retries, self.sweep.spec.budget)
+        trial.set_user_attr("fail_reason", scrub_secrets(reason))
+        trial.set_user_attr("failure_cause", cause)
+        trial.set_user_attr("retry", outcome)
+        if cause == INTERRUPTED:
+            trial.set_user_attr("interrupted", True)
+        if retry is not None:
+            trial.set_user_attr("retried", True)  # its re-run takes its place in n_trials
+            enqueue_retry(trial.study, trial, retry)
+        tracked.finish("failed", metrics, reason)
 
     def _finish(self, study: optuna.Study, outcome: SweepOutcome) -> SweepOutcome:
         states = [t.state for t in study.get_trials(deepcopy=False)]

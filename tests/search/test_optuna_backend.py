@@ -162,9 +162,10 @@ def test_killed_sweep_resumes_keeping_completed_trials(write_sweep, capsys):
     trials = resumed.get_trials()
     assert {t.number: t.value for t in trials if t.number in before} == before
     dead = next(t for t in trials if t.number == killed)
-    assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("interrupted")
+    assert dead.state == TrialState.FAIL and dead.user_attrs["fail_reason"].startswith("preempted")
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == killed)
     assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert retry.user_attrs["retry_cause"] == "preempted" and retry.user_attrs["attempt"] == 1
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
 
 
@@ -198,7 +199,7 @@ def test_a_trial_its_process_never_stamped_is_recovered_after_a_grace_period(tmp
     assert recover_interrupted(study) == [orphan.number]
     assert time.monotonic() - started >= UNSTAMPED_GRACE_S - 0.5  # it waited for a possible stamp first
     trials = study.get_trials()
-    assert trials[orphan.number].state == TrialState.FAIL and trials[orphan.number].user_attrs["interrupted"]
+    assert trials[orphan.number].state == TrialState.FAIL and trials[orphan.number].user_attrs["retried"]
     assert trials[stamped_by_other_host.number].state == TrialState.RUNNING  # not ours to judge
     assert trials[-1].state == TrialState.WAITING  # queued again with the same params
     assert trials[-1].system_attrs["fixed_params"] == {"x": orphan.params["x"]}

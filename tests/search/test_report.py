@@ -291,6 +291,18 @@ def test_dashboard_app_lists_the_study(storages):
     assert names == ["quick"]
 
 
+def test_dashboard_app_reads_a_journal_file_storage(storages, tmp_path):
+    journal = f"journal:///{tmp_path / 'sweeps.journal'}"
+    from search.study import open_storage
+
+    optuna.copy_study(from_study_name="quick", from_storage=storages["quick"], to_storage=open_storage(journal))
+    app = dashboard_app(journal)
+    environ = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: None))
+    assert [s["study_name"] for s in json.loads(body)["study_summaries"]] == ["quick"]
+
+
 def test_run_dashboard_prints_the_url_and_serves_the_storage(storages, monkeypatch):
     import optuna_dashboard
 

@@ -1,0 +1,49 @@
+"""Objectives with injected faults, for the retry-policy tests: the real causal LM fine-tune, with a
+forward hook on the real model that fails the way a real trial fails. Used in sweep files as
+`objective: tests.search.fault_objectives:CLASS` (the repo root is on sys.path under pytest)."""
+
+from __future__ import annotations
+
+import torch
+
+from objectives.causal_lm import CausalLMObjective
+
+OOM_ABOVE_BATCH = 2  # training batches larger than this "do not fit in memory"
+
+
+class OutOfMemoryAboveBatch2(CausalLMObjective):
+    """Training forward passes on more than OOM_ABOVE_BATCH examples raise torch's OutOfMemoryError,
+    as CUDA does when a batch does not fit; smaller batches train normally."""
+
+    def run_trial(self, params, *args, **kwargs):
+        def check(module, inputs, kw):
+            ids = kw.get("input_ids", inputs[0] if inputs else None)
+            if module.training and ids is not None and ids.shape[0] > OOM_ABOVE_BATCH:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (injected: batch of {ids.shape[0]})")
+
+        handle = self.base_model.register_forward_pre_hook(check, with_kwargs=True)
+        try:
+            return super().run_trial(params, *args, **kwargs)
+        finally:
+            handle.remove()
+
+
+class NaNLoss(CausalLMObjective):
+    """The LM head's output turns NaN in training, so the real training loss is NaN."""
+
+    def run_trial(self, params, *args, **kwargs):
+        def poison(module, inputs, output):
+            return output * float("nan") if module.training else output
+
+        handle = self.base_model.get_output_embeddings().register_forward_hook(poison)
+        try:
+            return super().run_trial(params, *args, **kwargs)
+        finally:
+            handle.remove()
+
+
+class RaisesValueError(CausalLMObjective):
+    """Every trial raises a plain exception before training."""
+
+    def run_trial(self, params, *args, **kwargs):
+        raise ValueError("injected failure: the collator met an unknown column 'foo'")
