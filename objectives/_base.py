@@ -371,7 +371,7 @@ class Objective(ABC):
         model = get_peft_model(base, peft_config)
         from ._callback import ReportingCallback
 
-        tmp = None
+        tmp = trainer = None
         try:
             start_step = self.load_checkpoint(model, resume_from) if resume_from is not None else 0
             callback = ReportingCallback(self, report, on_log, on_evaluate=on_evaluate, step_offset=start_step)
@@ -424,6 +424,9 @@ class Objective(ABC):
             if hasattr(base, "peft_config") and not had_peft_config:
                 del base.peft_config
             base.eval()
+            # Drop the Trainer (optimizer state) and the wrapper now: on an exception, the traceback keeps
+            # this frame, and its locals, alive until the backend has recorded the failure.
+            trainer = None
             del model
             if tmp is not None:
                 tmp.cleanup()
