@@ -67,6 +67,7 @@ class OptunaBackend(Backend):
         objective = sweep.make_objective()
         self.listener("setup", {"model": sweep.spec.model.name_or_path})
         objective.setup()  # bad data or a bad model fail here, before the study is touched
+        self.device = _device(objective)
         sweep.output_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = make_tracker(sweep.spec.tracking, sweep.output_dir,
                                     say=lambda text: self.listener("note", {"text": text}))
@@ -148,6 +149,7 @@ class OptunaBackend(Backend):
         sweep = self.sweep
         metric = sweep.spec.metric.name
         trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("device", self.device)
         params = sweep.space.sample(trial)
         params.update(trial.user_attrs.get("overrides", {}))  # a re-run's changes, e.g. the halved batch after OOM
         trial.set_user_attr("config", params)
@@ -208,6 +210,19 @@ class OptunaBackend(Backend):
         states = [t.state for t in study.get_trials(deepcopy=False)]
         outcome.counts = {s.name.lower(): states.count(s) for s in TrialState if states.count(s)}
         return outcome
+
+
+def _device(objective) -> str:
+    """Where this worker's trials train, e.g. 'cuda NVIDIA H200 (CUDA_VISIBLE_DEVICES=1), bfloat16'."""
+    import os
+
+    import torch
+
+    dtype = str(objective.torch_dtype()).removeprefix("torch.")
+    if not torch.cuda.is_available():
+        return f"cpu, {dtype}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+    return f"cuda {torch.cuda.get_device_name(0)} (CUDA_VISIBLE_DEVICES={visible}), {dtype}"
 
 
 def _reason(exc: BaseException) -> str:
