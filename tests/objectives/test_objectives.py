@@ -141,3 +141,28 @@ def test_a_base_model_left_with_adapter_layers_is_refused(objective):
         if hasattr(objective.base_model, "peft_config"):
             del objective.base_model.peft_config
     objective.run_trial(PARAMS)
+
+
+def test_tokenized_data_is_cached_on_disk_keyed_by_tokenizer_data_and_length():
+    # `datasets` fingerprints each map() by its function, closure included (tokenizer, template,
+    # max_seq_length) and its input data, and keeps the result as an Arrow file: a second worker
+    # (or launch) of the same sweep reads the tokenized data instead of tokenizing again.
+    def tokenized_files(budget: TrainBudget, template: str | None = None):
+        from objectives import ObjectiveOptions, load_splits
+
+        cls = get_objective("causal_lm")
+        options = ObjectiveOptions(prompt_template=template) if template else None
+        obj = cls(ModelConfig(name_or_path="bundled:tiny-support-lm"), DATA["causal_lm"], budget, seed=0,
+                  options=options)
+        from transformers import AutoTokenizer
+
+        obj.tokenizer = AutoTokenizer.from_pretrained(obj.check_sources())
+        obj.tokenizer.pad_token = obj.tokenizer.pad_token or obj.tokenizer.eos_token
+        train, _, _ = obj._tokenize(*load_splits(obj.data_config, seed=0, columns=obj.required_columns()))
+        return {f["filename"] for f in train.cache_files}, train
+
+    first, train = tokenized_files(BUDGET)
+    again, train_again = tokenized_files(BUDGET)
+    assert first and first == again and train["input_ids"] == train_again["input_ids"]
+    assert tokenized_files(BUDGET.model_copy(update={"max_seq_length": 48}))[0] != first
+    assert tokenized_files(BUDGET, template="Q: {prompt}\nA:")[0] != first
