@@ -233,3 +233,33 @@ def test_a_storage_password_from_the_environment_never_shows(write_sweep, postgr
     attrs = [study.user_attrs, study._storage.get_study_system_attrs(study._study_id)]
     attrs += [a for t in study.get_trials() for a in (t.user_attrs, t.system_attrs)]
     assert PASSWORD_SENTINEL not in repr(attrs)
+
+
+def test_ctrl_c_on_the_launcher_stops_its_workers_and_the_sweep_resumes(write_sweep, tmp_path):
+    storage = f"journal:///{tmp_path / 'store' / 's.journal'}"
+    path = write_sweep(n_trials=4, budget={**QUICK, "max_steps": 60, "eval_every": 4})
+    log = tmp_path / "launch.log"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "search.cli", "launch", str(path), "--storage", storage, "--workers", "2"],
+        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+    def training():
+        try:
+            trials = _load(storage).get_trials()
+        except Exception:  # the study is not created yet
+            return False
+        return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
+
+    _wait_until(training, what="a worker training", proc=launcher, log=log)
+    launcher.send_signal(signal.SIGINT)
+    assert launcher.wait(timeout=120) == 130, log.read_text()
+    assert "Run the same command again to resume" in log.read_text()
+    trials = _load(storage).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # every worker recorded its trial
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped and all(t.user_attrs["failure_cause"] == "interrupted" for t in stopped)
+    assert main(["launch", str(path), "--storage", storage, "--set", "budget.max_steps=4"]) == 0
+    trials = _load(storage).get_trials()
+    assert len(_finished(trials)) == 4
+    for t in stopped:  # each interrupted trial ran again with the same params
+        assert any(r.user_attrs.get("retry_of") == t.number and r.params == t.params for r in _finished(trials))
