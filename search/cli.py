@@ -186,7 +186,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not storage:
         raise ConfigError("a worker needs the storage URL of the study", key="--storage",
                           hint="Fix: set FTSWEEP_STORAGE=URL (keeps a password out of `ps`), or pass --storage URL.")
-    refuse_sqlite(storage, key="--storage", workers="several")
+    if os.environ.get("FTSWEEP_WORKERS") != "1":  # `launch --workers 1 / --gpus 0` starts a lone worker
+        refuse_sqlite(storage, key="--storage", workers="several")
     optuna.logging.set_verbosity(optuna.logging.INFO if args.debug else optuna.logging.ERROR)
     sweep = sweep_from_study(load_existing_study(args.study, storage), storage)
     stop_on_sigterm()

@@ -129,6 +129,7 @@ def worker_environment(index: int, n_workers: int, gpu: str | None, storage_url:
     env = dict(os.environ)
     env["FTSWEEP_STORAGE"] = storage_url
     env["FTSWEEP_WORKER_INDEX"] = str(index)
+    env["FTSWEEP_WORKERS"] = str(n_workers)  # one local worker may use SQLite: it is the only writer
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     # N processes × all cores each would oversubscribe the CPU: give each its share unless the user chose.

@@ -71,6 +71,12 @@ def test_sqlite_is_refused_for_several_workers_naming_the_alternatives(write_swe
     assert "SQLite takes one worker process" in capsys.readouterr().err
 
 
+def test_one_local_worker_may_use_sqlite(write_sweep, capsys):
+    path = write_sweep(n_trials=2, budget=QUICK)  # the default storage: SQLite in the output directory
+    assert main(["launch", str(path), "--workers", "1"]) == 0
+    assert "Done: 2 complete" in capsys.readouterr().out
+
+
 def test_a_worker_needs_a_storage_and_an_existing_study(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FTSWEEP_STORAGE", raising=False)
     assert main(["worker", "tiny"]) == 2
