@@ -86,6 +86,8 @@ class TrainBudget(_Strict):
 
     @model_validator(mode="after")
     def _eval_not_beyond_training(self) -> "TrainBudget":
+        if self.eval_every > self.max_steps and "eval_every" not in self.model_fields_set:
+            object.__setattr__(self, "eval_every", self.max_steps)  # the default on a short budget: evaluate at the end
         if self.eval_every > self.max_steps:
             raise ValueError(
                 f"eval_every ({self.eval_every}) is larger than max_steps ({self.max_steps}): "

@@ -271,6 +271,10 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
         raise ConfigError("unknown backend", source=source, key="backend", value=spec.backend,
                           allowed=available_backends())
     objective_cls = get_objective(spec.objective.name)
+    if spec.pruner.name in ("none", "nop") and "eval_every" not in spec.budget.model_fields_set:
+        # Evaluate only as often as pruning needs: with no pruner, intermediate evaluations decide
+        # nothing, so a trial evaluates once, at its end (set budget.eval_every for learning curves).
+        spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"eval_every": spec.budget.max_steps})})
     space = resolve_space(spec.space, source=source, key="space")
     # Params that only steer others (inputs of a derived param, switches in a `when`) are not applied
     # to the trainer themselves, so the objective need not know them.

@@ -110,6 +110,8 @@ def test_unknown_pruner(write_sweep, capsys):
 def test_bad_override(write_sweep, capsys):
     _assert_rejected(write_sweep(), capsys, "--set", "budget", extra=("--set", "budget"))
     _assert_rejected(write_sweep(), capsys, "budget.max_steps", extra=("--set", "budget.max_steps=-3"))
+    # An explicit eval_every beyond the budget would never report (the default one shrinks to max_steps).
+    _assert_rejected(write_sweep(), capsys, "never report", extra=("--set", "budget.eval_every=8"))
 
 
 def test_debug_shows_the_traceback(write_sweep):

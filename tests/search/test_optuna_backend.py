@@ -220,3 +220,17 @@ def test_a_sweep_on_the_journal_file_storage_runs_resumes_and_is_read_by_the_ins
     assert main(["status", "tiny", "--storage", f"journal:///{journal}", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["counts"]["complete"] == 3 and status["best"]["number"] == study.best_trial.number
+
+
+def test_without_a_pruner_a_trial_evaluates_only_at_its_end_unless_told(write_sweep, tmp_path):
+    import yaml
+
+    path = write_sweep(n_trials=1, pruner="none")
+    data = yaml.safe_load(path.read_text())
+    del data["budget"]["eval_every"]
+    path.write_text(yaml.safe_dump(data))
+    study = _run(path)
+    assert list(study.trials[0].intermediate_values) == [4]  # nothing to prune on: one evaluation, at the end
+    (tmp_path / "runs").rename(tmp_path / "first")
+    curve = _run(write_sweep(n_trials=1, pruner="none"))  # TINY_SWEEP sets eval_every: 2
+    assert list(curve.trials[0].intermediate_values) == [2, 4]  # an explicit eval_every is kept
