@@ -113,10 +113,12 @@ class OptunaBackend(Backend):
             outcome.ran += 1
             self.listener("trial_end", {"study": study, "trial": trial})
 
+        if deadline is not None and time.time() >= deadline:
+            return self._finish(study, outcome)  # joined after the sweep's timeout: start nothing
         try:
             study.optimize(
                 lambda trial: self._run_trial(trial, objective),
-                timeout=None if deadline is None else max(deadline - time.time(), 0.001),
+                timeout=None if deadline is None else deadline - time.time(),
                 catch=(Exception,),  # a failing trial is recorded as FAIL; the sweep goes on
                 callbacks=[on_trial_end],
             )

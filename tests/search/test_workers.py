@@ -269,3 +269,16 @@ def test_ctrl_c_on_the_launcher_stops_its_workers_and_the_sweep_resumes(write_sw
     assert len(_finished(trials)) == 4
     for t in stopped:  # each interrupted trial ran again with the same params
         assert any(r.user_attrs.get("retry_of") == t.number and r.params == t.params for r in _finished(trials))
+
+
+def test_workers_stop_at_the_sweeps_timeout(write_sweep, tmp_path):
+    storage = f"journal:///{tmp_path / 'store' / 's.journal'}"
+    path = write_sweep(n_trials=None, timeout=20, budget=QUICK)
+    started = time.monotonic()
+    assert main(["launch", str(path), "--storage", storage, "--workers", "2"]) == 0
+    trials = _load(storage).get_trials()
+    assert trials and all(t.state == TrialState.COMPLETE for t in trials)  # none left running or waiting
+    deadline = _load(storage).user_attrs["deadline"]
+    # No trial started after the deadline the launch set (each started one finishes its budget).
+    assert all(t.datetime_start.timestamp() <= deadline for t in trials), ([t.datetime_start.timestamp() for t in trials], deadline)
+    assert time.monotonic() - started < 120
