@@ -9,11 +9,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
-import yaml  # noqa: E402
+import pytest
+import yaml
 
 # A causal_lm sweep small enough for a test: each trial is 4 optimizer steps on the tiny model.
 TINY_SWEEP: dict[str, Any] = {
@@ -84,3 +84,17 @@ def postgres_url(postgres_server) -> str:
 def postgres_db_url(postgres_server, request) -> str:
     """The URL of a new empty database for this test alone (named after it), on the session's server."""
     return postgres_server.create_database(request.node.name)
+
+
+def load_script(name: str):
+    """Import scripts/NAME.py as a module (scripts/ is not a package), the way `python scripts/NAME.py`
+    sees it: registered in sys.modules under NAME, so dataclasses and pickling inside it work."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

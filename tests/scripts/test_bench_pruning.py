@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_pruning.py"
 NUMBER = r"\d+\.\d"
 
 
-def _load_script():
-    # scripts/ is not a package; load the file the way `python scripts/...` would see it.
-    spec = importlib.util.spec_from_file_location("bench_pruning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_script("bench_pruning")
 
 
 def test_quick_run_has_a_time_to_target_for_every_strategy_and_writes_the_png(tmp_path, capsys):

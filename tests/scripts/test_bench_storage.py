@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 from _postgres import PASSWORD_SENTINEL
+from conftest import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_storage.py"
-
-
-def _load_script():
-    # scripts/ is not a package; load the file the way `python scripts/...` would see it.
-    spec = importlib.util.spec_from_file_location("bench_storage", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_script("bench_storage")
 NUMBER = r"\d+\.\d"
 
 

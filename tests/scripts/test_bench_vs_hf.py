@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_vs_hf.py"
 NUMBER = r"\d+(\.\d+)?"
 
 
-def _load_script():
-    # scripts/ is not a package; load the file the way `python scripts/...` would see it.
-    spec = importlib.util.spec_from_file_location("bench_vs_hf", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+bench = load_script("bench_vs_hf")
 
 
 def _rows(out: str) -> dict[str, list[list[str]]]:

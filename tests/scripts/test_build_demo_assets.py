@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 # The assets exist so that nothing needs the network; prove it.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = REPO_ROOT / "scripts" / "build_demo_assets.py"
 SHIPPED = REPO_ROOT / "objectives" / "assets"
 
 
-def _load_script():
-    # scripts/ is not a package; load the file the way `python scripts/...` would see it.
-    spec = importlib.util.spec_from_file_location("build_demo_assets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bda = _load_script()
+bda = load_script("build_demo_assets")
 
 ORDER_RE = re.compile(r"\b[A-Z]\d{4}\b")
 
