@@ -269,26 +269,22 @@ class _Timers:
 
         trainer_module.DEFAULT_CALLBACKS.append(StepTimer)
         # Trainer fetches (and collates) a step's batch before on_step_begin: that is training work too.
-        get_batch_samples = Trainer.get_batch_samples
+        _time_method(Trainer, "get_batch_samples", lambda seconds: setattr(timers, "train_s", timers.train_s + seconds))
+        _time_method(Trainer, "evaluation_loop", lambda seconds: setattr(timers, "eval_s", timers.eval_s + seconds))
 
-        def timed_get_batch_samples(self, *args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return get_batch_samples(self, *args, **kwargs)
-            finally:
-                timers.train_s += time.perf_counter() - started
 
-        Trainer.get_batch_samples = timed_get_batch_samples
-        evaluation_loop = Trainer.evaluation_loop
+def _time_method(cls, name: str, add) -> None:
+    """Wrap `cls.name` so every call's wall time is passed to `add(seconds)`."""
+    original = getattr(cls, name)
 
-        def timed_evaluation_loop(self, *args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return evaluation_loop(self, *args, **kwargs)
-            finally:
-                timers.eval_s += time.perf_counter() - started
+    def timed(self, *args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            add(time.perf_counter() - started)
 
-        Trainer.evaluation_loop = timed_evaluation_loop
+    setattr(cls, name, timed)
 
 
 def _since(spawned: float) -> float:
