@@ -287,6 +287,13 @@ def _time_method(cls, name: str, add) -> None:
     setattr(cls, name, timed)
 
 
+def rotated(names: list[str], k: int) -> list[str]:
+    """`names` started at position k (mod len): repetition k runs the sides in this order, so drift
+    and warm caches hit every side alike."""
+    shift = k % len(names)
+    return names[shift:] + names[:shift]
+
+
 def _since(spawned: float) -> float:
     return time.monotonic() - spawned
 

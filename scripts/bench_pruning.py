@@ -149,8 +149,7 @@ def run_all(strategies: list[str], *, seeds: int, trials: int, timeout: float, t
     """Every strategy once per seed, rotated; returns strategy -> list of raw child results."""
     runs: dict[str, list[dict]] = {name: [] for name in strategies}
     for seed in range(seeds):
-        shift = seed % len(strategies)
-        for name in strategies[shift:] + strategies[:shift]:
+        for name in common.rotated(strategies, seed):
             side, pruner, _ = STRATEGIES[name]
             config = {"side": side, "n_trials": trials, "seed": seed, "budget": budget, "dataset": dataset,
                       "pruner": pruner, "stop_below": target, "timeout": timeout}

@@ -67,8 +67,7 @@ def run_scenario(scenario: str, sides: dict[str, tuple], *, trials: int, repeats
     names = list(sides)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for rep in range(repeats):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in common.rotated(names, rep):
             _, side, extra = sides[name]
             config = {"side": side, "n_trials": trials, "seed": rep, "budget": budget, "dataset": dataset,
                       "pruner": PRUNERS[scenario][side], **extra}
