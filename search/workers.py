@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import fail_stale_trials
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from spaces import ConfigError
@@ -85,19 +88,13 @@ class QueueStudy(optuna.Study):
             trial_id = super()._pop_waiting_trial_id()
             if trial_id is not None:
                 return trial_id
-            running = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            if not running or not self.waits_for_others:
+            if not self.waits_for_others or (self.deadline is not None and time.time() >= self.deadline):
                 raise NoTrialLeft
-            if self.deadline is not None and time.time() >= self.deadline:
+            if not self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
                 raise NoTrialLeft
             time.sleep(self.poll_s)
             # Optuna's optimize loop fails stale trials only before each ask; this wait is inside one.
-            from optuna.storages import fail_stale_trials
-            from optuna.storages._heartbeat import is_heartbeat_enabled
-
             if is_heartbeat_enabled(self._storage):
-                import warnings
-
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     fail_stale_trials(self)
