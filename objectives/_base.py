@@ -14,6 +14,7 @@ which metrics they compute.
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import tempfile
@@ -363,7 +364,7 @@ class Objective(ABC):
         import optuna
         import torch
         from peft import get_peft_model
-        from transformers import PrinterCallback, Trainer, set_seed
+        from transformers import PrinterCallback, set_seed
 
         if self.base_model is None:
             self.setup()
@@ -388,7 +389,7 @@ class Objective(ABC):
                 # The rest of the budget; a new data order, so a resumed trial does not re-see its first batches.
                 args.max_steps = max(1, self.budget.max_steps - start_step)
                 args.data_seed = self.seed + start_step
-            trainer = Trainer(
+            trainer = _sweep_trainer_class()(
                 model=model,
                 args=args,
                 train_dataset=self.train_dataset if train_dataset is None else train_dataset,
@@ -522,6 +523,30 @@ class Objective(ABC):
             return metrics
 
         return self.run_trial(params, trial_dir=output_dir, train_dataset=train, after_training=save_and_test)
+
+
+@functools.cache
+def _sweep_trainer_class():
+    """`transformers.Trainer`, minus a per-step cost that a trial does not need to pay.
+
+    Trainer's FLOP count calls `model.num_parameters()` at every training step, a walk over every
+    parameter of the model (~0.5 ms a step on the tiny demo model, 4 % of its step; docs/benchmarks.md).
+    A trial's parameter count does not change while it trains, so it is counted once.
+    """
+    from transformers import Trainer
+
+    class SweepTrainer(Trainer):
+        _flop_parameters: int | None = None
+
+        def floating_point_ops(self, inputs) -> int:
+            main_input = getattr(self.model, "main_input_name", "input_ids")
+            if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+                return 0
+            if self._flop_parameters is None:
+                self._flop_parameters = self.model.num_parameters(exclude_embeddings=True)
+            return 6 * inputs[main_input].numel() * self._flop_parameters
+
+    return SweepTrainer
 
 
 def _check_pristine(base) -> None:

@@ -20,6 +20,7 @@ import optuna  # noqa: E402
 
 from search.backends import get_backend  # noqa: E402
 from search.spec import load_sweep  # noqa: E402
+from search.study import open_storage
 
 
 def run_once(mode: str, trials: int) -> tuple[float, float]:
@@ -29,7 +30,7 @@ def run_once(mode: str, trials: int) -> tuple[float, float]:
         started = time.perf_counter()
         get_backend("optuna")(sweep).run()
         wall = time.perf_counter() - started
-        study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+        study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
         per_trial = statistics.mean(t.duration.total_seconds() for t in study.get_trials())
         return wall, per_trial
 

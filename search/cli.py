@@ -13,8 +13,8 @@
     ftsweep train winner.yaml [--set key.path=value ...]
     ftsweep spaces [show NAME]     # the shipped search-space presets
 
-STUDY is a sweep file, a study database (.db, or FILE.db:NAME), or a study name (found in
-runs/NAME/NAME.db, or in --storage URL / $FTSWEEP_STORAGE).
+STUDY is a sweep file, a study file (FILE.journal or FILE.db; FILE.journal:NAME when it holds several),
+or a study name (found in runs/NAME/NAME.journal, or in --storage URL / $FTSWEEP_STORAGE).
 
 Errors in the user's input print one clear line (file, key, value, what is allowed) and exit 2;
 `--debug` shows the traceback instead.
@@ -516,7 +516,7 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _study_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="sweep file, study .db file, or study name (see `ftsweep --help`)")
+    p.add_argument("study", help="sweep file, study file (.journal, .db), or study name (see `ftsweep --help`)")
     p.add_argument("--storage", help="Optuna storage URL holding the study (or set FTSWEEP_STORAGE)")
 
 
@@ -566,7 +566,7 @@ def _report_arguments(p):
 
 
 def _dashboard_arguments(p):
-    p.add_argument("storage_or_study", help="a storage URL, a .db file, a sweep file or a study name")
+    p.add_argument("storage_or_study", help="a storage URL, a study file (.journal, .db), a sweep file or a study name")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8080)
 

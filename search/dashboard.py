@@ -1,8 +1,8 @@
 """optuna-dashboard over a sweep's storage: every trial, curve and importance, live in a browser.
 
-    run_dashboard("sqlite:///runs/demo/demo.db")        # prints the URL, serves until Ctrl-C
+    run_dashboard("journal:///runs/demo/demo.journal")        # prints the URL, serves until Ctrl-C
     run_dashboard("journal:///runs/demo/demo.journal")  # Optuna's journal file storage too
-    app = dashboard_app("sqlite:///runs/demo/demo.db")  # the WSGI app, for gunicorn or tests
+    app = dashboard_app("journal:///runs/demo/demo.journal")  # the WSGI app, for gunicorn or tests
 
 Needs the `dashboard` extra: ``pip install 'ftsweep[dashboard]'``.
 """
@@ -63,8 +63,15 @@ def _scrub(text: str, storage: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-def _check_sqlite_file(storage: str) -> None:
-    # Opening a missing SQLite file would create an empty database there: say so instead.
+def _check_study_file(storage: str) -> None:
+    # Opening a missing SQLite or journal file would create an empty one there: say so instead.
+    from .study import JOURNAL
+
+    if storage.startswith(JOURNAL):
+        if not Path(storage.removeprefix(JOURNAL)).expanduser().exists():
+            raise ConfigError("no journal file at this path", key="storage", value=storage,
+                              hint="Fix: pass the storage a sweep wrote (default journal:///runs/<name>/<study>.journal).")
+        return
     if not storage.startswith("sqlite:///"):
         return
     from sqlalchemy.engine import make_url
@@ -75,19 +82,19 @@ def _check_sqlite_file(storage: str) -> None:
         return
     if database and database != ":memory:" and not Path(database).expanduser().exists():
         raise ConfigError("no database file at this path", key="storage", value=shown_storage(storage),
-                          hint="Fix: pass the storage a sweep wrote (default sqlite:///runs/<name>/<study>.db).")
+                          hint="Fix: pass the storage a sweep wrote (default journal:///runs/<name>/<study>.journal).")
 
 
 def study_names(storage: str) -> list[str]:
     """Names of the studies in ``storage``; a ConfigError (password hidden) when it cannot be opened.
 
     Example:
-        >>> study_names("sqlite:///runs/demo/demo.db")  # doctest: +SKIP
+        >>> study_names("journal:///runs/demo/demo.journal")  # doctest: +SKIP
         ['demo']
     """
     import optuna
 
-    _check_sqlite_file(storage)
+    _check_study_file(storage)
     try:
         return optuna.study.get_all_study_names(storage=open_storage(storage))
     except Exception as exc:
@@ -114,11 +121,11 @@ def dashboard_app(storage: str) -> Any:
     """The optuna-dashboard WSGI app over ``storage`` (serve it with any WSGI server).
 
     Example:
-        >>> app = dashboard_app("sqlite:///runs/demo/demo.db")  # doctest: +SKIP
-        >>> # gunicorn 'search.dashboard:dashboard_app("sqlite:///runs/demo/demo.db")'
+        >>> app = dashboard_app("journal:///runs/demo/demo.journal")  # doctest: +SKIP
+        >>> # gunicorn 'search.dashboard:dashboard_app("journal:///runs/demo/demo.journal")'
     """
     optuna_dashboard = _optuna_dashboard()
-    _check_sqlite_file(storage)
+    _check_study_file(storage)
     return optuna_dashboard.wsgi(open_storage(storage))  # a journal:/// URL becomes a JournalStorage
 
 
@@ -129,8 +136,8 @@ def run_dashboard(storage: str, *, host: str = "127.0.0.1", port: int = 8080, co
     (host="0.0.0.0") is a deliberate choice. The storage is printed with its password hidden.
 
     Example:
-        >>> run_dashboard("sqlite:///runs/demo/demo.db", port=8081)  # doctest: +SKIP
-        Dashboard for sqlite:///runs/demo/demo.db (1 study: demo)
+        >>> run_dashboard("journal:///runs/demo/demo.journal", port=8081)  # doctest: +SKIP
+        Dashboard for journal:///runs/demo/demo.journal (1 study: demo)
         Open http://127.0.0.1:8081/ (Ctrl-C to stop)
     """
     from rich.console import Console

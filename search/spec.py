@@ -109,7 +109,7 @@ class SweepSpec(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
-    storage: str | None = Field(default=None, description="Optuna storage URL; default sqlite in output_dir.")
+    storage: str | None = Field(default=None, description="Optuna storage URL; default the journal file <output_dir>/<study>.journal.")
     study_name: str | None = None
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
 
@@ -169,7 +169,9 @@ class Sweep:
     def storage_url(self) -> str:
         if self.spec.storage:
             return self.spec.storage
-        return f"sqlite:///{self.output_dir / (self.study_name + '.db')}"
+        from .study import default_storage_url
+
+        return default_storage_url(self.output_dir, self.study_name)
 
     def to_payload(self) -> str:
         """The resolved sweep as JSON, to rebuild it in another process (a Ray worker)."""

@@ -299,13 +299,59 @@ def load_existing_study(study_name: str, storage: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=opened)
 
 
+def default_storage_url(directory: Path, study_name: str) -> str:
+    """The storage of a sweep that names none: Optuna's journal file `<directory>/<study>.journal`.
+
+    A journal file costs ~6 ms of storage work per trial where SQLite costs ~50 (docs/benchmarks.md), and
+    several worker processes on one node or a shared filesystem may write it, so `--workers N` works
+    without a database server. A `<study>.db` SQLite file that an earlier ftsweep wrote there is kept,
+    so its study resumes.
+
+    Example:
+        >>> default_storage_url(Path("/work/runs/demo"), "demo")  # doctest: +SKIP
+        'journal:////work/runs/demo/demo.journal'
+    """
+    legacy = directory / f"{study_name}.db"
+    if legacy.exists():
+        return f"sqlite:///{legacy}"
+    return f"{JOURNAL}{directory / f'{study_name}.journal'}"
+
+
+# A study file named on the command line: its suffix says which storage reads it.
+STUDY_FILES = {".journal": JOURNAL, ".db": "sqlite:///"}
+
+
+def _study_file(ref: str) -> tuple[Path, str] | None:
+    """(file, study name or '') when `ref` names a study file (`FILE.journal`, `FILE.db`, `FILE.db:NAME`)."""
+    for suffix in STUDY_FILES:
+        file, sep, name = ref.partition(suffix + ":")
+        if sep:
+            return Path(file + suffix).expanduser(), name
+    path = Path(ref).expanduser()
+    return (path, "") if path.suffix in STUDY_FILES else None
+
+
+def _default_study_file(name: str) -> Path | None:
+    """`runs/<name>/<name>.journal` (or `.db`, written by earlier versions) when it exists."""
+    for suffix in STUDY_FILES:
+        path = Path("runs") / name / f"{name}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def _file_url(path: Path) -> str:
+    return f"{STUDY_FILES[path.suffix]}{path.resolve()}"
+
+
 def resolve_study(ref: str, storage: str | None = None) -> optuna.Study:
     """Open the study a CLI argument names. `ref` may be:
 
     - a study name with `--storage URL` (or `FTSWEEP_STORAGE` in the environment);
     - a sweep file: its storage and study name;
-    - a `.db` SQLite file holding one study (or `FILE.db:STUDY` for one of several);
-    - a study name whose default database exists: `runs/<name>/<name>.db`.
+    - a study file holding one study: a `.journal` file or a `.db` SQLite file (`FILE.journal:STUDY`,
+      `FILE.db:STUDY` for one of several);
+    - a study name whose default file exists: `runs/<name>/<name>.journal` (or `.db`).
 
     Example:
         >>> study = resolve_study("demo")  # doctest: +SKIP  (after `ftsweep launch demo`)
@@ -319,32 +365,34 @@ def resolve_study(ref: str, storage: str | None = None) -> optuna.Study:
         from .spec import load_sweep
 
         sweep = load_sweep(ref)
-        database = sweep.storage_url
-        if database.startswith("sqlite:///") and not Path(database.removeprefix("sqlite:///")).exists():
-            raise ConfigError("this sweep has not been launched yet (no study database)", key="study", value=ref,
+        url = sweep.storage_url
+        file = next((url.removeprefix(p) for p in STUDY_FILES.values() if url.startswith(p)), None)
+        if file is not None and not Path(file).exists():
+            raise ConfigError("this sweep has not been launched yet (no study file)", key="study", value=ref,
                               hint=f"Fix: ftsweep launch {ref}")
-        return load_existing_study(sweep.study_name, sweep.storage_url)
-    db_path, _, name = str(path).partition(".db:")
-    if name or path.suffix == ".db":
-        db = Path(db_path + ".db" if name else path)
-        if not db.exists():
-            raise ConfigError("no such study database", key="study", value=str(db))
-        url = f"sqlite:///{db.resolve()}"
-        names = optuna.study.get_all_study_names(storage=url)
+        return load_existing_study(sweep.study_name, url)
+    named = _study_file(ref)
+    if named is not None:
+        file, name = named
+        if not file.exists():
+            raise ConfigError("no such study file", key="study", value=str(file))
+        url = _file_url(file)
         if not name:
+            names = optuna.study.get_all_study_names(storage=open_storage(url))
             if len(names) != 1:
-                raise ConfigError("the database holds several studies: name one as FILE.db:STUDY", key="study",
-                                  value=ref, allowed=names)
+                raise ConfigError(f"the file holds several studies: name one as FILE{file.suffix}:STUDY",
+                                  key="study", value=ref, allowed=names)
             name = names[0]
         return load_existing_study(name, url)
     _check_study_name(ref)
-    default = Path("runs") / ref / f"{ref}.db"
-    if default.exists():
-        return load_existing_study(ref, f"sqlite:///{default.resolve()}")
-    known = sorted(p.parent.name for p in Path("runs").glob("*/*.db")) if Path("runs").exists() else []
+    default = _default_study_file(ref)
+    if default is not None:
+        return load_existing_study(ref, _file_url(default))
+    known = sorted({p.parent.name for suffix in STUDY_FILES for p in Path("runs").glob(f"*/*{suffix}")
+                    if p.stem == p.parent.name}) if Path("runs").exists() else []
     raise ConfigError(
         "no such study", key="study", value=ref, allowed=known or "(no study under ./runs)",
-        hint="Fix: pass the sweep file, the .db file, or --storage URL with the study name.",
+        hint="Fix: pass the sweep file, the study file (.journal or .db), or --storage URL with the study name.",
     )
 
 
@@ -355,22 +403,18 @@ def _check_study_name(name: str) -> None:
 
 
 def resolve_storage(ref: str) -> str:
-    """A storage URL from a URL, a .db file, a sweep file or a study name (for `ftsweep dashboard`)."""
+    """A storage URL from a URL, a study file, a sweep file or a study name (for `ftsweep dashboard`)."""
     if "://" in ref:
         return ref
-    path = Path(ref).expanduser()
-    if path.suffix == ".db":
-        if not path.exists():
-            raise ConfigError("no such study database", key="storage", value=ref)
-        return f"sqlite:///{path.resolve()}"
+    named = _study_file(ref)
+    if named is not None:
+        if not named[0].exists():
+            raise ConfigError("no such study file", key="storage", value=ref)
+        return _file_url(named[0])
     resolve_study(ref)  # a clear error when there is no such study
-    return _storage_url_of(ref)
-
-
-def _storage_url_of(ref: str) -> str:
     path = Path(ref).expanduser()
     if path.suffix in (".yaml", ".yml"):
         from .spec import load_sweep
 
         return load_sweep(ref).storage_url
-    return f"sqlite:///{(Path('runs') / ref / f'{ref}.db').resolve()}"
+    return _file_url(_default_study_file(ref))

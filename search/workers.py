@@ -13,7 +13,7 @@ How n_trials holds across any number of workers, on any node:
   worker dies, after the heartbeat grace period), and leaves when the queue is empty and nothing runs.
 
 Example (one node, four GPUs):
-    ftsweep launch sweep.yaml --set storage=journal:///runs/s/s.journal --gpus 0,1,2,3
+    ftsweep launch sweep.yaml --gpus 0,1,2,3     # the default journal file takes several workers
 Example (a cluster): `ftsweep launch sweep.yaml --workers 0`, then `ftsweep worker NAME` on each
 node with FTSWEEP_STORAGE=postgresql://... (scripts/cluster/slurm_workers.sbatch).
 """

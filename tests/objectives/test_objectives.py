@@ -166,3 +166,20 @@ def test_tokenized_data_is_cached_on_disk_keyed_by_tokenizer_data_and_length():
     assert first and first == again and train["input_ids"] == train_again["input_ids"]
     assert tokenized_files(BUDGET.model_copy(update={"max_seq_length": 48}))[0] != first
     assert tokenized_files(BUDGET, template="Q: {prompt}\nA:")[0] != first
+
+
+def test_trial_trainer_counts_the_same_flops_as_transformers(objective):
+    # The trial's Trainer counts the model's parameters once instead of at every step; same FLOPs.
+    from transformers import Trainer
+
+    seen = {}
+
+    def compare(model, trainer):
+        batch = next(iter(trainer.get_train_dataloader()))
+        seen["ours"], seen["stock"] = trainer.floating_point_ops(batch), Trainer.floating_point_ops(trainer, batch)
+        seen["total"] = trainer.state.total_flos
+        return {}
+
+    objective.run_trial(PARAMS, after_training=compare)
+    assert seen["ours"] == seen["stock"] > 0
+    assert seen["total"] > 0

@@ -50,7 +50,7 @@ def test_quick_run_has_numbers_for_every_side_in_both_scenarios(tmp_path, capsys
     assert json.loads((tmp_path / "vs_hf.json").read_text())["trials"] == 3
 
 
-def test_variants_run_ftsweep_on_a_journal_and_with_gc_refreeze(capsys):
+def test_variants_run_ftsweep_on_sqlite_and_with_gc_refreeze(capsys):
     summary = bench.main(["--quick", "--variants", "--scenarios", "unpruned"])
     rows = _rows(capsys.readouterr().out)
     for name in bench.VARIANTS:

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from search.backends import available_backends, get_backend
 from search.spec import load_sweep
+from search.study import open_storage
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def backend(request):
 def _run(write_sweep, backend, listener=None, **changes) -> optuna.Study:
     sweep = load_sweep(write_sweep(backend=backend, **changes))
     get_backend(backend)(sweep, listener=listener).run()
-    return optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+    return optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
 
 
 def test_runs_and_records_every_trial(write_sweep, backend):

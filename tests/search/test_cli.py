@@ -49,3 +49,30 @@ def test_launch_prints_the_top_trials(write_sweep, capsys):
     assert main(["launch", str(write_sweep()), "--set", "n_trials=2"]) == 0
     out = capsys.readouterr().out
     assert "Top 2 trials" in out and "Done: 2 complete" in out
+
+
+def test_the_default_study_file_is_a_journal_found_by_file_and_by_name(write_sweep, tmp_path, monkeypatch, capsys):
+    path = write_sweep(n_trials=2, budget={"max_steps": 4, "eval_every": 2}, output_dir="runs/tiny")
+    monkeypatch.chdir(tmp_path)
+    assert main(["launch", str(path)]) == 0
+    assert (tmp_path / "runs" / "tiny" / "tiny.journal").exists()
+    capsys.readouterr()
+    for ref in ("runs/tiny/tiny.journal", "runs/tiny/tiny.journal:tiny", "tiny"):
+        assert main(["best", ref, "--json"]) == 0, ref
+        assert '"number"' in capsys.readouterr().out
+
+
+def test_a_sqlite_study_of_an_earlier_version_stays_the_default_and_resumes(write_sweep, tmp_path):
+    import optuna
+
+    from search.spec import load_sweep
+
+    sweep = load_sweep(write_sweep(n_trials=3, budget={"max_steps": 4, "eval_every": 2}))
+    legacy = sweep.output_dir / "tiny.db"
+    legacy.parent.mkdir(parents=True)
+    old = optuna.create_study(study_name="tiny", storage=f"sqlite:///{legacy}")
+    old.enqueue_trial({})  # a study an earlier ftsweep left behind
+    assert load_sweep(write_sweep(n_trials=3)).storage_url == f"sqlite:///{legacy}"
+    assert main(["launch", str(write_sweep(n_trials=3, budget={"max_steps": 4, "eval_every": 2}))]) == 0
+    assert not (sweep.output_dir / "tiny.journal").exists()
+    assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{legacy}").get_trials()) == 3

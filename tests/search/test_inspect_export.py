@@ -13,6 +13,7 @@ from conftest import TINY_SWEEP, deep_merge
 from search.backends import get_backend
 from search.cli import main
 from search.spec import load_run, load_sweep
+from search.study import open_storage
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def swept(tmp_path_factory):
     path.write_text(yaml.safe_dump(data))
     sweep = load_sweep(path)
     get_backend("optuna")(sweep).run()
-    return path, optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+    return path, optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
 
 
 def _json(capsys, *argv) -> object:
@@ -166,7 +167,7 @@ def test_enqueue_runs_the_winner_first(swept, tmp_path):
     fresh.write_text(yaml.safe_dump(deep_merge(TINY_SWEEP, {
         "name": "warm", "space": SPACE, "sampler": "random", "n_trials": 1, "output_dir": str(tmp_path / "runs")})))
     assert main(["launch", str(fresh), "--enqueue", str(out / "winner.yaml")]) == 0
-    warm = optuna.load_study(study_name="warm", storage=load_sweep(fresh).storage_url)
+    warm = optuna.load_study(study_name="warm", storage=open_storage(load_sweep(fresh).storage_url))
     assert warm.trials[0].params == study.best_trial.params
 
 

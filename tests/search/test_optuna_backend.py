@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from search.backends import get_backend
 from search.cli import main
 from search.spec import load_sweep
+from search.study import JOURNAL, open_storage
 from spaces import list_presets
 
 pytestmark = pytest.mark.integration
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _run(path: Path, *overrides: str) -> optuna.Study:
     sweep = load_sweep(path, list(overrides))
     get_backend("optuna")(sweep).run()
-    return optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+    return optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
 
 
 def test_every_trial_is_recorded_with_params_curve_metrics_and_duration(write_sweep):
@@ -105,29 +106,22 @@ def _output(path: Path) -> str:
     return (path.parent / "launch.log").read_text()
 
 
-def _study_created(database: Path, name: str) -> bool:
-    # Read-only peek first: opening the storage with Optuna while the sweep is still creating its
-    # schema would race it (both would try to create the tables).
-    import sqlite3
-
-    if not database.exists():
+def _study_created(url: str, name: str) -> bool:
+    # The default storage is a journal file, which several processes may read while one writes it.
+    if not Path(url.removeprefix(JOURNAL)).exists():
         return False
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-            return conn.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
-    except sqlite3.Error:
-        return False
+    return name in optuna.study.get_all_study_names(storage=open_storage(url))
 
 
 def _wait_for(path: Path, predicate, proc: subprocess.Popen, timeout: float = 180.0) -> optuna.Study:
     sweep = load_sweep(path)
-    database = Path(sweep.storage_url.removeprefix("sqlite:///"))
+    assert sweep.storage_url.startswith(JOURNAL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"the sweep process ended early ({proc.returncode}):\n{_output(path)}")
-        if _study_created(database, sweep.study_name):
-            study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+        if _study_created(sweep.storage_url, sweep.study_name):
+            study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
             if predicate(study.get_trials()):
                 return study
         time.sleep(0.2)
@@ -151,7 +145,7 @@ def test_killed_sweep_resumes_keeping_completed_trials(write_sweep, capsys):
         proc.kill()
         proc.wait()
     # Read the state after the kill: the trial seen running may have finished in between.
-    study = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url)
+    study = optuna.load_study(study_name="tiny", storage=open_storage(load_sweep(path).storage_url))
     before = {t.number: t.value for t in study.get_trials(states=(TrialState.COMPLETE,))}
     killed = next(t.number for t in study.get_trials() if t.state == TrialState.RUNNING)
     assert main(["status", str(path), "--json"]) == 0  # status works while a trial is marked running
@@ -178,11 +172,11 @@ def test_ctrl_c_stops_cleanly_and_keeps_completed_trials(write_sweep):
     output = _output(path)
     assert proc.returncode == 130, output
     assert "Run the same command again to resume" in output
-    trials = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url).get_trials()
+    trials = optuna.load_study(study_name="tiny", storage=open_storage(load_sweep(path).storage_url)).get_trials()
     assert TrialState.RUNNING not in [t.state for t in trials]
     assert any(t.state == TrialState.COMPLETE for t in trials)
     assert main(["launch", str(path)]) == 0
-    final = optuna.load_study(study_name="tiny", storage=load_sweep(path).storage_url).get_trials()
+    final = optuna.load_study(study_name="tiny", storage=open_storage(load_sweep(path).storage_url)).get_trials()
     assert sum(t.state == TrialState.COMPLETE for t in final) == 3
 
 
@@ -212,7 +206,7 @@ def test_a_sweep_on_the_journal_file_storage_runs_resumes_and_is_read_by_the_ins
     assert main(["launch", str(path)]) == 0
     assert journal.exists() and not list(tmp_path.rglob("*.db"))  # the journal holds the study
     assert main(["launch", str(path), "--set", "n_trials=3"]) == 0  # resumes: one more trial
-    from search.study import open_storage
+    from search.study import JOURNAL, open_storage
 
     study = optuna.load_study(study_name="tiny", storage=open_storage(f"journal:///{journal}"))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 
 from search.backends import get_backend
 from search.spec import load_sweep
+from search.study import JOURNAL, open_storage
 
 pytestmark = pytest.mark.integration
 ray = pytest.importorskip("ray")
@@ -17,7 +18,7 @@ ray = pytest.importorskip("ray")
 def _run(write_sweep, **changes) -> optuna.Study:
     sweep = load_sweep(write_sweep(backend="ray", **changes))
     get_backend("ray")(sweep).run()
-    return optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+    return optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
 
 
 @pytest.fixture
@@ -68,7 +69,6 @@ def test_ray_trials_land_on_both_nodes_of_a_two_node_cluster(write_sweep, ray_mo
 def test_killed_driver_resumes_without_rerunning_finished_trials(write_sweep, ray_module, tmp_path):
     import os
     import signal
-    import sqlite3
     import subprocess
     import sys
     import time
@@ -77,18 +77,20 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(write_sweep, ra
     path = write_sweep(backend="ray", n_trials=10, budget={"max_steps": 20, "eval_every": 4},
                        ray={"num_cpus": 2})
     sweep = load_sweep(path)
-    database = Path(sweep.storage_url.removeprefix("sqlite:///"))
     repo = Path(__file__).resolve().parents[2]
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen([sys.executable, "-m", "search.cli", "launch", str(path)], cwd=repo, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
 
     def complete() -> int:
-        try:
-            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-                return conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
-        except sqlite3.Error:
+        # The default journal file may be read by other processes while the driver writes it.
+        if not Path(sweep.storage_url.removeprefix(JOURNAL)).exists():
             return 0
+        try:
+            study = optuna.load_study(study_name="tiny", storage=open_storage(sweep.storage_url))
+        except KeyError:  # the file exists, the study not yet
+            return 0
+        return sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
 
     deadline = time.monotonic() + 240
     while complete() < 3 and time.monotonic() < deadline and driver.poll() is None:
@@ -96,13 +98,13 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(write_sweep, ra
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
     driver.wait()
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
-    before = optuna.load_study(study_name="tiny", storage=sweep.storage_url)
+    before = optuna.load_study(study_name="tiny", storage=open_storage(sweep.storage_url))
     finished = {t.number: t.value for t in before.get_trials(states=(TrialState.COMPLETE,))}
     assert 3 <= len(finished) < 10, f"the driver should have been killed mid-sweep:\n{(tmp_path / 'driver.log').read_text()}"
 
     resumed = load_sweep(path, ["ray.resume=true"])
     get_backend("ray")(resumed).run()
-    study = optuna.load_study(study_name="tiny", storage=sweep.storage_url)
+    study = optuna.load_study(study_name="tiny", storage=open_storage(sweep.storage_url))
     trials = study.get_trials()
     assert {t.number: t.value for t in trials if t.number in finished} == finished  # not re-run
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 10, [(t.number, t.state) for t in trials]
@@ -184,4 +186,4 @@ def test_bad_pbt_settings_are_refused_before_any_trial_runs(write_sweep, changes
         get_backend("ray")(sweep).run()
     assert caught.value.key == key
     assert not ray.is_initialized()
-    assert optuna.get_all_study_names(sweep.storage_url) == []  # refused before the study was created
+    assert optuna.get_all_study_names(open_storage(sweep.storage_url)) == []  # refused before the study was created

@@ -21,6 +21,7 @@ from search.backends import get_backend
 from search.dashboard import dashboard_app, run_dashboard, shown_storage
 from search.report import compute_importances, importance_table, write_report
 from search.spec import load_sweep
+from search.study import open_storage
 from spaces import ConfigError
 
 pytestmark = pytest.mark.integration
@@ -67,7 +68,7 @@ def storages(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def studies(storages) -> dict[str, optuna.Study]:
-    return {name: optuna.load_study(study_name=name, storage=url) for name, url in storages.items()}
+    return {name: optuna.load_study(study_name=name, storage=open_storage(url)) for name, url in storages.items()}
 
 
 @pytest.fixture(scope="module")
@@ -291,12 +292,11 @@ def test_dashboard_app_lists_the_study(storages):
     assert names == ["quick"]
 
 
-def test_dashboard_app_reads_a_journal_file_storage(storages, tmp_path):
-    journal = f"journal:///{tmp_path / 'sweeps.journal'}"
-    from search.study import open_storage
-
-    optuna.copy_study(from_study_name="quick", from_storage=storages["quick"], to_storage=open_storage(journal))
-    app = dashboard_app(journal)
+def test_dashboard_app_reads_a_sqlite_storage(storages, tmp_path):
+    # Sweeps write journal files by default; a SQLite database (older sweeps, `storage: sqlite:///...`) works too.
+    database = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    optuna.copy_study(from_study_name="quick", from_storage=open_storage(storages["quick"]), to_storage=database)
+    app = dashboard_app(database)
     environ = {"PATH_INFO": "/api/studies", "REQUEST_METHOD": "GET"}
     setup_testing_defaults(environ)
     body = b"".join(app(environ, lambda s, headers, exc_info=None: None))
@@ -311,7 +311,9 @@ def test_run_dashboard_prints_the_url_and_serves_the_storage(storages, monkeypat
     out = io.StringIO()
     storage = storages["quick"]
     run_dashboard(storage, console=Console(file=out, width=300))
-    assert calls == [((storage,), {"host": "127.0.0.1", "port": 8080})]
+    assert len(calls) == 1 and calls[0][1] == {"host": "127.0.0.1", "port": 8080}
+    (served,), _ = calls[0]  # the journal file, opened as Optuna's JournalStorage
+    assert [s.study_name for s in optuna.get_all_study_summaries(served)] == ["quick"]
     assert "http://127.0.0.1:8080/" in out.getvalue() and "quick" in out.getvalue()
 
 

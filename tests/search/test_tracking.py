@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from search.backends import get_backend
 from search.spec import load_sweep
+from search.study import open_storage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from wandb_records import read_runs  # noqa: E402
@@ -26,7 +27,7 @@ def _sweep(write_sweep, **changes):
     path = write_sweep(**changes)
     sweep = load_sweep(path)
     get_backend("optuna")(sweep).run()
-    study = optuna.load_study(study_name=sweep.study_name, storage=sweep.storage_url)
+    study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
     runs = read_runs(sweep.output_dir / "wandb")
     return study, [r for r in runs if r.job_type == "trial"], [r for r in runs if r.job_type == "sweep"]
 

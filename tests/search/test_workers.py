@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.study import open_storage
+from search.study import open_storage, resolve_study
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -61,8 +61,8 @@ def test_three_workers_run_exactly_n_trials(write_sweep, shared_storage, capsys)
     assert "Done: 12 complete" in output
 
 
-def test_sqlite_is_refused_for_several_workers_naming_the_alternatives(write_sweep, capsys):
-    path = write_sweep()
+def test_sqlite_is_refused_for_several_workers_naming_the_alternatives(write_sweep, tmp_path, capsys):
+    path = write_sweep(storage=f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}")
     assert main(["launch", str(path), "--workers", "2"]) == 2
     error = capsys.readouterr().err
     assert "SQLite takes one worker process" in error and "journal:///" in error and "postgresql://" in error
@@ -71,10 +71,21 @@ def test_sqlite_is_refused_for_several_workers_naming_the_alternatives(write_swe
     assert "SQLite takes one worker process" in capsys.readouterr().err
 
 
-def test_one_local_worker_may_use_sqlite(write_sweep, capsys):
-    path = write_sweep(n_trials=2, budget=QUICK)  # the default storage: SQLite in the output directory
+def test_one_local_worker_may_use_sqlite(write_sweep, tmp_path, capsys):
+    path = write_sweep(n_trials=2, budget=QUICK, storage=f"sqlite:///{tmp_path / 'tiny.db'}")
     assert main(["launch", str(path), "--workers", "1"]) == 0
     assert "Done: 2 complete" in capsys.readouterr().out
+
+
+def test_the_default_storage_takes_several_workers(write_sweep, capsys):
+    path = write_sweep(n_trials=4, budget=QUICK)  # no storage: the journal file in the output directory
+    assert main(["launch", str(path), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Done: 4 complete" in out and ".journal" in out
+    study = resolve_study(str(path))
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 4
+    # Two worker processes shared the journal file (which of them ran the 4 short trials is up to timing).
+    assert len(list((path.parent / "runs" / "workers").glob("*.log"))) == 2
 
 
 def test_a_worker_needs_a_storage_and_an_existing_study(tmp_path, capsys, monkeypatch):
