@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from spaces import ConfigError
 
+from . import peft_methods
 from ._config import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget
 from ._sources import load_splits, resolve_model_path
 
@@ -53,19 +54,6 @@ TRAINING_ARGUMENT_PARAMS: dict[str, str] = {
     "gradient_accumulation_steps": "gradient_accumulation_steps",
 }
 # Space parameter name -> the peft.LoraConfig field it sets.
-LORA_PARAMS: dict[str, str] = {
-    "lora_r": "r",
-    "lora_alpha": "lora_alpha",
-    "lora_dropout": "lora_dropout",
-    "target_modules": "target_modules",
-    "use_rslora": "use_rslora",
-    "use_dora": "use_dora",
-    "lora_bias": "bias",
-}
-# Knobs the objective reads itself.
-OBJECTIVE_PARAMS: dict[str, str] = {"peft_method": "which PEFT method wraps the base model"}
-SUPPORTED_PEFT_METHODS = ("lora",)
-
 # Short names in spaces -> module names per architecture. 'all_linear' is PEFT's own shortcut.
 _TARGET_MODULES: dict[str, dict[str, Any]] = {
     "attention_qv": {"default": ["q_proj", "v_proj"], "gpt2": ["c_attn"]},
@@ -130,8 +118,7 @@ class Objective(ABC):
     def accepted_params(cls) -> dict[str, str]:
         """Every space parameter name this objective applies, with where it goes."""
         accepted = {k: f"TrainingArguments.{v}" for k, v in TRAINING_ARGUMENT_PARAMS.items()}
-        accepted.update({k: f"LoraConfig.{v}" for k, v in LORA_PARAMS.items()})
-        accepted.update(OBJECTIVE_PARAMS)
+        accepted.update(peft_methods.accepted_params())
         return accepted
 
     @classmethod
@@ -244,21 +231,47 @@ class Objective(ABC):
 
     # ---------------------------------------------------------------- one trial
 
-    def lora_config(self, params: Mapping[str, Any]):
-        """The `peft.LoraConfig` a trial's params describe."""
-        from peft import LoraConfig
+    def peft_config(self, params: Mapping[str, Any]):
+        """The PEFT config (LoRA, LoHa, IA3, prefix tuning...) a trial's params describe (objectives/peft_methods.py)."""
+        return peft_methods.build_config(params, self, resolve_targets=self.target_modules)
 
-        method = params.get("peft_method", "lora")
-        if method not in SUPPORTED_PEFT_METHODS:
-            raise ConfigError(
-                "unsupported PEFT method", key="space.params.peft_method", value=method,
-                allowed=list(SUPPORTED_PEFT_METHODS),
-            )
-        kwargs = {LORA_PARAMS[k]: v for k, v in params.items() if k in LORA_PARAMS}
-        kwargs["target_modules"] = self.target_modules(kwargs.get("target_modules", "attention_qv"))
-        kwargs.setdefault("r", 8)
-        kwargs.setdefault("lora_alpha", 2 * kwargs["r"])
-        return LoraConfig(task_type=self.peft_task_type, **kwargs)
+    def check_peft_methods(self, space) -> None:
+        """Refuse, before any trial, a method or target module that PEFT rejects for this model and task.
+
+        Each searched method (with each `target_modules` choice) is applied to an empty-weights copy
+        of the model built from its config alone: nothing is loaded, so this is cheap at any size.
+        """
+        import peft
+
+        methods = peft_methods.searched_methods(space, source=self.source)
+        for method in methods:
+            for params in peft_methods.representative_params(space, method):
+                config = self.peft_config(params)
+                try:
+                    peft.get_peft_model(self.skeleton_model(), config)
+                except (ValueError, TypeError, KeyError, NotImplementedError, AttributeError) as exc:
+                    what = ", ".join(f"{k}={v}" for k, v in params.items())
+                    raise ConfigError(
+                        f"PEFT rejects {what} for this {self.model_type()} model and the {self.name} task "
+                        f"({' '.join(str(exc).split())[:300]})",
+                        source=self.source, key=peft_methods.PEFT_METHOD_KEY, value=method,
+                        hint="Fix: leave this method (or target_modules choice) out of the space, or pick a "
+                        "model it supports.",
+                    ) from None
+
+    def skeleton_model(self):
+        """The base model's architecture with empty (meta) weights, built from its config alone."""
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig
+
+        config = self._load(AutoConfig.from_pretrained, self.check_sources())
+        with init_empty_weights():
+            return self._skeleton_from_config(config)
+
+    def _skeleton_from_config(self, config):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_config(config)
 
     def target_modules(self, choice: Any) -> Any:
         """Map a short name ('attention_qv', 'attention', 'all_linear') or 'a,b' to LoRA target modules."""
@@ -368,11 +381,17 @@ class Objective(ABC):
 
         if self.base_model is None:
             self.setup()
+        # What the sweep keeps alive between trials (the study, the sampler, caches the last trial
+        # filled) joins set-up's frozen objects, so this trial's collections -- run_trial's own and
+        # accelerate's at every Trainer.train() -- walk only what this trial creates. Collected
+        # first, so no garbage (e.g. a finished tracker run) is frozen for good.
+        gc.collect()
+        gc.freeze()
         base = self.base_model
         _check_pristine(base)
         saved_requires_grad = {name: p.requires_grad for name, p in base.named_parameters()}
         had_peft_config = hasattr(base, "peft_config")
-        peft_config = self.lora_config(params)
+        peft_config = self.peft_config(params)
         set_seed(self.seed)  # adapter init and data order depend only on the sweep seed, not on trial order
         model = get_peft_model(base, peft_config)
         from ._callback import ReportingCallback
