@@ -442,8 +442,7 @@ class Objective(ABC):
             return final
         finally:
             _restore_modules_to_save(model)
-            # Remove the LoRA layers (no merge): the base modules go back in place, untouched.
-            model.unload()
+            _remove_adapter(model, peft_config)
             for name, p in base.named_parameters():
                 p.requires_grad_(saved_requires_grad.get(name, p.requires_grad))
             if hasattr(base, "peft_config") and not had_peft_config:
@@ -566,6 +565,18 @@ def _sweep_trainer_class():
             return 6 * inputs[main_input].numel() * self._flop_parameters
 
     return SweepTrainer
+
+
+def _remove_adapter(model, config) -> None:
+    """Give the base model its own modules back, untouched (no merge), whatever the PEFT method."""
+    if config.is_prompt_learning:
+        return  # prefix/prompt tuning add virtual tokens in the PeftModel wrapper; no base module changed
+    if config.peft_type == "ADAPTION_PROMPT":
+        tuner = model.base_model
+        for name in list(tuner.peft_config):
+            tuner.delete_adapter(name)  # swaps each adapted attention back for the original module
+        return
+    model.unload()  # LoRA, LoHa, LoKr, IA3: the wrapped layers are replaced by their base layers
 
 
 def _check_pristine(base) -> None:

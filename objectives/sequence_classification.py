@@ -64,6 +64,12 @@ class SequenceClassificationObjective(Objective):
             path, num_labels=len(id2label), id2label=id2label, label2id=self.label2id, **kwargs
         )
 
+    def _skeleton_from_config(self, config):
+        from transformers import AutoModelForSequenceClassification
+
+        config.num_labels = max(2, len(getattr(self, "label2id", {}) or {}))
+        return AutoModelForSequenceClassification.from_config(config)
+
     def _collator(self):
         from transformers import DataCollatorWithPadding
 

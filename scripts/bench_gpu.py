@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         TrainBudget(max_steps=args.steps, eval_every=args.steps, batch_size=args.batch_size,
                     max_seq_length=args.seq_len),
     )
-    trial_lora = objective.lora_config(TRIAL_PARAMS)
+    trial_lora = objective.peft_config(TRIAL_PARAMS)
     if (trial_lora.r, trial_lora.lora_alpha, trial_lora.lora_dropout, set(trial_lora.target_modules)) != (
             LORA["r"], LORA["lora_alpha"], LORA["lora_dropout"], set(LORA["target_modules"])):
         raise SystemExit(f"the trial's LoRA config differs from the bare loop's: {trial_lora}")

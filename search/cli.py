@@ -64,6 +64,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     n_workers = len(gpus) if gpus else args.workers
     if n_workers is not None:
         _check_workers(sweep, n_workers)
+    # Before anything is created: a bad model path, or a PEFT method / target module this model rejects.
+    sweep.make_objective().check_peft_methods(sweep.space)
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
 

@@ -113,15 +113,15 @@ def write_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, directory:
     )
     kwargs = objective.training_kwargs(run.params, output_dir="output")
     safe_join(directory, "training_args.json").write_text(json.dumps(kwargs, indent=2) + "\n")
-    lora = objective.lora_config(run.params)
+    adapter_config = objective.peft_config(run.params)
     # A bundled model is referred to by its installed path, so PeftModel.from_pretrained can find it.
     from objectives import resolve_model_path
 
-    lora.base_model_name_or_path = (
+    adapter_config.base_model_name_or_path = (
         resolve_model_path(run.model) if run.model.name_or_path.startswith("bundled:") else run.model.name_or_path
     )
-    lora.revision = run.model.revision
-    lora.save_pretrained(str(directory))
+    adapter_config.revision = run.model.revision
+    adapter_config.save_pretrained(str(directory))
     return directory
 
 

@@ -282,6 +282,9 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
     # to the trainer themselves, so the objective need not know them.
     steering = [name for name in space.names if space.dependents(name)]
     objective_cls.check_params(space.names, auxiliary=steering, source=source)
+    from objectives.peft_methods import check_method_params
+
+    check_method_params(space, source=source)
     natural = objective_cls.check_metric(spec.metric.name, source=source)
     direction = spec.metric.direction or natural
 

@@ -132,7 +132,7 @@ def test_a_checkpoint_that_does_not_fit_the_adapter_is_refused(objective, tmp_pa
 def test_a_base_model_left_with_adapter_layers_is_refused(objective):
     from peft import get_peft_model
 
-    leftover = get_peft_model(objective.base_model, objective.lora_config(PARAMS))
+    leftover = get_peft_model(objective.base_model, objective.peft_config(PARAMS))
     try:
         with pytest.raises(RuntimeError, match="still has adapter layers"):
             objective.run_trial(PARAMS)

@@ -1,0 +1,245 @@
+"""The PEFT methods a space can search over, each with its own parameters.
+
+A space picks the method with `peft_method` (fixed, or categorical to compare methods) and gives each
+method's parameters under `when: {peft_method: NAME}`, so they exist only in that method's trials
+(spaces/presets/peft-methods.yaml). Every method builds a PEFT config, and `save_pretrained` on the
+trained model writes an `adapter_config.json` that `peft.PeftModel.from_pretrained` loads.
+
+| method | PEFT config | its own parameters |
+|---|---|---|
+| lora | LoraConfig (`use_dora`, `use_rslora` flags: DoRA, rsLoRA) | lora_r, lora_alpha, lora_dropout, lora_bias |
+| loha | LoHaConfig | loha_r, loha_alpha, loha_rank_dropout, loha_module_dropout |
+| lokr | LoKrConfig | lokr_r, lokr_alpha, lokr_rank_dropout, lokr_module_dropout, lokr_decompose_both, lokr_decompose_factor |
+| ia3 | IA3Config | (none: scaling vectors on PEFT's per-model modules, or `target_modules`) |
+| prefix_tuning | PrefixTuningConfig | prefix_virtual_tokens, prefix_projection, prefix_hidden_size |
+| prompt_tuning | PromptTuningConfig | prompt_virtual_tokens, prompt_init, prompt_init_text |
+| adaption_prompt | AdaptionPromptConfig (LLaMA-Adapter) | adapter_len, adapter_layers |
+
+`target_modules` is shared by the methods that wrap modules (lora, loha, lokr, ia3). PEFT has no
+bottleneck adapter (Houlsby/Pfeiffer); its nearest equivalent, a small trainable module inserted
+into each attention layer, is `adaption_prompt`, which PEFT implements for Llama, Mistral and GPT-2.
+
+Adding a method: one `PeftMethod` entry here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from spaces import ConfigError
+
+PEFT_METHOD_KEY = "space.params.peft_method"
+
+
+@dataclass(frozen=True)
+class PeftMethod:
+    """One PEFT method: the config class it builds and which space parameters feed which fields.
+
+    Example:
+        >>> PEFT_METHODS["loha"].params["loha_r"]
+        'r'
+    """
+
+    name: str
+    config_class: str  # the class in `peft`, e.g. "LoraConfig"
+    params: Mapping[str, str]  # space parameter -> config field
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # config fields the space may leave out
+    wraps_modules: bool = True  # takes `target_modules` (prompt-learning methods add tokens instead)
+    # Set from other fields when the space leaves them out: {field: (source field, factor)}
+    derived: Mapping[str, tuple[str, float]] = field(default_factory=dict)
+    prepare: Callable[[dict[str, Any], Any], None] | None = None  # last touches, given the objective
+
+    def peft_type(self) -> str:
+        """PEFT's name for it (`peft_type` in adapter_config.json), e.g. 'ADAPTION_PROMPT'."""
+        import peft
+
+        stem = self.config_class.removesuffix("Config").upper()
+        return next(t.value for t in peft.PeftType if t.value.replace("_", "") == stem)
+
+
+def _ia3_modules(kwargs: dict[str, Any], objective) -> None:
+    # IA3 scales inputs of feed-forward modules and outputs of the others: PEFT needs to know which
+    # targets are feed-forward. Without target_modules, PEFT's own per-model table decides both.
+    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+
+    targets = kwargs.get("target_modules")
+    if targets is None:
+        return
+    if isinstance(targets, str):  # "all-linear": PEFT's own resolution, feed-forward from its table
+        kwargs["feedforward_modules"] = FEEDFORWARD.get(objective.model_type(), [])
+        return
+    feedforward = FEEDFORWARD.get(objective.model_type(), [])
+    kwargs["feedforward_modules"] = [t for t in targets if any(t == f or t.endswith("." + f) or f.endswith(t)
+                                                               for f in feedforward)]
+
+
+def _prompt_init(kwargs: dict[str, Any], objective) -> None:
+    # Initialising the virtual tokens from a text needs the tokenizer: the base model's own.
+    init = str(kwargs.get("prompt_tuning_init", "RANDOM")).upper()
+    kwargs["prompt_tuning_init"] = init
+    if init == "TEXT":
+        kwargs.setdefault("prompt_tuning_init_text", "Answer the question.")
+        kwargs["tokenizer_name_or_path"] = objective.check_sources()
+
+
+PEFT_METHODS: dict[str, PeftMethod] = {
+    method.name: method
+    for method in (
+        PeftMethod("lora", "LoraConfig",
+                   {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+                    "use_dora": "use_dora", "use_rslora": "use_rslora", "lora_bias": "bias"},
+                   defaults={"r": 8}, derived={"lora_alpha": ("r", 2)}),
+        PeftMethod("loha", "LoHaConfig",
+                   {"loha_r": "r", "loha_alpha": "alpha", "loha_rank_dropout": "rank_dropout",
+                    "loha_module_dropout": "module_dropout"},
+                   defaults={"r": 8}, derived={"alpha": ("r", 1)}),
+        PeftMethod("lokr", "LoKrConfig",
+                   {"lokr_r": "r", "lokr_alpha": "alpha", "lokr_rank_dropout": "rank_dropout",
+                    "lokr_module_dropout": "module_dropout", "lokr_decompose_both": "decompose_both",
+                    "lokr_decompose_factor": "decompose_factor"},
+                   defaults={"r": 8}, derived={"alpha": ("r", 1)}),
+        PeftMethod("ia3", "IA3Config", {}, prepare=_ia3_modules),
+        PeftMethod("prefix_tuning", "PrefixTuningConfig",
+                   {"prefix_virtual_tokens": "num_virtual_tokens", "prefix_projection": "prefix_projection",
+                    "prefix_hidden_size": "encoder_hidden_size"},
+                   defaults={"num_virtual_tokens": 10}, wraps_modules=False),
+        PeftMethod("prompt_tuning", "PromptTuningConfig",
+                   {"prompt_virtual_tokens": "num_virtual_tokens", "prompt_init": "prompt_tuning_init",
+                    "prompt_init_text": "prompt_tuning_init_text"},
+                   defaults={"num_virtual_tokens": 10}, wraps_modules=False, prepare=_prompt_init),
+        PeftMethod("adaption_prompt", "AdaptionPromptConfig",
+                   {"adapter_len": "adapter_len", "adapter_layers": "adapter_layers"},
+                   defaults={"adapter_len": 10, "adapter_layers": 1}, wraps_modules=False),
+    )
+}
+
+# Space parameters that belong to one method -> that method.
+METHOD_OF_PARAM: dict[str, str] = {p: m.name for m in PEFT_METHODS.values() for p in m.params}
+SHARED_PARAMS = {"target_modules": "methods that wrap modules: " + ", ".join(
+    m.name for m in PEFT_METHODS.values() if m.wraps_modules)}
+
+
+def accepted_params() -> dict[str, str]:
+    """Every PEFT space parameter -> what it sets ('LoHaConfig.r'), for `Objective.accepted_params`."""
+    accepted = {p: f"{m.config_class}.{f}" for m in PEFT_METHODS.values() for p, f in m.params.items()}
+    accepted["target_modules"] = "target_modules of LoRA, LoHa, LoKr, IA3"
+    accepted["peft_method"] = "which PEFT method wraps the base model: " + ", ".join(PEFT_METHODS)
+    return accepted
+
+
+def get_method(name: Any, *, source: str | None = None) -> PeftMethod:
+    """The method called `name`; a ConfigError saying whether the installed PEFT knows it at all."""
+    import peft
+
+    method = PEFT_METHODS.get(name) if isinstance(name, str) else None
+    if method is not None:
+        if not hasattr(peft, method.config_class):
+            raise ConfigError(f"the installed peft {peft.__version__} has no {method.config_class}",
+                              source=source, key=PEFT_METHOD_KEY, value=name,
+                              hint="Fix: pip install -U peft, or leave this method out of the space.")
+        return method
+    known_to_peft = isinstance(name, str) and name.upper() in {t.value for t in peft.PeftType}
+    what = ("PEFT offers this method, but ftsweep does not search it (yet)" if known_to_peft
+            else f"not a PEFT method known to the installed peft {peft.__version__}")
+    raise ConfigError(what, source=source, key=PEFT_METHOD_KEY, value=name, allowed=list(PEFT_METHODS),
+                      hint="Fix: use one of these; adding one is a PeftMethod entry in objectives/peft_methods.py.")
+
+
+def searched_methods(space, *, source: str | None = None) -> list[str]:
+    """The methods a space's `peft_method` can take (['lora'] when it has none), each checked."""
+    if "peft_method" not in space:
+        return ["lora"]
+    param = space.params()["peft_method"]
+    values = [param.value] if hasattr(param, "value") else list(getattr(param, "choices", []))
+    if not values:
+        raise ConfigError("peft_method must be fixed or categorical", source=source, key=PEFT_METHOD_KEY,
+                          value=param.type, hint="Fix: {type: categorical, choices: [lora, ia3, ...]}")
+    for value in values:
+        get_method(value, source=source)
+    return values
+
+
+def check_method_params(space, *, source: str | None = None) -> list[str]:
+    """Reject method parameters that could reach another method's trials; returns the searched methods.
+
+    A parameter of one method (`loha_r`) in a space whose `peft_method` never takes that method is an
+    error, and so is one without a `when` that limits it to its method when several are searched.
+    """
+    from spaces._params import when_values
+
+    methods = searched_methods(space, source=source)
+    params = space.params()
+    for name, param in params.items():
+        owner = METHOD_OF_PARAM.get(name)
+        if owner is None and name in SHARED_PARAMS:
+            wrapping = [m for m in methods if PEFT_METHODS[m].wraps_modules]
+            if not wrapping:
+                raise ConfigError(f"'{name}' is for {SHARED_PARAMS[name]}, and this space searches only "
+                                  f"{', '.join(methods)}", source=source, key=f"space.params.{name}",
+                                  hint=f"Fix: remove '{name}', or add a method that takes it.")
+            continue
+        if owner is None:
+            continue
+        key = f"space.params.{name}"
+        if owner not in methods:
+            raise ConfigError(f"'{name}' is a parameter of peft_method {owner}, but this space's peft_method "
+                              f"is {' / '.join(map(str, methods))}", source=source, key=key,
+                              hint=f"Fix: remove '{name}', or add {owner} to peft_method's choices.")
+        gate = (param.when or {}).get("peft_method")
+        if gate is None and param.type == "derived":
+            # A derived value exists only when its inputs do: it is gated by theirs.
+            gates = [(params[d].when or {}).get("peft_method") for d in param.depends_on() if d in params]
+            gate = next((g for g in gates if g is not None), None)
+        allowed = when_values(gate) if gate is not None else methods
+        strays = [m for m in allowed if m != owner]
+        if strays:
+            raise ConfigError(f"'{name}' belongs to peft_method {owner} but would also be sampled for "
+                              f"{', '.join(map(str, strays))}", source=source, key=key,
+                              hint=f"Fix: add `when: {{peft_method: {owner}}}` to '{name}'.")
+    return methods
+
+
+def build_config(params: Mapping[str, Any], objective, *, resolve_targets: Callable[[Any], Any]):
+    """The PEFT config a trial's params describe, for `objective` (its task type and architecture).
+
+    Example:
+        >>> config = build_config({"peft_method": "ia3"}, objective,
+        ...                       resolve_targets=objective.target_modules)  # doctest: +SKIP
+    """
+    import peft
+
+    method = get_method(params.get("peft_method", "lora"), source=getattr(objective, "source", None))
+    kwargs: dict[str, Any] = {f: params[p] for p, f in method.params.items() if p in params}
+    for name, value in method.defaults.items():
+        kwargs.setdefault(name, value)
+    for name, (source, factor) in method.derived.items():
+        if name not in kwargs and source in kwargs:
+            kwargs[name] = type(kwargs[source])(kwargs[source] * factor)
+    if method.wraps_modules:
+        choice = params.get("target_modules")
+        if choice is not None:
+            kwargs["target_modules"] = resolve_targets(choice)
+        elif method.name != "ia3":  # IA3 without targets: PEFT's per-model defaults
+            kwargs["target_modules"] = resolve_targets("attention_qv")
+    if method.prepare is not None:
+        method.prepare(kwargs, objective)
+    config_cls = getattr(peft, method.config_class)
+    try:
+        return config_cls(task_type=objective.peft_task_type, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"PEFT refused the {method.name} settings ({str(exc).splitlines()[0]})",
+                          source=getattr(objective, "source", None), key=PEFT_METHOD_KEY, value=method.name,
+                          hint="Fix: change the method's parameters in the space.") from None
+
+
+def representative_params(space, method: str) -> Iterable[dict[str, Any]]:
+    """Param sets covering each categorical `target_modules` choice of `method` (for load-time checks)."""
+    params = space.params()
+    choices: list[Any] = [None]
+    if "target_modules" in params and PEFT_METHODS[method].wraps_modules:
+        param = params["target_modules"]
+        choices = [param.value] if hasattr(param, "value") else list(getattr(param, "choices", [None]))
+    for choice in choices:
+        yield {"peft_method": method, **({"target_modules": choice} if choice is not None else {})}
