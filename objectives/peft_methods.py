@@ -62,17 +62,19 @@ class PeftMethod:
 def _ia3_modules(kwargs: dict[str, Any], objective) -> None:
     # IA3 scales inputs of feed-forward modules and outputs of the others: PEFT needs to know which
     # targets are feed-forward. Without target_modules, PEFT's own per-model table decides both.
-    from peft.utils import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD
+    from peft.utils import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as feedforward_table,
+    )
 
     targets = kwargs.get("target_modules")
     if targets is None:
         return
-    if isinstance(targets, str):  # "all-linear": PEFT's own resolution, feed-forward from its table
-        kwargs["feedforward_modules"] = FEEDFORWARD.get(objective.model_type(), [])
+    feedforward = feedforward_table.get(objective.model_type(), [])
+    if isinstance(targets, str):  # "all-linear": PEFT resolves the modules; feed-forward ones from its table
+        kwargs["feedforward_modules"] = feedforward
         return
-    feedforward = FEEDFORWARD.get(objective.model_type(), [])
-    kwargs["feedforward_modules"] = [t for t in targets if any(t == f or t.endswith("." + f) or f.endswith(t)
-                                                               for f in feedforward)]
+    kwargs["feedforward_modules"] = [t for t in targets
+                                     if any(t == f or t.endswith("." + f) or f.endswith(t) for f in feedforward)]
 
 
 def _prompt_init(kwargs: dict[str, Any], objective) -> None:

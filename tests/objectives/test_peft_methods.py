@@ -175,3 +175,14 @@ def test_a_peft_methods_sweep_runs_every_method_and_exports_configs_peft_loads(t
 
         base = AutoModelForCausalLM.from_pretrained(resolve_model_path(sweep.spec.model))
         assert sum(p.numel() for p in get_peft_model(base, config).parameters() if p.requires_grad) > 0
+
+
+def test_ia3_takes_target_modules_with_its_feed_forward_ones_among_them(tmp_path):
+    space = {**LR, "peft_method": {"type": "fixed", "value": "ia3"},
+             "target_modules": {"type": "categorical", "choices": ["attention", "all_linear", "v_proj,down_proj"]}}
+    sweep = load_sweep(_sweep(tmp_path, space))
+    objective = sweep.make_objective()
+    objective.check_peft_methods(sweep.space)  # PEFT accepts each choice on this Llama-style model
+    config = objective.peft_config({"peft_method": "ia3", "target_modules": "v_proj,down_proj"})
+    assert set(config.target_modules) == {"v_proj", "down_proj"} and set(config.feedforward_modules) == {"down_proj"}
+    assert objective.peft_config({"peft_method": "ia3", "target_modules": "attention"}).feedforward_modules == set()
