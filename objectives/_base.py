@@ -245,6 +245,14 @@ class Objective(ABC):
 
         methods = peft_methods.searched_methods(space, source=self.source)
         for method in methods:
+            unfit = peft_methods.PEFT_METHODS[method].unfit
+            reason = unfit(self, self.skeleton_model()) if unfit is not None else None
+            if reason:
+                raise ConfigError(
+                    f"peft_method {method} cannot train this {self.model_type()} model for the {self.name} task: "
+                    f"{reason}", source=self.source, key=peft_methods.PEFT_METHOD_KEY, value=method,
+                    hint="Fix: leave this method out of the space, or use a model / transformers version it fits.",
+                )
             for params in peft_methods.representative_params(space, method):
                 config = self.peft_config(params)
                 try:

@@ -50,6 +50,9 @@ class PeftMethod:
     # Set from other fields when the space leaves them out: {field: (source field, factor)}
     derived: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     prepare: Callable[[dict[str, Any], Any], None] | None = None  # last touches, given the objective
+    # Why the method cannot train this model for this objective (None: it can), where PEFT would only
+    # fail in the first forward pass, not in get_peft_model: (objective, empty-weights model) -> reason.
+    unfit: Callable[[Any, Any], str | None] | None = None
 
     def peft_type(self) -> str:
         """PEFT's name for it (`peft_type` in adapter_config.json), e.g. 'ADAPTION_PROMPT'."""
@@ -75,6 +78,25 @@ def _ia3_modules(kwargs: dict[str, Any], objective) -> None:
         return
     kwargs["feedforward_modules"] = [t for t in targets
                                      if any(t == f or t.endswith("." + f) or f.endswith(t) for f in feedforward)]
+
+
+def _prefix_unfit(objective, model) -> str | None:
+    # PEFT hands the prefix to the model as `past_key_values`. For causal LMs it goes through **kwargs;
+    # for the other tasks PEFT first looks for that argument in the model's (or its backbone's)
+    # forward and raises in the first training step without it. transformers 5.24 renamed the
+    # argument of Llama's forward to `cache`, so there prefix tuning cannot train a classifier.
+    import inspect
+
+    import transformers
+
+    if objective.peft_task_type == "CAUSAL_LM":
+        return None
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    for module in (model, backbone):
+        if module is not None and "past_key_values" in inspect.signature(module.forward).parameters:
+            return None
+    return (f"PEFT's prefix tuning passes the prefix as `past_key_values`, which {type(model).__name__}.forward "
+            f"does not take in transformers {transformers.__version__}")
 
 
 def _prompt_init(kwargs: dict[str, Any], objective) -> None:
@@ -106,7 +128,7 @@ PEFT_METHODS: dict[str, PeftMethod] = {
         PeftMethod("prefix_tuning", "PrefixTuningConfig",
                    {"prefix_virtual_tokens": "num_virtual_tokens", "prefix_projection": "prefix_projection",
                     "prefix_hidden_size": "encoder_hidden_size"},
-                   defaults={"num_virtual_tokens": 10}, wraps_modules=False),
+                   defaults={"num_virtual_tokens": 10}, wraps_modules=False, unfit=_prefix_unfit),
         PeftMethod("prompt_tuning", "PromptTuningConfig",
                    {"prompt_virtual_tokens": "num_virtual_tokens", "prompt_init": "prompt_tuning_init",
                     "prompt_init_text": "prompt_tuning_init_text"},
