@@ -243,10 +243,11 @@ class Objective(ABC):
         """
         import peft
 
+        config = self.model_config_file()  # once: each check below needs a fresh skeleton of it
         methods = peft_methods.searched_methods(space, source=self.source)
         for method in methods:
             unfit = peft_methods.PEFT_METHODS[method].unfit
-            reason = unfit(self, self.skeleton_model()) if unfit is not None else None
+            reason = unfit(self, self.skeleton_model(config)) if unfit is not None else None
             if reason:
                 raise ConfigError(
                     f"peft_method {method} cannot train this {self.model_type()} model for the {self.name} task: "
@@ -254,9 +255,8 @@ class Objective(ABC):
                     hint="Fix: leave this method out of the space, or use a model / transformers version it fits.",
                 )
             for params in peft_methods.representative_params(space, method):
-                config = self.peft_config(params)
                 try:
-                    peft.get_peft_model(self.skeleton_model(), config)
+                    peft.get_peft_model(self.skeleton_model(config), self.peft_config(params))
                 except (ValueError, TypeError, KeyError, NotImplementedError, AttributeError) as exc:
                     what = ", ".join(f"{k}={v}" for k, v in params.items())
                     raise ConfigError(
@@ -267,14 +267,18 @@ class Objective(ABC):
                         "model it supports.",
                     ) from None
 
-    def skeleton_model(self):
-        """The base model's architecture with empty (meta) weights, built from its config alone."""
-        from accelerate import init_empty_weights
+    def model_config_file(self):
+        """The base model's `transformers` config, read alone (checks model and data paths first)."""
         from transformers import AutoConfig
 
-        config = self._load(AutoConfig.from_pretrained, self.check_sources())
+        return self._load(AutoConfig.from_pretrained, self.check_sources())
+
+    def skeleton_model(self, config=None):
+        """The base model's architecture with empty (meta) weights, built from its config alone."""
+        from accelerate import init_empty_weights
+
         with init_empty_weights():
-            return self._skeleton_from_config(config)
+            return self._skeleton_from_config(config if config is not None else self.model_config_file())
 
     def _skeleton_from_config(self, config):
         from transformers import AutoModelForCausalLM
@@ -295,10 +299,7 @@ class Objective(ABC):
         """`config.model_type` of the base model, read from its config alone when it is not loaded."""
         if self.base_model is not None:
             return getattr(self.base_model.config, "model_type", "default")
-        from transformers import AutoConfig
-
-        config = self._load(AutoConfig.from_pretrained, self.check_sources())
-        return getattr(config, "model_type", "default")
+        return getattr(self.model_config_file(), "model_type", "default")
 
     def training_arguments(self, params: Mapping[str, Any], output_dir: str):
         """`TrainingArguments` for one trial: the budget, fixed engine settings, then the trial's params."""

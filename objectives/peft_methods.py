@@ -47,6 +47,8 @@ class PeftMethod:
     params: Mapping[str, str]  # space parameter -> config field
     defaults: Mapping[str, Any] = field(default_factory=dict)  # config fields the space may leave out
     wraps_modules: bool = True  # takes `target_modules` (prompt-learning methods add tokens instead)
+    # The `target_modules` choice when the space gives none (None: PEFT's own per-model default).
+    default_targets: str | None = "attention_qv"
     # Set from other fields when the space leaves them out: {field: (source field, factor)}
     derived: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     prepare: Callable[[dict[str, Any], Any], None] | None = None  # last touches, given the objective
@@ -124,7 +126,7 @@ PEFT_METHODS: dict[str, PeftMethod] = {
                     "lokr_module_dropout": "module_dropout", "lokr_decompose_both": "decompose_both",
                     "lokr_decompose_factor": "decompose_factor"},
                    defaults={"r": 8}, derived={"alpha": ("r", 1)}),
-        PeftMethod("ia3", "IA3Config", {}, prepare=_ia3_modules),
+        PeftMethod("ia3", "IA3Config", {}, default_targets=None, prepare=_ia3_modules),
         PeftMethod("prefix_tuning", "PrefixTuningConfig",
                    {"prefix_virtual_tokens": "num_virtual_tokens", "prefix_projection": "prefix_projection",
                     "prefix_hidden_size": "encoder_hidden_size"},
@@ -171,12 +173,17 @@ def get_method(name: Any, *, source: str | None = None) -> PeftMethod:
                       hint="Fix: use one of these; adding one is a PeftMethod entry in objectives/peft_methods.py.")
 
 
+def _finite_values(param) -> list[Any]:
+    """The values a fixed or categorical param can take ([] for any other type)."""
+    return [param.value] if hasattr(param, "value") else list(getattr(param, "choices", []))
+
+
 def searched_methods(space, *, source: str | None = None) -> list[str]:
     """The methods a space's `peft_method` can take (['lora'] when it has none), each checked."""
     if "peft_method" not in space:
         return ["lora"]
     param = space.params()["peft_method"]
-    values = [param.value] if hasattr(param, "value") else list(getattr(param, "choices", []))
+    values = _finite_values(param)
     if not values:
         raise ConfigError("peft_method must be fixed or categorical", source=source, key=PEFT_METHOD_KEY,
                           value=param.type, hint="Fix: {type: categorical, choices: [lora, ia3, ...]}")
@@ -242,11 +249,9 @@ def build_config(params: Mapping[str, Any], objective, *, resolve_targets: Calla
         if name not in kwargs and source in kwargs:
             kwargs[name] = type(kwargs[source])(kwargs[source] * factor)
     if method.wraps_modules:
-        choice = params.get("target_modules")
+        choice = params.get("target_modules", method.default_targets)
         if choice is not None:
             kwargs["target_modules"] = resolve_targets(choice)
-        elif method.name != "ia3":  # IA3 without targets: PEFT's per-model defaults
-            kwargs["target_modules"] = resolve_targets("attention_qv")
     if method.prepare is not None:
         method.prepare(kwargs, objective)
     config_cls = getattr(peft, method.config_class)
@@ -263,7 +268,6 @@ def representative_params(space, method: str) -> Iterable[dict[str, Any]]:
     params = space.params()
     choices: list[Any] = [None]
     if "target_modules" in params and PEFT_METHODS[method].wraps_modules:
-        param = params["target_modules"]
-        choices = [param.value] if hasattr(param, "value") else list(getattr(param, "choices", [None]))
+        choices = _finite_values(params["target_modules"]) or [None]
     for choice in choices:
         yield {"peft_method": method, **({"target_modules": choice} if choice is not None else {})}

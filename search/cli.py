@@ -64,7 +64,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     n_workers = len(gpus) if gpus else args.workers
     if n_workers is not None:
         _check_workers(sweep, n_workers)
-    # Before anything is created: a bad model path, or a PEFT method / target module this model rejects.
+    # Before anything is created, here rather than in every worker: a bad model or data path
+    # (`check_sources`, run by reading the model's config), or a PEFT method / target module it rejects.
     sweep.make_objective().check_peft_methods(sweep.space)
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
@@ -125,7 +126,6 @@ def _launch_workers(sweep, console: Console, *, n_workers: int, gpus: list[str] 
     from .progress import SweepProgress
     from .workers import LocalWorkers
 
-    sweep.make_objective().check_sources()  # a bad model or data path fails here, not in every worker
     progress = SweepProgress(console, metric=sweep.spec.metric.name)
     interrupted, failures = False, []
     try:

@@ -140,10 +140,15 @@ class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
 
 def prepare_storage(url: str):
     """Create the directory of a SQLite or journal file, then open the storage (see `open_storage`)."""
-    for prefix in ("sqlite:///", JOURNAL):
-        if url.startswith(prefix):
-            Path(url.removeprefix(prefix)).parent.mkdir(parents=True, exist_ok=True)
+    file = study_file_of(url)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
     return open_storage(url)
+
+
+def study_file_of(url: str) -> Path | None:
+    """The file a `journal:///` or `sqlite:///` storage URL keeps its studies in (None for a server)."""
+    return next((Path(url.removeprefix(p)) for p in STUDY_FILES.values() if url.startswith(p)), None)
 
 
 def record_sweep(study: optuna.Study, sweep) -> None:
@@ -366,8 +371,8 @@ def resolve_study(ref: str, storage: str | None = None) -> optuna.Study:
 
         sweep = load_sweep(ref)
         url = sweep.storage_url
-        file = next((url.removeprefix(p) for p in STUDY_FILES.values() if url.startswith(p)), None)
-        if file is not None and not Path(file).exists():
+        file = study_file_of(url)
+        if file is not None and not file.exists():
             raise ConfigError("this sweep has not been launched yet (no study file)", key="study", value=ref,
                               hint=f"Fix: ftsweep launch {ref}")
         return load_existing_study(sweep.study_name, url)
