@@ -98,6 +98,7 @@ class Objective(ABC):
         options: ObjectiveOptions | None = None,
         output_dir: str | Path | None = None,
         source: str | None = None,
+        metrics: Iterable[str] | None = None,
     ) -> None:
         self.model_config = model
         self.data_config = data
@@ -106,6 +107,8 @@ class Objective(ABC):
         self.options = options or ObjectiveOptions()
         self.output_dir = Path(output_dir) if output_dir else None
         self.source = source  # the sweep file, named in error messages
+        # Metrics the sweep optimizes or records: costly ones (generation metrics) are computed only when asked.
+        self.requested_metrics: set[str] = set(metrics or ())
         self.base_model = None
         self.tokenizer = None
         self.train_dataset = None
@@ -146,6 +149,16 @@ class Objective(ABC):
                 source=source, key="metric.name", value=metric, allowed=sorted(cls.metrics),
             )
         return cls.metrics[metric]
+
+    @classmethod
+    def check_metric_available(cls, metric: str, *, source: str | None = None) -> None:
+        """Raise ConfigError when a metric the task knows cannot be computed on this machine
+        (e.g. METEOR without NLTK's WordNet data). Checked when the sweep loads."""
+
+    def evaluation_extras(self, model) -> dict[str, float]:
+        """Metrics computed beside Trainer's evaluation at every evaluation (e.g. generation
+        metrics from greedy decoding); only those in `requested_metrics` need computing."""
+        return {}
 
     # ---------------------------------------------------------------- set-up (once per worker)
 

@@ -33,6 +33,7 @@ class ReportingCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         clean = self.objective.clean_metrics(metrics or {})
+        clean.update(self.objective.evaluation_extras(kwargs["model"]))
         step = self.step_offset + state.global_step
         self.history.append((step, clean))
         if not math.isfinite(clean.get("eval_loss", 0.0)):

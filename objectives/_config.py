@@ -104,6 +104,10 @@ class ObjectiveOptions(_Strict):
         description="causal_lm: the text before the response; `{prompt}` is replaced by the prompt column. "
         "When it does not end in whitespace, the response is joined with one space.",
     )
+    generation_samples: int = Field(
+        default=16, gt=0, description="causal_lm: validation examples decoded (greedy) for BLEU/ROUGE/METEOR at each evaluation.",
+    )
+    max_new_tokens: int = Field(default=32, gt=0, description="causal_lm: longest generated response for those metrics.")
     num_threads: int | None = Field(
         default=None, gt=0, description="torch CPU threads per worker; default: torch's own choice."
     )
