@@ -1,14 +1,20 @@
 """Text -> label classification with a sequence-classification head and LoRA.
 
-Metrics: eval_loss, accuracy and macro-F1 (scikit-learn). The head is created from the base
-checkpoint once per worker with the sweep's seed, so every trial starts from the same head.
+Metrics (scikit-learn, objectives/_metrics.py): eval_loss, accuracy, and precision, recall and F1
+averaged over classes (`*_macro`: every class counts alike, so a rare class done badly shows) and
+over examples (`*_micro`: equal to accuracy for single-label classes). All are computed at every
+evaluation. The head is created from the base checkpoint once per worker with the sweep's seed, so
+every trial starts from the same head.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from spaces import ConfigError
 
-from ._base import Objective
+from ._base import Direction, Objective
+from ._metrics import classification_metrics
 
 
 class SequenceClassificationObjective(Objective):
@@ -21,7 +27,16 @@ class SequenceClassificationObjective(Objective):
     """
 
     name = "sequence_classification"
-    metrics = {"eval_loss": "minimize", "accuracy": "maximize", "f1_macro": "maximize"}
+    metrics: ClassVar[dict[str, Direction]] = {
+        "eval_loss": "minimize",
+        "accuracy": "maximize",
+        "precision_macro": "maximize",
+        "recall_macro": "maximize",
+        "f1_macro": "maximize",
+        "precision_micro": "maximize",
+        "recall_micro": "maximize",
+        "f1_micro": "maximize",
+    }
     peft_task_type = "SEQ_CLS"
 
     def required_columns(self) -> list[str]:
@@ -76,13 +91,7 @@ class SequenceClassificationObjective(Objective):
         return DataCollatorWithPadding(self.tokenizer)
 
     def _compute_metrics(self):
-        from sklearn.metrics import accuracy_score, f1_score
-
         def compute(prediction):
-            predicted = prediction.predictions.argmax(axis=-1)
-            return {
-                "accuracy": float(accuracy_score(prediction.label_ids, predicted)),
-                "f1_macro": float(f1_score(prediction.label_ids, predicted, average="macro", zero_division=0)),
-            }
+            return classification_metrics(prediction.label_ids, prediction.predictions.argmax(axis=-1))
 
         return compute
