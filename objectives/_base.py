@@ -62,6 +62,14 @@ _TARGET_MODULES: dict[str, dict[str, Any]] = {
 }
 
 
+# What a trial costs, measured by every objective at every evaluation: natural targets of a second
+# objective or a constraint ("maximize F1, minimize latency").
+COST_METRICS: dict[str, Direction] = {
+    "trainable_params": "minimize",  # the adapter's size: parameters with requires_grad
+    "peak_memory_mb": "minimize",  # GPU: torch.cuda.max_memory_allocated; CPU: peak resident memory, per step
+    "latency_ms": "minimize",  # evaluation time per example (forward pass, batched)
+}
+
 CHECKPOINT_STATE = "ftsweep_checkpoint.json"  # next to the adapter files: the step they are from
 
 
@@ -80,8 +88,8 @@ class Objective(ABC):
     Example:
         >>> from objectives import get_objective
         >>> cls = get_objective("causal_lm")
-        >>> sorted(cls.metrics)
-        ['eval_loss', 'perplexity']
+        >>> sorted(cls.metrics)[:3]
+        ['bleu', 'eval_loss', 'meteor']
     """
 
     name: ClassVar[str]
@@ -141,17 +149,24 @@ class Objective(ABC):
             )
 
     @classmethod
-    def check_metric(cls, metric: str, *, source: str | None = None) -> Direction:
-        """The metric's natural direction, or a ConfigError listing what the objective reports."""
-        if metric not in cls.metrics:
-            raise ConfigError(
-                f"objective '{cls.name}' does not report this metric",
-                source=source, key="metric.name", value=metric, allowed=sorted(cls.metrics),
-            )
-        return cls.metrics[metric]
+    def available_metrics(cls) -> dict[str, Direction]:
+        """Every metric a sweep can optimize, record or constrain: the task's own, plus the costs of
+        a trial every objective measures (COST_METRICS)."""
+        return {**cls.metrics, **COST_METRICS}
 
     @classmethod
-    def check_metric_available(cls, metric: str, *, source: str | None = None) -> None:
+    def check_metric(cls, metric: str, *, source: str | None = None, key: str = "metric.name") -> Direction:
+        """The metric's natural direction, or a ConfigError listing what the objective reports."""
+        available = cls.available_metrics()
+        if metric not in available:
+            raise ConfigError(
+                f"objective '{cls.name}' does not report this metric",
+                source=source, key=key, value=metric, allowed=sorted(available),
+            )
+        return available[metric]
+
+    @classmethod
+    def check_metric_available(cls, metric: str, *, source: str | None = None, key: str = "metric.name") -> None:
         """Raise ConfigError when a metric the task knows cannot be computed on this machine
         (e.g. METEOR without NLTK's WordNet data). Checked when the sweep loads."""
 

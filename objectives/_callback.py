@@ -19,6 +19,13 @@ class ReportingCallback(TrainerCallback):
         self.history: list[tuple[int, dict[str, float]]] = []
         self.pruned_at: int | None = None
         self.diverged: str | None = None
+        self.costs = CostMeter()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.costs.start(model)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.costs.sample()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -34,6 +41,7 @@ class ReportingCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         clean = self.objective.clean_metrics(metrics or {})
         clean.update(self.objective.evaluation_extras(kwargs["model"]))
+        clean.update(self.costs.metrics(kwargs["model"], metrics or {}))
         step = self.step_offset + state.global_step
         self.history.append((step, clean))
         if not math.isfinite(clean.get("eval_loss", 0.0)):
@@ -47,3 +55,51 @@ class ReportingCallback(TrainerCallback):
         if self.report is not None and self.report(step, clean) and step < self.objective.budget.max_steps:
             self.pruned_at = step
             control.should_training_stop = True
+
+
+class CostMeter:
+    """What a trial costs (the COST_METRICS of objectives/_base.py), measured as it trains.
+
+    peak_memory_mb: on a GPU, torch's peak allocation since the trial started; on a CPU, the worker
+    process's peak resident memory sampled after every step (the base model included: a comparison
+    between trials, not an absolute footprint of the adapter).
+    """
+
+    def __init__(self) -> None:
+        self.peak_rss = 0
+        self.trainable: int | None = None
+        self._process = None
+
+    def start(self, model) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            import psutil
+
+            self._process = psutil.Process()
+        self.trainable = None
+        self.sample()
+
+    def sample(self) -> None:
+        if self._process is not None:
+            self.peak_rss = max(self.peak_rss, self._process.memory_info().rss)
+
+    def metrics(self, model, raw: dict) -> dict[str, float]:
+        import torch
+
+        if self.trainable is None and model is not None:
+            self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        self.sample()
+        costs: dict[str, float] = {}
+        if self.trainable is not None:
+            costs["trainable_params"] = float(self.trainable)
+        if torch.cuda.is_available():
+            costs["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        elif self.peak_rss:
+            costs["peak_memory_mb"] = self.peak_rss / 2**20
+        speed = raw.get("eval_samples_per_second")
+        if speed:
+            costs["latency_ms"] = 1000.0 / float(speed)
+        return costs

@@ -52,7 +52,7 @@ class CausalLMObjective(Objective):
     generation_sample: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def check_metric_available(cls, metric: str, *, source: str | None = None) -> None:
+    def check_metric_available(cls, metric: str, *, source: str | None = None, key: str = "metric.name") -> None:
         """Refuse a generation metric whose package (or, for METEOR, NLTK's WordNet data) is missing here.
 
         Example:
@@ -63,7 +63,7 @@ class CausalLMObjective(Objective):
             return
         why, fix = problem
         raise ConfigError(
-            why, source=source, key="metric.name", value=metric,
+            why, source=source, key=key, value=metric,
             hint=f"Fix: {fix}." if fix == INSTALL else f"Fix: {fix}; or choose another metric.",
         )
 

@@ -81,13 +81,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
     console.print(
         f"Sweep [bold]{spec.name}[/]: {spec.objective.name} on {spec.model.name_or_path}, "
         f"{spec.n_trials or '∞'} trials × {spec.budget.max_steps} steps, {spec.sampler.name} sampler, "
-        f"{spec.pruner.name} pruner, {sweep.direction} {spec.metric.name}"
+        f"{spec.pruner.name} pruner, " + ", ".join(f"{d} {m}" for d, m in zip(sweep.directions, sweep.metric_names))
     )
     console.print(f"Study [cyan]{sweep.study_name}[/] in {redact_url(sweep.storage_url)}")
     if n_workers is not None:
         return _launch_workers(sweep, console, n_workers=n_workers, gpus=gpus, top=args.top)
     backend = get_backend(spec.backend)
-    progress = SweepProgress(console, metric=spec.metric.name)
+    progress = SweepProgress(console, metric=sweep.metric_label)
     interrupted = False
     outcome = None
     try:
@@ -126,7 +126,7 @@ def _launch_workers(sweep, console: Console, *, n_workers: int, gpus: list[str] 
     from .progress import SweepProgress
     from .workers import LocalWorkers
 
-    progress = SweepProgress(console, metric=sweep.spec.metric.name)
+    progress = SweepProgress(console, metric=sweep.metric_label)
     interrupted, failures = False, []
     try:
         with progress:
@@ -195,7 +195,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop_on_sigterm()
     console = _console()
     console.print(f"Worker {WORKER} joins study [cyan]{sweep.study_name}[/] in {redact_url(storage)}")
-    progress = SweepProgress(console, metric=sweep.spec.metric.name)
+    progress = SweepProgress(console, metric=sweep.metric_label)
     try:
         with progress:
             outcome = OptunaBackend(sweep, listener=progress).join()
@@ -226,20 +226,22 @@ def _dry_run(sweep, console: Console, *, n_samples: int) -> int:
     resolved = sweep.spec.model_dump(mode="json")
     resolved.update(space=sweep.space.to_dict(), study_name=sweep.study_name,
                     storage=redact_url(sweep.storage_url), output_dir=str(sweep.output_dir))
-    resolved["metric"]["direction"] = sweep.direction
+    resolved["metric"] = [{"name": m, "direction": d} for m, d in zip(sweep.metric_names, sweep.directions)]
+    if not sweep.multi_objective:
+        resolved["metric"] = resolved["metric"][0]
     console.print(f"[bold]Resolved sweep[/] ({sweep.source}):")
     console.print(yaml.safe_dump(resolved, sort_keys=False), markup=False)
     held_out = f", {len(test)} test examples held out for `ftsweep train`" if test is not None else ""
     console.print(f"Data: {len(train)} training and {len(validation)} validation examples{held_out}.")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = optuna.create_study(direction=sweep.direction,
+    study = optuna.create_study(directions=sweep.directions,
                                 sampler=build_sampler(sweep.spec.sampler, sweep.space, seed=sweep.spec.seed))
     console.print(f"[bold]{n_samples} sampled configurations[/] ({sweep.spec.sampler.name} sampler):")
     for i in range(n_samples):
         trial = study.ask()
         params = sweep.space.sample(trial)
-        study.tell(trial, 0.0)  # a placeholder value so the sampler moves on; this study is in memory only
+        study.tell(trial, [0.0] * len(sweep.directions))  # a placeholder value so the sampler moves on; this study is in memory only
         console.print(f"  {i}: {params}", markup=False)
     console.print("Dry run: nothing trained, nothing written.")
     return 0
@@ -261,7 +263,9 @@ def _enqueued_params(ref: str) -> dict:
     study = resolve_study(ref)
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         raise ConfigError("the study has no completed trial to enqueue", key="--enqueue", value=ref)
-    return study.best_trial.params
+    from .results import get_trial, top_trials
+
+    return get_trial(study, top_trials(study, 1)[0].number).params  # best feasible (first of a Pareto front)
 
 
 # ---------------------------------------------------------------------------------------- inspect
@@ -288,8 +292,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(f"Study [bold]{status['study']}[/]: {status['total']} trials — " + ", ".join(
         f"{n} {state}" for state, n in counts.items()))
     best = status["best"]
-    console.print(f"Best {status['metric']}: " + (f"{format_value(best['value'])} (trial {best['number']})"
-                                                  if best else "— (no completed trial yet)"))
+    if "pareto_front" in status:
+        console.print(f"Pareto front ({status['metric']}): trials {status['pareto_front']}")
+    else:
+        console.print(f"Best {status['metric']}: " + (f"{format_value(best['value'])} (trial {best['number']})"
+                                                      if best else "— (no completed trial yet)"))
     rate = status["trials_per_hour"]
     console.print(f"Elapsed {status['elapsed_s'] / 60:.1f} min, "
                   f"{format_value(rate) if rate else '—'} finished trials per hour")
@@ -328,10 +335,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     console = _console()
     value = format_value(details["value"]) if details["value"] is not None else "—"
+    if details["values"] is not None:
+        value = ", ".join(format_value(v) for v in details["values"])
     duration = f"{details['duration_s']:.1f}s" if details["duration_s"] else "—"
     console.print(f"Trial [bold]{details['number']}[/]: {details['state']}, value {value}, {duration}")
     if details["fail_reason"]:
         console.print(f"[red]Failure:[/] {details['fail_reason']}", markup=True)
+    if details["constraints"]:
+        console.print("Constraints (<= 0 is satisfied): " + ", ".join(
+            f"{k}: {format_value(v)}" for k, v in details["constraints"].items()))
     if details["retry"]:
         console.print(f"Retry policy ({details['failure_cause']}): {details['retry']}")
     if details["retry_of"] is not None:
@@ -412,9 +424,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from .export import export
 
-    exported = export(_study(args), Path(args.out), trial=args.trial, top=args.top, force=args.force,
-                      allow_incomplete=args.allow_incomplete)
+    exported = export(_study(args), Path(args.out), trial=args.trial, top=args.top, pareto=args.pareto,
+                      force=args.force, allow_incomplete=args.allow_incomplete)
     console = _console()
+    if args.pareto:
+        console.print(f"Pareto front: {len(exported)} trial(s), listed with their metrics in "
+                      f"{Path(args.out) / 'pareto.json'}")
     for item in exported:
         console.print(f"Exported trial {item.trial} to {item.directory}/ (winner.yaml, training_args.json, "
                       "adapter_config.json)")
@@ -579,6 +594,8 @@ def _export_arguments(p):
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="export this trial (default: the best)")
     which.add_argument("--top", type=int, help="export the K best trials, one folder each")
+    which.add_argument("--pareto", action="store_true",
+                       help="multi-objective studies: every trial on the Pareto front, one folder each, plus pareto.json")
     p.add_argument("--force", action="store_true", help="write into an existing directory")
     p.add_argument("--allow-incomplete", action="store_true", help="allow exporting a pruned or failed trial")
 

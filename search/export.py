@@ -90,8 +90,11 @@ def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpe
             "trial": trial.number,
             "state": trial.state.name.lower(),
             "metric": study.user_attrs.get("metric"),
-            "direction": study.direction.name.lower() if len(study.directions) == 1 else None,
-            "value": trial.value if trial.state == TrialState.COMPLETE else None,
+            "direction": ", ".join(d.name.lower() for d in study.directions),
+            "value": trial.values[0] if trial.state == TrialState.COMPLETE and len(trial.values) == 1 else None,
+            **({"values": dict(zip(study.metric_names or [], trial.values))}
+               if trial.state == TrialState.COMPLETE and len(study.directions) > 1 else {}),
+            **({"constraints": trial.user_attrs["constraints"]} if trial.user_attrs.get("constraints") else {}),
             "metrics": trial.user_attrs.get("metrics", {}),
             "budget": record["budget"],  # the trial's own; `train` says whether its run matched it
             "trial_params": trial.params,  # what --enqueue feeds back to a sampler
@@ -131,10 +134,13 @@ def export(
     *,
     trial: int | None = None,
     top: int | None = None,
+    pareto: bool = False,
     force: bool = False,
     allow_incomplete: bool = False,
 ) -> list[Exported]:
-    """Export the best trial (default), one trial (`trial`) or the top-k (`top`, one folder each).
+    """Export the best trial (default), one trial (`trial`), the top-k (`top`, one folder each) or,
+    for a multi-objective study, every trial on the Pareto front (`pareto`: one folder each, plus
+    `pareto.json` with their metrics and params).
 
     Example:
         >>> export(study, Path("winner"))  # doctest: +SKIP
@@ -146,8 +152,33 @@ def export(
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ConfigError("the export directory already exists and is not empty", key="--out", value=str(out),
                           hint="Fix: choose another directory, or pass --force to overwrite the exported files.")
-    if trial is not None and top is not None:
-        raise ConfigError("give --trial or --top, not both", key="--trial")
+    if sum(x is not None and x is not False for x in (trial, top, pareto)) > 1:
+        raise ConfigError("give one of --trial, --top and --pareto", key="--trial")
+    multi = len(study.directions) > 1
+    if pareto:
+        if not multi:
+            raise ConfigError("--pareto needs a multi-objective study; this one optimizes one metric",
+                              key="--pareto", value=study.study_name,
+                              hint="Fix: export the best trial (no flag) or the K best (--top K).")
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        if not front:
+            raise ConfigError("the study has no completed (feasible) trial on its Pareto front yet", key="study",
+                              value=study.study_name)
+        exported = [Exported(t.number, write_trial(study, t, safe_join(out, f"trial-{t.number}"))) for t in front]
+        names = list(study.metric_names or [f"objective_{i}" for i in range(len(study.directions))])
+        summary = {
+            "study": study.study_name,
+            "metrics": [{"name": n, "direction": d.name.lower()} for n, d in zip(names, study.directions)],
+            "constraints": study.user_attrs.get("constraints", []),
+            "trials": [{"number": t.number, "directory": f"trial-{t.number}", "values": dict(zip(names, t.values)),
+                        "params": t.user_attrs.get("config", t.params)} for t in front],
+        }
+        safe_join(out, "pareto.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return exported
+    if multi and trial is None and top is None:
+        raise ConfigError("a multi-objective study has no single best trial, but a Pareto front of trade-offs",
+                          key="study", value=study.study_name,
+                          hint="Fix: --pareto (every trial on the front), or --trial N (one you chose from `ftsweep best`).")
     if top is not None:
         rows = top_trials(study, top)
         if not rows:

@@ -24,6 +24,9 @@ class SweepProgress:
     def __init__(self, console: Console, *, metric: str) -> None:
         self.console = console
         self.metric = metric
+        self.metric_names = metric.split(", ")  # several for a multi-objective sweep (Sweep.metric_label)
+        self.multi = len(self.metric_names) > 1
+        self.pareto: int | None = None  # multi-objective: trials on the Pareto front
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -63,15 +66,18 @@ class SweepProgress:
         superseded = superseded_numbers(trials)
         self.counts["failed"] = sum(t.state == TrialState.FAIL and counts_toward_budget(t, superseded) for t in trials)
         if any(t.state == TrialState.COMPLETE for t in trials):
-            self.best = study.best_value
+            if len(study.directions) > 1:
+                self.pareto = len(study.best_trials)
+            else:
+                self.best = study.best_value
         if done:
             note = f" ({len(requeued)} interrupted trial(s) queued again: {requeued})" if requeued else ""
             self.console.print(f"Resuming study [cyan]{study.study_name}[/]: {done} trial(s) already finished{note}.")
         self.task = self.progress.add_task(study.study_name, total=total, completed=done, stats=self._stats())
 
     def _on_trial_report(self, trial, step: int, metrics: dict[str, float]) -> None:
-        value = metrics.get(self.metric)
-        self.progress.update(self.task, stats=self._stats(f"trial {trial.number} step {step}: {format_value(value)}"))
+        value = ", ".join(format_value(metrics.get(name)) for name in self.metric_names)
+        self.progress.update(self.task, stats=self._stats(f"trial {trial.number} step {step}: {value}"))
 
     def _on_trial_end(self, study, trial) -> None:
         state = trial.state
@@ -79,7 +85,9 @@ class SweepProgress:
             self.counts["pruned"] += 1
         elif state == TrialState.FAIL and counts_toward_budget(trial):
             self.counts["failed"] += 1
-        if state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
+        if state == TrialState.COMPLETE and len(study.directions) > 1:
+            self.pareto = len(study.best_trials)
+        elif state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value):
             better = self.best is None or (
                 trial.value < self.best if study.direction.name == "MINIMIZE" else trial.value > self.best
             )
@@ -91,14 +99,15 @@ class SweepProgress:
 
     def _stats(self, current: str = "") -> str:
         best = format_value(self.best) if self.best is not None else "—"
-        text = f"pruned {self.counts['pruned']} · failed {self.counts['failed']} · best {self.metric} {best}"
+        best = f"Pareto front {self.pareto or 0}" if self.multi else f"best {self.metric} {best}"
+        text = f"pruned {self.counts['pruned']} · failed {self.counts['failed']} · {best}"
         return f"{text} · {current}" if current else text
 
     def _line(self, trial) -> str:
         style = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(trial.state.name, "white")
         params = ", ".join(f"{SHORT_NAMES.get(k, k)}={format_value(v)}" for k, v in trial.params.items())
         if trial.state == TrialState.COMPLETE:
-            outcome = f"{self.metric}={format_value(trial.value)}"
+            outcome = ", ".join(f"{name}={format_value(v)}" for name, v in zip(self.metric_names, trial.values))
         elif trial.state == TrialState.PRUNED:
             step = max(trial.intermediate_values) if trial.intermediate_values else 0
             outcome = f"at step {step} ({format_value(trial.intermediate_values.get(step))})"

@@ -46,9 +46,23 @@ CONTOUR_PARAMS = ("learning_rate", "lora_r")
 
 
 def _finished(study: optuna.Study) -> list[FrozenTrial]:
-    """Completed trials with a finite value: the only ones Optuna's importances and plots use."""
+    """Completed trials with finite values: the only ones Optuna's importances and plots use."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)]
+            if t.values is not None and all(math.isfinite(v) for v in t.values)]
+
+
+def _first_objective(study: optuna.Study) -> Callable[[FrozenTrial], float] | None:
+    """Optuna's `target=` for the first metric of a multi-objective study (None: the study's own value).
+    Importances and the one-metric plots of a multi-objective study rate that first metric."""
+    return (lambda t: t.values[0]) if len(study.directions) > 1 else None
+
+
+def _metric_names(study: optuna.Study) -> list[str]:
+    names = study.metric_names
+    if names is None:
+        names = [str(study.user_attrs.get("metric") or "value")] if len(study.directions) == 1 else [
+            f"objective {i}" for i in range(len(study.directions))]
+    return list(names)
 
 
 def _varied_params(trials: list[FrozenTrial]) -> set[str]:
@@ -101,14 +115,15 @@ def compute_importances(study: optuna.Study, *, evaluator: str = "fanova", seed:
             "no searched parameter took more than one value in the completed trials, so none can explain the metric",
             key="study", value=study.study_name,
         )
-    if len({t.value for t in complete}) == 1:
-        raise ConfigError(f"every completed trial has the same value ({complete[0].value}), so no param explains it",
+    target = _first_objective(study)
+    if len({t.values[0] for t in complete}) == 1:
+        raise ConfigError(f"every completed trial has the same value ({complete[0].values[0]}), so no param explains it",
                           key="study", value=study.study_name)
     with warnings.catch_warnings():
         # PED-ANOVA warns per param when few trials fall in a regime; the numbers are still its best estimate.
         warnings.simplefilter("ignore", UserWarning)
         try:
-            importances = optuna.importance.get_param_importances(study, evaluator=evaluator_obj)
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator_obj, target=target)
         except RuntimeError as exc:
             # fANOVA's trees found no split: none of the params it rates varied (the metric did, see above).
             if "zero total variance" not in str(exc):
@@ -145,7 +160,8 @@ def importance_table(study: optuna.Study, *, evaluator: str = "fanova", seed: in
     from rich.table import Table
 
     importances = compute_importances(study, evaluator=evaluator, seed=seed)
-    table = Table(title=f"Parameter importance in '{study.study_name}'",
+    of = f" for {_metric_names(study)[0]}" if len(study.directions) > 1 else ""
+    table = Table(title=f"Parameter importance in '{study.study_name}'{of}",
                   caption=f"{evaluator}, {len(_finished(study))} completed trials")
     table.add_column("param")
     table.add_column("importance", justify="right")
@@ -222,6 +238,17 @@ def _plots(study: optuna.Study, importances: dict[str, float] | None, importance
     no_params = no_complete or ("the completed trials have no searched parameter" if not searched else None)
     curves = [t for t in trials if t.intermediate_values and t.state != TrialState.FAIL]
 
+    multi = len(study.directions) > 1
+    target = _first_objective(study)
+    names = _metric_names(study)
+    metric = names[0]  # the one-metric plots of a multi-objective study show its first metric
+    pareto_why = None if multi else "the study optimizes one metric"
+    if multi and len(names) > 3:
+        pareto_why = f"Optuna draws Pareto fronts of 2 or 3 metrics; this study has {len(names)}"
+    if multi and not complete:
+        pareto_why = "no completed trial yet"
+    if multi:
+        curves = []  # Optuna keeps no intermediate values for multi-objective trials
     contour_why = None
     missing = [p for p in CONTOUR_PARAMS if p not in searched]
     if missing:
@@ -234,23 +261,28 @@ def _plots(study: optuna.Study, importances: dict[str, float] | None, importance
                 break
 
     evaluator = _Precomputed(importances or {})
-    return [
-        _Plot("optimization_history", "Optimization history",
-              lambda vis: vis.plot_optimization_history(study, target_name=metric), no_complete),
+    of = f" ({metric})" if multi else ""
+    plots = [
+        _Plot("pareto_front", f"Pareto front ({', '.join(names)}; the best trade-offs in red)",
+              lambda vis: vis.plot_pareto_front(study, target_names=names), pareto_why),
+        _Plot("optimization_history", f"Optimization history{of}",
+              lambda vis: vis.plot_optimization_history(study, target=target, target_name=metric), no_complete),
         _Plot("intermediate_values", "Learning curves (intermediate values; pruned trials stop early)",
               lambda vis: vis.plot_intermediate_values(study),
-              None if curves else "no trial reported an intermediate value"),
-        _Plot("param_importances", "Parameter importances",
-              lambda vis: vis.plot_param_importances(study, evaluator=evaluator, target_name=metric),
+              None if curves else ("multi-objective trials keep no intermediate values" if multi
+                                   else "no trial reported an intermediate value")),
+        _Plot("param_importances", f"Parameter importances{of}",
+              lambda vis: vis.plot_param_importances(study, evaluator=evaluator, target=target, target_name=metric),
               importance_error),
-        _Plot("parallel_coordinate", "Parallel coordinates",
-              lambda vis: vis.plot_parallel_coordinate(study, target_name=metric), no_params),
-        _Plot("slice", "Slice plot (metric against each parameter)",
-              lambda vis: vis.plot_slice(study, target_name=metric), no_params),
-        _Plot("contour_lr_rank", "Contour: learning_rate × lora_r",
-              lambda vis: vis.plot_contour(study, params=list(CONTOUR_PARAMS), target_name=metric),
+        _Plot("parallel_coordinate", f"Parallel coordinates{of}",
+              lambda vis: vis.plot_parallel_coordinate(study, target=target, target_name=metric), no_params),
+        _Plot("slice", f"Slice plot (metric against each parameter){of}",
+              lambda vis: vis.plot_slice(study, target=target, target_name=metric), no_params),
+        _Plot("contour_lr_rank", f"Contour: learning_rate × lora_r{of}",
+              lambda vis: vis.plot_contour(study, params=list(CONTOUR_PARAMS), target=target, target_name=metric),
               no_complete or contour_why),
     ]
+    return [plot for plot in plots if multi or plot.name != "pareto_front"]
 
 
 def _save_png(plt, result: Any, path: Path) -> None:
@@ -269,9 +301,17 @@ def _save_png(plt, result: Any, path: Path) -> None:
 def _summary(study: optuna.Study, metric: str) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
-    best = study.best_trial if _finished(study) else None
-    return {"trials": len(trials), "counts": counts, "best": best, "metric": metric,
-            "direction": study.direction.name.lower()}
+    multi = len(study.directions) > 1
+    best = pareto = None
+    if _finished(study):
+        try:
+            best = None if multi else study.best_trial
+        except ValueError:  # no completed trial satisfies the constraints
+            best = None
+        pareto = sorted(study.best_trials, key=lambda t: t.number) if multi else None
+    return {"trials": len(trials), "counts": counts, "best": best, "metric": metric, "pareto": pareto,
+            "metric_names": _metric_names(study),
+            "direction": ", ".join(d.name.lower() for d in study.directions)}
 
 
 def write_report(study: optuna.Study, out_dir: Path, *, evaluator: str = "fanova") -> ReportFiles:
@@ -291,7 +331,7 @@ def write_report(study: optuna.Study, out_dir: Path, *, evaluator: str = "fanova
     matplotlib, plt, mpl_vis, plotly_vis = _import_plotting()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metric = str(study.user_attrs.get("metric") or "value")
+    metric = ", ".join(_metric_names(study))
 
     importances: dict[str, float] | None = None
     importance_error: str | None = None
@@ -384,11 +424,25 @@ def _render_html(study: optuna.Study, summary: dict[str, Any], importances: dict
         if study.user_attrs.get(key):
             rows.append((key, _e(study.user_attrs[key])))
     best: FrozenTrial | None = summary["best"]
-    if best is None:
-        rows.append(("best", '<span class="muted">no completed trial yet</span>'))
+    if study.user_attrs.get("constraints"):
+        rows.append(("constraints", _e("; ".join(study.user_attrs["constraints"]))))
+    pareto: list[FrozenTrial] | None = summary["pareto"]
+    if pareto is not None:
+        rows.append(("Pareto front", f"{len(pareto)} trial(s): {_e(', '.join(str(t.number) for t in pareto))}"))
+    elif best is None:
+        rows.append(("best", '<span class="muted">no completed (feasible) trial yet</span>'))
     else:
         rows.append(("best", f"{_e(format_value(best.value))} (trial {best.number})"))
     parts.append(_kv_table(rows))
+    if pareto:
+        names = summary["metric_names"]
+        parts.append("<h3>Pareto front</h3><table><tr><th>trial</th>"
+                     + "".join(f"<th>{_e(n)}</th>" for n in names) + "<th>params</th></tr>" + "".join(
+            f'<tr><td>{t.number}</td>' + "".join(f'<td class="num">{_e(format_value(v))}</td>' for v in t.values)
+            + f"<td>{_e(', '.join(f'{k}={format_value(v)}' for k, v in t.params.items()))}</td></tr>"
+            for t in pareto) + "</table>"
+            + '<p class="muted">No other completed trial is at least as good on every metric. '
+              "Export them all: <code>ftsweep export STUDY --pareto --out DIR</code>.</p>")
     if best is not None:
         config = best.user_attrs.get("config") or best.params
         # Searched values in bold: fixed and derived ones follow from them.

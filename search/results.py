@@ -37,6 +37,8 @@ class TrialRow:
 
 def trial_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     steps = max(trial.intermediate_values) if trial.intermediate_values else None
+    if steps is None and "steps" in trial.user_attrs.get("metrics", {}):
+        steps = int(trial.user_attrs["metrics"]["steps"])  # multi-objective trials keep no intermediate values
     duration = trial.user_attrs.get("duration_s")
     if duration is None and trial.duration is not None:
         duration = trial.duration.total_seconds()
@@ -57,9 +59,12 @@ def top_trials(study: optuna.Study, k: int = 10) -> list[TrialRow]:
     For a multi-objective study: the Pareto front, in trial order."""
     if len(study.directions) > 1:
         return [trial_row(t) for t in sorted(study.best_trials, key=lambda t: t.number)[:k]]
+    from .study import is_feasible
+
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    complete.sort(key=lambda t: t.value, reverse=reverse)
+    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    # Trials that break a sweep's constraints rank after every feasible one (as for Optuna's best_trial).
+    complete.sort(key=lambda t: (not is_feasible(t), sign * t.value))
     return [trial_row(t) for t in complete[:k]]
 
 
@@ -73,25 +78,35 @@ def render_top_table(study: optuna.Study, *, k: int = 10, title: str | None = No
     """A rich Table of the top-k completed trials."""
     from rich.table import Table
 
+    from .study import is_feasible
+
     rows = top_trials(study, k)
     metric = study.user_attrs.get("metric", "value")
     multi = len(study.directions) > 1
-    goal = ", ".join(d.name.lower() for d in study.directions)
+    names = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))]) if multi else [metric]
+    goal = ", ".join(f"{d.name.lower()} {n}" for d, n in zip(study.directions, names))
     default_title = (f"Pareto front of '{study.study_name}' ({len(rows)} trials; {goal})" if multi
-                     else f"Top {len(rows)} trials of '{study.study_name}' ({goal} {metric})")
-    table = Table(title=title or default_title)
+                     else f"Top {len(rows)} trials of '{study.study_name}' ({goal})")
+    constraints = study.user_attrs.get("constraints") or []
+    table = Table(title=title or default_title,
+                  caption=f"constraints: {'; '.join(constraints)}" if constraints else None)
     table.add_column("#", justify="right")
-    table.add_column("values" if multi else metric, justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
     searched = sorted({name for row in rows for name in row.params if name in _searched(study)})
     for name in searched:
         table.add_column(SHORT_NAMES.get(name, name), justify="right")
     table.add_column("steps", justify="right")
     table.add_column("time", justify="right")
+    if constraints:
+        table.add_column("feasible")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)} if constraints else {}
     for row in rows:
         table.add_row(
-            str(row.number), ", ".join(format_value(v) for v in row.values) if multi else format_value(row.value),
+            str(row.number), *([format_value(v) for v in row.values] if multi else [format_value(row.value)]),
             *[format_value(row.params.get(name, "—")) for name in searched],
             str(row.steps or "—"), f"{row.duration_s:.1f}s" if row.duration_s else "—",
+            *(["yes" if is_feasible(trials[row.number]) else "[red]no[/]"] if constraints else []),
         )
     return table
 
@@ -129,10 +144,12 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
         last = dt.datetime.now() if counts["running"] or not ends else max(ends)
         elapsed = max((last - min(starts)).total_seconds(), 0.0)
     finished = counts["complete"] + counts["pruned"] + counts["failed"]
-    best = None
+    best = pareto = None
     if counts["complete"] and len(study.directions) == 1:
-        best_trial = study.best_trial
-        best = {"number": best_trial.number, "value": best_trial.value}
+        rows = top_trials(study, 1)  # feasible first: constraints as Optuna's best_trial reads them
+        best = {"number": rows[0].number, "value": rows[0].value}
+    elif counts["complete"]:
+        pareto = [t.number for t in sorted(study.best_trials, key=lambda t: t.number)]
     return {
         "study": study.study_name,
         "metric": study.user_attrs.get("metric", "value"),
@@ -140,6 +157,7 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
         "counts": counts,
         "total": len(trials),
         "best": best,
+        **({"pareto_front": pareto} if pareto is not None else {}),
         "elapsed_s": elapsed,
         "trials_per_hour": finished / (elapsed / 3600) if elapsed > 0 else None,
     }
@@ -176,7 +194,9 @@ def trial_details(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return {
         "number": trial.number,
         "state": trial.state.name.lower(),
-        "value": trial.value if trial.state == TrialState.COMPLETE else None,
+        "value": trial.values[0] if trial.state == TrialState.COMPLETE and len(trial.values) == 1 else None,
+        "values": list(trial.values) if trial.state == TrialState.COMPLETE and len(trial.values) > 1 else None,
+        "constraints": trial.user_attrs.get("constraints"),
         "params": trial.user_attrs.get("config", trial.params),
         "searched": trial.params,
         "learning_curve": {int(k): v for k, v in sorted(trial.intermediate_values.items())},

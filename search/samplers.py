@@ -8,6 +8,12 @@
 | cmaes  | CmaEsSampler  | continuous spaces, many trials                                            |
 | gp     | GPSampler     | expensive trials, small continuous spaces                                 |
 | qmc    | QMCSampler    | evenly spread exploration (Sobol/Halton)                                  |
+| nsgaii | NSGAIISampler | multi-objective sweeps with many trials (genetic; population 50 by default) |
+| nsgaiii| NSGAIIISampler| multi-objective sweeps with 3+ objectives (reference points)              |
+
+All but cmaes also drive multi-objective sweeps (`metric:` a list); TPE is the default for those
+too. Constraints (`constraints:` in the sweep file) reach every sampler that supports them through
+Optuna's `Trial.set_constraint`.
 
 Adding one is a line in SAMPLERS. The sweep's `seed` is passed to every sampler that takes one.
 """
@@ -29,7 +35,10 @@ SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
     "cmaes": optuna.samplers.CmaEsSampler,
     "gp": optuna.samplers.GPSampler,
     "qmc": optuna.samplers.QMCSampler,
+    "nsgaii": optuna.samplers.NSGAIISampler,
+    "nsgaiii": optuna.samplers.NSGAIIISampler,
 }
+SINGLE_OBJECTIVE_ONLY = {"cmaes"}
 # Optional packages some samplers import only when they first sample: checked at load instead.
 _NEEDS = {"cmaes": ("cmaes", "pip install cmaes"), "gp": ("scipy", "pip install scipy"),
           "qmc": ("scipy", "pip install scipy")}
@@ -60,6 +69,12 @@ def build_sampler(spec, space: SearchSpace, *, seed: int | None, source: str | N
     return construct("sampler", spec.name, SAMPLERS[spec.name], dict(spec.args), source=source, extra=extra)
 
 
-def check_sampler(spec, space: SearchSpace, *, source: str | None = None) -> None:
-    """Fail at load time, not mid-sweep, on a bad sampler name or argument."""
+def check_sampler(spec, space: SearchSpace, *, source: str | None = None, n_objectives: int = 1) -> None:
+    """Fail at load time, not mid-sweep, on a bad sampler name or argument, or a single-objective
+    sampler for a multi-objective sweep."""
+    if n_objectives > 1 and spec.name in SINGLE_OBJECTIVE_ONLY:
+        raise ConfigError(f"the {spec.name} sampler optimizes one metric; this sweep has {n_objectives}",
+                          source=source, key="sampler.name", value=spec.name,
+                          allowed=sorted(set(SAMPLERS) - SINGLE_OBJECTIVE_ONLY),
+                          hint="Fix: use tpe (the default), nsgaii or nsgaiii, or optimize one metric.")
     build_sampler(spec, space, seed=0, source=source)

@@ -64,6 +64,36 @@ class MetricSpec(_Strict):
     )
 
 
+class ConstraintSpec(_Strict):
+    """A bound a trial's final metric must keep to be *feasible* (Optuna's constrained optimization:
+    samplers steer away from infeasible regions, `best` and the Pareto front skip infeasible trials).
+
+    Example:
+        >>> ConstraintSpec(metric="peak_memory_mb", max=2048).describe()
+        'peak_memory_mb <= 2048'
+    """
+
+    metric: str
+    max: float | None = Field(default=None, description="Feasible when metric <= max.")
+    min: float | None = Field(default=None, description="Feasible when metric >= min.")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "ConstraintSpec":
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of max or min")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.metric} <= {self.max:g}" if self.max is not None else f"{self.metric} >= {self.min:g}"
+
+    def violation(self, metrics: dict[str, float]) -> float:
+        """Optuna's constraint value: <= 0 when satisfied, how far off otherwise (inf when not measured)."""
+        value = metrics.get(self.metric)
+        if value is None or value != value:
+            return float("inf")
+        return value - self.max if self.max is not None else self.min - value
+
+
 class RayConfig(_Strict):
     """The `ray:` section: used by `backend: ray` only."""
 
@@ -98,7 +128,15 @@ class SweepSpec(_Strict):
     model: ModelConfig
     dataset: DataConfig
     space: str | dict[str, Any] = Field(description="A preset name, {preset, override, add, remove} or {params}.")
-    metric: MetricSpec = Field(default_factory=MetricSpec)
+    metric: MetricSpec | list[MetricSpec] = Field(
+        default_factory=MetricSpec, description="What trials optimize; a list of several makes a multi-objective sweep."
+    )
+    record_metrics: list[str] = Field(
+        default_factory=list, description="More metrics to compute and store per trial (e.g. bleu, latency_ms)."
+    )
+    constraints: list[ConstraintSpec] = Field(
+        default_factory=list, description="Bounds on final metrics, e.g. {metric: peak_memory_mb, max: 4096}."
+    )
     sampler: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="tpe"))
     pruner: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="median"))
     n_trials: int | None = Field(default=20, gt=0, description="Finished trials the study should hold.")
@@ -114,6 +152,20 @@ class SweepSpec(_Strict):
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
 
     _normalize = field_validator("objective", "metric", "sampler", "pruner", mode="before")(_named)
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metric_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one metric")
+            return [_named(item) for item in value]
+        return value
+
+    @property
+    def metrics(self) -> list[MetricSpec]:
+        """The optimized metrics, in order (one for a single-objective sweep)."""
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
 
     @field_validator("model", mode="before")
     @classmethod
@@ -146,16 +198,40 @@ class Sweep:
 
     Example:
         >>> sweep = load_sweep("demo")
-        >>> sweep.spec.objective.name, sweep.direction
-        ('causal_lm', 'minimize')
+        >>> sweep.spec.objective.name, sweep.directions
+        ('causal_lm', ['minimize'])
     """
 
     spec: SweepSpec
     space: SearchSpace
     objective_cls: type
-    direction: str
+    directions: list[str]  # one per optimized metric, in the order of `metric_names`
     source: str
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # configs to try first (--enqueue)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [m.name for m in self.spec.metrics]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions) > 1
+
+    @property
+    def direction(self) -> str:
+        """The direction of the (first) optimized metric."""
+        return self.directions[0]
+
+    @property
+    def metric_label(self) -> str:
+        """'eval_loss', or 'eval_loss, trainable_params' for a multi-objective sweep."""
+        return ", ".join(self.metric_names)
+
+    @property
+    def requested_metrics(self) -> list[str]:
+        """Every metric the objective must compute: optimized, recorded and constrained ones."""
+        names = [*self.metric_names, *self.spec.record_metrics, *(c.metric for c in self.spec.constraints)]
+        return list(dict.fromkeys(names))
 
     @property
     def study_name(self) -> str:
@@ -191,7 +267,7 @@ class Sweep:
         spec = self.spec
         return self.objective_cls(
             spec.model, spec.dataset, spec.budget, seed=spec.seed, options=spec.objective.args,
-            output_dir=self.output_dir, source=self.source,
+            output_dir=self.output_dir, source=self.source, metrics=self.requested_metrics,
         )
 
 
@@ -285,16 +361,67 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
     from objectives.peft_methods import check_method_params
 
     check_method_params(space, source=source)
-    natural = objective_cls.check_metric(spec.metric.name, source=source)
-    direction = spec.metric.direction or natural
+    directions = _check_metrics(spec, objective_cls, source)
+    if len(directions) > 1:
+        spec = _multi_objective(spec, source)
 
     from .samplers import check_sampler
     from .pruners import check_pruner
 
-    check_sampler(spec.sampler, space, source=source)
+    check_sampler(spec.sampler, space, source=source, n_objectives=len(directions))
     if spec.backend == "optuna":  # other backends map the pruner to their own schedulers when they run
         check_pruner(spec.pruner, source=source)
-    return Sweep(spec=spec, space=space, objective_cls=objective_cls, direction=direction, source=source)
+    return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
+
+
+def _check_metrics(spec: SweepSpec, objective_cls, source: str) -> list[str]:
+    """Every optimized, recorded and constrained metric is one the objective reports and can compute
+    here; returns the optimized metrics' directions."""
+    metrics = spec.metrics
+    names = [m.name for m in metrics]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated:
+        raise ConfigError("a metric is listed twice", source=source, key="metric", value=repeated,
+                          hint="Fix: list each optimized metric once.")
+    many = len(metrics) > 1
+    directions = []
+    for i, m in enumerate(metrics):
+        key = f"metric.{i}.name" if many else "metric.name"
+        natural = objective_cls.check_metric(m.name, source=source, key=key)
+        directions.append(m.direction or natural)
+    for i, name in enumerate(spec.record_metrics):
+        objective_cls.check_metric(name, source=source, key=f"record_metrics.{i}")
+    for i, constraint in enumerate(spec.constraints):
+        objective_cls.check_metric(constraint.metric, source=source, key=f"constraints.{i}.metric")
+    keys = {name: (f"metric.{i}.name" if many else "metric.name") for i, name in enumerate(names)}
+    keys.update({name: f"record_metrics.{i}" for i, name in enumerate(spec.record_metrics) if name not in keys})
+    keys.update({c.metric: f"constraints.{i}.metric" for i, c in enumerate(spec.constraints) if c.metric not in keys})
+    for name, key in keys.items():
+        objective_cls.check_metric_available(name, source=source, key=key)
+    return directions
+
+
+def _multi_objective(spec: SweepSpec, source: str) -> SweepSpec:
+    """A multi-objective sweep runs every trial to its end: refuse pruning asked for, drop the default."""
+    pruner = spec.pruner.name
+    if "pruner" in spec.model_fields_set and pruner not in ("none", "nop"):
+        raise ConfigError(
+            f"a multi-objective sweep cannot prune: Optuna does not prune multi-objective trials "
+            f"(Trial.report and should_prune work for one objective only; a trial's intermediate "
+            f"values cannot rank it on a Pareto front)", source=source, key="pruner.name", value=pruner,
+            hint="Fix: remove the pruner (every trial then trains its whole budget), or optimize one metric "
+            "and turn the others into constraints or record_metrics.",
+        )
+    if spec.backend != "optuna":
+        raise ConfigError(
+            "multi-objective sweeps run on the optuna backend: Ray Tune's schedulers and its study recorder "
+            "rank trials by one metric", source=source, key="backend", value=spec.backend,
+            hint="Fix: backend: optuna (several local workers: ftsweep launch --workers N).",
+        )
+    budget = spec.budget
+    if "eval_every" not in budget.model_fields_set:
+        budget = budget.model_copy(update={"eval_every": budget.max_steps})  # nothing to prune on: evaluate at the end
+    return spec.model_copy(update={"pruner": ComponentSpec(name="none"), "budget": budget})
 
 
 def _read_validated(path: Path, model: type[BaseModel], overrides: list[str] | None):

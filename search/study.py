@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import time
+import warnings
 from collections.abc import Collection
 from pathlib import Path
 
@@ -156,9 +157,30 @@ def record_sweep(study: optuna.Study, sweep) -> None:
     the objective from the store. Without secrets: the storage URL is not stored (it may hold a password)."""
     study.set_user_attr("sweep", sweep.spec.model_dump(mode="json", exclude={"storage"}))
     study.set_user_attr("space", sweep.space.to_dict())
-    study.set_user_attr("metric", sweep.spec.metric.name)
+    study.set_user_attr("metric", sweep.metric_label)
+    with warnings.catch_warnings():  # experimental in name only: stable since Optuna 3.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(sweep.metric_names)  # Optuna's own: plots and the dashboard label axes with them
+    study.set_user_attr("constraints", [c.describe() for c in sweep.spec.constraints])
     study.set_user_attr("objective", sweep.spec.objective.name)
     study.set_user_attr("backend", sweep.spec.backend)
+
+
+def record_constraints(trial: optuna.Trial, constraints, metrics: dict[str, float]) -> None:
+    """Give a finished trial its constraint values (Optuna's `set_constraint`: feasible when all <= 0),
+    which samplers, `best_trial` and the Pareto front read; also kept readable as user attr
+    `constraints` {"peak_memory_mb <= 2048": value}."""
+    values = {}
+    for constraint in constraints:
+        values[constraint.describe()] = constraint.violation(metrics)
+        trial.set_constraint(constraint.describe(), values[constraint.describe()])
+    if values:
+        trial.set_user_attr("constraints", values)
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """No recorded constraint is violated (a trial without constraints is feasible)."""
+    return all(v <= 0 for v in trial.user_attrs.get("constraints", {}).values())
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial, superseded: Collection[int] = ()) -> bool:

@@ -185,8 +185,15 @@ class WandbSweepTracker(SweepTracker):
                 table.add_data(d["number"], d["state"], d["value"], str(d["params"]), d["fail_reason"], d["duration_s"])
             run.log({"trials": table})
             if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
-                run.summary.update({"best_value": study.best_value, "best_trial": study.best_trial.number})
-                self._log_best_config(run, study)
+                from .results import top_trials
+
+                best = top_trials(study, 1)  # best feasible; the first of the Pareto front for several metrics
+                if len(study.directions) == 1 and best:
+                    run.summary.update({"best_value": best[0].value, "best_trial": best[0].number})
+                elif best:
+                    run.summary.update({"pareto_front": [row.number for row in top_trials(study, 1000)]})
+                if len(study.directions) == 1 and best:
+                    self._log_best_config(run, study)
                 self._log_report(run, study, output_dir)
         finally:
             run.finish()

@@ -25,8 +25,8 @@ from ..pruners import build_pruner
 from ..retries import DIVERGED, INTERRUPTED, PREEMPTED, WorkerPreempted, enqueue_retry, failure_cause, plan_retry
 from ..samplers import build_sampler
 from ..tracking import make_tracker
-from ..study import (WORKER, finished_count, open_storage, prepare_storage, record_sweep, recover_interrupted,
-                     retry_stale_trial, scrub_secrets)
+from ..study import (WORKER, finished_count, open_storage, prepare_storage, record_constraints, record_sweep,
+                     recover_interrupted, retry_stale_trial, scrub_secrets)
 from ..workers import NoTrialLeft, QueueStudy, top_up_slots
 from ._base import Backend, SweepOutcome
 
@@ -134,22 +134,24 @@ class OptunaBackend(Backend):
 
     def _create_study(self, storage) -> optuna.Study:
         sweep = self.sweep
-        study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
+        study = optuna.create_study(storage=storage, study_name=sweep.study_name, directions=sweep.directions,
                                     load_if_exists=True)
-        if study.direction.name.lower() != sweep.direction:
+        existing = [d.name.lower() for d in study.directions]
+        if existing != sweep.directions:
             from spaces import ConfigError
 
             raise ConfigError(
-                f"study '{sweep.study_name}' already exists with direction {study.direction.name.lower()}",
-                source=sweep.source, key="metric.direction", value=sweep.direction,
-                hint="Fix: use another study_name, or the same direction as before.",
+                f"study '{sweep.study_name}' already exists with direction(s) {', '.join(existing)}",
+                source=sweep.source, key="metric.direction", value=", ".join(sweep.directions),
+                hint="Fix: use another study_name, or the same metrics and directions as before.",
             )
         record_sweep(study, sweep)
         return study
 
-    def _run_trial(self, trial: optuna.Trial, objective) -> float:
+    def _run_trial(self, trial: optuna.Trial, objective) -> float | list[float]:
         sweep = self.sweep
-        metric = sweep.spec.metric.name
+        metric = sweep.metric_names[0]
+        single = not sweep.multi_objective
         trial.set_user_attr("worker", WORKER)
         trial.set_user_attr("device", self.device)
         params = sweep.space.sample(trial)
@@ -163,8 +165,10 @@ class OptunaBackend(Backend):
             history.append({"step": step, **metrics})
             trial.set_user_attr("eval_history", history)
             tracked.log(step, metrics)
-            trial.report(metrics[metric], step)
             self.listener("trial_report", {"trial": trial, "step": step, "metrics": metrics})
+            if not single:
+                return False  # Optuna neither stores intermediate values nor prunes for several objectives
+            trial.report(metrics[metric], step)
             return trial.should_prune()
 
         started = time.monotonic()
@@ -187,13 +191,15 @@ class OptunaBackend(Backend):
             raise
         trial.set_user_attr("duration_s", time.monotonic() - started)
         trial.set_user_attr("metrics", metrics)
-        value = metrics[metric]
-        if not math.isfinite(value):
-            reason = f"TrialDiverged: final {metric} is {value}"
+        values = [metrics.get(name, math.nan) for name in sweep.metric_names]
+        bad = next(((name, v) for name, v in zip(sweep.metric_names, values) if not math.isfinite(v)), None)
+        if bad is not None:
+            reason = f"TrialDiverged: final {bad[0]} is {bad[1]}"
             self._fail(trial, DIVERGED, reason, tracked, metrics)
             raise TrialDiverged(reason)
+        record_constraints(trial, sweep.spec.constraints, metrics)
         tracked.finish("complete", metrics)
-        return value
+        return values[0] if single else values
 
     def _fail(self, trial: optuna.Trial, cause: str, reason: str, tracked, metrics: dict[str, float]) -> None:
         """Record why the trial failed and, per the retry policy, queue its re-run (search/retries.py)."""

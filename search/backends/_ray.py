@@ -28,7 +28,7 @@ from spaces import ConfigError
 
 from ..pruners import ALIASES
 from ..samplers import build_sampler
-from ..study import WORKER, mark_interrupted, prepare_storage, record_sweep
+from ..study import WORKER, mark_interrupted, prepare_storage, record_constraints, record_sweep
 from ._base import Backend, SweepOutcome
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
@@ -168,8 +168,9 @@ class StudyRecorder:
     Tells the progress listener as trials report and end. Driver side; fed by `StudyCallback`."""
 
     def __init__(self, study: optuna.Study, *, metric_name: str, metric_keys: set[str], max_steps: int,
-                 listener=None) -> None:
+                 listener=None, constraints=()) -> None:
         self.study = study
+        self.constraints = list(constraints)  # ConstraintSpec: feasibility of each completed trial
         self.metric_name = metric_name
         self.metric_keys = metric_keys | {metric_name}  # what of a Ray result is the trial's own metrics
         self.max_steps = max_steps
@@ -259,7 +260,9 @@ class StudyRecorder:
             self._set(trial_id, "fail_reason", error)
             state, value = TrialState.FAIL, None
         elif ran_budget and value is not None and math.isfinite(value):
-            self._set(trial_id, "metrics", {k: v for k, v in result.items() if k in self.metric_keys})
+            metrics = {k: v for k, v in result.items() if k in self.metric_keys}
+            self._set(trial_id, "metrics", metrics)
+            record_constraints(ot_trial, self.constraints, metrics)
             if "duration_s" in result:
                 self._set(trial_id, "duration_s", result["duration_s"])
             state = TrialState.COMPLETE
@@ -432,7 +435,7 @@ class RayBackend(Backend):
         storage = prepare_storage(storage_url)
         if isinstance(storage, str):  # OptunaSearch takes a storage object
             storage = optuna.storages.RDBStorage(storage)
-        metric = spec.metric.name
+        metric = sweep.metric_names[0]  # multi-objective sweeps are refused for this backend when they load
         mode = "min" if sweep.direction == "minimize" else "max"
         space = sweep.space
         pbt = ALIASES.get(spec.pruner.name, spec.pruner.name) == "pbt"
@@ -453,7 +456,8 @@ class RayBackend(Backend):
         recorder = StudyRecorder(
             study, metric_name=metric, max_steps=spec.budget.max_steps, listener=self.listener,
             # The objective's own metrics plus what run_trial adds: a new objective needs no list here.
-            metric_keys=set(sweep.objective_cls.metrics) | {"train_loss", "steps"},
+            metric_keys=set(sweep.objective_cls.available_metrics()) | {"train_loss", "steps"},
+            constraints=spec.constraints,
         )
         ray_options = spec.ray
         if pbt:
