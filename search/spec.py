@@ -365,8 +365,8 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
     if len(directions) > 1:
         spec = _multi_objective(spec, source)
 
-    from .samplers import check_sampler
     from .pruners import check_pruner
+    from .samplers import check_sampler
 
     check_sampler(spec.sampler, space, source=source, n_objectives=len(directions))
     if spec.backend == "optuna":  # other backends map the pruner to their own schedulers when they run
@@ -406,9 +406,9 @@ def _multi_objective(spec: SweepSpec, source: str) -> SweepSpec:
     pruner = spec.pruner.name
     if "pruner" in spec.model_fields_set and pruner not in ("none", "nop"):
         raise ConfigError(
-            f"a multi-objective sweep cannot prune: Optuna does not prune multi-objective trials "
-            f"(Trial.report and should_prune work for one objective only; a trial's intermediate "
-            f"values cannot rank it on a Pareto front)", source=source, key="pruner.name", value=pruner,
+            "a multi-objective sweep cannot prune: Optuna does not prune multi-objective trials "
+            "(Trial.report and should_prune work for one objective only; a trial's intermediate "
+            "values cannot rank it on a Pareto front)", source=source, key="pruner.name", value=pruner,
             hint="Fix: remove the pruner (every trial then trains its whole budget), or optimize one metric "
             "and turn the others into constraints or record_metrics.",
         )

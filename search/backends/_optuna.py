@@ -24,9 +24,18 @@ from objectives import TrialDiverged
 from ..pruners import build_pruner
 from ..retries import DIVERGED, INTERRUPTED, PREEMPTED, WorkerPreempted, enqueue_retry, failure_cause, plan_retry
 from ..samplers import build_sampler
+from ..study import (
+    WORKER,
+    finished_count,
+    open_storage,
+    prepare_storage,
+    record_constraints,
+    record_sweep,
+    recover_interrupted,
+    retry_stale_trial,
+    scrub_secrets,
+)
 from ..tracking import make_tracker
-from ..study import (WORKER, finished_count, open_storage, prepare_storage, record_constraints, record_sweep,
-                     recover_interrupted, retry_stale_trial, scrub_secrets)
 from ..workers import NoTrialLeft, QueueStudy, top_up_slots
 from ._base import Backend, SweepOutcome
 
