@@ -20,15 +20,20 @@ import math
 import tempfile
 import warnings
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from spaces import ConfigError
 
-from . import peft_methods
+from . import peft_methods, regularization
 from ._config import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget
 from ._sources import load_splits, resolve_model_path
+
+# Raised by transformers 5.x's own internals (Trainer, get_peft_model), not by anything a user can change.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 Direction = Literal["minimize", "maximize"]
 # `report(step, metrics)` returns True when the backend wants the trial stopped (pruned).
@@ -95,6 +100,8 @@ class Objective(ABC):
     name: ClassVar[str]
     metrics: ClassVar[dict[str, Direction]]  # metric -> its natural direction
     peft_task_type: ClassVar[str]
+    # Attributes `_tokenize` sets besides the datasets that depend on the tokenizer (kept per tokenizer).
+    tokenized_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -107,6 +114,7 @@ class Objective(ABC):
         output_dir: str | Path | None = None,
         source: str | None = None,
         metrics: Iterable[str] | None = None,
+        target: tuple[str, Direction] = ("eval_loss", "minimize"),
     ) -> None:
         self.model_config = model
         self.data_config = data
@@ -117,11 +125,18 @@ class Objective(ABC):
         self.source = source  # the sweep file, named in error messages
         # Metrics the sweep optimizes or records: costly ones (generation metrics) are computed only when asked.
         self.requested_metrics: set[str] = set(metrics or ())
+        # The sweep's (first) optimized metric and its direction: what early stopping within a trial watches.
+        self.target = target
         self.base_model = None
         self.tokenizer = None
         self.train_dataset = None
         self.eval_dataset = None
         self.test_dataset = None
+        # `base_model` searched in the space: every model loaded so far (least recently used first), and the
+        # tokenized data per tokenizer, so switching models neither reloads nor re-tokenizes.
+        self.loaded_models: OrderedDict[str, _LoadedModel] = OrderedDict()
+        self.tokenized: dict[str, tuple] = {}
+        self.current_model: str | None = None
 
     # ---------------------------------------------------------------- checks (no loading)
 
@@ -130,6 +145,8 @@ class Objective(ABC):
         """Every space parameter name this objective applies, with where it goes."""
         accepted = {k: f"TrainingArguments.{v}" for k, v in TRAINING_ARGUMENT_PARAMS.items()}
         accepted.update(peft_methods.accepted_params())
+        accepted.update({name: "base model dropout (objectives/regularization.py)" for name in regularization.DROPOUT_PARAMS})
+        accepted[BASE_MODEL_PARAM] = "the model the trial fine-tunes (a path, hub id or bundled:NAME)"
         return accepted
 
     @classmethod
@@ -212,38 +229,95 @@ class Objective(ABC):
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars, once per worker
-        # Raised by Trainer's own internals in transformers 5.x, not by anything a user can change.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if self.options.num_threads:
             torch.set_num_threads(self.options.num_threads)
-        path = self.check_sources()
-        self.tokenizer = self._load(transformers.AutoTokenizer.from_pretrained, path)
-        if self.tokenizer.pad_token is None:
-            # Padding only needs *a* token id: its positions are masked out of attention and loss.
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        splits = load_splits(self.data_config, seed=self.seed, columns=self.required_columns(), source=self.source)
-        self.train_dataset, self.eval_dataset, self.test_dataset = self._tokenize(*splits)
-        transformers.set_seed(self.seed)  # the classification head is initialised here: same for every trial
-        self.base_model = self._load(self._load_model, path, dtype=self.torch_dtype())
-        if getattr(self.base_model.config, "pad_token_id", None) is None:
-            self.base_model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.base_model.eval()
-        # What set-up loaded lives as long as the worker. Freezing it out of the garbage collector's
-        # generations spares every later full collection (ours after each trial, accelerate's at each
-        # Trainer.train()) a walk over ~0.5M objects: ~0.4 s per trial on a 0.5B model (docs/benchmarks.md).
-        gc.collect()
-        gc.freeze()
+        self.check_sources()
+        self._splits = None  # the raw splits, read once for every tokenizer
+        self.use_model(self.model_config.name_or_path)
 
-    def _load(self, loader, path: str, **kwargs):
+    def use_model(self, name_or_path: str) -> None:
+        """Make `name_or_path` the base model (and tokenizer, and tokenized data) trials train.
+
+        Each model is loaded once per worker and kept while memory allows (the least recently used is
+        dropped first, see `_make_room`); data is tokenized once per distinct tokenizer, so models that
+        share one share the datasets. The sweep's `model:` settings (revision, dtype, trust_remote_code)
+        apply to every model.
+        """
+        import transformers
+
+        if name_or_path == self.current_model:
+            return
+        loaded = self.loaded_models.get(name_or_path)
+        if loaded is None:
+            config = self.model_config.model_copy(update={"name_or_path": name_or_path})
+            path = resolve_model_path(config, source=self.source)
+            self._make_room(path)
+            tokenizer = self._load(transformers.AutoTokenizer.from_pretrained, path, config=config)
+            if tokenizer.pad_token is None:
+                # Padding only needs *a* token id: its positions are masked out of attention and loss.
+                tokenizer.pad_token = tokenizer.eos_token
+            key = tokenizer_fingerprint(tokenizer)
+            if key not in self.tokenized:
+                self.tokenizer = tokenizer
+                if self._splits is None:
+                    self._splits = load_splits(self.data_config, seed=self.seed, columns=self.required_columns(),
+                                               source=self.source)
+                datasets = self._tokenize(*self._splits)
+                self.tokenized[key] = (*datasets, {a: getattr(self, a) for a in self.tokenized_state})
+            transformers.set_seed(self.seed)  # the classification head is initialised here: same for every trial
+            model = self._load(self._load_model, path, config=config, dtype=self.torch_dtype())
+            if getattr(model.config, "pad_token_id", None) is None:
+                model.config.pad_token_id = tokenizer.pad_token_id
+            model.eval()
+            loaded = self.loaded_models[name_or_path] = _LoadedModel(model, tokenizer, key)
+            # What set-up loaded lives as long as the worker. Freezing it out of the garbage collector's
+            # generations spares every later full collection (ours after each trial, accelerate's at each
+            # Trainer.train()) a walk over ~0.5M objects: ~0.4 s per trial on a 0.5B model (docs/benchmarks.md).
+            gc.collect()
+            gc.freeze()
+        self.loaded_models.move_to_end(name_or_path)
+        self.base_model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.train_dataset, self.eval_dataset, self.test_dataset, state = self.tokenized[loaded.tokenizer_key]
+        for attr, value in state.items():
+            setattr(self, attr, value)
+        self.current_model = name_or_path
+
+    def _make_room(self, path: str) -> None:
+        """Drop cached models (least recently used first) until the next one fits: at most
+        `options.max_cached_models`, and its weights' size must leave some memory free."""
+        import torch
+
+        need = _weights_bytes(path)
+        while self.loaded_models:
+            over_count = self.options.max_cached_models is not None and \
+                len(self.loaded_models) >= self.options.max_cached_models
+            if torch.cuda.is_available():
+                free = torch.cuda.mem_get_info()[0]
+            else:
+                import psutil
+
+                free = psutil.virtual_memory().available
+            # Twice the weights: loading briefly holds a second copy, and training needs room of its own.
+            if not over_count and free > 2 * need:
+                return
+            name, dropped = self.loaded_models.popitem(last=False)
+            if self.current_model == name:
+                self.current_model = self.base_model = None
+            del dropped
+            gc.unfreeze()  # set-up froze the model's objects; collect them with the rest, then freeze again
+            gc.collect()
+            gc.freeze()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _load(self, loader, path: str, *, config: ModelConfig | None = None, **kwargs):
+        config = config or self.model_config
         try:
-            return loader(
-                path, revision=self.model_config.revision, trust_remote_code=self.model_config.trust_remote_code,
-                **kwargs,
-            )
+            return loader(path, revision=config.revision, trust_remote_code=config.trust_remote_code, **kwargs)
         except OSError as exc:
             raise ConfigError(
                 f"could not load model ({str(exc).splitlines()[0]})",
-                source=self.source, key="model.name_or_path", value=self.model_config.name_or_path,
+                source=self.source, key="model.name_or_path", value=config.name_or_path,
                 hint="Fix: use a local save_pretrained directory, or make sure this machine can reach the hub "
                 "(HF_HUB_OFFLINE unset) and the id is right.",
             ) from exc
@@ -262,6 +336,61 @@ class Objective(ABC):
     def peft_config(self, params: Mapping[str, Any]):
         """The PEFT config (LoRA, LoHa, IA3, prefix tuning...) a trial's params describe (objectives/peft_methods.py)."""
         return peft_methods.build_config(params, self, resolve_targets=self.target_modules)
+
+    def check_space(self, space) -> None:
+        """Everything about `space` that needs the model's architecture, checked before any trial on an
+        empty-weights copy of it: PEFT methods and target modules, and the dropouts it searches; for each
+        model `base_model` can take."""
+        for name in self.model_choices(space):
+            with self._checking(name):
+                self.check_peft_methods(space)
+                self.check_dropouts(space)
+
+    def model_choices(self, space) -> list[str]:
+        """The base models trials of `space` can fine-tune: `base_model`'s choices, else the sweep's model."""
+        if BASE_MODEL_PARAM not in space.names:
+            return [self.model_config.name_or_path]
+        param = space.params()[BASE_MODEL_PARAM]
+        choices = peft_methods._finite_values(param)
+        if not choices or not all(isinstance(c, str) for c in choices):
+            raise ConfigError(
+                "base_model must be categorical (or fixed) over model paths or hub ids", source=self.source,
+                key=f"space.params.{BASE_MODEL_PARAM}", value=getattr(param, "type", param),
+                hint="Fix: {type: categorical, choices: [bundled:tiny-support-lm, ./models/other]}",
+            )
+        return choices
+
+    @contextmanager
+    def _checking(self, name_or_path: str):
+        """Run the load-time checks against another model of the space (its config alone is read)."""
+        saved = self.model_config, self.base_model
+        self.model_config = self.model_config.model_copy(update={"name_or_path": name_or_path})
+        if name_or_path != self.current_model:
+            self.base_model = None  # model_type() must read this model's config, not the loaded one
+        try:
+            yield
+        except ConfigError as exc:
+            if name_or_path != saved[0].name_or_path and f"base_model {name_or_path}" not in exc.message:
+                exc.message = f"with base_model {name_or_path}: {exc.message}"  # str(exc) reads it anew
+            raise
+        finally:
+            self.model_config, self.base_model = saved
+
+    def check_dropouts(self, space) -> None:
+        """Refuse `attention_dropout` / `hidden_dropout` on a model that has no such dropout to set."""
+        asked = [name for name in regularization.DROPOUT_PARAMS if name in space.names]
+        if not asked:
+            return
+        exposed = regularization.exposed_dropouts(self.skeleton_model())
+        for name in asked:
+            if name not in exposed:
+                raise ConfigError(
+                    f"this {self.model_type()} model exposes no {name.replace('_', ' ')} (it has "
+                    f"{', '.join(sorted(exposed)) or 'no dropout at all'})", source=self.source,
+                    key=f"space.params.{name}", value=name,
+                    hint="Fix: remove it from the space; regularize with lora_dropout, weight_decay or "
+                    "label_smoothing_factor instead.",
+                )
 
     def check_peft_methods(self, space) -> None:
         """Refuse, before any trial, a method or target module that PEFT rejects for this model and task.
@@ -357,7 +486,9 @@ class Objective(ABC):
             eval_strategy="steps",
             eval_steps=self.budget.eval_every,
             logging_strategy="steps",
-            logging_steps=max(1, min(self.budget.eval_every, 5)),
+            # Training loss is logged on steps that divide eval_every, so each evaluation sees the mean
+            # training loss of exactly the steps since the previous one (the train-validation gap).
+            logging_steps=max(d for d in range(1, min(self.budget.eval_every, 5) + 1) if self.budget.eval_every % d == 0),
             # Keep NaN visible: the default filter would replace a NaN loss with the running mean.
             logging_nan_inf_filter=False,
             save_strategy="no",
@@ -368,6 +499,10 @@ class Objective(ABC):
             dataloader_num_workers=0,
             remove_unused_columns=False,
         )
+        if self.budget.early_stopping_patience is not None:
+            # What transformers' EarlyStoppingCallback watches (no checkpoint is kept: save_strategy "no").
+            metric, direction = self.target
+            kwargs.update(metric_for_best_model=metric, greater_is_better=direction == "maximize")
         for name, value in params.items():
             if name in TRAINING_ARGUMENT_PARAMS:
                 kwargs[TRAINING_ARGUMENT_PARAMS[name]] = value
@@ -418,6 +553,8 @@ class Objective(ABC):
 
         if self.base_model is None:
             self.setup()
+        if BASE_MODEL_PARAM in params:
+            self.use_model(str(params[BASE_MODEL_PARAM]))
         # What the sweep keeps alive between trials (the study, the sampler, caches the last trial
         # filled) joins set-up's frozen objects, so this trial's collections -- run_trial's own and
         # accelerate's at every Trainer.train() -- walk only what this trial creates. Collected
@@ -430,7 +567,12 @@ class Objective(ABC):
         had_peft_config = hasattr(base, "peft_config")
         peft_config = self.peft_config(params)
         set_seed(self.seed)  # adapter init and data order depend only on the sweep seed, not on trial order
-        model = get_peft_model(base, peft_config)
+        restore_dropouts = regularization.apply_dropouts(base, params)
+        try:
+            model = get_peft_model(base, peft_config)
+        except BaseException:
+            restore_dropouts()
+            raise
         from ._callback import ReportingCallback
 
         tmp = trainer = None
@@ -452,7 +594,7 @@ class Objective(ABC):
                 eval_dataset=self.eval_dataset,
                 data_collator=self._collator(),
                 compute_metrics=self._compute_metrics(),
-                callbacks=[callback],
+                callbacks=[callback, *self._early_stopping()],  # ours first: it adds the metrics early stopping reads
             )
             # With tqdm disabled, Trainer prints every log dict; the backend's progress display says enough.
             trainer.remove_callback(PrinterCallback)
@@ -473,6 +615,8 @@ class Objective(ABC):
             if train_loss is not None:
                 final["train_loss"] = train_loss
             final["steps"] = float(last_step)
+            if last_step < self.budget.max_steps and callback.pruned_at is None:
+                final["stopped_early_at"] = float(last_step)  # no improvement for `patience` evaluations
             if after_training is not None:
                 callback.report = None  # later evaluations are not the sweep's to prune on
                 final.update(after_training(model, trainer))
@@ -480,6 +624,7 @@ class Objective(ABC):
         finally:
             _restore_modules_to_save(model)
             _remove_adapter(model, peft_config)
+            restore_dropouts()
             for name, p in base.named_parameters():
                 p.requires_grad_(saved_requires_grad.get(name, p.requires_grad))
             if hasattr(base, "peft_config") and not had_peft_config:
@@ -494,6 +639,15 @@ class Objective(ABC):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def _early_stopping(self) -> list:
+        """transformers' EarlyStoppingCallback when the budget asks for patience, else nothing."""
+        if self.budget.early_stopping_patience is None:
+            return []
+        from transformers import EarlyStoppingCallback
+
+        return [EarlyStoppingCallback(early_stopping_patience=self.budget.early_stopping_patience,
+                                      early_stopping_threshold=self.budget.early_stopping_threshold)]
 
     def save_checkpoint(self, model, step: int, directory: str | Path, *, params: Mapping[str, Any] | None = None,
                         **about: Any) -> Path:
@@ -644,3 +798,33 @@ def _restore_modules_to_save(peft_model) -> None:
             parent_name, _, child = name.rpartition(".")
             parent = root.get_submodule(parent_name) if parent_name else root
             setattr(parent, child, module.original_module)
+
+
+BASE_MODEL_PARAM = "base_model"
+
+
+class _LoadedModel(NamedTuple):
+    model: Any
+    tokenizer: Any
+    tokenizer_key: str  # tokenizer_fingerprint: which tokenized datasets this model trains on
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Equal for tokenizers that turn every text into the same ids (same vocabulary, rules and special
+    tokens), whatever model they came with: the key of the tokenized-data cache."""
+    import hashlib
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    special = json.dumps([type(tokenizer).__name__, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                          tokenizer.pad_token_id, tokenizer.padding_side, getattr(tokenizer, "add_bos_token", None)])
+    return hashlib.sha256((rules + special).encode()).hexdigest()[:16]
+
+
+def _weights_bytes(path: str) -> int:
+    """Size of a local checkpoint's weight files (0 for a hub id not downloaded yet: nothing to go by)."""
+    root = Path(path)
+    if not root.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in root.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))

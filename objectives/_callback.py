@@ -20,6 +20,7 @@ class ReportingCallback(TrainerCallback):
         self.pruned_at: int | None = None
         self.diverged: str | None = None
         self.costs = CostMeter()
+        self.train_losses: list[float] = []  # logged since the previous evaluation
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.costs.start(model)
@@ -34,6 +35,8 @@ class ReportingCallback(TrainerCallback):
                      if k in ("loss", "learning_rate", "grad_norm") and isinstance(v, (int, float))}
             self.log_sink(self.step_offset + state.global_step, train)
         loss = logs.get("loss")
+        if loss is not None:
+            self.train_losses.append(float(loss))
         if loss is not None and not math.isfinite(loss):
             self.diverged = f"training loss became {loss} at step {self.step_offset + state.global_step}"
             control.should_training_stop = True
@@ -42,6 +45,17 @@ class ReportingCallback(TrainerCallback):
         clean = self.objective.clean_metrics(metrics or {})
         clean.update(self.objective.evaluation_extras(kwargs["model"]))
         clean.update(self.costs.metrics(kwargs["model"], metrics or {}))
+        if self.train_losses and "eval_loss" in clean:
+            # Overfitting indicator: validation loss minus the mean training loss of the steps since the
+            # previous evaluation (dropout and label smoothing raise the training side a little).
+            clean["interval_train_loss"] = sum(self.train_losses) / len(self.train_losses)
+            clean["train_eval_gap"] = clean["eval_loss"] - clean["interval_train_loss"]
+        self.train_losses = []
+        if metrics is not None and "eval_loss" in metrics:
+            # Trainer's own dict gets the added metrics too, so EarlyStoppingCallback (after this one) can
+            # watch any of them, e.g. perplexity or bleu.
+            for name, value in clean.items():
+                metrics.setdefault(name if name.startswith("eval_") else f"eval_{name}", value)
         step = self.step_offset + state.global_step
         self.history.append((step, clean))
         if not math.isfinite(clean.get("eval_loss", 0.0)):

@@ -83,6 +83,13 @@ class TrainBudget(_Strict):
     eval_batch_size: int = Field(default=32, gt=0)
     gradient_accumulation_steps: int = Field(default=1, gt=0)
     max_seq_length: int = Field(default=128, gt=8, description="Longer examples are truncated.")
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="Stop a trial after this many evaluations without improving the sweep's "
+        "metric (transformers' EarlyStoppingCallback). Not pruning: the trial completes with what it reached.",
+    )
+    early_stopping_threshold: float = Field(
+        default=0.0, ge=0.0, description="How much the metric must improve to reset the patience count.",
+    )
 
     @model_validator(mode="after")
     def _eval_not_beyond_training(self) -> "TrainBudget":
@@ -108,6 +115,15 @@ class ObjectiveOptions(_Strict):
         default=16, gt=0, description="causal_lm: validation examples decoded (greedy) for BLEU/ROUGE/METEOR at each evaluation.",
     )
     max_new_tokens: int = Field(default=32, gt=0, description="causal_lm: longest generated response for those metrics.")
+    max_cached_models: int | None = Field(
+        default=None, gt=0, description="With base_model searched: models kept loaded per worker (default: as "
+        "many as memory allows, least recently used dropped first).",
+    )
+    target_modules: dict[str, list[str]] = Field(
+        default_factory=dict, description="Modules to adapt per architecture (config.model_type -> names), used "
+        "when the space does not search target_modules; e.g. {gpt2: [c_attn], llama: [q_proj, v_proj]}. "
+        "Unlisted architectures get PEFT's own defaults.",
+    )
     num_threads: int | None = Field(
         default=None, gt=0, description="torch CPU threads per worker; default: torch's own choice."
     )

@@ -48,6 +48,7 @@ class CausalLMObjective(Objective):
         **{metric: "maximize" for metric in GENERATION_METRICS},
     }
     peft_task_type = "CAUSAL_LM"
+    tokenized_state = ("generation_sample",)
     # (formatted prompt, reference response) of the validation rows decoded for generation metrics.
     generation_sample: tuple[tuple[str, str], ...] = ()
 

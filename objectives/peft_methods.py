@@ -232,6 +232,9 @@ def check_method_params(space, *, source: str | None = None) -> list[str]:
     return methods
 
 
+FAN_IN_FAN_OUT_MODELS = ("gpt2",)
+
+
 def build_config(params: Mapping[str, Any], objective, *, resolve_targets: Callable[[Any], Any]):
     """The PEFT config a trial's params describe, for `objective` (its task type and architecture).
 
@@ -250,11 +253,18 @@ def build_config(params: Mapping[str, Any], objective, *, resolve_targets: Calla
             kwargs[name] = type(kwargs[source])(kwargs[source] * factor)
     if method.wraps_modules:
         choice = params.get("target_modules", method.default_targets)
+        per_architecture = getattr(getattr(objective, "options", None), "target_modules", None) or {}
+        if choice is None and per_architecture:
+            # The sweep's own per-architecture table (objective.args.target_modules), else PEFT's defaults.
+            choice = per_architecture.get(objective.model_type())
         if choice is not None:
             kwargs["target_modules"] = resolve_targets(choice)
     if method.prepare is not None:
         method.prepare(kwargs, objective)
     config_cls = getattr(peft, method.config_class)
+    if "fan_in_fan_out" in getattr(config_cls, "__dataclass_fields__", {}) and method.wraps_modules \
+            and objective.model_type() in FAN_IN_FAN_OUT_MODELS:
+        kwargs.setdefault("fan_in_fan_out", True)  # GPT-2's Conv1D stores weights transposed (PEFT warns otherwise)
     try:
         return config_cls(task_type=objective.peft_task_type, **kwargs)
     except (TypeError, ValueError) as exc:

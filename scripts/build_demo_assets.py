@@ -10,6 +10,8 @@ repository ships its own defaults instead of pointing at the Hugging Face hub:
 * ``datasets/support_qa.jsonl``       ``{"prompt", "response"}`` customer-service QA
 * ``datasets/support_intents.jsonl``  ``{"text", "label"}`` intent classification
 * ``models/tiny-support-lm/``         a ~0.2M-parameter Llama pretrained here
+* ``models/tiny-support-gpt2/``       a GPT-2 of about the same size with its own, different
+                                       tokenizer: the second model of base-model sweeps
 
 Everything is produced by this one script from a seed, so the shipped files can
 be audited and rebuilt: the datasets bit for bit anywhere (pure Python
@@ -25,7 +27,7 @@ hyperparameters actually change the outcome, which is what a sweep needs.
 Usage::
 
     python scripts/build_demo_assets.py [--out objectives/assets] [--seed 0]
-                                        [--pretrain-steps N] [--only data|model|all]
+                                        [--pretrain-steps N] [--only data|model|gpt2|all]
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ DEFAULT_OUT = REPO_ROOT / "objectives" / "assets"
 QA_FILE = "datasets/support_qa.jsonl"
 INTENTS_FILE = "datasets/support_intents.jsonl"
 MODEL_DIR = "models/tiny-support-lm"
+GPT2_DIR = "models/tiny-support-gpt2"
 
 DEFAULT_SEED = 0
 N_QA = 1200
@@ -74,6 +77,11 @@ MAX_EXAMPLE_TOKENS = 64
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 SPECIAL_TOKENS = [UNK, BOS, EOS, PAD]  # ids 0..3, in this order
 VOCAB_SIZE = 1536
+# The GPT-2 model's tokenizer differs on purpose: another vocabulary size, GPT-2's single
+# <|endoftext|> special token, no <s> prefix. A sweep over both models must tokenize the data twice.
+GPT2_VOCAB_SIZE = 1024
+GPT2_EOT = "<|endoftext|>"
+GPT2_PRETRAIN_STEPS = 600
 
 
 # ---------------------------------------------------------------------------
@@ -720,6 +728,34 @@ def build_model(tokenizer, seed: int = DEFAULT_SEED):
     return model.to(torch.float32)
 
 
+def build_gpt2_tokenizer(texts: list[str], vocab_size: int = GPT2_VOCAB_SIZE):
+    """GPT-2 conventions: byte-level BPE, one special token for start, end and unknown, nothing added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[GPT2_EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=GPT2_EOT, eos_token=GPT2_EOT, unk_token=GPT2_EOT,
+                                   padding_side="right", model_max_length=256, clean_up_tokenization_spaces=False)
+
+
+def build_gpt2_model(tokenizer, seed: int = DEFAULT_SEED):
+    """A GPT-2 of the Llama's size class, with GPT-2's default dropouts (embedding, attention, residual 0.1)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=2, n_head=4, n_inner=172,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(config).to(torch.float32)
+
+
 def _save_tokenizer(tokenizer, model_dir: Path) -> None:
     """save_pretrained, then name the class portably in tokenizer_config.json.
 
@@ -937,6 +973,23 @@ def _readme(m: dict) -> str:
         ]
     else:
         lines.append("Not built.")
+    gpt2 = m.get("gpt2_model")
+    lines += ["", f"## Model: `{GPT2_DIR}`", ""]
+    if gpt2:
+        lines += [
+            f"Build command: `{gpt2['command']}` (seed {gpt2['seed']})",
+            "",
+            f"- Architecture: `GPT2LMHeadModel`, {gpt2['parameters']:,} parameters, float32, n_embd 64,",
+            "  2 layers, 4 heads, inner 172, GPT-2's default dropouts (0.1).",
+            f"- Tokenizer: its own byte-level BPE, vocabulary {gpt2['vocab_size']}, GPT-2's single",
+            f"  `{GPT2_EOT}` special token, nothing added to encoded text: not the Llama's tokenizer,",
+            "  so a sweep over both models tokenizes the data once per tokenizer.",
+            f"- Pretraining: {gpt2['pretrain_steps']} steps on the same domain documents; loss "
+            f"{gpt2['first_loss']:.4f} at step 1, {gpt2['final_loss']:.4f} final.",
+            f"- Built in {gpt2['build_wall_seconds']:.1f} s; checkpoint {gpt2['checkpoint_bytes']:,} bytes.",
+        ]
+    else:
+        lines.append("Not built.")
     lines += ["", "## Files", "", "| file | bytes | sha256 |", "|---|---:|---|"]
     for name, info in m["files"].items():
         lines.append(f"| `{name}` | {info['bytes']:,} | `{info['sha256']}` |")
@@ -958,12 +1011,44 @@ def _command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def _build_gpt2(out: Path, qa: list[dict], intents: list[dict], seed: int, command: str, t_start: float) -> dict:
+    """The second bundled model: same corpus, another architecture and tokenizer (GPT2_PRETRAIN_STEPS steps)."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(2)
+    texts = generate_pretrain_texts(seed)
+    tokenizer = build_gpt2_tokenizer(texts + [format_example(r["prompt"], r["response"]) for r in qa]
+                                     + [r["text"] for r in intents])
+    model = build_gpt2_model(tokenizer, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"gpt2: {n_params:,} parameters, tokenizer {len(tokenizer)} tokens; pretraining {GPT2_PRETRAIN_STEPS} steps")
+    losses = pretrain(model, tokenizer, texts, GPT2_PRETRAIN_STEPS, batch_size=32, seq_len=64, lr=3e-3, seed=seed)
+    model_dir = out / GPT2_DIR
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for old in model_dir.iterdir():
+        if old.is_file():
+            old.unlink()
+    model.save_pretrained(model_dir)
+    _save_tokenizer(tokenizer, model_dir)
+    tail = losses[-10:]
+    return {
+        "command": command, "seed": seed, "parameters": n_params, "vocab_size": len(tokenizer),
+        "pretrain_steps": GPT2_PRETRAIN_STEPS, "first_loss": round(losses[0], 4),
+        "final_loss": round(sum(tail) / len(tail), 4),
+        "checkpoint_bytes": sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file()),
+        "build_wall_seconds": round(time.perf_counter() - t_start, 1),
+        "host": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                 "transformers": transformers.__version__},
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: objectives/assets)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS)
-    parser.add_argument("--only", choices=["data", "model", "all"], default="all")
+    parser.add_argument("--only", choices=["data", "model", "gpt2", "all"], default="all")
     args = parser.parse_args(argv)
     if args.pretrain_steps < 1:
         parser.error("--pretrain-steps must be at least 1")
@@ -1064,6 +1149,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "transformers": transformers.__version__,
             },
         }
+
+    if args.only in ("gpt2", "all"):
+        manifest["gpt2_model"] = _build_gpt2(out, qa, intents, args.seed, command, t_start)
 
     write_provenance(out, manifest)
     print(f"wrote {out} in {time.perf_counter() - t_start:.1f}s")

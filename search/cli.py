@@ -65,8 +65,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if n_workers is not None:
         _check_workers(sweep, n_workers)
     # Before anything is created, here rather than in every worker: a bad model or data path
-    # (`check_sources`, run by reading the model's config), or a PEFT method / target module it rejects.
-    sweep.make_objective().check_peft_methods(sweep.space)
+    # (`check_sources`, run by reading the model's config), a PEFT method / target module it rejects,
+    # or a dropout it does not have.
+    sweep.make_objective().check_space(sweep.space)
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
 

@@ -22,6 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
+from objectives._base import BASE_MODEL_PARAM
 from spaces import ConfigError
 
 from .spec import RunSpec
@@ -77,10 +78,13 @@ def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpe
     cls = get_objective(record["objective"]["name"])
     config = trial.user_attrs.get("config", trial.params)
     applied = {k: v for k, v in config.items() if k in cls.accepted_params()}
+    model = dict(record["model"])
+    if BASE_MODEL_PARAM in applied:  # the trial's own base model becomes the run's model
+        model["name_or_path"] = applied.pop(BASE_MODEL_PARAM)
     return RunSpec(
         name=f"{study.study_name}-trial-{trial.number}",
         objective=record["objective"],
-        model=record["model"],
+        model=model,
         dataset=record["dataset"],
         params=applied,
         budget=record["budget"],

@@ -395,6 +395,32 @@ figcaption{color:#555;margin-top:.3rem}
 """
 
 
+def _gap_section(study: optuna.Study, k: int = 10) -> str:
+    """The train-validation gap (eval_loss minus the training loss since the previous evaluation) of the
+    best trials at each evaluation: a gap that grows while training loss falls is overfitting."""
+    from .results import top_trials
+
+    rows = []
+    for row in top_trials(study, k):
+        history = [h for h in study.trials[row.number].user_attrs.get("eval_history", []) if "train_eval_gap" in h]
+        if history:
+            rows.append((row.number, history))
+    if not rows:
+        return ""
+    steps = sorted({h["step"] for _, history in rows for h in history})
+    html_rows = "".join(
+        f"<tr><td>{number}</td>" + "".join(
+            f'<td class="num">{_e(format_value(next((h["train_eval_gap"] for h in history if h["step"] == s), "")))}</td>'
+            for s in steps) + "</tr>"
+        for number, history in rows)
+    return ("<h2>Overfitting: train–validation gap</h2>"
+            "<p>eval_loss minus the mean training loss of the steps since the previous evaluation, for the best "
+            "trials. A gap that grows while the training loss keeps falling means the adapter is memorising; "
+            "dropout and label smoothing make the training side a little higher.</p>"
+            "<table><tr><th>trial</th>" + "".join(f"<th>step {s}</th>" for s in steps) + "</tr>" + html_rows
+            + "</table>")
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -456,6 +482,8 @@ def _render_html(study: optuna.Study, summary: dict[str, Any], importances: dict
         parts.append("<h3>Failed trials</h3>" + _kv_table([
             (f"trial {t.number}", _e(t.user_attrs.get("fail_reason", "no reason recorded"))) for t in failed
         ]))
+
+    parts.append(_gap_section(study))
 
     parts.append(f"<h2>Parameter importance ({_e(evaluator)})</h2>")
     if importances is None:

@@ -268,6 +268,7 @@ class Sweep:
         return self.objective_cls(
             spec.model, spec.dataset, spec.budget, seed=spec.seed, options=spec.objective.args,
             output_dir=self.output_dir, source=self.source, metrics=self.requested_metrics,
+            target=(self.metric_names[0], self.directions[0]),
         )
 
 

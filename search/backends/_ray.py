@@ -456,7 +456,8 @@ class RayBackend(Backend):
         recorder = StudyRecorder(
             study, metric_name=metric, max_steps=spec.budget.max_steps, listener=self.listener,
             # The objective's own metrics plus what run_trial adds: a new objective needs no list here.
-            metric_keys=set(sweep.objective_cls.available_metrics()) | {"train_loss", "steps"},
+            metric_keys=set(sweep.objective_cls.available_metrics()) | {
+                "train_loss", "steps", "stopped_early_at", "interval_train_loss", "train_eval_gap"},
             constraints=spec.constraints,
         )
         ray_options = spec.ray
