@@ -137,7 +137,8 @@ class DataReport:
         splits = [s for s in SPLITS if s in rows]
         if splits:
             causal = any("no_response" in tokens.get(s, {}) for s in splits)
-            table = Table(title=f"Splits (max_seq_length {self.stats.get('max_seq_length', '?')})", title_justify="left")
+            title = f"Splits (max_seq_length {self.stats.get('max_seq_length', '?')})"
+            table = Table(title=title, title_justify="left")
             for column in ("Split", "Examples", "Tokens p50", "p95", "max", "Truncated",
                            *(["No response token"] if causal else [])):
                 table.add_column(column, justify="left" if column == "Split" else "right")
@@ -376,6 +377,10 @@ def _from_config_error(err: ConfigError, check: str) -> Finding:
     return Finding("error", check, message, fix=err.hint)
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _rows_text(numbers: Sequence[int]) -> str:
     shown = ", ".join(map(str, numbers[:MAX_EXAMPLES]))
     return f"row {shown}" if len(numbers) == 1 else f"rows {shown}" + (", ..." if len(numbers) > MAX_EXAMPLES else "")
@@ -399,7 +404,7 @@ def _read_file(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
 
         try:
             frame = pd.read_csv(path)
-        except Exception as exc:  # pandas raises several parser errors; one line says enough
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
             raise _Unreadable(f"not readable as CSV ({type(exc).__name__}: {exc})",
                               "Fix: save it as CSV with a header row.") from None
         records = frame.astype(object).where(frame.notna(), None).to_dict("records")
@@ -456,7 +461,8 @@ def check_columns(data: _Data) -> list[Finding]:
     findings = []
     for column in missing:
         unused = [c for c in data.present if c not in data.columns]
-        guess = difflib.get_close_matches(column, unused, n=1, cutoff=0.5) or (unused if len(unused) == len(missing) == 1 else [])
+        guess = (difflib.get_close_matches(column, unused, n=1, cutoff=0.5)
+                 or (unused if len(unused) == len(missing) == 1 else []))  # one unused column for one missing
         key = data.config_key(column)
         fix = f"Fix: rename the field to '{column}' in the data, or set {key}"
         fix += f": {guess[0]} in the sweep file." if guess else " in the sweep file to the column that holds it."
@@ -487,13 +493,13 @@ def check_types(data: _Data) -> list[Finding]:
         if not bad:
             continue
         what = "a class name or an integer" if is_label else "text (a string)"
-        kinds = ", ".join(f"{kind} in {n}" for kind, n in found.most_common())
+        kinds = ", ".join(f"{kind} in {_n(n, 'row')}" for kind, n in found.most_common())
         fix = (f"Fix: give every row a '{column}' that is {what}"
                + ("" if is_label else "; quote numbers, join lists into one string") + ", or drop those rows.")
         findings.append(Finding(
             "error", "types",
-            f"column '{column}' must hold {what} in every row; {len(bad)} of {len(data.rows)} rows do not "
-            f"({kinds}; {_rows_text(bad)})", fix=fix, examples=bad[:MAX_EXAMPLES], count=len(bad)))
+            f"column '{column}' must hold {what} in every row; {len(bad)} of {len(data.rows)} rows do not: "
+            f"{kinds} ({_rows_text(bad)})", fix=fix, examples=bad[:MAX_EXAMPLES], count=len(bad)))
     return findings
 
 
@@ -507,7 +513,7 @@ def _type_name(value: Any) -> str:
     if value is None:
         return "null or absent"
     if isinstance(value, float):
-        return "a non-integer number" if value == value else "NaN"
+        return "NaN" if math.isnan(value) else "a non-integer number"
     return {int: "a number", list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
@@ -523,11 +529,12 @@ def check_empty(data: _Data) -> list[Finding]:
         if not empty:
             continue
         every = len(empty) == strings
+        where = "every row" if every else f"{len(empty)} of {len(texts)} rows"
         findings.append(Finding(
             "error" if every else "warning", "empty",
-            f"column '{column}' is empty or whitespace in {'every row' if every else f'{len(empty)} of {len(texts)} rows'} "
-            f"({_rows_text(empty)})",
-            fix=f"Fix: fill in '{column}' or drop those rows" + (f"; or check {data.config_key(column)}." if every else "."),
+            f"column '{column}' is empty or whitespace in {where} ({_rows_text(empty)})",
+            fix=f"Fix: fill in '{column}' or drop those rows"
+            + (f"; or check that {data.config_key(column)} names the right column." if every else "."),
             examples=empty[:MAX_EXAMPLES], count=len(empty)))
     return findings
 
@@ -580,7 +587,7 @@ def check_near_duplicates(data: _Data) -> list[Finding]:
     if not near:
         return []
     return [Finding("warning", "near_duplicates",
-                    f"{len(near)} rows are near duplicates of an earlier row ({NEAR_DUPLICATE}; "
+                    f"{len(near)} of {len(data.rows)} rows nearly repeat an earlier row ({NEAR_DUPLICATE}; "
                     f"e.g. row {near[0][0]} ~ row {near[0][1]})",
                     fix="Fix: keep one of each, unless the variants are on purpose (augmentation).",
                     examples=[n for n, _ in near][:MAX_EXAMPLES], count=len(near))]
@@ -602,7 +609,8 @@ def check_label_conflicts(data: _Data) -> list[Finding]:
         return []
     examples = sorted(n for t in conflicting for n in rows[t])
     return [Finding("warning", "label_conflicts",
-                    f"{len(conflicting)} texts appear with different labels ({_rows_text(examples)})",
+                    f"{_n(len(conflicting), 'text')} (normalized) carry different labels in different rows "
+                    f"({_rows_text(examples)})",
                     fix="Fix: decide on one label per text; conflicting rows cap the accuracy any trial can reach.",
                     examples=examples[:MAX_EXAMPLES], count=len(conflicting))]
 
@@ -619,23 +627,23 @@ def check_formatting(data: _Data) -> list[Finding]:
 
     def report(rows: list[int], message: str, fix: str) -> None:
         if rows:
-            findings.append(Finding("warning", "formatting", f"{len(rows)} {message} ({_rows_text(rows)})",
+            findings.append(Finding("warning", "formatting", f"{message}: {_n(len(rows), 'row')} ({_rows_text(rows)})",
                                     fix=fix, examples=rows[:MAX_EXAMPLES], count=len(rows)))
 
     pairs = [(row.get(prompt_col), row.get(response_col), n) for row, n in zip(data.rows, data.row_numbers)]
     pairs = [(p, r, n) for p, r, n in pairs if isinstance(p, str) and isinstance(r, str)]
     markers = [m for m in (before, after) if m]
     report([n for p, _, n in pairs if any(m in p for m in markers)],
-           f"prompts already hold the template's marker {' / '.join(repr(m) for m in markers)}: "
-           "the template is applied again, so the model sees it twice",
+           f"prompts that already contain the template's text {' or '.join(repr(m) for m in markers)} "
+           "(the template adds it again, so the model sees it twice)",
            f"Fix: store the bare question in '{prompt_col}', or set objective.args.prompt_template: "
            "'{prompt}' when the prompts are already formatted.")
     if after:
         report([n for _, r, n in pairs if r.lstrip().startswith(after)],
-               f"responses start with the template's answer marker {after!r}, which the template already ends with",
+               f"responses that start with {after!r}, which the template already ends with",
                f"Fix: remove the leading {after!r} from '{response_col}'.")
     report([n for p, r, n in pairs if r.strip() and normalize(r) == normalize(p)],
-           "responses only repeat their prompt", f"Fix: check the '{response_col}' column holds the answers.")
+           "responses that only repeat their prompt", f"Fix: check the '{response_col}' column holds the answers.")
     return findings
 
 
@@ -657,7 +665,7 @@ def check_lengths(data: _Data) -> list[Finding]:
     if data.splits is None or data.task is None or data.blocked:
         return []
     try:
-        data.tokenizer
+        _ = data.tokenizer  # loaded here so a model problem reads as one, apart from the data's
     except (ConfigError, OSError, ValueError) as err:
         return [Finding("warning", "lengths", f"token lengths not checked: the tokenizer did not load ({err})")]
     try:
@@ -681,10 +689,16 @@ def check_lengths(data: _Data) -> list[Finding]:
                 "warning", "lengths",
                 f"{len(truncated)} of {len(split)} {name} examples are longer than budget.max_seq_length "
                 f"({max_len} tokens) and {what} (longest {longest} tokens; p95 {stats[name]['p95']})",
-                fix=f"Fix: raise budget.max_seq_length (to about {stats[name]['p95']} for 95 % of examples) "
-                "or shorten the examples.", examples=data.rows_of(split[i] for i in truncated[:MAX_EXAMPLES]),
-                split=name, count=len(truncated)))
+                fix=_length_fix(stats[name]["p95"], longest, max_len),
+                examples=data.rows_of(split[i] for i in truncated[:MAX_EXAMPLES]), split=name, count=len(truncated)))
     return findings
+
+
+def _length_fix(p95: int, longest: int, max_len: int) -> str:
+    if p95 > max_len:
+        return f"Fix: raise budget.max_seq_length to about {p95} (95 % of examples fit), or shorten the examples."
+    return (f"Fix: only a few are this long: shorten or drop them, or raise budget.max_seq_length to {longest} "
+            "to keep them whole (memory and time per step grow with it).")
 
 
 def _percentiles(values: list[int]) -> dict[str, int]:

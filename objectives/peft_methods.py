@@ -252,11 +252,13 @@ def build_config(params: Mapping[str, Any], objective, *, resolve_targets: Calla
         if name not in kwargs and source in kwargs:
             kwargs[name] = type(kwargs[source])(kwargs[source] * factor)
     if method.wraps_modules:
-        choice = params.get("target_modules", method.default_targets)
+        choice = params.get("target_modules")
         per_architecture = getattr(getattr(objective, "options", None), "target_modules", None) or {}
         if choice is None and per_architecture:
-            # The sweep's own per-architecture table (objective.args.target_modules), else PEFT's defaults.
+            # The sweep's own per-architecture table (objective.args.target_modules), else the method's default.
             choice = per_architecture.get(objective.model_type())
+        if choice is None:
+            choice = method.default_targets
         if choice is not None:
             kwargs["target_modules"] = resolve_targets(choice)
     if method.prepare is not None:

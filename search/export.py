@@ -65,10 +65,11 @@ def sweep_record(study: optuna.Study) -> dict:
     return record
 
 
-def objective_for(record: dict):
-    """An objective instance (not set up) rebuilt from a study's sweep record."""
+def objective_for(record: dict, model: ModelConfig | None = None):
+    """An objective instance (not set up) rebuilt from a study's sweep record (on `model`, e.g. a trial's
+    own base_model, instead of the sweep's)."""
     cls = get_objective(record["objective"]["name"])
-    return cls(ModelConfig(**record["model"]), DataConfig(**record["dataset"]), TrainBudget(**record["budget"]),
+    return cls(model or ModelConfig(**record["model"]), DataConfig(**record["dataset"]), TrainBudget(**record["budget"]),
                seed=record.get("seed", 0), options=ObjectiveOptions(**record["objective"].get("args", {})))
 
 
@@ -112,7 +113,7 @@ def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpe
 def write_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, directory: Path) -> Path:
     """Write the three files for one trial into `directory`."""
     run = run_spec_for(study, trial)
-    objective = objective_for(sweep_record(study))
+    objective = objective_for(sweep_record(study), run.model)  # the trial's base model: its architecture's modules
     directory.mkdir(parents=True, exist_ok=True)
     safe_join(directory, "winner.yaml").write_text(
         "# A reproducible run of one trial: `ftsweep train winner.yaml` (override with --set key=value).\n"
