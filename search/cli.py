@@ -67,7 +67,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     # Before anything is created, here rather than in every worker: a bad model or data path
     # (`check_sources`, run by reading the model's config), a PEFT method / target module it rejects,
     # or a dropout it does not have.
-    sweep.make_objective().check_space(sweep.space)
+    objective = sweep.make_objective()
+    objective.check_space(sweep.space)
+    _check_data(sweep, objective, console)
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
 
@@ -98,6 +100,37 @@ def cmd_launch(args: argparse.Namespace) -> int:
         interrupted = True
     return _summarize(sweep, console, top=args.top, interrupted=interrupted,
                       ran=f"This launch ran {outcome.ran} trial(s)." if outcome else "")
+
+
+def _check_data(sweep, objective, console: Console) -> None:
+    """`ftsweep validate-data` before every launch: warnings are shown, errors stop it (nothing created yet)."""
+    from objectives.data_checks import validate_data
+
+    report = validate_data(objective)
+    if report.errors or report.warnings:
+        console.print(report.render())
+    if report.errors:
+        first = report.errors[0]
+        raise ConfigError(f"the data has {len(report.errors)} error(s); first [{first.check}]: {first.message}",
+                          source=sweep.source, key="dataset.source", value=sweep.spec.dataset.source,
+                          hint=first.fix or "Fix: see `ftsweep validate-data SWEEP` for the full report.")
+
+
+def cmd_validate_data(args: argparse.Namespace) -> int:
+    """Check a sweep's data (columns, types, duplicates, lengths, labels, leakage); train nothing."""
+    import json
+
+    from objectives.data_checks import validate_data
+
+    from .spec import load_sweep
+
+    sweep = load_sweep(args.sweep, list(args.overrides))
+    report = validate_data(sweep.make_objective())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _console().print(report.render())
+    return 1 if report.errors else 0
 
 
 def _gpu_list(text: str) -> list[str]:
@@ -328,6 +361,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
+    from objectives._base import COST_METRICS
+
     from .results import format_value, get_trial, trial_details
 
     details = trial_details(get_trial(_study(args), args.trial))
@@ -359,7 +394,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print(params)
     if details["eval_history"]:
         history = details["eval_history"]
-        names = [k for k in history[0] if k != "step"]
+        # Costs hardly change between evaluations: they are in "Final metrics" below, the curve stays readable.
+        names = [k for k in history[0] if k not in ("step", "interval_train_loss", *COST_METRICS)]
         curve = Table(title="Evaluations (learning curve)")
         curve.add_column("step", justify="right")
         for name in names:
@@ -548,6 +584,13 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
 
 
+def _validate_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="a sweep YAML file, or the name of a bundled sweep")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a field of the sweep file")
+    _json_flag(p)
+
+
 def _status_arguments(p):
     _study_arguments(p)
     _json_flag(p)
@@ -614,6 +657,8 @@ def _spaces_arguments(p: argparse.ArgumentParser) -> None:
 
 
 _command("launch", "run or resume a sweep of short fine-tunes")(_launch_arguments)(cmd_launch)
+_command("validate-data", "check a sweep's data (columns, duplicates, lengths, leakage); exit 1 on errors")(
+    _validate_data_arguments)(cmd_validate_data)
 _command("worker", "join a prepared sweep and run its trials")(_worker_arguments)(cmd_worker)
 _command("status", "counts by state, best so far, throughput")(_status_arguments)(cmd_status)
 _command("best", "table of the top trials (--json for scripts)")(_best_arguments)(cmd_best)
