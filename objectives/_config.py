@@ -67,6 +67,16 @@ class DataConfig(_Strict):
     response_column: str = "response"
     text_column: str = "text"
     label_column: str = "label"
+    label_map: dict[str, str] | None = Field(
+        default=None, description="Classification: raw label value (as text) -> class name, e.g. {'0': negative, "
+        "'1': positive}; several values may map to one class. Every value in the data must be mapped.",
+    )
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, value):
+        # YAML reads `0: negative` with an int key; labels are compared as text.
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
 class TrainBudget(_Strict):
@@ -108,9 +118,14 @@ class ObjectiveOptions(_Strict):
 
     prompt_template: str = Field(
         default="Question: {prompt}\nAnswer:",
-        description="causal_lm: the text before the response; `{prompt}` is replaced by the prompt column. "
-        "When it does not end in whitespace, the response is joined with one space.",
+        description="causal_lm: the text before the response; `{prompt}` is the prompt column, any other "
+        "`{name}` the column of that name. When it does not end in whitespace, the response is joined with one space.",
     )
+    chat_template: bool | str = Field(
+        default=False, description="causal_lm: render prompt and response with the tokenizer's chat template "
+        "(true) or with this Jinja template; the filled prompt_template (default '{prompt}') is the user turn.",
+    )
+    system_prompt: str | None = Field(default=None, description="causal_lm with chat_template: the system turn.")
     generation_samples: int = Field(
         default=16, gt=0, description="causal_lm: validation examples decoded (greedy) for BLEU/ROUGE/METEOR at each evaluation.",
     )
@@ -130,7 +145,15 @@ class ObjectiveOptions(_Strict):
 
     @field_validator("prompt_template")
     @classmethod
-    def _has_prompt_slot(cls, value: str) -> str:
-        if "{prompt}" not in value:
-            raise ValueError("prompt_template must contain '{prompt}'")
+    def _has_a_slot(cls, value: str) -> str:
+        import string
+
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"prompt_template is not a format string ({exc}); write literal braces as {{{{ and }}}}") from None
+        if not fields:
+            raise ValueError("prompt_template must name at least one column in braces, e.g. '{prompt}'")
+        if any(not f.isidentifier() for f in fields):
+            raise ValueError("prompt_template fields must be plain column names, e.g. {prompt} or {context}")
         return value

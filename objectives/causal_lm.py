@@ -69,32 +69,37 @@ class CausalLMObjective(Objective):
         )
 
     def required_columns(self) -> list[str]:
-        return [self.data_config.prompt_column, self.data_config.response_column]
+        """The columns the prompt template names ({prompt} is `dataset.prompt_column`), then the response."""
+        return PromptFormat(None, self.options, self.data_config, self.source).columns()
+
+    def prompt_format(self) -> "PromptFormat":
+        """How this objective turns a data row into prompt and response tokens (see PromptFormat)."""
+        return PromptFormat(self.tokenizer, self.options, self.data_config, self.source)
+
+    def format_prompt(self, row) -> str:
+        return self.prompt_format().format_prompt(row)
+
+    def encode_example(self, row) -> tuple[list[int], list[int]]:
+        return self.prompt_format().encode_example(row)
 
     def _tokenize(self, train, validation, test):
-        tok = self.tokenizer
-        template = self.options.prompt_template
-        prompt_col, response_col = self.required_columns()
+        columns = self.required_columns()
         max_len = self.budget.max_seq_length
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-        # BPE tokenizers attach a space to the following word (" Refunds"), so the space between
-        # prompt and response belongs to the response; a trailing space in the prompt would become
-        # a lone token that never occurs in ordinary text.
-        joiner = "" if template[-1:].isspace() else " "
+        # Only the format travels into `datasets.map` (which fingerprints the function and what it
+        # holds to cache the result on disk): never the objective and its loaded models.
+        fmt = self.prompt_format()
 
         def encode(batch, indices):
             out = {"input_ids": [], "attention_mask": [], "labels": []}
-            for row, prompt, response in zip(indices, batch[prompt_col], batch[response_col]):
-                for col, value in ((prompt_col, prompt), (response_col, response)):
+            for i, row in enumerate(indices):
+                values = {col: batch[col][i] for col in columns}
+                for col, value in values.items():
                     if not isinstance(value, str):
                         raise ConfigError(
                             f"row {row}: column '{col}' must hold text, found {type(value).__name__}",
                             source=self.source, key="dataset.source", value=self.data_config.source,
                         )
-                # Prompt and response are tokenized apart so the boundary between them is exact.
-                prompt_ids = bos + tok(template.format(prompt=prompt), add_special_tokens=False)["input_ids"]
-                response_ids = tok(joiner + response, add_special_tokens=False)["input_ids"] + eos
+                prompt_ids, response_ids = fmt.encode_example(values)
                 ids = (prompt_ids + response_ids)[:max_len]
                 labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_len]
                 out["input_ids"].append(ids)
@@ -109,7 +114,7 @@ class CausalLMObjective(Objective):
             return encoded.filter(lambda row: any(label != IGNORE_INDEX for label in row["labels"]))
 
         train_ids, eval_ids = encode_split(train), encode_split(validation)
-        self.generation_sample = self._generation_sample(validation, template, bos)
+        self.generation_sample = self._generation_sample(validation)
         test_ids = encode_split(test) if test is not None else None
         for split_name, split in (("training", train_ids), ("validation", eval_ids)):
             if len(split) == 0:
@@ -133,17 +138,19 @@ class CausalLMObjective(Objective):
 
     # ---------------------------------------------------------------- generation metrics
 
-    def _generation_sample(self, validation, template: str, bos: list[int]) -> tuple[tuple[str, str], ...]:
+    def _generation_sample(self, validation) -> tuple[tuple[str, str], ...]:
         """The first `generation_samples` validation rows whose prompt leaves room for a response
         within max_seq_length (the rows eval_loss is computed on), as (formatted prompt, response)."""
-        prompt_col, response_col = self.required_columns()
+        response_col = self.data_config.response_column
+        fmt = self.prompt_format()
+        prefix = len(fmt.prefix_ids())
         sample = []
-        for prompt, response in zip(validation[prompt_col], validation[response_col]):
+        for row in validation:
             if len(sample) == self.options.generation_samples:
                 break
-            text = template.format(prompt=prompt)
-            if len(bos) + len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) < self.budget.max_seq_length:
-                sample.append((text, response.strip()))
+            text = fmt.format_prompt(row)
+            if prefix + len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) < self.budget.max_seq_length:
+                sample.append((text, row[response_col].strip()))
         return tuple(sample)
 
     def evaluation_extras(self, model) -> dict[str, float]:
@@ -168,9 +175,9 @@ class CausalLMObjective(Objective):
         import torch
 
         tok = self.tokenizer
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        prefix = self.prompt_format().prefix_ids()
         pad = tok.pad_token_id
-        encoded = [bos + tok(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+        encoded = [prefix + tok(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
         device = next(model.parameters()).device
         answers: list[str] = [""] * len(encoded)
         modes = {module: module.training for module in model.modules()}
@@ -215,3 +222,97 @@ def _batches(encoded: Sequence[list[int]], size: int, *, same_length: bool) -> l
     for i, ids in enumerate(encoded):
         by_length.setdefault(len(ids), []).append(i)
     return [rows[start:start + size] for rows in by_length.values() for start in range(0, len(rows), size)]
+
+
+class PromptFormat:
+    """Data row -> prompt text -> (prompt ids, response ids), as every causal_lm trial sees it.
+
+    `objective.args.prompt_template` names columns in braces (`{prompt}` is `dataset.prompt_column`),
+    e.g. "Context: {context}\nQuestion: {prompt}\nAnswer:". With `objective.args.chat_template`
+    (true: the tokenizer's own; or a Jinja template string) the filled template is the user turn
+    (bare `{prompt}` by default), after `system_prompt` if any, rendered by the chat template.
+
+    Example:
+        >>> from objectives import DataConfig, ObjectiveOptions
+        >>> PromptFormat(None, ObjectiveOptions(prompt_template="Q: {question}\nA:"),
+        ...              DataConfig(source="qa.jsonl", response_column="answer")).columns()
+        ['question', 'answer']
+    """
+
+    def __init__(self, tokenizer, options, data_config, source: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.options = options
+        self.data_config = data_config
+        self.source = source
+
+    def template(self) -> str:
+        if self.options.chat_template and "prompt_template" not in self.options.model_fields_set:
+            return "{prompt}"
+        return self.options.prompt_template
+
+    def fields(self) -> list[str]:
+        import string
+
+        return list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(self.template()) if f))
+
+    def column(self, field: str) -> str:
+        return self.data_config.prompt_column if field == "prompt" else field
+
+    def columns(self) -> list[str]:
+        return list(dict.fromkeys([*(self.column(f) for f in self.fields()), self.data_config.response_column]))
+
+    def user_text(self, row) -> str:
+        return self.template().format(**{f: row[self.column(f)] for f in self.fields()})
+
+    def format_prompt(self, row) -> str:
+        """The text before the response (the chat template's generation prompt with a chat template)."""
+        text = self.user_text(row)
+        return self._chat(self._messages(text), add_generation_prompt=True) if self.options.chat_template else text
+
+    def prefix_ids(self) -> list[int]:
+        """Ids before a formatted prompt: bos for a plain template; none with a chat template (it writes its own)."""
+        tok = self.tokenizer
+        return [tok.bos_token_id] if tok.bos_token_id is not None and not self.options.chat_template else []
+
+    def encode_example(self, row) -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids) of one row, before truncation.
+
+        Prompt and response are tokenized apart so the boundary between them is exact. With a plain
+        template, BPE tokenizers attach a space to the following word (" Refunds"), so the space
+        between prompt and response belongs to the response (a trailing space in the prompt would
+        become a lone token never seen in ordinary text); eos ends the response. With a chat template
+        the response is what the template renders after the prompt: the answer and its end-of-turn.
+        """
+        tok = self.tokenizer
+        prompt = self.format_prompt(row)
+        response = row[self.data_config.response_column]
+        prompt_ids = self.prefix_ids() + tok(prompt, add_special_tokens=False)["input_ids"]
+        if self.options.chat_template:
+            full = self._chat(self._messages(self.user_text(row), response), add_generation_prompt=False)
+            if not full.startswith(prompt):
+                raise ConfigError(
+                    "the chat template renders the conversation differently once the answer follows, so the "
+                    "prompt's tokens cannot be masked out of the loss", source=self.source,
+                    key="objective.args.chat_template", hint="Fix: use a template whose generation prompt is a "
+                    "prefix of the whole conversation (most are), or a plain prompt_template.",
+                )
+            return prompt_ids, tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        joiner = "" if prompt[-1:].isspace() else " "
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        return prompt_ids, tok(joiner + response, add_special_tokens=False)["input_ids"] + eos
+
+    def _messages(self, user: str, answer: str | None = None) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.options.system_prompt}] if self.options.system_prompt else []
+        reply = [{"role": "assistant", "content": answer}] if answer is not None else []
+        return [*system, {"role": "user", "content": user}, *reply]
+
+    def _chat(self, messages, *, add_generation_prompt: bool) -> str:
+        custom = self.options.chat_template if isinstance(self.options.chat_template, str) else None
+        if custom is None and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                "the tokenizer has no chat template", source=self.source, key="objective.args.chat_template",
+                value=True, hint="Fix: give the template itself (a Jinja string) in objective.args.chat_template, "
+                "or set it to false to use the plain prompt_template.",
+            )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                  chat_template=custom)

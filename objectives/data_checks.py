@@ -341,21 +341,22 @@ class _Data:
             if len(split) == 0:
                 lengths[name] = []
             elif self.task == "causal_lm":
-                lengths[name] = _causal_lengths(tok, self.objective.options.prompt_template,
-                                                list(split[self.columns[0]]), list(split[self.columns[1]]))
+                lengths[name] = _causal_lengths(self.objective, tok, split)
             else:  # as SequenceClassificationObjective: special tokens included
                 lengths[name] = [(len(ids), 0) for ids in tok(list(split[self.columns[0]]))["input_ids"]]
         return lengths
 
 
-def _causal_lengths(tok, template: str, prompts: list[str], responses: list[str]) -> list[tuple[int, int]]:
-    # As CausalLMObjective._tokenize: bos + formatted prompt, then joiner + response + eos, each tokenized alone.
-    bos = 1 if tok.bos_token_id is not None else 0
-    eos = 1 if tok.eos_token_id is not None else 0
-    joiner = "" if template[-1:].isspace() else " "
-    prompt_ids = tok([template.format(prompt=p) for p in prompts], add_special_tokens=False)["input_ids"]
-    response_ids = tok([joiner + r for r in responses], add_special_tokens=False)["input_ids"]
-    return [(bos + len(p) + len(r) + eos, bos + len(p)) for p, r in zip(prompt_ids, response_ids)]
+def _causal_lengths(objective, tok, split) -> list[tuple[int, int]]:
+    # Exactly as CausalLMObjective encodes (its PromptFormat: template or chat template, bos, eos).
+    from .causal_lm import PromptFormat
+
+    fmt = PromptFormat(tok, objective.options, objective.data_config, objective.source)
+    lengths = []
+    for row in split:
+        prompt_ids, response_ids = fmt.encode_example(row)
+        lengths.append((len(prompt_ids) + len(response_ids), len(prompt_ids)))
+    return lengths
 
 
 def _key(row: dict[str, Any], columns: Sequence[str]) -> tuple:

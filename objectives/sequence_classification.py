@@ -45,13 +45,16 @@ class SequenceClassificationObjective(Objective):
     def _tokenize(self, train, validation, test):
         text_col, label_col = self.required_columns()
         splits = [split for split in (train, validation, test) if split is not None]
-        labels = sorted({label for split in splits for label in split[label_col]}, key=str)
+        raw = sorted({str(label) for split in splits for label in split[label_col]})
+        mapping = self._label_mapping(raw)
+        labels = sorted(set(mapping.values()))
         if len(labels) < 2:
             raise ConfigError(
                 f"column '{label_col}' has {len(labels)} distinct value(s); classification needs at least 2",
                 source=self.source, key="dataset.label_column", value=label_col,
             )
-        self.label2id = {str(label): i for i, label in enumerate(labels)}
+        self.label2id = label2id = {label: i for i, label in enumerate(labels)}
+        class_of = {value: label2id[mapping[value]] for value in raw}  # raw label -> class id
         tok = self.tokenizer
         max_len = self.budget.max_seq_length
 
@@ -63,13 +66,27 @@ class SequenceClassificationObjective(Objective):
                     source=self.source, key="dataset.text_column", value=text_col,
                 )
             out = tok(batch[text_col], truncation=True, max_length=max_len)
-            out["labels"] = [self.label2id[str(label)] for label in batch[label_col]]
+            out["labels"] = [class_of[str(label)] for label in batch[label_col]]
             return out
 
         def encode_split(split):
             return split.map(encode, batched=True, remove_columns=split.column_names) if split is not None else None
 
         return encode_split(train), encode_split(validation), encode_split(test)
+
+    def _label_mapping(self, raw: list[str]) -> dict[str, str]:
+        """Raw label value -> class name: `dataset.label_map` (several values may share a class), else itself."""
+        label_map = self.data_config.label_map
+        if label_map is None:
+            return {value: value for value in raw}
+        unmapped = [value for value in raw if value not in label_map]
+        if unmapped:
+            raise ConfigError(
+                f"label value(s) {unmapped[:5]} of column '{self.data_config.label_column}' are not in dataset.label_map",
+                source=self.source, key="dataset.label_map", value=unmapped[0], allowed=sorted(label_map),
+                hint="Fix: map every label value (several may map to one class), or remove label_map.",
+            )
+        return {value: str(label_map[value]) for value in raw}
 
     def _load_model(self, path: str, **kwargs):
         from transformers import AutoModelForSequenceClassification
