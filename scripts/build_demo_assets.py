@@ -9,6 +9,8 @@ repository ships its own defaults instead of pointing at the Hugging Face hub:
 
 * ``datasets/support_qa.jsonl``       ``{"prompt", "response"}`` customer-service QA
 * ``datasets/support_intents.jsonl``  ``{"text", "label"}`` intent classification
+* ``datasets/support_intents_groups.jsonl``  ``{"text", "label", "customer_group"}`` the same task with
+                                       a group column (app, email, phone) for fairness metrics
 * ``models/tiny-support-lm/``         a ~0.2M-parameter Llama pretrained here
 * ``models/tiny-support-gpt2/``       a GPT-2 of about the same size with its own, different
                                        tokenizer: the second model of base-model sweeps
@@ -27,7 +29,7 @@ hyperparameters actually change the outcome, which is what a sweep needs.
 Usage::
 
     python scripts/build_demo_assets.py [--out objectives/assets] [--seed 0]
-                                        [--pretrain-steps N] [--only data|model|gpt2|all]
+                                        [--pretrain-steps N] [--only data|groups|model|gpt2|all]
 """
 
 from __future__ import annotations
@@ -53,12 +55,14 @@ DEFAULT_OUT = REPO_ROOT / "objectives" / "assets"
 
 QA_FILE = "datasets/support_qa.jsonl"
 INTENTS_FILE = "datasets/support_intents.jsonl"
+GROUPS_FILE = "datasets/support_intents_groups.jsonl"
 MODEL_DIR = "models/tiny-support-lm"
 GPT2_DIR = "models/tiny-support-gpt2"
 
 DEFAULT_SEED = 0
 N_QA = 1200
 N_INTENTS = 1200
+N_GROUPS = 1200
 # Default step count is sized so the full build stays well under two minutes on
 # two CPU cores (see README for the measured wall time).
 DEFAULT_PRETRAIN_STEPS = 1200
@@ -557,6 +561,92 @@ def generate_intents(seed: int = DEFAULT_SEED, n: int = N_INTENTS) -> list[dict]
 
 
 # ---------------------------------------------------------------------------
+# 2b. Intents with a customer group: data for fairness metrics
+# ---------------------------------------------------------------------------
+# Where a request came from: the app's chat box, an email, or a phone call transcribed. How often
+# each channel is used depends on the intent (people phone about missed deliveries, email for
+# invoices, use the app for promo codes), and each channel writes a little differently (emails
+# are wrapped in greetings and sign-offs; transcripts are lower case, without punctuation, with
+# fillers and spoken email addresses). A classifier can therefore do better on one group than on
+# another, which is what group-wise metrics and gaps are meant to show.
+
+GROUP_COLUMN = "customer_group"
+CUSTOMER_GROUPS = ("app", "email", "phone")
+# Share of each group per intent, (app, email, phone); intents not listed use the default.
+GROUP_MIX_DEFAULT = (0.55, 0.3, 0.15)
+GROUP_MIX: dict[str, tuple[float, float, float]] = {
+    "contact_human": (0.1, 0.15, 0.75),
+    "delivery_missed": (0.25, 0.15, 0.6),
+    "payment_failed": (0.35, 0.15, 0.5),
+    "invoice": (0.15, 0.75, 0.1),
+    "account_delete": (0.2, 0.65, 0.15),
+    "damaged_item": (0.3, 0.55, 0.15),
+    "password_reset": (0.75, 0.15, 0.1),
+    "promo_code": (0.8, 0.15, 0.05),
+    "track_parcel": (0.7, 0.1, 0.2),
+    "gift_card_balance": (0.75, 0.1, 0.15),
+}
+EMAIL_GREETINGS = ["Dear {shop} team, ", "Hello, ", "Good afternoon, ", "Dear support, ", "Hi there, "]
+EMAIL_SIGNOFFS = ["Kind regards, {name}.", "Best wishes, {name}.", "Thanks in advance, {name}.", "Regards, {name}."]
+PHONE_OPENERS = ["", "", "yeah hi ", "hello um ", "uh ", "hi so ", "yes hello "]
+PHONE_CLOSERS = ["", "", " thanks", " thank you bye", " yeah"]
+
+
+def _email_style(rng: random.Random, text: str) -> str:
+    greeting = rng.choice(EMAIL_GREETINGS).format(shop=SHOP)
+    signoff = rng.choice(EMAIL_SIGNOFFS).format(name=rng.choice(NAMES).capitalize())
+    if not (text.startswith("I ") or (text[:1].isupper() and text[1:2].isupper())):
+        text = text[0].lower() + text[1:]
+    return f"{greeting}{text} {signoff}"
+
+
+def _phone_style(rng: random.Random, text: str) -> str:
+    """A call transcript: lower case, no punctuation, email addresses spoken, a filler or two."""
+    words = []
+    for word in text.split():
+        if "@" in word:
+            word = word.rstrip(".,!?").replace("@", " at ").replace(".", " dot ")
+        words.append("".join(ch for ch in word.lower() if ch.isalnum() or ch == " "))
+    spoken = " ".join(w for w in " ".join(words).split() if w)
+    return f"{rng.choice(PHONE_OPENERS)}{spoken}{rng.choice(PHONE_CLOSERS)}"
+
+
+def draw_group_example(rng: random.Random) -> dict:
+    """One {"text", "label", "customer_group"} draw: intent, then its group, then text in that group's style."""
+    intent = rng.choice(sorted(INTENTS))
+    group = rng.choices(CUSTOMER_GROUPS, weights=GROUP_MIX.get(intent, GROUP_MIX_DEFAULT))[0]
+    spec = INTENTS[intent]
+    slots = draw_slots(rng)
+    template = rng.choice(spec["questions"])
+    if group == "app":
+        text = _question(rng, template, slots)
+    elif group == "email":
+        text = _email_style(rng, template.format(**slots))
+    else:
+        text = _phone_style(rng, template.format(**slots))
+    return {"text": text, "label": intent, GROUP_COLUMN: group}
+
+
+def generate_intents_groups(seed: int = DEFAULT_SEED, n: int = N_GROUPS) -> list[dict]:
+    """`n` records with unique texts: {"text", "label", "customer_group"}; its own random stream, so
+    the other files do not change when this one is (re)built."""
+    rng = _rng(seed, "intents-groups")
+    seen: set[str] = set()
+    records: list[dict] = []
+    attempts = 0
+    while len(records) < n:
+        attempts += 1
+        if attempts > 50 * n:
+            raise RuntimeError(f"could only draw {len(records)} unique examples out of {n}")
+        record = draw_group_example(rng)
+        if record["text"] in seen:
+            continue
+        seen.add(record["text"])
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------------------
 # 3. Pretraining corpus: the shop's "web pages", never QA pairs
 # ---------------------------------------------------------------------------
 
@@ -933,6 +1023,19 @@ def _readme(m: dict) -> str:
         ]
     else:
         lines.append("Not built.")
+    groups = m.get("groups_dataset")
+    if groups:
+        shares = ", ".join(f"{g} {n}" for g, n in groups["group_counts"].items())
+        lines += [
+            "",
+            f"Build command: `{groups['command']}` (seed {groups['seed']})",
+            "",
+            f"- `{GROUPS_FILE}`: {groups['records']} lines of `{{\"text\", \"label\", \"{GROUP_COLUMN}\"}}`,",
+            f"  the same 20 intents with the channel a request came from (rows per group: {shares}).",
+            "  Each intent has its own mix of channels, and each channel its own style: app",
+            "  messages as in the intents file, emails with a greeting and a sign-off, phone",
+            "  transcripts in lower case without punctuation. Data for fairness metrics.",
+        ]
     lines += ["", "## Model: `models/tiny-support-lm`", ""]
     if model:
         lines += [
@@ -1048,7 +1151,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: objectives/assets)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS)
-    parser.add_argument("--only", choices=["data", "model", "gpt2", "all"], default="all")
+    parser.add_argument("--only", choices=["data", "groups", "model", "gpt2", "all"], default="all")
     args = parser.parse_args(argv)
     if args.pretrain_steps < 1:
         parser.error("--pretrain-steps must be at least 1")
@@ -1080,6 +1183,18 @@ def main(argv: list[str] | None = None) -> dict:
             "intent_records": len(intents),
             "n_intents": len(INTENTS),
             "intents": sorted(INTENTS),
+        }
+
+    if args.only in ("groups", "all"):
+        # Its own random stream: building it changes no other file.
+        grouped = generate_intents_groups(args.seed, N_GROUPS)
+        write_jsonl(out / GROUPS_FILE, grouped)
+        manifest["groups_dataset"] = {
+            "command": command,
+            "seed": args.seed,
+            "records": len(grouped),
+            "group_column": GROUP_COLUMN,
+            "group_counts": {g: sum(r[GROUP_COLUMN] == g for r in grouped) for g in CUSTOMER_GROUPS},
         }
 
     if args.only in ("model", "all"):
