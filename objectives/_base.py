@@ -137,6 +137,7 @@ class Objective(ABC):
         self.loaded_models: OrderedDict[str, _LoadedModel] = OrderedDict()
         self.tokenized: dict[str, tuple] = {}
         self.current_model: str | None = None
+        self.metric_split = "validation"  # which split compute_metrics is scoring (fit() also scores test)
 
     # ---------------------------------------------------------------- checks (no loading)
 
@@ -183,9 +184,11 @@ class Objective(ABC):
         return available[metric]
 
     @classmethod
-    def check_metric_available(cls, metric: str, *, source: str | None = None, key: str = "metric.name") -> None:
-        """Raise ConfigError when a metric the task knows cannot be computed on this machine
-        (e.g. METEOR without NLTK's WordNet data). Checked when the sweep loads."""
+    def check_metric_available(cls, metric: str, *, source: str | None = None, key: str = "metric.name",
+                               data: DataConfig | None = None) -> None:
+        """Raise ConfigError when a metric the task knows cannot be computed on this machine or with
+        this data (METEOR without NLTK's WordNet data; a fairness gap without a group column).
+        Checked when the sweep loads."""
 
     def evaluation_extras(self, model) -> dict[str, float]:
         """Metrics computed beside Trainer's evaluation at every evaluation (e.g. generation
@@ -587,12 +590,14 @@ class Objective(ABC):
                 # The rest of the budget; a new data order, so a resumed trial does not re-see its first batches.
                 args.max_steps = max(1, self.budget.max_steps - start_step)
                 args.data_seed = self.seed + start_step
-            trainer = _sweep_trainer_class()(
+            train, trainer_cls, collator = self.trial_training_data(
+                params, self.train_dataset if train_dataset is None else train_dataset)
+            trainer = trainer_cls(
                 model=model,
                 args=args,
-                train_dataset=self.train_dataset if train_dataset is None else train_dataset,
+                train_dataset=train,
                 eval_dataset=self.eval_dataset,
-                data_collator=self._collator(),
+                data_collator=collator,
                 compute_metrics=self._compute_metrics(),
                 callbacks=[callback, *self._early_stopping()],  # ours first: it adds the metrics early stopping reads
             )
@@ -639,6 +644,11 @@ class Objective(ABC):
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+
+    def trial_training_data(self, params: Mapping[str, Any], train_dataset):
+        """(training data, Trainer class, collator) for one trial: the objective's own, unless a
+        subclass changes them per params (e.g. balancing by group)."""
+        return train_dataset, _sweep_trainer_class(), self._collator()
 
     def _early_stopping(self) -> list:
         """transformers' EarlyStoppingCallback when the budget asks for patience, else nothing."""
@@ -724,7 +734,11 @@ class Objective(ABC):
             model.save_pretrained(output_dir / "adapter")
             if self.test_dataset is None:
                 return {}
-            raw = trainer.evaluate(self.test_dataset, metric_key_prefix="test")
+            self.metric_split = "test"  # metrics that need per-row data (groups) read the test split's
+            try:
+                raw = trainer.evaluate(self.test_dataset, metric_key_prefix="test")
+            finally:
+                self.metric_split = "validation"
             metrics = {k: float(v) for k, v in raw.items()
                        if k.startswith("test_") and not k.endswith(("_runtime", "_per_second"))}
             if "test_loss" in metrics:

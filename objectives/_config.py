@@ -67,6 +67,13 @@ class DataConfig(_Strict):
     response_column: str = "response"
     text_column: str = "text"
     label_column: str = "label"
+    group_column: str | None = Field(
+        default=None, description="Classification: a column naming each example's group (a channel, region or "
+        "demographic attribute); adds fairness metrics (gaps between groups) and the group_balance param.",
+    )
+    positive_label: str | None = Field(
+        default=None, description="Two-class fairness metrics: the positive class (default: the larger label).",
+    )
     label_map: dict[str, str] | None = Field(
         default=None, description="Classification: raw label value (as text) -> class name, e.g. {'0': negative, "
         "'1': positive}; several values may map to one class. Every value in the data must be mapped.",

@@ -53,7 +53,8 @@ class CausalLMObjective(Objective):
     generation_sample: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def check_metric_available(cls, metric: str, *, source: str | None = None, key: str = "metric.name") -> None:
+    def check_metric_available(cls, metric: str, *, source: str | None = None, key: str = "metric.name",
+                               data=None) -> None:
         """Refuse a generation metric whose package (or, for METEOR, NLTK's WordNet data) is missing here.
 
         Example:

@@ -796,6 +796,24 @@ def check_leakage(data: _Data) -> list[Finding]:
 
 
 # The checks, in order: the file's rows, then (once those can be split) the splits trials use.
+def check_groups(data: _Data) -> list[Finding]:
+    """Classification with dataset.group_column: the groups fairness metrics compare (objectives/fairness.py)."""
+    column = data.objective.data_config.group_column if data.label_column is not None else None
+    if data.splits is None or not column:
+        return []
+    from .fairness import check_groups as fairness_groups
+
+    splits = dict(data.named_splits())
+    try:
+        warnings = fairness_groups(splits["train"], splits["validation"], column, label_column=data.label_column,
+                                   source=data.objective.source)
+    except ConfigError as err:
+        return [Finding("error", "groups", err.message, fix=err.hint)]
+    data.stats["groups"] = {name: dict(Counter(str(g) for g in split[column]).most_common())
+                            for name, split in splits.items()}
+    return [Finding("warning", "groups", text) for text in warnings]
+
+
 CHECKS: list[Callable[[_Data], Iterable[Finding]]] = [
     check_columns,
     check_types,
@@ -808,6 +826,7 @@ CHECKS: list[Callable[[_Data], Iterable[Finding]]] = [
     check_lengths,
     check_prompt_lengths,
     check_labels,
+    check_groups,
     check_leakage,
 ]
 

@@ -9,6 +9,8 @@ every trial starts from the same head.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import ClassVar
 
 from spaces import ConfigError
@@ -38,12 +40,57 @@ class SequenceClassificationObjective(Objective):
         "f1_micro": "maximize",
     }
     peft_task_type = "SEQ_CLS"
+    # Raw group of every row, in the tokenized datasets' order (dataset.group_column).
+    tokenized_state = ("train_groups", "eval_groups", "test_groups")
+    train_groups: list | None = None
+    eval_groups: list | None = None
+    test_groups: list | None = None
+
+    @classmethod
+    def available_metrics(cls) -> dict[str, Direction]:
+        from .fairness import FAIRNESS_METRICS
+
+        return {**super().available_metrics(), **FAIRNESS_METRICS}
+
+    @classmethod
+    def accepted_params(cls) -> dict[str, str]:
+        from .fairness import BALANCE_PARAM
+
+        return {**super().accepted_params(),
+                BALANCE_PARAM: "training data balanced by dataset.group_column (none, resample, reweight)"}
+
+    @classmethod
+    def check_metric_available(cls, metric: str, *, source: str | None = None, key: str = "metric.name",
+                               data=None) -> None:
+        """Fairness gaps need a group column and fairlearn."""
+        from .fairness import FAIRNESS_METRICS, fairlearn_unavailable
+
+        if metric not in FAIRNESS_METRICS:
+            return
+        if data is not None and data.group_column is None:
+            raise ConfigError(f"{metric} compares groups, and the dataset names no group column", source=source,
+                              key=key, value=metric, hint="Fix: set dataset.group_column to the column naming "
+                              "each example's group (e.g. customer_group), or choose another metric.")
+        why = fairlearn_unavailable()
+        if why:
+            raise ConfigError(why, source=source, key=key, value=metric)
 
     def required_columns(self) -> list[str]:
-        return [self.data_config.text_column, self.data_config.label_column]
+        group = [self.data_config.group_column] if self.data_config.group_column else []
+        return [self.data_config.text_column, self.data_config.label_column, *group]
+
+    def check_space(self, space) -> None:
+        """The base checks, and `group_balance` choices that need (and fit) the dataset's group column."""
+        super().check_space(space)
+        from .fairness import BALANCE_PARAM, check_balance_choices
+        from .peft_methods import _finite_values
+
+        if BALANCE_PARAM in space.names:
+            check_balance_choices(_finite_values(space.params()[BALANCE_PARAM]),
+                                  group_column=self.data_config.group_column, source=self.source)
 
     def _tokenize(self, train, validation, test):
-        text_col, label_col = self.required_columns()
+        text_col, label_col = self.required_columns()[:2]
         splits = [split for split in (train, validation, test) if split is not None]
         raw = sorted({str(label) for split in splits for label in split[label_col]})
         mapping = self._label_mapping(raw)
@@ -72,7 +119,31 @@ class SequenceClassificationObjective(Objective):
         def encode_split(split):
             return split.map(encode, batched=True, remove_columns=split.column_names) if split is not None else None
 
+        group = self.data_config.group_column
+        if group:  # row order is kept by map: the i-th group is the i-th tokenized example's
+            from .fairness import check_groups
+
+            for warning in check_groups(train, validation, group, label_column=label_col, source=self.source):
+                warnings.warn(warning, stacklevel=2)
+            self.train_groups, self.eval_groups = list(train[group]), list(validation[group])
+            self.test_groups = list(test[group]) if test is not None else None
         return encode_split(train), encode_split(validation), encode_split(test)
+
+    def trial_training_data(self, params, train_dataset):
+        """Balance the training data by group when the trial's `group_balance` says so."""
+        from .fairness import BALANCE_PARAM, WEIGHT_COLUMN, WeightedCollator, balance_dataset, weighted_trainer
+
+        data, trainer_cls, collator = super().trial_training_data(params, train_dataset)
+        choice = str(params.get(BALANCE_PARAM, "none"))
+        if choice == "none":
+            return data, trainer_cls, collator
+        groups = self.train_groups
+        if len(data) != len(groups):  # fit(merge_validation=True): train then validation rows
+            groups = self.train_groups + self.eval_groups
+        data = balance_dataset(data, choice, groups, seed=self.seed)
+        if WEIGHT_COLUMN in data.column_names:
+            trainer_cls, collator = weighted_trainer(trainer_cls), WeightedCollator(collator)
+        return data, trainer_cls, collator
 
     def _label_mapping(self, raw: list[str]) -> dict[str, str]:
         """Raw label value -> class name: `dataset.label_map` (several values may share a class), else itself."""
@@ -109,6 +180,16 @@ class SequenceClassificationObjective(Objective):
 
     def _compute_metrics(self):
         def compute(prediction):
-            return classification_metrics(prediction.label_ids, prediction.predictions.argmax(axis=-1))
+            predicted = prediction.predictions.argmax(axis=-1)
+            metrics = classification_metrics(prediction.label_ids, predicted)
+            groups = self.test_groups if self.metric_split == "test" else self.eval_groups
+            if self.data_config.group_column and groups is not None:
+                from .fairness import group_metrics
+
+                positive = self.data_config.positive_label
+                metrics.update(group_metrics(
+                    prediction.label_ids, predicted, groups, labels=list(range(len(self.label2id))),
+                    positive_label=self.label2id[positive] if positive in self.label2id else None))
+            return metrics
 
         return compute

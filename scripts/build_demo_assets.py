@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -517,13 +518,15 @@ def draw_example(rng: random.Random, intent: str | None = None) -> dict:
     }
 
 
-def _unique_draws(rng: random.Random, n: int, key: str) -> list[dict]:
-    """Draw until we have n examples whose `key` text is unique.
+def _unique_draws(rng: random.Random, n: int, key: str, draw=None, same=lambda text: text) -> list[dict]:
+    """Draw (`draw(rng)`, default `draw_example`) until we have n examples whose `key` text is unique
+    (`same(text)` equal counts as the same text).
 
     Slot-free intents (contact_human) only have a few dozen distinct phrasings;
     once they are used up, further draws of that intent are simply rejected,
     so the loop needs an attempt budget rather than an exact count.
     """
+    draw = draw or draw_example
     seen: set[str] = set()
     out: list[dict] = []
     attempts = 0
@@ -531,10 +534,10 @@ def _unique_draws(rng: random.Random, n: int, key: str) -> list[dict]:
         attempts += 1
         if attempts > 50 * n:
             raise RuntimeError(f"could only draw {len(out)} unique examples out of {n}")
-        ex = draw_example(rng)
-        if ex[key] in seen:
+        ex = draw(rng)
+        if same(ex[key]) in seen:
             continue
-        seen.add(ex[key])
+        seen.add(same(ex[key]))
         out.append(ex)
     return out
 
@@ -629,21 +632,15 @@ def draw_group_example(rng: random.Random) -> dict:
 
 def generate_intents_groups(seed: int = DEFAULT_SEED, n: int = N_GROUPS) -> list[dict]:
     """`n` records with unique texts: {"text", "label", "customer_group"}; its own random stream, so
-    the other files do not change when this one is (re)built."""
-    rng = _rng(seed, "intents-groups")
-    seen: set[str] = set()
-    records: list[dict] = []
-    attempts = 0
-    while len(records) < n:
-        attempts += 1
-        if attempts > 50 * n:
-            raise RuntimeError(f"could only draw {len(records)} unique examples out of {n}")
-        record = draw_group_example(rng)
-        if record["text"] in seen:
-            continue
-        seen.add(record["text"])
-        records.append(record)
-    return records
+    the other files do not change when this one is (re)built. Unique even once lowercased and without
+    punctuation (a phone transcript of an app message is the same question): otherwise validation or
+    test rows would repeat training rows, which `ftsweep validate-data` rightly calls leakage."""
+    return _unique_draws(_rng(seed, "intents-groups"), n, key="text", draw=draw_group_example, same=_normalized)
+
+
+def _normalized(text: str) -> str:
+    # As objectives.data_checks.normalize: lowercase, punctuation dropped, whitespace collapsed.
+    return " ".join(re.sub(r"[^\w\s]", "", text.lower()).split())
 
 
 # ---------------------------------------------------------------------------

@@ -365,7 +365,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from .results import format_value, get_trial, trial_details
 
-    details = trial_details(get_trial(_study(args), args.trial))
+    study = _study(args)
+    details = trial_details(get_trial(study, args.trial))
     if args.json:
         print(json.dumps(details, indent=2, default=str))
         return 0
@@ -394,8 +395,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print(params)
     if details["eval_history"]:
         history = details["eval_history"]
-        # Costs hardly change between evaluations: they are in "Final metrics" below, the curve stays readable.
-        names = [k for k in history[0] if k not in ("step", "interval_train_loss", *COST_METRICS)]
+        # The curve shows what the sweep optimizes and records, and the overfitting gap; every other
+        # metric (costs, the task's other scores) is in "Final metrics" below, so the table stays readable.
+        record = study.user_attrs.get("sweep", {})
+        wanted = ["eval_loss", *(study.metric_names or []), *record.get("record_metrics", []), "train_eval_gap"]
+        names = [k for k in dict.fromkeys(wanted) if k in history[0]] or [
+            k for k in history[0] if k not in ("step", "interval_train_loss", *COST_METRICS)]
         curve = Table(title="Evaluations (learning curve)")
         curve.add_column("step", justify="right")
         for name in names:

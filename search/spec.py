@@ -398,7 +398,7 @@ def _check_metrics(spec: SweepSpec, objective_cls, source: str) -> list[str]:
     keys.update({name: f"record_metrics.{i}" for i, name in enumerate(spec.record_metrics) if name not in keys})
     keys.update({c.metric: f"constraints.{i}.metric" for i, c in enumerate(spec.constraints) if c.metric not in keys})
     for name, key in keys.items():
-        objective_cls.check_metric_available(name, source=source, key=key)
+        objective_cls.check_metric_available(name, source=source, key=key, data=spec.dataset)
     return directions
 
 

@@ -37,7 +37,7 @@ def _json(capsys, *argv):
 
 def test_every_bundled_sweep_the_readme_launches_is_tested_here():
     launched = set(re.findall(r"ftsweep launch (\w[\w-]*)", README.read_text())) & set(bundled_sweeps())
-    tested = {"demo", "intents", "generation", "pareto", "models"}
+    tested = {"demo", "intents", "generation", "pareto", "models", "fairness"}
     assert launched <= tested and set(bundled_sweeps()) <= tested
 
 
@@ -83,3 +83,15 @@ def test_models_sweeps_both_architectures_with_regularization(tmp_path, capsys):
     assert main(["export", str(study), "--out", str(winner)]) == 0
     spec = yaml.safe_load((winner / "winner.yaml").read_text())
     assert spec["model"]["name_or_path"] == next(r for r in rows if r["number"] == rows[0]["number"])["params"]["base_model"]
+
+
+def test_fairness_trades_f1_against_the_group_gap(tmp_path, capsys):
+    from objectives.fairness import FAIRNESS_METRICS
+
+    study = _launch("fairness", tmp_path, "n_trials=2", "sampler=random", "dataset.max_eval_examples=120")
+    details = _json(capsys, "show", str(study), "0", "--json")
+    assert details["values"] == [details["metrics"]["f1_macro"], details["metrics"]["accuracy_group_gap"]]
+    assert set(FAIRNESS_METRICS) <= set(details["metrics"])
+    (name, value), = details["constraints"].items()
+    assert name == "demographic_parity_difference <= 0.5"
+    assert value == pytest.approx(details["metrics"]["demographic_parity_difference"] - 0.5)
