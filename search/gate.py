@@ -196,12 +196,14 @@ def evaluate_side(side: Side, *, max_seq_length: int, wanted: Sequence[str]) -> 
     try:
         if objective.test_dataset is None:  # held_out refused this already; the objective read the same data
             raise ConfigError("this run holds out no test split", source=side.source, key="dataset.test_fraction")
+        objective.metric_split = "test"  # metrics with per-row data (fairness groups) read the test split's
         with tempfile.TemporaryDirectory(prefix="ftsweep-gate-") as tmp:
             trainer = Trainer(model=model, args=objective.training_arguments({}, tmp),
                               eval_dataset=objective.test_dataset, data_collator=objective._collator(),
                               compute_metrics=objective._compute_metrics())
             trainer.remove_callback(PrinterCallback)
             raw = trainer.evaluate()
+            trainer = None  # it holds the model, which the collection below should free
         available = side.objective_cls.available_metrics()
         metrics = {k: v for k, v in objective.clean_metrics(raw).items() if k in available}
         if raw.get("eval_samples_per_second"):
@@ -225,13 +227,12 @@ def _generation_metrics(objective, model, test_set: HeldOut, wanted: Sequence[st
     asked = [m for m in wanted if m in GENERATION_METRICS]
     if not asked or objective.peft_task_type != "CAUSAL_LM":
         return {}
-    prompt_col, response_col = objective.required_columns()
-    tok, template = objective.tokenizer, objective.options.prompt_template
-    bos = 1 if tok.bos_token_id is not None else 0
-    pairs = [(template.format(prompt=row[prompt_col]), row[response_col].strip()) for row in test_set.data]
+    fmt, tok = objective.prompt_format(), objective.tokenizer
+    prefix, response_col = len(fmt.prefix_ids()), objective.data_config.response_column
+    pairs = [(fmt.format_prompt(row), row[response_col].strip()) for row in test_set.data]
     # The prompts that leave room for an answer within max_seq_length: those eval_loss is computed on.
     pairs = [(p, r) for p, r in pairs
-             if bos + len(tok(p, add_special_tokens=False)["input_ids"]) < objective.budget.max_seq_length]
+             if prefix + len(tok(p, add_special_tokens=False)["input_ids"]) < objective.budget.max_seq_length]
     if not pairs:
         return {}
     prompts, references = zip(*pairs)
@@ -274,6 +275,7 @@ class Verdict:
     max_seq_length: int
     bounds: list[Bound]
     reasons: list[str]
+    notes: list[str] = field(default_factory=list)  # worth knowing, not deciding
 
     @property
     def exit_code(self) -> int:
@@ -301,6 +303,7 @@ class Verdict:
             "constraints": [{"metric": b.metric, b.kind: b.value, "value": self.candidate.metrics.get(b.metric),
                              "satisfied": b.holds(self.candidate.metrics.get(b.metric))} for b in self.bounds],
             "reasons": self.reasons,
+            "notes": self.notes,
         }
 
 
@@ -328,9 +331,11 @@ def _metric_name(name: str) -> str:
     return name.removeprefix("test_")
 
 
-def _check_metric(objective_cls, name: str, key: str) -> str:
+def _check_metric(side: Side, name: str, key: str) -> str:
+    objective_cls = side.objective_cls
     direction = objective_cls.check_metric(name, key=key)
-    objective_cls.check_metric_available(name, key=key)
+    # e.g. a fairness gap needs the run's dataset.group_column
+    objective_cls.check_metric_available(name, source=side.source, key=key, data=side.run.dataset)
     if name in NOT_MEASURED:
         raise ConfigError("the gate does not measure this metric (it is a training cost)", key=key, value=name,
                           allowed=sorted(set(objective_cls.available_metrics()) - set(NOT_MEASURED)))
@@ -339,9 +344,11 @@ def _check_metric(objective_cls, name: str, key: str) -> str:
 
 def default_metric(run) -> tuple[str, str | None]:
     """The run's sweep metric and direction from its provenance (the first of several), else eval_loss."""
-    metric = str(run.provenance.get("metric") or "eval_loss").split(",")[0].strip()
-    direction = run.provenance.get("direction")
-    return metric, str(direction).split(",")[0].strip() if direction and run.provenance.get("metric") else None
+    metric, direction = run.provenance.get("metric"), run.provenance.get("direction")
+    if not metric:
+        return "eval_loss", None
+    # A multi-objective sweep records "f1_macro, accuracy_group_gap" and "maximize, minimize".
+    return str(metric).split(",")[0].strip(), str(direction).split(",")[0].strip() if direction else None
 
 
 def decide(candidate: float, champion: float, *, direction: str, margin: float = 0.0,
@@ -390,12 +397,13 @@ def gate(candidate: str, champion: str, *, metric: str | None = None, direction:
     # Everything checkable without training comes first: the metric, the bounds, the test sets.
     default, default_direction = default_metric(cand.run)
     name = _metric_name(metric or default)
-    natural = _check_metric(cand.objective_cls, name, "--metric")
+    natural = _check_metric(cand, name, "--metric")
+    _check_metric(champ, name, "--metric")
     direction = direction or (default_direction if name == _metric_name(default) and default_direction else natural)
     bounds = parse_bounds(max_metrics, min_metrics)
     for bound in bounds:
         bound.metric = _metric_name(bound.metric)
-        _check_metric(cand.objective_cls, bound.metric, f"--{bound.kind}-metric")
+        _check_metric(cand, bound.metric, f"--{bound.kind}-metric")
     cand.test_set = held_out(cand.run, cand.objective_cls, source=cand.source)
     champ.test_set = held_out(champ.run, champ.objective_cls, source=champ.source)
     check_same_held_out(cand.test_set, champ.test_set)
@@ -424,10 +432,10 @@ def gate(candidate: str, champion: str, *, metric: str | None = None, direction:
     better = "higher" if direction == "maximize" else "lower"
     margin_text = f"{relative_margin:.2%} of the champion's value ({required:.4g})" if relative_margin is not None \
         else f"{margin:g}"
-    reasons = [
+    reasons = [(
         f"candidate {name} {cand.metrics[name]:.6g} vs champion {champ.metrics[name]:.6g} ({better} is better): "
         f"improvement {improvement:.4g} is {'more' if beats else 'not more'} than the margin {margin_text}"
-    ]
+    )]
     passed = beats
     for bound in bounds:
         value = cand.metrics.get(bound.metric)
@@ -435,9 +443,26 @@ def gate(candidate: str, champion: str, *, metric: str | None = None, direction:
         passed = passed and ok
         shown = "not measured" if value is None else f"{value:.6g}"
         reasons.append(f"constraint {bound.describe()}: candidate {shown}, {'met' if ok else 'NOT met'}")
+    notes = [note for side in (cand, champ) if (note := _changed_since_training(side, length))]
     return Verdict(passed, name, direction, {"relative": relative_margin} if relative_margin is not None
                    else {"absolute": margin}, required, improvement, cand, champ, cand.test_set, length, bounds,
-                   reasons)
+                   reasons, notes)
+
+
+def _changed_since_training(side: Side, max_seq_length: int) -> str | None:
+    """A note when the side's test loss now differs from the one `ftsweep train` recorded: its test rows
+    (or the data they were carved from) changed since, so it may have trained on rows it is now tested on."""
+    if max_seq_length != side.run.budget.max_seq_length:
+        return None  # evaluated with another truncation: a different loss is expected
+    try:
+        recorded = json.loads((side.trained.directory / "metrics.json").read_text())["metrics"]["test_loss"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    now = side.metrics.get("eval_loss")
+    if now is None or math.isclose(now, recorded, rel_tol=1e-3, abs_tol=1e-6):
+        return None
+    return (f"the {side.role}'s test loss was {recorded:.6g} when it was trained and is {now:.6g} now: its data or "
+            "test split changed since, so it may have trained on rows it is now tested on")
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -498,6 +523,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     console.print(render(verdict))
     for reason in verdict.reasons:
         console.print(f"  {reason}", markup=False)
+    for note in verdict.notes:
+        console.print(f"[yellow]note:[/] {note}")
     if args.out:
         out = Path(args.out).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,9 @@ Uncertainty, for a probability distribution p over classes (or over the vocabula
     margin            1 - (p_1 - p_2), p_1 and p_2 the two largest probabilities
     least_confidence  1 - p_1
 
-sequence_classification scores the softmax of the class logits. causal_lm greedy-decodes an answer
-to each prompt (up to `max_new_tokens`) and averages the score of the distributions the answer was
+sequence_classification scores the softmax of the class logits. causal_lm formats each row as in
+training (the run's prompt template or chat template, over the columns it names), greedy-decodes an
+answer (up to `max_new_tokens`) and averages the score of the distributions the answer was
 read from: one per generated token, the end-of-sequence token included (deciding to stop is part of
 the answer), each the softmax of the model's raw logits. For least_confidence that is 1 - the mean
 probability of the greedy tokens.
@@ -29,7 +30,7 @@ import argparse
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,10 +145,10 @@ class Scored:
     prediction: str  # the predicted label, or the greedy response
 
 
-def score_pool(objective, model, inputs: Sequence[str], *, strategy: str, batch_size: int,
+def score_pool(objective, model, rows: Sequence[Mapping[str, Any]], *, strategy: str, batch_size: int,
                max_new_tokens: int | None = None) -> list[Scored]:
-    """Score every input with the adapter: classification texts, or causal_lm prompts (raw, the run's
-    prompt template is applied here as in training)."""
+    """Score every row with the adapter (set up by `load_adapter`): its text (classification) or its
+    prompt, formatted from the row's columns as in training (causal_lm)."""
     import torch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -155,9 +156,10 @@ def score_pool(objective, model, inputs: Sequence[str], *, strategy: str, batch_
     model.eval()
     with torch.no_grad():
         if objective.peft_task_type == "SEQ_CLS":
-            return _score_texts(objective, model, inputs, strategy, batch_size, device)
+            texts = [row[objective.data_config.text_column] for row in rows]
+            return _score_texts(objective, model, texts, strategy, batch_size, device)
         if objective.peft_task_type == "CAUSAL_LM":
-            return _score_prompts(objective, model, inputs, strategy, batch_size, device,
+            return _score_prompts(objective, model, rows, strategy, batch_size, device,
                                   max_new_tokens or objective.options.max_new_tokens)
     raise ConfigError(f"select ranks sequence_classification and causal_lm adapters, not {objective.name}",
                       key="objective.name", value=objective.name)
@@ -178,17 +180,16 @@ def _score_texts(objective, model, texts, strategy, batch_size, device) -> list[
     return scored
 
 
-def _score_prompts(objective, model, prompts, strategy, batch_size, device, max_new_tokens) -> list[Scored]:
+def _score_prompts(objective, model, rows, strategy, batch_size, device, max_new_tokens) -> list[Scored]:
     import torch
 
     from objectives.causal_lm import _batches, _ignores_positions
 
     tok = objective.tokenizer
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    fmt = objective.prompt_format()
     pad, eos = tok.pad_token_id, tok.eos_token_id
-    template = objective.options.prompt_template
-    # bos + formatted prompt, no response: exactly what the model read before answering in training.
-    encoded = [bos + tok(template.format(prompt=p), add_special_tokens=False)["input_ids"] for p in prompts]
+    # The prompt's ids and no response: exactly what the model read before answering in training.
+    encoded = [fmt.prefix_ids() + tok(fmt.format_prompt(row), add_special_tokens=False)["input_ids"] for row in rows]
     scored: list[Scored | None] = [None] * len(encoded)
     # Left padding, so every answer starts right after its own prompt (as in generate_responses).
     for batch in _batches(encoded, batch_size, same_length=_ignores_positions(model)):
@@ -214,10 +215,10 @@ def _score_prompts(objective, model, prompts, strategy, batch_size, device, max_
 # ---------------------------------------------------------------------------------------- the pool
 
 
-def read_pool(path: str | Path, column: str) -> list[dict[str, Any]]:
-    """The rows of a .jsonl or .csv pool; every row must hold text in `column`.
+def read_pool(path: str | Path, columns: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of a .jsonl or .csv pool; every row must hold text in each of `columns`.
 
-    Raises ConfigError naming the file, the column and the columns present.
+    Raises ConfigError naming the file, the missing column and the columns present.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -244,13 +245,16 @@ def read_pool(path: str | Path, column: str) -> list[dict[str, Any]]:
     if not rows:
         raise ConfigError("the pool has no rows", source=str(path), key="--pool")
     present = list(dict.fromkeys(k for row in rows for k in row))
-    if column not in present:
-        raise ConfigError(f"the pool has no column '{column}', which the adapter's task reads",
-                          source=str(path), key="--pool", value=column, allowed=f"columns present: {present}",
+    missing = [c for c in columns if c not in present]
+    if missing:
+        raise ConfigError(f"the pool has no column '{missing[0]}', which the adapter's task reads",
+                          source=str(path), key="--pool", value=missing[0], allowed=f"columns present: {present}",
                           hint="Fix: rename the column in the pool (or train with dataset.text_column / "
-                          "prompt_column set to its name).")
-    bad = [n for n, row in enumerate(rows, start=1) if not isinstance(row.get(column), str)]
-    if bad:
+                          "prompt_column, or the prompt template, naming it).")
+    for column in columns:
+        bad = [n for n, row in enumerate(rows, start=1) if not isinstance(row.get(column), str)]
+        if not bad:
+            continue
         shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise ConfigError(f"{'row' if len(bad) == 1 else 'rows'} {shown} {'holds' if len(bad) == 1 else 'hold'} "
                           f"no text in column '{column}'", source=str(path), key="--pool",
@@ -258,11 +262,14 @@ def read_pool(path: str | Path, column: str) -> list[dict[str, Any]]:
     return rows
 
 
-def input_column(objective_cls, run) -> str:
-    """The column of the run's task that the model reads: text (classification) or prompt (causal_lm)."""
-    if objective_cls.peft_task_type == "SEQ_CLS":
-        return run.dataset.text_column
-    return run.dataset.prompt_column
+def input_columns(trained: TrainedRun) -> list[str]:
+    """The columns the model reads: the text (classification), or those the prompt template names
+    (causal_lm: `prompt`, or every `{column}` of the run's prompt_template)."""
+    run = trained.run
+    if trained.objective_cls.peft_task_type == "SEQ_CLS":
+        return [run.dataset.text_column]
+    objective = trained.objective_cls(run.model, run.dataset, run.budget, options=run.objective.args)
+    return [c for c in objective.required_columns() if c != run.dataset.response_column]
 
 
 # ---------------------------------------------------------------------------------------- select
@@ -319,10 +326,9 @@ def select(adapter: str | Path, pool: str | Path, k: int, *, strategy: str = "en
         raise ConfigError("the output file exists", key="--out", value=str(out),
                           hint="Fix: choose another --out, or pass --force to overwrite it.")
     trained = load_trained(adapter)
-    column = input_column(trained.objective_cls, trained.run)
-    rows = read_pool(pool, column)
+    rows = read_pool(pool, input_columns(trained))
     objective, model = load_adapter(trained)
-    scored = score_pool(objective, model, [row[column] for row in rows], strategy=strategy,
+    scored = score_pool(objective, model, rows, strategy=strategy,
                         batch_size=batch_size or trained.run.budget.eval_batch_size, max_new_tokens=max_new_tokens)
     prediction = "predicted_label" if objective.peft_task_type == "SEQ_CLS" else "predicted_response"
     chosen = []
