@@ -30,6 +30,8 @@ from rich.console import Console
 
 from spaces import ConfigError
 
+from . import active_learning as _active_learning
+from . import gate as _gate
 from .study import scrub_secrets
 
 EXIT_BAD_INPUT = 2
@@ -665,6 +667,10 @@ _command("launch", "run or resume a sweep of short fine-tunes")(_launch_argument
 _command("validate-data", "check a sweep's data (columns, duplicates, lengths, leakage); exit 1 on errors")(
     _validate_data_arguments)(cmd_validate_data)
 _command("worker", "join a prepared sweep and run its trials")(_worker_arguments)(cmd_worker)
+_command("select", "rank unlabeled rows by a trained adapter's uncertainty; write the top N to label")(
+    _active_learning.add_arguments)(_active_learning.cmd_select)
+_command("gate", "exit 0 only if a candidate beats the champion on the same held-out test set")(
+    _gate.add_arguments)(_gate.cmd_gate)
 _command("status", "counts by state, best so far, throughput")(_status_arguments)(cmd_status)
 _command("best", "table of the top trials (--json for scripts)")(_best_arguments)(cmd_best)
 _command("show", "everything about one trial")(_show_arguments)(cmd_show)

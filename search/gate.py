@@ -34,7 +34,7 @@ from typing import Any
 
 from spaces import ConfigError
 
-from .select import TrainedRun, load_adapter, load_trained
+from .active_learning import TrainedRun, load_adapter, load_trained
 
 EXIT_PASS, EXIT_FAIL = 0, 1
 # Measured by a trial but not by one evaluation pass: a gate on it would compare nothing.

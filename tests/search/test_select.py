@@ -1,5 +1,5 @@
 """`ftsweep select`: rank an unlabeled pool by a trained adapter's uncertainty, checked against the
-model's own probabilities computed here, independently of search/select.py."""
+model's own probabilities computed here, independently of search/active_learning.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from search.cli import main
-from search.select import add_arguments, cmd_select, rank, select, uncertainty
+from search.active_learning import add_arguments, cmd_select, rank, select, uncertainty
 from spaces import ConfigError
 
 pytestmark = pytest.mark.integration
