@@ -7,7 +7,7 @@ deletion; Wei & Zou 2019) and back-translation through two seq2seq translation m
 | aug_insert_prob           | synonyms of the text's own words inserted, as a share of its words  | [0, 1] |
 | aug_delete_prob           | chance that each word is deleted                                    | [0, 1] |
 | aug_swap_prob             | pairs of words swapped, as a share of the text's words              | [0, 1] |
-| aug_copies                | EDA copies added per training example (default 1 when an EDA prob > 0; 0: no EDA) | int >= 0 |
+| aug_copies                | EDA copies added per example (default 1 when an EDA prob > 0; 0: no EDA) | int >= 0 |
 | aug_backtranslation_ratio | share of training examples whose back-translation is added          | [0, 1] |
 
 Augmented rows are *added*, as in EDA: every original row stays, each gets `aug_copies` EDA copies
@@ -20,7 +20,8 @@ ever augmented: the API takes nothing else, so validation and test rows (and hen
 are the same with or without augmentation.
 
 Synonyms come from a table the sweep names (`augmentation.synonyms`: YAML/JSON mapping word ->
-synonyms or a list of synonym groups, or CSV rows `word,synonym,...`) and, for words it lacks, from
+synonyms or a list of synonym groups, or CSV rows `word,synonym,...`; `bundled:support` is the one
+for the bundled support data, objectives/synonyms/support.yaml) and, for words it lacks, from
 NLTK's WordNet when its data is installed here (never downloaded). Back-translation uses any two
 `transformers` seq2seq models (`AutoModelForSeq2SeqLM`), loaded once, on first use; translations
 are cached per text (in memory, and under `backtranslation.cache_dir` when set), so trials with
@@ -57,7 +58,7 @@ from pydantic import Field
 from spaces import ConfigError
 
 from ._config import DataConfig, _Strict
-from ._sources import Splits, _looks_local
+from ._sources import BUNDLED_PREFIX, Splits, _looks_local
 
 SYNONYM_PARAM = "aug_synonym_prob"
 INSERT_PARAM = "aug_insert_prob"
@@ -78,6 +79,7 @@ EDA_PARAMS = (SYNONYM_PARAM, INSERT_PARAM, SWAP_PARAM, DELETE_PARAM)  # the orde
 PROBABILITY_PARAMS = (*EDA_PARAMS, BACKTRANSLATION_PARAM)
 NEEDS_SYNONYMS = (SYNONYM_PARAM, INSERT_PARAM)
 SETTINGS_KEY = "augmentation"
+SYNONYM_TABLES = Path(__file__).parent / "synonyms"  # `synonyms: bundled:NAME` is SYNONYM_TABLES/NAME.yaml
 
 # EDA's stopword list (NLTK's English stopwords): never replaced by, nor the source of, synonyms.
 STOPWORDS = frozenset("""
@@ -101,7 +103,9 @@ class BacktranslationSettings(_Strict):
     """The two translation models of back-translation: `forward` into another language, `backward` out of it.
 
     Example:
-        >>> BacktranslationSettings(forward="Helsinki-NLP/opus-mt-en-de", backward="Helsinki-NLP/opus-mt-de-en").num_beams
+        >>> settings = BacktranslationSettings(forward="Helsinki-NLP/opus-mt-en-de",
+        ...                                    backward="Helsinki-NLP/opus-mt-de-en")
+        >>> settings.num_beams
         1
     """
 
@@ -123,12 +127,13 @@ class AugmentationSettings(_Strict):
     """Fixed augmentation settings (the sweep file's `augmentation:`); what is searched are the `aug_*` params.
 
     Example:
-        >>> AugmentationSettings(synonyms="synonyms.yaml").use_wordnet
+        >>> AugmentationSettings(synonyms="bundled:support").use_wordnet
         True
     """
 
     synonyms: str | None = Field(default=None, description="A synonym table: YAML/JSON mapping word -> "
-                                 "[synonyms] or a list of synonym groups, or CSV rows `word,synonym,...`.")
+                                 "[synonyms] or a list of synonym groups, or CSV rows `word,synonym,...`; or "
+                                 "'bundled:support' for the table of the bundled support data.")
     use_wordnet: bool = Field(default=True, description="Also take synonyms from NLTK's WordNet, for words "
                               "the table lacks, when its data is installed here (it is never downloaded).")
     backtranslation: BacktranslationSettings | None = None
@@ -323,6 +328,7 @@ def load_synonym_table(path: str | Path, *, source: str | None = None) -> dict[s
     YAML/JSON: a mapping `word: [synonyms]` (one way: list both words to go both ways) or a list
     of groups `[[broken, damaged, cracked], ...]` (each word gets the others). CSV: rows
     `word,synonym,...`; rows for the same word add up; a first row starting with `word` is a header.
+    `bundled:NAME` is a table shipped with ftsweep (objectives/synonyms/NAME.yaml).
 
     Example:
         >>> import tempfile
@@ -331,7 +337,14 @@ def load_synonym_table(path: str | Path, *, source: str | None = None) -> dict[s
         {'broken': ('damaged',), 'damaged': ('broken',)}
     """
     key = f"{SETTINGS_KEY}.synonyms"
-    file = Path(path).expanduser()
+    if str(path).startswith(BUNDLED_PREFIX):
+        name = str(path)[len(BUNDLED_PREFIX):]
+        file = SYNONYM_TABLES / f"{name}.yaml"
+        if not file.is_file():
+            raise ConfigError("no bundled synonym table of that name", source=source, key=key, value=str(path),
+                              allowed=[BUNDLED_PREFIX + p.stem for p in sorted(SYNONYM_TABLES.glob("*.yaml"))])
+    else:
+        file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError("synonym table does not exist", source=source, key=key, value=str(path),
                           hint="Fix: give a .yaml/.json/.csv file (relative to where you run ftsweep).")
@@ -347,7 +360,8 @@ def load_synonym_table(path: str | Path, *, source: str | None = None) -> dict[s
         elif suffix == ".csv":
             import csv
 
-            rows = [[cell.strip() for cell in row] for row in csv.reader(text.splitlines()) if any(c.strip() for c in row)]
+            rows = [[cell.strip() for cell in row] for row in csv.reader(text.splitlines())
+                    if any(cell.strip() for cell in row)]
             if rows and rows[0][0].lower() == "word":
                 rows = rows[1:]
             raw = {}
@@ -544,7 +558,7 @@ class Augmenter:
         source: the sweep file, named in errors.
 
     Example:
-        >>> augmenter = Augmenter(AugmentationSettings(synonyms="objectives/assets/synonyms/support.yaml"), seed=0)
+        >>> augmenter = Augmenter(AugmentationSettings(synonyms="bundled:support"), seed=0)
         >>> train = augmenter.augment(splits.train, {"aug_synonym_prob": 0.2}, columns=["prompt"])  # doctest: +SKIP
     """
 
@@ -675,7 +689,8 @@ class Augmenter:
                 raise ConfigError(f"could not load the translation model ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''})", source=self.source,
                                   key=key, value=name,
-                                  hint="Fix: give a seq2seq model (AutoModelForSeq2SeqLM), e.g. Marian, T5, BART.") from exc
+                                  hint="Fix: give a seq2seq model (AutoModelForSeq2SeqLM): Marian, T5, BART, ...",
+                                  ) from exc
             self._models[direction] = (tokenizer, model)
         return self._models[direction]
 
@@ -751,8 +766,9 @@ def augment_splits(augmenter: Augmenter, train, validation, test, params: Mappin
     """The three splits with only `train` augmented: validation and test pass through untouched.
 
     Example:
-        >>> splits = augment_splits(augmenter, *load_splits(data, seed=0, columns=cols), params, ["prompt"])  # doctest: +SKIP
-        >>> splits.validation is original_validation  # doctest: +SKIP
+        >>> raw = load_splits(data, seed=0, columns=["prompt", "response"])  # doctest: +SKIP
+        >>> splits = augment_splits(augmenter, *raw, params, ["prompt"])  # doctest: +SKIP
+        >>> splits.validation is raw.validation  # doctest: +SKIP
         True
     """
     return Splits(augmenter.augment(train, params, columns), validation, test)

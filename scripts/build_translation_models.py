@@ -254,7 +254,6 @@ def build_models(out: str | Path = DEFAULT_OUT, *, steps: int = DEFAULT_STEPS, s
         '/tmp/mt/forward'
     """
     import torch
-
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # "Writing model shards" bars
@@ -276,7 +275,8 @@ def build_models(out: str | Path = DEFAULT_OUT, *, steps: int = DEFAULT_STEPS, s
         _save(model, tokenizer, out / direction)
         models[direction] = model
         summary[direction] = str(out / direction)
-        summary[f"{direction}_loss"] = {"first": round(losses[0], 4), "last10": round(sum(losses[-10:]) / len(losses[-10:]), 4)}
+        tail = losses[-10:]
+        summary[f"{direction}_loss"] = {"first": round(losses[0], 4), "last10": round(sum(tail) / len(tail), 4)}
     summary["parameters"] = sum(p.numel() for p in models["forward"].parameters())
     if check:
         sample = random.Random(seed).sample(texts, min(check, len(texts)))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import random
-from pathlib import Path
 
 import datasets
 import pytest
@@ -28,7 +27,7 @@ from objectives.augmentation import (
 )
 from spaces import ConfigError, SearchSpace
 
-SUPPORT_SYNONYMS = Path(aug.__file__).parent / "assets" / "synonyms" / "support.yaml"
+SUPPORT_SYNONYMS = "bundled:support"  # objectives/synonyms/support.yaml
 WORDS = 20  # words per synthetic text
 # 300 texts of 20 distinct words w<i>, each with exactly one synonym s<i> in the table.
 TEXTS = [" ".join(f"w{(row * 7 + j) % 400}" for j in range(WORDS)) for row in range(300)]
@@ -135,7 +134,7 @@ def test_an_op_at_probability_zero_changes_nothing(synthetic, table_file, op):
 def test_copies_and_punctuation_and_never_an_empty_text(table_file):
     train = datasets.Dataset.from_dict({"prompt": ["Hi, where is my order A1234?", "Refund?", "!!!"],
                                         "response": ["a", "b", "c"]})
-    augmenter = Augmenter(AugmentationSettings(synonyms=str(SUPPORT_SYNONYMS), use_wordnet=False), seed=0)
+    augmenter = Augmenter(AugmentationSettings(synonyms=SUPPORT_SYNONYMS, use_wordnet=False), seed=0)
     out = augmenter.augment(train, {"aug_delete_prob": 0.9, "aug_swap_prob": 0.5, "aug_copies": 3}, ["prompt"])
     assert len(out) == 3 * 4
     new = list(out["prompt"])[3:]
@@ -172,7 +171,7 @@ def test_only_the_training_split_is_augmented():
     splits = load_splits(DataConfig(source="bundled:support-qa", max_train_examples=200), seed=0,
                          columns=["prompt", "response"])
     validation_rows, test_rows = splits.validation.to_list(), splits.test.to_list()
-    augmenter = Augmenter(AugmentationSettings(synonyms=str(SUPPORT_SYNONYMS)), seed=0)
+    augmenter = Augmenter(AugmentationSettings(synonyms=SUPPORT_SYNONYMS), seed=0)
     out = augment_splits(augmenter, *splits, {"aug_synonym_prob": 0.3, "aug_copies": 2}, ["prompt"])
     assert out.validation is splits.validation and out.test is splits.test
     assert out.validation.to_list() == validation_rows and out.test.to_list() == test_rows
@@ -190,7 +189,8 @@ def test_only_the_given_columns_change_and_labels_keep_their_type(table_file):
         {"text": TEXTS[:40], "label": [i % 3 for i in range(40)]},
         features=datasets.Features({"text": datasets.Value("string"),
                                     "label": datasets.ClassLabel(names=["a", "b", "c"])}))
-    out = Augmenter(AugmentationSettings(synonyms=table_file), seed=0).augment(train, {"aug_synonym_prob": 0.5}, ["text"])
+    augmenter = Augmenter(AugmentationSettings(synonyms=table_file), seed=0)
+    out = augmenter.augment(train, {"aug_synonym_prob": 0.5}, ["text"])
     assert out.features == train.features
     assert list(out["label"]) == list(train["label"]) * 2
     assert all(a != b for a, b in zip(list(out["text"])[40:], TEXTS[:40]))
@@ -207,7 +207,7 @@ def test_synonyms_come_from_the_table_in_every_format(tmp_path):
 
     sentence = "My parcel arrived broken, please refund it."
     train = datasets.Dataset.from_dict({"prompt": [sentence] * 50})
-    out = Augmenter(AugmentationSettings(synonyms=str(SUPPORT_SYNONYMS), use_wordnet=False), seed=0).augment(
+    out = Augmenter(AugmentationSettings(synonyms=SUPPORT_SYNONYMS, use_wordnet=False), seed=0).augment(
         train, {"aug_synonym_prob": 0.5}, ["prompt"])
     seen = set()
     for text in list(out["prompt"])[50:]:
@@ -369,11 +369,12 @@ def test_synonyms_without_a_table_or_wordnet_are_refused(name, monkeypatch, synt
     with pytest.raises(ConfigError, match="no synonym table"):
         Augmenter(seed=0).augment(synthetic, {name: 0.2}, ["prompt"])
     # A table is enough.
-    check_augmentation(space, AugmentationSettings(synonyms=str(SUPPORT_SYNONYMS)), task="causal_lm")
+    check_augmentation(space, AugmentationSettings(synonyms=SUPPORT_SYNONYMS), task="causal_lm")
 
 
 @pytest.mark.parametrize(("content", "suffix", "message"), [
     (None, ".yaml", "does not exist"),
+    ("bundled:no-such-table", None, "no bundled synonym table"),
     ("just a string", ".yaml", "must map words"),
     ("broken: [damaged, 3]", ".yaml", "non-empty strings"),
     ("{not json", ".json", "could not read"),
@@ -381,7 +382,9 @@ def test_synonyms_without_a_table_or_wordnet_are_refused(name, monkeypatch, synt
 ])
 def test_a_bad_synonym_table_is_refused(tmp_path, content, suffix, message):
     path = tmp_path / f"synonyms{suffix}"
-    if content is not None:
+    if suffix is None:  # a bundled name
+        path = content
+    elif content is not None:
         path.write_text(content)
     space = _space(aug_synonym_prob={"type": "float", "low": 0.0, "high": 0.3})
     with pytest.raises(ConfigError, match=message) as caught:
