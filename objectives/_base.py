@@ -115,6 +115,7 @@ class Objective(ABC):
         source: str | None = None,
         metrics: Iterable[str] | None = None,
         target: tuple[str, Direction] = ("eval_loss", "minimize"),
+        augmentation=None,
     ) -> None:
         self.model_config = model
         self.data_config = data
@@ -138,6 +139,11 @@ class Objective(ABC):
         self.tokenized: dict[str, tuple] = {}
         self.current_model: str | None = None
         self.metric_split = "validation"  # which split compute_metrics is scoring (fit() also scores test)
+        # The sweep's fixed `augmentation:` settings (objectives/augmentation.py); the aug_* params are per trial.
+        self.augmentation = augmentation
+        self._augmenter = None
+        self._augmented: OrderedDict[tuple, tuple] = OrderedDict()  # tokenized augmented training splits
+        self.augmented_state: dict[str, Any] | None = None  # the trial's `tokenized_state` for augmented rows
 
     # ---------------------------------------------------------------- checks (no loading)
 
@@ -148,6 +154,9 @@ class Objective(ABC):
         accepted.update(peft_methods.accepted_params())
         accepted.update({name: "base model dropout (objectives/regularization.py)" for name in regularization.DROPOUT_PARAMS})
         accepted[BASE_MODEL_PARAM] = "the model the trial fine-tunes (a path, hub id or bundled:NAME)"
+        from .augmentation import AUGMENTATION_PARAMS
+
+        accepted.update({name: f"training data augmentation: {what}" for name, what in AUGMENTATION_PARAMS.items()})
         return accepted
 
     @classmethod
@@ -646,9 +655,47 @@ class Objective(ABC):
                 torch.cuda.empty_cache()
 
     def trial_training_data(self, params: Mapping[str, Any], train_dataset):
-        """(training data, Trainer class, collator) for one trial: the objective's own, unless a
-        subclass changes them per params (e.g. balancing by group)."""
+        """(training data, Trainer class, collator) for one trial: the training split, augmented when
+        the trial's `aug_*` params say so; subclasses may change them further (balancing by group)."""
+        from . import augmentation
+
+        self.augmented_state = None
+        if augmentation.active_params(params):
+            merged = train_dataset is not self.train_dataset  # fit(merge_validation=True)
+            train_dataset = self._augmented_train(params, merged=merged)
         return train_dataset, _sweep_trainer_class(), self._collator()
+
+    def _augmented_train(self, params: Mapping[str, Any], *, merged: bool):
+        """The raw training split augmented (only it: validation and test never change), tokenized as
+        the originals are; cached per (tokenizer, augmentation params)."""
+        from . import augmentation
+
+        active = augmentation.active_params(params)
+        key = (tokenizer_fingerprint(self.tokenizer), tuple(sorted(active.items())))
+        if key not in self._augmented:
+            if self._augmenter is None:
+                self._augmenter = augmentation.Augmenter(self.augmentation, seed=self.seed, source=self.source)
+            raw_train, raw_validation, _ = self._splits
+            columns = (self.augmentation.columns if self.augmentation is not None and self.augmentation.columns
+                       else augmentation.default_columns(self.name, self.data_config))
+            rows = self._augmenter.augment(raw_train, params, columns)
+            saved = {attr: getattr(self, attr) for attr in self.tokenized_state}
+            try:
+                tokenized = self._tokenize(rows, raw_validation, None)[0]
+                state = {attr: getattr(self, attr) for attr in self.tokenized_state}
+            finally:
+                for attr, value in saved.items():
+                    setattr(self, attr, value)
+            self._augmented[key] = (tokenized, state)
+            while len(self._augmented) > 4:
+                self._augmented.popitem(last=False)
+        self._augmented.move_to_end(key)
+        tokenized, self.augmented_state = self._augmented[key]
+        if merged:
+            from datasets import concatenate_datasets
+
+            tokenized = concatenate_datasets([tokenized, self.eval_dataset])
+        return tokenized
 
     def _early_stopping(self) -> list:
         """transformers' EarlyStoppingCallback when the budget asks for patience, else nothing."""

@@ -137,9 +137,9 @@ class SequenceClassificationObjective(Objective):
         choice = str(params.get(BALANCE_PARAM, "none"))
         if choice == "none":
             return data, trainer_cls, collator
-        groups = self.train_groups
+        groups = (self.augmented_state or {}).get("train_groups") or self.train_groups  # augmented rows keep theirs
         if len(data) != len(groups):  # fit(merge_validation=True): train then validation rows
-            groups = self.train_groups + self.eval_groups
+            groups = groups + self.eval_groups
         data = balance_dataset(data, choice, groups, seed=self.seed)
         if WEIGHT_COLUMN in data.column_names:
             trainer_cls, collator = weighted_trainer(trainer_cls), WeightedCollator(collator)

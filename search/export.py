@@ -90,6 +90,7 @@ def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpe
         params=applied,
         budget=record["budget"],
         seed=record.get("seed", 0),
+        augmentation=record.get("augmentation"),
         provenance={
             "study": study.study_name,
             "trial": trial.number,

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
+from objectives.augmentation import AugmentationSettings
 from spaces import ConfigError, SearchSpace, from_validation_error, load_yaml, resolve_space
 
 from .retries import RetryPolicy
@@ -142,6 +143,10 @@ class SweepSpec(_Strict):
     n_trials: int | None = Field(default=20, gt=0, description="Finished trials the study should hold.")
     timeout: float | None = Field(default=None, gt=0, description="Seconds after which no new trial starts.")
     budget: TrainBudget = Field(default_factory=TrainBudget)
+    augmentation: AugmentationSettings | None = Field(
+        default=None, description="Fixed augmentation settings (synonym table, translation models); the space's "
+        "aug_* params decide per trial how much.",
+    )
     seed: int = 0
     backend: str = "optuna"
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -268,7 +273,7 @@ class Sweep:
         return self.objective_cls(
             spec.model, spec.dataset, spec.budget, seed=spec.seed, options=spec.objective.args,
             output_dir=self.output_dir, source=self.source, metrics=self.requested_metrics,
-            target=(self.metric_names[0], self.directions[0]),
+            target=(self.metric_names[0], self.directions[0]), augmentation=spec.augmentation,
         )
 
 
@@ -362,6 +367,9 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
     from objectives.peft_methods import check_method_params
 
     check_method_params(space, source=source)
+    from objectives.augmentation import check_augmentation
+
+    check_augmentation(space, spec.augmentation, task=objective_cls.name, source=source, data=spec.dataset)
     directions = _check_metrics(spec, objective_cls, source)
     if len(directions) > 1:
         spec = _multi_objective(spec, source)
@@ -473,6 +481,9 @@ class RunSpec(_Strict):
     seed: int = 0
     merge_validation: bool = Field(
         default=False, description="Train on train+validation (the test split stays held out)."
+    )
+    augmentation: AugmentationSettings | None = Field(
+        default=None, description="The sweep's augmentation settings, for the params' aug_* values.",
     )
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
     provenance: dict[str, Any] = Field(default_factory=dict, description="Where the values came from; not used to train.")

@@ -42,6 +42,7 @@ def train_run(run: RunSpec, objective_cls, *, source: str | None = None, force: 
         raise ConfigError("this run's output already holds an adapter", key="output_dir", value=str(out),
                           hint="Fix: --set output_dir=ANOTHER_DIR, or pass --force.")
     objective = objective_cls(run.model, run.dataset, run.budget, seed=run.seed, options=run.objective.args,
+                              augmentation=run.augmentation,
                               output_dir=out, source=source)
     objective.setup()
     metrics = objective.fit(run.params, out, merge_validation=run.merge_validation)

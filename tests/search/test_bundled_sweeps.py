@@ -37,7 +37,7 @@ def _json(capsys, *argv):
 
 def test_every_bundled_sweep_the_readme_launches_is_tested_here():
     launched = set(re.findall(r"ftsweep launch (\w[\w-]*)", README.read_text())) & set(bundled_sweeps())
-    tested = {"demo", "intents", "generation", "pareto", "models", "fairness"}
+    tested = {"demo", "intents", "generation", "pareto", "models", "fairness", "augmented"}
     assert launched <= tested and set(bundled_sweeps()) <= tested
 
 
@@ -95,3 +95,9 @@ def test_fairness_trades_f1_against_the_group_gap(tmp_path, capsys):
     (name, value), = details["constraints"].items()
     assert name == "demographic_parity_difference <= 0.5"
     assert value == pytest.approx(details["metrics"]["demographic_parity_difference"] - 0.5)
+
+
+def test_augmented_trains_on_more_rows_than_it_evaluates_on(tmp_path, capsys):
+    study = _launch("augmented", tmp_path, "n_trials=2", "sampler=random", "pruner=none")
+    rows = _json(capsys, "best", str(study), "--json")
+    assert len(rows) == 2 and all(any(k.startswith("aug_") for k in row["params"]) for row in rows)

@@ -1,0 +1,63 @@
+"""Augmentation inside a sweep: a trial's aug_* params change its training rows only, the same params
+reuse the same tokenized rows, and an exported winner carries the settings into `ftsweep train`."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from objectives.augmentation import AugmentationSettings, Augmenter
+from search.cli import main
+from search.spec import load_sweep
+from spaces import ConfigError
+
+AUG = {"augmentation": {"synonyms": "bundled:support"},
+       "space": {"params": {"learning_rate": {"type": "fixed", "value": 1e-2},
+                            "aug_synonym_prob": {"type": "categorical", "choices": [0.0, 0.2]},
+                            "aug_swap_prob": {"type": "fixed", "value": 0.1}}}}
+EDA = {"learning_rate": 1e-2, "aug_synonym_prob": 0.2, "aug_swap_prob": 0.1}
+
+
+def test_a_trial_with_augmentation_trains_on_augmented_rows_and_evaluates_on_the_same_validation(write_sweep):
+    sweep = load_sweep(write_sweep(**AUG))
+    objective = sweep.make_objective()
+    objective.setup()
+    validation_before = objective.eval_dataset["input_ids"]
+    sizes = []
+    objective.trial_training_data(EDA, objective.train_dataset)  # fills the cache
+    data, _, _ = objective.trial_training_data(EDA, objective.train_dataset)
+    sizes.append(len(data))
+    assert len(objective._augmented) == 1  # the same params: tokenized once
+    raw_train = objective._splits[0]
+    expected = Augmenter(AugmentationSettings(synonyms="bundled:support"), seed=sweep.spec.seed).augment(
+        raw_train, EDA, ["prompt"])
+    assert sizes == [len(expected)] and len(expected) == 2 * len(raw_train)  # originals + one EDA copy
+    first_copy = objective.prompt_format().encode_example(expected[len(raw_train)])
+    assert data[len(raw_train)]["input_ids"] == (first_copy[0] + first_copy[1])[:sweep.spec.budget.max_seq_length]
+    plain, _, _ = objective.trial_training_data({**EDA, "aug_synonym_prob": 0.0, "aug_swap_prob": 0.0},
+                                                objective.train_dataset)
+    assert plain is objective.train_dataset
+    metrics = objective.run_trial(EDA)
+    assert metrics["eval_loss"] > 0
+    assert objective.eval_dataset["input_ids"] == validation_before
+
+
+def test_the_winner_carries_the_augmentation_into_train(write_sweep, tmp_path, capsys):
+    path = write_sweep(**{**AUG, "n_trials": 1, "sampler": "random"})
+    assert main(["launch", str(path)]) == 0
+    out = tmp_path / "winner"
+    assert main(["export", str(path), "--out", str(out)]) == 0
+    winner = yaml.safe_load((out / "winner.yaml").read_text())
+    assert winner["augmentation"]["synonyms"] == "bundled:support"
+    assert winner["params"]["aug_swap_prob"] == 0.1
+    capsys.readouterr()
+    assert main(["train", str(out / "winner.yaml"), "--set", f"output_dir={tmp_path / 'fit'}"]) == 0
+    assert (tmp_path / "fit" / "adapter" / "adapter_config.json").exists()
+
+
+def test_an_augmentation_probability_outside_0_1_is_refused_when_the_sweep_loads(write_sweep):
+    path = write_sweep(augmentation={"synonyms": "bundled:support"},
+                       space={"params": {"aug_delete_prob": {"type": "float", "low": 0.0, "high": 1.5}}})
+    with pytest.raises(ConfigError) as error:
+        load_sweep(path)
+    assert error.value.key == "space.params.aug_delete_prob.high"
