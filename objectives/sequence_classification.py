@@ -10,7 +10,6 @@ every trial starts from the same head.
 from __future__ import annotations
 
 import warnings
-
 from typing import ClassVar
 
 from spaces import ConfigError
