@@ -61,3 +61,28 @@ def test_an_augmentation_probability_outside_0_1_is_refused_when_the_sweep_loads
     with pytest.raises(ConfigError) as error:
         load_sweep(path)
     assert error.value.key == "space.params.aug_delete_prob.high"
+
+
+def test_a_sweep_trial_back_translates_through_two_local_seq2seq_models(write_sweep, tmp_path_factory):
+    from conftest import load_script
+
+    models = load_script("build_translation_models").build_models(tmp_path_factory.mktemp("mt"), steps=30, check=0)
+    cache = tmp_path_factory.mktemp("translations")
+    path = write_sweep(augmentation={"backtranslation": {"forward": models["forward"], "backward": models["backward"],
+                                                         "cache_dir": str(cache)}},
+                       space={"params": {"learning_rate": {"type": "fixed", "value": 1e-2},
+                                         "aug_backtranslation_ratio": {"type": "fixed", "value": 0.5}}})
+    objective = load_sweep(path).make_objective()
+    objective.setup()
+    data, _, _ = objective.trial_training_data({"aug_backtranslation_ratio": 0.5}, objective.train_dataset)
+    raw = objective._augmenter.augment(objective._splits[0], {"aug_backtranslation_ratio": 0.5}, ["prompt"])
+    n = len(objective._splits[0])
+    assert len(raw) == n + round(0.5 * n)  # originals plus back-translations of half of them
+    assert objective._augmenter.generate_calls > 0
+    # A barely trained translator may ramble: rows whose prompt alone fills max_seq_length are dropped,
+    # exactly as for original rows.
+    fmt, max_len = objective.prompt_format(), objective.budget.max_seq_length
+    kept = sum(len(fmt.encode_example(row)[0]) < max_len for row in raw)
+    assert len(data) == kept > n
+    assert objective.run_trial({"learning_rate": 1e-2, "aug_backtranslation_ratio": 0.5})["eval_loss"] > 0
+    assert any(cache.iterdir())  # translations kept on disk for other workers
