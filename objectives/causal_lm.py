@@ -187,7 +187,7 @@ class CausalLMObjective(Objective):
             with torch.no_grad(), warnings.catch_warnings():
                 # Said once per generate() call with prompt tuning; _batches below takes care of it.
                 warnings.filterwarnings("ignore", message="Position ids are not supported")
-                for batch in _batches(encoded, self.budget.eval_batch_size, same_length=_ignores_positions(model)):
+                for batch in _batches(encoded, self.budget.eval_batch_size, same_length=_needs_unpadded_batches(model)):
                     width = max(len(encoded[i]) for i in batch)
                     input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch],
                                              device=device)
@@ -206,12 +206,17 @@ class CausalLMObjective(Objective):
         return answers
 
 
-def _ignores_positions(model) -> bool:
-    """PEFT drops position ids for prompt tuning and P-tuning (not prefix tuning): the model then
-    numbers positions from the first column, so a left-padded prompt would be read shifted."""
+def _needs_unpadded_batches(model) -> bool:
+    """Prompt-learning methods decode only prompts of one length together (no padding).
+
+    PEFT drops position ids for prompt tuning and P-tuning: the model then numbers positions from
+    the first column, so a left-padded prompt would be read shifted. Prefix tuning keeps them, but
+    with transformers 5.24 and PEFT 0.21.2 a left-padded prompt no longer lines up with the prefix's
+    cache either: its greedy answer differed from the same prompt decoded alone (measured in
+    tests/objectives/test_metrics.py). Unpadded batches give the one-at-a-time answer on every version.
+    """
     config = getattr(model, "active_peft_config", None)
-    return bool(config is not None and config.is_prompt_learning
-                and config.peft_type not in ("PREFIX_TUNING", "CARTRIDGE"))
+    return bool(config is not None and config.is_prompt_learning)
 
 
 def _batches(encoded: Sequence[list[int]], size: int, *, same_length: bool) -> list[list[int]]:

@@ -183,7 +183,7 @@ def _score_texts(objective, model, texts, strategy, batch_size, device) -> list[
 def _score_prompts(objective, model, rows, strategy, batch_size, device, max_new_tokens) -> list[Scored]:
     import torch
 
-    from objectives.causal_lm import _batches, _ignores_positions
+    from objectives.causal_lm import _batches, _needs_unpadded_batches
 
     tok = objective.tokenizer
     fmt = objective.prompt_format()
@@ -192,7 +192,7 @@ def _score_prompts(objective, model, rows, strategy, batch_size, device, max_new
     encoded = [fmt.prefix_ids() + tok(fmt.format_prompt(row), add_special_tokens=False)["input_ids"] for row in rows]
     scored: list[Scored | None] = [None] * len(encoded)
     # Left padding, so every answer starts right after its own prompt (as in generate_responses).
-    for batch in _batches(encoded, batch_size, same_length=_ignores_positions(model)):
+    for batch in _batches(encoded, batch_size, same_length=_needs_unpadded_batches(model)):
         width = max(len(encoded[i]) for i in batch)
         input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
         attention_mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
