@@ -71,7 +71,7 @@ _TARGET_MODULES: dict[str, dict[str, Any]] = {
 # objective or a constraint ("maximize F1, minimize latency").
 COST_METRICS: dict[str, Direction] = {
     "trainable_params": "minimize",  # the adapter's size: parameters with requires_grad
-    "peak_memory_mb": "minimize",  # GPU: torch.cuda.max_memory_allocated; CPU: peak resident memory, per step
+    "peak_memory_mb": "minimize",  # GPU: torch.cuda.max_memory_allocated; CPU: peak resident memory (sampled)
     "latency_ms": "minimize",  # evaluation time per example (forward pass, batched)
 }
 

@@ -26,7 +26,10 @@ class ReportingCallback(TrainerCallback):
         self.costs.start(model)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.costs.sample()
+        # The optimizer's state appears in the first steps, and evaluations sample again; a sample costs
+        # ~0.1 ms, which at every step was 0.5 % of a demo trial (docs/benchmarks.md).
+        if state.global_step <= 2:
+            self.costs.sample()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -75,8 +78,9 @@ class CostMeter:
     """What a trial costs (the COST_METRICS of objectives/_base.py), measured as it trains.
 
     peak_memory_mb: on a GPU, torch's peak allocation since the trial started; on a CPU, the worker
-    process's peak resident memory sampled after every step (the base model included: a comparison
-    between trials, not an absolute footprint of the adapter).
+    process's peak resident memory, sampled when training starts, after the first two steps and at
+    every evaluation (the base model included: a comparison between trials, not an absolute
+    footprint of the adapter).
     """
 
     def __init__(self) -> None:
