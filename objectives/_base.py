@@ -275,7 +275,7 @@ class Objective(ABC):
                     self._splits = load_splits(self.data_config, seed=self.seed, columns=self.required_columns(),
                                                source=self.source)
                 datasets = self._tokenize(*self._splits)
-                self.tokenized[key] = (*datasets, {a: getattr(self, a) for a in self.tokenized_state})
+                self.tokenized[key] = (*datasets, self._tokenized_attrs())
             transformers.set_seed(self.seed)  # the classification head is initialised here: same for every trial
             model = self._load(self._load_model, path, config=config, dtype=self.torch_dtype())
             if getattr(model.config, "pad_token_id", None) is None:
@@ -293,6 +293,10 @@ class Objective(ABC):
         for attr, value in state.items():
             setattr(self, attr, value)
         self.current_model = name_or_path
+
+    def _tokenized_attrs(self) -> dict[str, Any]:
+        """The `tokenized_state` attributes the last `_tokenize` set."""
+        return {attr: getattr(self, attr) for attr in self.tokenized_state}
 
     def _make_room(self, path: str) -> None:
         """Drop cached models (least recently used first) until the next one fits: at most
@@ -660,18 +664,20 @@ class Objective(ABC):
         from . import augmentation
 
         self.augmented_state = None
-        if augmentation.active_params(params):
+        active = augmentation.active_params(params)
+        if active:
             merged = train_dataset is not self.train_dataset  # fit(merge_validation=True)
-            train_dataset = self._augmented_train(params, merged=merged)
+            train_dataset = self._augmented_train(params, active, merged=merged)
         return train_dataset, _sweep_trainer_class(), self._collator()
 
-    def _augmented_train(self, params: Mapping[str, Any], *, merged: bool):
+    def _augmented_train(self, params: Mapping[str, Any], active: Mapping[str, Any], *, merged: bool):
         """The raw training split augmented (only it: validation and test never change), tokenized as
         the originals are; cached per (tokenizer, augmentation params)."""
         from . import augmentation
 
-        active = augmentation.active_params(params)
-        key = (tokenizer_fingerprint(self.tokenizer), tuple(sorted(active.items())))
+        # The current model's tokenizer key, fingerprinted once when it loaded (hashing a large
+        # tokenizer's rules again for every trial would cost more than the lookup it serves).
+        key = (self.loaded_models[self.current_model].tokenizer_key, tuple(sorted(active.items())))
         if key not in self._augmented:
             if self._augmenter is None:
                 self._augmenter = augmentation.Augmenter(self.augmentation, seed=self.seed, source=self.source)
@@ -679,10 +685,10 @@ class Objective(ABC):
             columns = (self.augmentation.columns if self.augmentation is not None and self.augmentation.columns
                        else augmentation.default_columns(self.name, self.data_config))
             rows = self._augmenter.augment(raw_train, params, columns)
-            saved = {attr: getattr(self, attr) for attr in self.tokenized_state}
+            saved = self._tokenized_attrs()
             try:
                 tokenized = self._tokenize(rows, raw_validation, None)[0]
-                state = {attr: getattr(self, attr) for attr in self.tokenized_state}
+                state = self._tokenized_attrs()
             finally:
                 for attr, value in saved.items():
                     setattr(self, attr, value)
