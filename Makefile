@@ -1,4 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Both set up .venv on first use.
+# `make test-fast` is the edit-test loop: the import layers and every test not marked slow.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -6,7 +7,7 @@ TORCH  ?= torch==2.13.0
 # A stamp file, so the venv is rebuilt when pyproject.toml changes and not otherwise.
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-fast lint setup clean
 
 setup: $(STAMP)
 
@@ -21,8 +22,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/ftsweep launch demo
 
-test: $(STAMP)
+# The import layers (pyproject.toml [tool.importlinter]): each layer imports only from those below it.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: lint
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,77 +1,65 @@
 """Trial functions: set up once per worker, then one short PEFT fine-tune per trial.
 
-The registry below is the one place objectives are listed: adding one is a module plus a line.
+What a task is lives in `objectives.tasks` (one module per task, registered in `TASKS`); what a
+worker keeps and what a trial does, in `objectives.engine`; the settings, sources, metrics, PEFT
+methods, augmentation, fairness and regularization they share, in a module each. This package's
+top level is the API the sweep engine (`search`) uses.
 
 Example:
-    >>> from objectives import available_objectives
+    >>> from objectives import available_objectives, get_objective
     >>> available_objectives()
     ['causal_lm', 'sequence_classification']
+    >>> get_objective("sequence_classification").check_metric("f1_macro")
+    'maximize'
 """
 
 from __future__ import annotations
 
-from importlib import import_module
+from .data_checks import CHECKS, DataReport, Finding, validate_data
+from .engine.callback import COST_METRICS
+from .engine.objective import Objective, available_objectives, check_augmentation, get_objective
+from .engine.trial import Reporter, TrialDiverged
+from .engine.worker import BASE_MODEL_PARAM
+from .metrics import GENERATION_METRICS, UNCERTAINTY_STRATEGIES, generation_metrics, perplexity, uncertainty
+from .peft_methods import PEFT_METHODS, check_method_params
+from .settings import AugmentationSettings, DataConfig, Direction, ModelConfig, ObjectiveOptions, TrainBudget
+from .sources import ASSETS, bundled_datasets, bundled_models, load_splits, resolve_model_path
+from .tasks import TASKS, Task
 
-from ._base import Objective, Reporter, TrialDiverged
-from ._config import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget
-from ._sources import bundled_datasets, bundled_models, load_splits, resolve_model_path
-
-# name -> "module:Class". Modules are imported on first use, so listing objectives stays cheap.
-OBJECTIVES: dict[str, str] = {
-    "causal_lm": "objectives.causal_lm:CausalLMObjective",
-    "sequence_classification": "objectives.sequence_classification:SequenceClassificationObjective",
-}
-
-
-def available_objectives() -> list[str]:
-    return sorted(OBJECTIVES)
-
-
-def get_objective(name: str) -> type[Objective]:
-    """The objective class registered under `name`, or your own as "package.module:ClassName".
-
-    Your own class must subclass `Objective` and be importable wherever trials run (on a Ray cluster:
-    on every node). Unknown names raise ConfigError.
-
-    Example:
-        >>> get_objective("causal_lm").__name__
-        'CausalLMObjective'
-        >>> get_objective("objectives.causal_lm:CausalLMObjective").__name__
-        'CausalLMObjective'
-    """
-    from spaces import ConfigError
-
-    if name in OBJECTIVES:
-        module, cls = OBJECTIVES[name].split(":")
-        return getattr(import_module(module), cls)
-    if ":" not in name:
-        raise ConfigError("unknown objective", key="objective.name", value=name, allowed=available_objectives(),
-                          hint='Fix: use a registered name, or your own class as "package.module:ClassName".')
-    module, _, cls = name.partition(":")
-    try:
-        found = getattr(import_module(module), cls)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"cannot import objective ({exc})", key="objective.name", value=name,
-                          hint="Fix: make the module importable (installed, or on PYTHONPATH) and check the class name.") from None
-    if not (isinstance(found, type) and issubclass(found, Objective)):
-        raise ConfigError("not an Objective subclass", key="objective.name", value=name,
-                          hint="Fix: subclass objectives.Objective (or CausalLMObjective / SequenceClassificationObjective).")
-    return found
-
+OBJECTIVES = TASKS  # the registry under its older name: objective names are task names
 
 __all__ = [
+    "ASSETS",
+    "BASE_MODEL_PARAM",
+    "CHECKS",
+    "COST_METRICS",
+    "GENERATION_METRICS",
     "OBJECTIVES",
+    "PEFT_METHODS",
+    "TASKS",
+    "UNCERTAINTY_STRATEGIES",
+    "AugmentationSettings",
     "DataConfig",
+    "DataReport",
+    "Direction",
+    "Finding",
     "ModelConfig",
     "Objective",
     "ObjectiveOptions",
     "Reporter",
+    "Task",
     "TrainBudget",
     "TrialDiverged",
     "available_objectives",
     "bundled_datasets",
     "bundled_models",
+    "check_augmentation",
+    "check_method_params",
+    "generation_metrics",
     "get_objective",
     "load_splits",
+    "perplexity",
     "resolve_model_path",
+    "uncertainty",
+    "validate_data",
 ]

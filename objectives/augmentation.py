@@ -14,8 +14,9 @@ Augmented rows are *added*, as in EDA: every original row stays, each gets `aug_
 (all EDA ops with a probability > 0 applied in turn: synonyms, insertion, swap, deletion), and a
 `aug_backtranslation_ratio` share of the originals gets a back-translated row (English -> other
 language -> English), so a trial trains on n * (1 + copies) + round(ratio * n) rows. Only the
-input columns change — by default the prompt (causal_lm) or the text (sequence_classification);
-responses and labels are the targets and are copied as they are. Only the *training* split is
+input columns change — by default the task's input columns (`Task.input_columns`: the prompt of
+causal_lm, the text of sequence_classification); responses and labels are the targets and are
+copied as they are. Only the *training* split is
 ever augmented: the API takes nothing else, so validation and test rows (and hence every metric)
 are the same with or without augmentation.
 
@@ -53,12 +54,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 from spaces import ConfigError
+from spaces._errors import did_you_mean
 
-from ._config import DataConfig, _Strict
-from ._sources import BUNDLED_PREFIX, Splits, _looks_local
+from .settings import AugmentationSettings
+from .sources import BUNDLED_PREFIX, looks_local
 
 SYNONYM_PARAM = "aug_synonym_prob"
 INSERT_PARAM = "aug_insert_prob"
@@ -96,72 +96,7 @@ _WORDNET_FIX = ("run `python -m nltk.downloader wordnet` on a machine with inter
 _TOKEN = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
 
 
-# ---------------------------------------------------------------- settings (the sweep's `augmentation:`)
-
-
-class BacktranslationSettings(_Strict):
-    """The two translation models of back-translation: `forward` into another language, `backward` out of it.
-
-    Example:
-        >>> settings = BacktranslationSettings(forward="Helsinki-NLP/opus-mt-en-de",
-        ...                                    backward="Helsinki-NLP/opus-mt-de-en")
-        >>> settings.num_beams
-        1
-    """
-
-    forward: str = Field(description="Translates the training text out of its language: a local "
-                         "save_pretrained directory or a hub id (any AutoModelForSeq2SeqLM).")
-    backward: str = Field(description="Translates back into the training text's language.")
-    forward_prefix: str = Field(default="", description="Put before every input of the forward model, e.g. "
-                                "'>>fra<< ' for a multilingual opus-mt model, 'translate English to German: ' for T5.")
-    backward_prefix: str = Field(default="", description="The same for the backward model.")
-    max_new_tokens: int = Field(default=64, gt=0, description="Longest translation, in tokens.")
-    batch_size: int = Field(default=32, gt=0, description="Texts translated per generate() call.")
-    num_beams: int = Field(default=1, gt=0, description="1: greedy decoding; more: beam search (slower).")
-    device: str = Field(default="auto", description="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1', ...")
-    cache_dir: str | None = Field(default=None, description="Keep translations on disk here, for later "
-                                  "sweeps and other workers (a JSON-lines file per model pair).")
-
-
-class AugmentationSettings(_Strict):
-    """Fixed augmentation settings (the sweep file's `augmentation:`); what is searched are the `aug_*` params.
-
-    Example:
-        >>> AugmentationSettings(synonyms="bundled:support").use_wordnet
-        True
-    """
-
-    synonyms: str | None = Field(default=None, description="A synonym table: YAML/JSON mapping word -> "
-                                 "[synonyms] or a list of synonym groups, or CSV rows `word,synonym,...`; or "
-                                 "'bundled:support' for the table of the bundled support data.")
-    use_wordnet: bool = Field(default=True, description="Also take synonyms from NLTK's WordNet, for words "
-                              "the table lacks, when its data is installed here (it is never downloaded).")
-    backtranslation: BacktranslationSettings | None = None
-    columns: list[str] | None = Field(default=None, description="Columns augmented (default: the input: the "
-                                      "prompt for causal_lm, the text for sequence_classification).")
-
-
 # ---------------------------------------------------------------- checks at launch (no data, no models)
-
-
-def default_columns(task: str, data: DataConfig | None = None) -> list[str]:
-    """The columns augmented when the settings name none: the task's input, never its target.
-
-    Example:
-        >>> default_columns("causal_lm"), default_columns("sequence_classification")
-        (['prompt'], ['text'])
-    """
-    fields = DataConfig.model_fields
-    get = (lambda name: getattr(data, name)) if data is not None else (lambda name: fields[name].default)
-    return [get("text_column")] if task == "sequence_classification" else [get("prompt_column")]
-
-
-def _text_columns(task: str, data: DataConfig | None) -> list[str]:
-    fields = DataConfig.model_fields
-    get = (lambda name: getattr(data, name)) if data is not None else (lambda name: fields[name].default)
-    if task == "sequence_classification":
-        return [get("text_column")]
-    return [get("prompt_column"), get("response_column")]
 
 
 def wordnet_problem() -> str | None:
@@ -198,8 +133,7 @@ def _can_be_positive(param) -> bool:
     return not bounds or any(_number(v) and v > 0 for _, v in bounds)
 
 
-def check_augmentation(space, settings: AugmentationSettings | None, *, task: str, source: str | None = None,
-                       data: DataConfig | None = None) -> list[str]:
+def check_augmentation(space, settings: AugmentationSettings | None, *, task, source: str | None = None) -> list[str]:
     """Refuse augmentation params and settings that cannot work; returns the columns that will be augmented.
 
     Checks, without loading data or models: every `aug_*` param is known and its range (float/int
@@ -207,18 +141,22 @@ def check_augmentation(space, settings: AugmentationSettings | None, *, task: st
     synonym replacement or insertion that may be > 0 has a synonym table or WordNet data; a searched
     back-translation ratio has `augmentation.backtranslation`; its models exist (a local directory
     with a config.json, or a hub id this machine can load: cached, or the hub reachable); the columns
-    are text columns of the task.
+    are text columns of `task` (a `Task`: its `input_columns()` by default, any of its `text_columns()`).
 
     Example:
+        >>> from objectives import DataConfig
+        >>> from objectives.tasks.causal_lm import CausalLMTask
         >>> from spaces import SearchSpace
+        >>> task = CausalLMTask(DataConfig(source="bundled:support-qa"))
+        >>> check_augmentation(SearchSpace.from_dict({"params": {"aug_swap_prob": {"type": "fixed", "value": 0.1}}}),
+        ...                    None, task=task)
+        ['prompt']
         >>> space = SearchSpace.from_dict({"params": {"aug_delete_prob": {"type": "float", "low": 0.0, "high": 1.5}}})
-        >>> check_augmentation(space, None, task="causal_lm")
+        >>> check_augmentation(space, None, task=task)
         Traceback (most recent call last):
         ...
         spaces._errors.ConfigError: space.params.aug_delete_prob.high: a probability cannot be above 1; got 1.5; allowed: a number in [0, 1]. Fix: set high to 1 or less.
     """
-    from spaces._errors import did_you_mean
-
     settings = settings or AugmentationSettings()
     params = space.params()
     for name, param in params.items():
@@ -263,11 +201,11 @@ def check_augmentation(space, settings: AugmentationSettings | None, *, task: st
             check_translation_model(getattr(settings.backtranslation, direction),
                                     key=f"{SETTINGS_KEY}.backtranslation.{direction}", source=source)
 
-    columns = settings.columns or default_columns(task, data)
-    allowed = _text_columns(task, data)
+    columns = settings.columns or task.input_columns()
+    allowed = task.text_columns()
     for i, column in enumerate(columns):
         if column not in allowed:
-            raise ConfigError(f"not a text column of {task}", source=source, key=f"{SETTINGS_KEY}.columns[{i}]",
+            raise ConfigError(f"not a text column of {task.name}", source=source, key=f"{SETTINGS_KEY}.columns[{i}]",
                               value=column, allowed=allowed,
                               hint="Fix: augment the input column (labels are never augmented).")
     return list(columns)
@@ -290,7 +228,7 @@ def check_translation_model(name: str, *, key: str, source: str | None = None) -
 
     Offline (HF_HUB_OFFLINE=1) a hub id is only accepted when it is in the local Hugging Face cache.
     """
-    if _looks_local(name):
+    if looks_local(name):
         path = Path(name).expanduser()
         if not path.exists():
             raise ConfigError("translation model path does not exist", source=source, key=key, value=name,
@@ -558,8 +496,12 @@ class Augmenter:
         source: the sweep file, named in errors.
 
     Example:
+        >>> from objectives import DataConfig, load_splits
+        >>> splits = load_splits(DataConfig(source="bundled:support-qa", max_train_examples=20), seed=0,
+        ...                      columns=["prompt", "response"])
         >>> augmenter = Augmenter(AugmentationSettings(synonyms="bundled:support"), seed=0)
-        >>> train = augmenter.augment(splits.train, {"aug_synonym_prob": 0.2}, columns=["prompt"])  # doctest: +SKIP
+        >>> len(augmenter.augment(splits.train, {"aug_synonym_prob": 0.2}, columns=["prompt"]))
+        40
     """
 
     def __init__(self, settings: AugmentationSettings | None = None, seed: int = 0, *, cache_size: int = 4,
@@ -651,7 +593,7 @@ class Augmenter:
         """Each text translated forward and back (a text whose translation comes back empty stays
         as it was). Only texts never translated before reach the models.
 
-        Example:
+        Example (two translation models are needed: scripts/build_translation_models.py trains a tiny pair):
             >>> augmenter.back_translate(["Where is my order A1234?"])  # doctest: +SKIP
             ['Where is my order A1234?']
         """
@@ -759,16 +701,3 @@ def _model_identity(name: str) -> Any:
     if not path.is_dir():
         return name
     return [name] + [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(path.iterdir()) if p.is_file()]
-
-
-def augment_splits(augmenter: Augmenter, train, validation, test, params: Mapping[str, Any],
-                   columns: Sequence[str] | None = None) -> Splits:
-    """The three splits with only `train` augmented: validation and test pass through untouched.
-
-    Example:
-        >>> raw = load_splits(data, seed=0, columns=["prompt", "response"])  # doctest: +SKIP
-        >>> splits = augment_splits(augmenter, *raw, params, ["prompt"])  # doctest: +SKIP
-        >>> splits.validation is raw.validation  # doctest: +SKIP
-        True
-    """
-    return Splits(augmenter.augment(train, params, columns), validation, test)

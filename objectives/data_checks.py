@@ -30,7 +30,8 @@ from typing import Any, Literal
 
 from spaces import ConfigError
 
-from ._sources import Splits, _local_data_file, load_splits, resolve_model_path
+from .fairness import check_groups as fairness_groups
+from .sources import Splits, from_pretrained, load_splits, local_data_file, resolve_model_path
 
 Level = Literal["error", "warning", "info"]
 
@@ -75,8 +76,8 @@ class DataReport:
     """What `validate_data` found, and statistics of the data trials will use.
 
     `stats` holds `rows` (per split, and `file`), `tokens` (per split: p50, p95, max, truncated,
-    and for causal_lm `no_response`), `max_seq_length` and, for classification, `labels`
-    (per split: label -> count).
+    and for prompt -> response tasks `no_response`), `max_seq_length` and, for classification,
+    `labels` (per split: label -> count).
 
     Example:
         >>> report = DataReport([Finding("warning", "duplicates", "3 rows repeat an earlier row")], {})
@@ -207,16 +208,18 @@ def validate_data(objective) -> DataReport:
 
 
 class _Data:
-    """What the checks look at: the file's rows, the splits trials use, and the tokenizer."""
+    """What the checks look at: the file's rows, the splits trials use, the tokenizer, and what the
+    task says about its columns (`Task.data_profile`)."""
 
     def __init__(self, objective) -> None:
         self.objective = objective
+        self.task = objective.task
         self.config = objective.data_config
-        self.columns: list[str] = list(objective.required_columns())
-        self.task: str | None = objective.name if objective.name in ("causal_lm", "sequence_classification") else None
-        self.text_columns = {"causal_lm": self.columns, "sequence_classification": self.columns[:1]}.get(self.task, [])
-        self.label_column = self.columns[1] if self.task == "sequence_classification" else None
-        self.input_column = self.columns[0]  # what a leak is judged on: the prompt, or the text to classify
+        self.profile = self.task.data_profile()
+        self.columns: list[str] = list(self.profile.columns)
+        self.text_columns = list(self.profile.text_columns)
+        self.label_column = self.profile.label_column
+        self.input_column = self.profile.input_column  # what a leak is judged on: the prompt, or the text to classify
         self.rows: list[dict[str, Any]] | None = None
         self.row_numbers: list[int] = []
         self.present: list[str] = []  # the columns the data has
@@ -244,7 +247,7 @@ class _Data:
     def read(self) -> list[Finding]:
         """Read the rows: the file itself when it is local, else the loaded splits (a hub dataset)."""
         try:
-            path = _local_data_file(self.config, self.objective.source)
+            path = local_data_file(self.config, self.objective.source)
         except ConfigError as err:
             return [_from_config_error(err, "source")]
         if path is None or not path.is_file():
@@ -328,35 +331,22 @@ class _Data:
             return self.objective.tokenizer
         import transformers
 
-        path = resolve_model_path(self.objective.model_config, source=self.objective.source)
-        return self.objective._load(transformers.AutoTokenizer.from_pretrained, path)
+        model = self.objective.model_config
+        path = resolve_model_path(model, source=self.objective.source)
+        return from_pretrained(transformers.AutoTokenizer.from_pretrained, path, config=model,
+                               source=self.objective.source)
 
     @cached_property
-    def token_lengths(self) -> dict[str, list[tuple[int, int]]]:
-        """Per split, (full length, prompt length) of every example in tokens, as the objective encodes
-        it; classification has no prompt part (0)."""
-        tok = self.tokenizer
+    def token_lengths(self) -> dict[str, list[tuple[int, int]]] | None:
+        """Per split, (full length, prompt length) of every example in tokens, as the task encodes it
+        (a task without a prompt part: 0); None when the task does not say (`Task.token_lengths`)."""
         lengths: dict[str, list[tuple[int, int]]] = {}
         for name, split in self.named_splits():
-            if len(split) == 0:
-                lengths[name] = []
-            elif self.task == "causal_lm":
-                lengths[name] = _causal_lengths(self.objective, tok, split)
-            else:  # as SequenceClassificationObjective: special tokens included
-                lengths[name] = [(len(ids), 0) for ids in tok(list(split[self.columns[0]]))["input_ids"]]
+            measured = self.task.token_lengths(self.tokenizer, split) if len(split) else []
+            if measured is None:
+                return None
+            lengths[name] = measured
         return lengths
-
-
-def _causal_lengths(objective, tok, split) -> list[tuple[int, int]]:
-    # Exactly as CausalLMObjective encodes (its PromptFormat: template or chat template, bos, eos).
-    from .causal_lm import PromptFormat
-
-    fmt = PromptFormat(tok, objective.options, objective.data_config, objective.source)
-    lengths = []
-    for row in split:
-        prompt_ids, response_ids = fmt.encode_example(row)
-        lengths.append((len(prompt_ids) + len(response_ids), len(prompt_ids)))
-    return lengths
 
 
 def _key(row: dict[str, Any], columns: Sequence[str]) -> tuple:
@@ -469,7 +459,7 @@ def check_columns(data: _Data) -> list[Finding]:
         fix += f": {guess[0]} in the sweep file." if guess else " in the sweep file to the column that holds it."
         findings.append(Finding(
             "error", "columns",
-            f"{data.config.source} has no column '{column}' ({key}, needed by {data.objective.name}); "
+            f"{data.config.source} has no column '{column}' ({key}, needed by {data.task.name}); "
             f"columns present: {', '.join(repr(c) for c in data.present) or 'none'}", fix=fix))
     return findings
 
@@ -617,13 +607,13 @@ def check_label_conflicts(data: _Data) -> list[Finding]:
 
 
 def check_formatting(data: _Data) -> list[Finding]:
-    """causal_lm: prompts already formatted with the template, responses that start with its
-    answer marker, or that only repeat the prompt."""
-    if data.task != "causal_lm" or not data.complete:
+    """Tasks with a prompt template: prompts already formatted with the template, responses that
+    start with its answer marker, or that only repeat the prompt."""
+    template, response_col = data.profile.prompt_template, data.profile.response_column
+    if template is None or response_col is None or not data.complete:
         return []
-    template = data.objective.options.prompt_template
     before, _, after = (part.strip() for part in template.partition("{prompt}"))
-    prompt_col, response_col = data.columns
+    prompt_col = data.input_column
     findings = []
 
     def report(rows: list[int], message: str, fix: str) -> None:
@@ -663,7 +653,7 @@ def check_splits(data: _Data) -> list[Finding]:
 
 def check_lengths(data: _Data) -> list[Finding]:
     """Examples longer than budget.max_seq_length are truncated; token length percentiles per split."""
-    if data.splits is None or data.task is None or data.blocked:
+    if data.splits is None or data.blocked:
         return []
     try:
         _ = data.tokenizer  # loaded here so a model problem reads as one, apart from the data's
@@ -674,18 +664,20 @@ def check_lengths(data: _Data) -> list[Finding]:
     except (KeyError, IndexError, ValueError) as err:  # a prompt_template with braces besides {prompt}
         return [Finding("warning", "lengths", f"token lengths not checked: prompt_template cannot be applied ({err!r})",
                         fix="Fix: double any literal brace in objective.args.prompt_template ({{ and }}).")]
+    if lengths is None:
+        return []
     max_len = data.objective.budget.max_seq_length
     data.stats["max_seq_length"] = max_len
     stats = data.stats.setdefault("tokens", {})
     findings = []
     for name, split in data.named_splits():
         full = [total for total, _ in lengths[name]]
-        # causal_lm rows whose prompt leaves no room for a response are dropped: check_prompt_lengths.
+        # Rows whose prompt leaves no room for a response are dropped: check_prompt_lengths.
         truncated = [i for i, (total, prompt) in enumerate(lengths[name]) if total > max_len and prompt < max_len]
         stats[name] = {**_percentiles(full), "truncated": len(truncated)}
         if truncated:
             longest = max(full[i] for i in truncated)
-            what = "lose the end of their response" if data.task == "causal_lm" else "are cut"
+            what = "lose the end of their response" if data.profile.response_column else "are cut"
             findings.append(Finding(
                 "warning", "lengths",
                 f"{len(truncated)} of {len(split)} {name} examples are longer than budget.max_seq_length "
@@ -714,9 +706,9 @@ def _percentiles(values: list[int]) -> dict[str, int]:
 
 
 def check_prompt_lengths(data: _Data) -> list[Finding]:
-    """causal_lm: prompts that fill max_seq_length alone leave no response token; the objective drops
-    those rows (all of train or validation dropped: the sweep cannot run)."""
-    if data.splits is None or data.task != "causal_lm" or "tokens" not in data.stats:
+    """Prompt -> response tasks: prompts that fill max_seq_length alone leave no response token; the
+    task drops those rows (all of train or validation dropped: the sweep cannot run)."""
+    if data.splits is None or data.profile.response_column is None or "tokens" not in data.stats:
         return []
     max_len = data.objective.budget.max_seq_length
     findings = []
@@ -795,14 +787,11 @@ def check_leakage(data: _Data) -> list[Finding]:
     return findings
 
 
-# The checks, in order: the file's rows, then (once those can be split) the splits trials use.
 def check_groups(data: _Data) -> list[Finding]:
     """Classification with dataset.group_column: the groups fairness metrics compare (objectives/fairness.py)."""
-    column = data.objective.data_config.group_column if data.label_column is not None else None
+    column = data.profile.group_column
     if data.splits is None or not column:
         return []
-    from .fairness import check_groups as fairness_groups
-
     splits = dict(data.named_splits())
     try:
         warnings = fairness_groups(splits["train"], splits["validation"], column, label_column=data.label_column,
@@ -814,6 +803,7 @@ def check_groups(data: _Data) -> list[Finding]:
     return [Finding("warning", "groups", text) for text in warnings]
 
 
+# The checks, in order: the file's rows, then (once those can be split) the splits trials use.
 CHECKS: list[Callable[[_Data], Iterable[Finding]]] = [
     check_columns,
     check_types,

@@ -19,7 +19,7 @@ trained model writes an `adapter_config.json` that `peft.PeftModel.from_pretrain
 bottleneck adapter (Houlsby/Pfeiffer); its nearest equivalent, a small trainable module inserted
 into each attention layer, is `adaption_prompt`, which PEFT implements for Llama, Mistral and GPT-2.
 
-Adding a method: one `PeftMethod` entry here.
+Adding a method: one `PeftMethod` registered in `PEFT_METHODS` here.
 """
 
 from __future__ import annotations
@@ -28,9 +28,35 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spaces import ConfigError
+from spaces import ConfigError, Registry, finite_values, when_values
 
 PEFT_METHOD_KEY = "space.params.peft_method"
+# Short names in spaces -> module names per architecture. 'all_linear' is PEFT's own shortcut.
+TARGET_MODULE_NAMES: dict[str, dict[str, Any]] = {
+    "attention_qv": {"default": ["q_proj", "v_proj"], "gpt2": ["c_attn"]},
+    "attention": {"default": ["q_proj", "k_proj", "v_proj", "o_proj"], "gpt2": ["c_attn", "c_proj"]},
+    "all_linear": {"default": "all-linear"},
+}
+FAN_IN_FAN_OUT_MODELS = ("gpt2",)
+
+
+@dataclass(frozen=True)
+class AdapterTarget:
+    """What a PEFT config is built for: one task on one base model architecture.
+
+    Example:
+        >>> target = AdapterTarget(task_type="CAUSAL_LM", model_type="gpt2", model_path="models/tiny")
+        >>> resolve_target_modules("attention_qv", target.model_type)
+        ['c_attn']
+    """
+
+    task_type: str  # the task's PEFT task type, e.g. "CAUSAL_LM"
+    model_type: str  # the base model's `config.model_type`, e.g. "llama"
+    model_path: str  # its directory or hub id: prompt tuning's text init reads its tokenizer
+    # The task's models receive prefix tuning's `past_key_values` through **kwargs (causal LMs do).
+    prefix_in_kwargs: bool = False
+    target_modules: Mapping[str, list[str]] = field(default_factory=dict)  # objective.args.target_modules
+    source: str | None = None  # the sweep file, named in errors
 
 
 @dataclass(frozen=True)
@@ -38,7 +64,7 @@ class PeftMethod:
     """One PEFT method: the config class it builds and which space parameters feed which fields.
 
     Example:
-        >>> PEFT_METHODS["loha"].params["loha_r"]
+        >>> PEFT_METHODS.get("loha").params["loha_r"]
         'r'
     """
 
@@ -51,10 +77,10 @@ class PeftMethod:
     default_targets: str | None = "attention_qv"
     # Set from other fields when the space leaves them out: {field: (source field, factor)}
     derived: Mapping[str, tuple[str, float]] = field(default_factory=dict)
-    prepare: Callable[[dict[str, Any], Any], None] | None = None  # last touches, given the objective
-    # Why the method cannot train this model for this objective (None: it can), where PEFT would only
-    # fail in the first forward pass, not in get_peft_model: (objective, empty-weights model) -> reason.
-    unfit: Callable[[Any, Any], str | None] | None = None
+    prepare: Callable[[dict[str, Any], AdapterTarget], None] | None = None  # last touches to the config's kwargs
+    # Why the method cannot train this target (None: it can), where PEFT would only fail in the first
+    # forward pass, not in get_peft_model: (target, empty-weights model) -> reason.
+    unfit: Callable[[AdapterTarget, Any], str | None] | None = None
 
     def peft_type(self) -> str:
         """PEFT's name for it (`peft_type` in adapter_config.json), e.g. 'ADAPTION_PROMPT'."""
@@ -64,7 +90,7 @@ class PeftMethod:
         return next(t.value for t in peft.PeftType if t.value.replace("_", "") == stem)
 
 
-def _ia3_modules(kwargs: dict[str, Any], objective) -> None:
+def _ia3_modules(kwargs: dict[str, Any], target: AdapterTarget) -> None:
     # IA3 scales inputs of feed-forward modules and outputs of the others: PEFT needs to know which
     # targets are feed-forward. Without target_modules, PEFT's own per-model table decides both.
     from peft.utils import (
@@ -74,7 +100,7 @@ def _ia3_modules(kwargs: dict[str, Any], objective) -> None:
     targets = kwargs.get("target_modules")
     if targets is None:
         return
-    feedforward = feedforward_table.get(objective.model_type(), [])
+    feedforward = feedforward_table.get(target.model_type, [])
     if isinstance(targets, str):  # "all-linear": PEFT resolves the modules; feed-forward ones from its table
         kwargs["feedforward_modules"] = feedforward
         return
@@ -82,7 +108,7 @@ def _ia3_modules(kwargs: dict[str, Any], objective) -> None:
                                      if any(t == f or t.endswith("." + f) or f.endswith(t) for f in feedforward)]
 
 
-def _prefix_unfit(objective, model) -> str | None:
+def _prefix_unfit(target: AdapterTarget, model) -> str | None:
     # PEFT hands the prefix to the model as `past_key_values`. For causal LMs it goes through **kwargs;
     # for the other tasks PEFT first looks for that argument in the model's (or its backbone's)
     # forward and raises in the first training step without it. transformers 5.24 renamed the
@@ -91,7 +117,7 @@ def _prefix_unfit(objective, model) -> str | None:
 
     import transformers
 
-    if objective.peft_task_type == "CAUSAL_LM":
+    if target.prefix_in_kwargs:
         return None
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
     for module in (model, backbone):
@@ -101,57 +127,71 @@ def _prefix_unfit(objective, model) -> str | None:
             f"does not take in transformers {transformers.__version__}")
 
 
-def _prompt_init(kwargs: dict[str, Any], objective) -> None:
+def _prompt_init(kwargs: dict[str, Any], target: AdapterTarget) -> None:
     # Initialising the virtual tokens from a text needs the tokenizer: the base model's own.
     init = str(kwargs.get("prompt_tuning_init", "RANDOM")).upper()
     kwargs["prompt_tuning_init"] = init
     if init == "TEXT":
         kwargs.setdefault("prompt_tuning_init_text", "Answer the question.")
-        kwargs["tokenizer_name_or_path"] = objective.check_sources()
+        kwargs["tokenizer_name_or_path"] = target.model_path
 
 
-PEFT_METHODS: dict[str, PeftMethod] = {
-    method.name: method
-    for method in (
-        PeftMethod("lora", "LoraConfig",
-                   {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-                    "use_dora": "use_dora", "use_rslora": "use_rslora", "lora_bias": "bias"},
-                   defaults={"r": 8}, derived={"lora_alpha": ("r", 2)}),
-        PeftMethod("loha", "LoHaConfig",
-                   {"loha_r": "r", "loha_alpha": "alpha", "loha_rank_dropout": "rank_dropout",
-                    "loha_module_dropout": "module_dropout"},
-                   defaults={"r": 8}, derived={"alpha": ("r", 1)}),
-        PeftMethod("lokr", "LoKrConfig",
-                   {"lokr_r": "r", "lokr_alpha": "alpha", "lokr_rank_dropout": "rank_dropout",
-                    "lokr_module_dropout": "module_dropout", "lokr_decompose_both": "decompose_both",
-                    "lokr_decompose_factor": "decompose_factor"},
-                   defaults={"r": 8}, derived={"alpha": ("r", 1)}),
-        PeftMethod("ia3", "IA3Config", {}, default_targets=None, prepare=_ia3_modules),
-        PeftMethod("prefix_tuning", "PrefixTuningConfig",
-                   {"prefix_virtual_tokens": "num_virtual_tokens", "prefix_projection": "prefix_projection",
-                    "prefix_hidden_size": "encoder_hidden_size"},
-                   defaults={"num_virtual_tokens": 10}, wraps_modules=False, unfit=_prefix_unfit),
-        PeftMethod("prompt_tuning", "PromptTuningConfig",
-                   {"prompt_virtual_tokens": "num_virtual_tokens", "prompt_init": "prompt_tuning_init",
-                    "prompt_init_text": "prompt_tuning_init_text"},
-                   defaults={"num_virtual_tokens": 10}, wraps_modules=False, prepare=_prompt_init),
-        PeftMethod("adaption_prompt", "AdaptionPromptConfig",
-                   {"adapter_len": "adapter_len", "adapter_layers": "adapter_layers"},
-                   defaults={"adapter_len": 10, "adapter_layers": 1}, wraps_modules=False),
-    )
-}
+# The methods a space can search, by name (`peft_method`).
+PEFT_METHODS: Registry[PeftMethod] = Registry(
+    "PEFT method", key=PEFT_METHOD_KEY,
+    hint="Fix: use one of these; adding one is a PeftMethod entry in objectives/peft_methods.py.")
+for _method in (
+    PeftMethod("lora", "LoraConfig",
+               {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+                "use_dora": "use_dora", "use_rslora": "use_rslora", "lora_bias": "bias"},
+               defaults={"r": 8}, derived={"lora_alpha": ("r", 2)}),
+    PeftMethod("loha", "LoHaConfig",
+               {"loha_r": "r", "loha_alpha": "alpha", "loha_rank_dropout": "rank_dropout",
+                "loha_module_dropout": "module_dropout"},
+               defaults={"r": 8}, derived={"alpha": ("r", 1)}),
+    PeftMethod("lokr", "LoKrConfig",
+               {"lokr_r": "r", "lokr_alpha": "alpha", "lokr_rank_dropout": "rank_dropout",
+                "lokr_module_dropout": "module_dropout", "lokr_decompose_both": "decompose_both",
+                "lokr_decompose_factor": "decompose_factor"},
+               defaults={"r": 8}, derived={"alpha": ("r", 1)}),
+    PeftMethod("ia3", "IA3Config", {}, default_targets=None, prepare=_ia3_modules),
+    PeftMethod("prefix_tuning", "PrefixTuningConfig",
+               {"prefix_virtual_tokens": "num_virtual_tokens", "prefix_projection": "prefix_projection",
+                "prefix_hidden_size": "encoder_hidden_size"},
+               defaults={"num_virtual_tokens": 10}, wraps_modules=False, unfit=_prefix_unfit),
+    PeftMethod("prompt_tuning", "PromptTuningConfig",
+               {"prompt_virtual_tokens": "num_virtual_tokens", "prompt_init": "prompt_tuning_init",
+                "prompt_init_text": "prompt_tuning_init_text"},
+               defaults={"num_virtual_tokens": 10}, wraps_modules=False, prepare=_prompt_init),
+    PeftMethod("adaption_prompt", "AdaptionPromptConfig",
+               {"adapter_len": "adapter_len", "adapter_layers": "adapter_layers"},
+               defaults={"adapter_len": 10, "adapter_layers": 1}, wraps_modules=False),
+):
+    PEFT_METHODS.register(_method.name, _method)
+del _method
+
+
+def methods() -> list[PeftMethod]:
+    """Every registered method.
+
+    Example:
+        >>> sorted(m.name for m in methods() if not m.wraps_modules)
+        ['adaption_prompt', 'prefix_tuning', 'prompt_tuning']
+    """
+    return [PEFT_METHODS.get(name) for name in PEFT_METHODS]
+
 
 # Space parameters that belong to one method -> that method.
-METHOD_OF_PARAM: dict[str, str] = {p: m.name for m in PEFT_METHODS.values() for p in m.params}
+METHOD_OF_PARAM: dict[str, str] = {p: m.name for m in methods() for p in m.params}
 SHARED_PARAMS = {"target_modules": "methods that wrap modules: " + ", ".join(
-    m.name for m in PEFT_METHODS.values() if m.wraps_modules)}
+    m.name for m in methods() if m.wraps_modules)}
 
 
 def accepted_params() -> dict[str, str]:
     """Every PEFT space parameter -> what it sets ('LoHaConfig.r'), for `Objective.accepted_params`."""
-    accepted = {p: f"{m.config_class}.{f}" for m in PEFT_METHODS.values() for p, f in m.params.items()}
+    accepted = {p: f"{m.config_class}.{f}" for m in methods() for p, f in m.params.items()}
     accepted["target_modules"] = "target_modules of LoRA, LoHa, LoKr, IA3"
-    accepted["peft_method"] = "which PEFT method wraps the base model: " + ", ".join(PEFT_METHODS)
+    accepted["peft_method"] = "which PEFT method wraps the base model: " + ", ".join(PEFT_METHODS.names())
     return accepted
 
 
@@ -159,8 +199,8 @@ def get_method(name: Any, *, source: str | None = None) -> PeftMethod:
     """The method called `name`; a ConfigError saying whether the installed PEFT knows it at all."""
     import peft
 
-    method = PEFT_METHODS.get(name) if isinstance(name, str) else None
-    if method is not None:
+    if isinstance(name, str) and name in PEFT_METHODS:
+        method = PEFT_METHODS.get(name)
         if not hasattr(peft, method.config_class):
             raise ConfigError(f"the installed peft {peft.__version__} has no {method.config_class}",
                               source=source, key=PEFT_METHOD_KEY, value=name,
@@ -169,13 +209,8 @@ def get_method(name: Any, *, source: str | None = None) -> PeftMethod:
     known_to_peft = isinstance(name, str) and name.upper() in {t.value for t in peft.PeftType}
     what = ("PEFT offers this method, but ftsweep does not search it (yet)" if known_to_peft
             else f"not a PEFT method known to the installed peft {peft.__version__}")
-    raise ConfigError(what, source=source, key=PEFT_METHOD_KEY, value=name, allowed=list(PEFT_METHODS),
-                      hint="Fix: use one of these; adding one is a PeftMethod entry in objectives/peft_methods.py.")
-
-
-def _finite_values(param) -> list[Any]:
-    """The values a fixed or categorical param can take ([] for any other type)."""
-    return [param.value] if hasattr(param, "value") else list(getattr(param, "choices", []))
+    raise ConfigError(what, source=source, key=PEFT_METHOD_KEY, value=name, allowed=PEFT_METHODS.names(),
+                      hint=PEFT_METHODS.hint)
 
 
 def searched_methods(space, *, source: str | None = None) -> list[str]:
@@ -183,7 +218,7 @@ def searched_methods(space, *, source: str | None = None) -> list[str]:
     if "peft_method" not in space:
         return ["lora"]
     param = space.params()["peft_method"]
-    values = _finite_values(param)
+    values = finite_values(param)
     if not values:
         raise ConfigError("peft_method must be fixed or categorical", source=source, key=PEFT_METHOD_KEY,
                           value=param.type, hint="Fix: {type: categorical, choices: [lora, ia3, ...]}")
@@ -198,53 +233,66 @@ def check_method_params(space, *, source: str | None = None) -> list[str]:
     A parameter of one method (`loha_r`) in a space whose `peft_method` never takes that method is an
     error, and so is one without a `when` that limits it to its method when several are searched.
     """
-    from spaces._params import when_values
-
-    methods = searched_methods(space, source=source)
+    searched = searched_methods(space, source=source)
     params = space.params()
     for name, param in params.items():
         owner = METHOD_OF_PARAM.get(name)
         if owner is None and name in SHARED_PARAMS:
-            wrapping = [m for m in methods if PEFT_METHODS[m].wraps_modules]
+            wrapping = [m for m in searched if PEFT_METHODS.get(m).wraps_modules]
             if not wrapping:
                 raise ConfigError(f"'{name}' is for {SHARED_PARAMS[name]}, and this space searches only "
-                                  f"{', '.join(methods)}", source=source, key=f"space.params.{name}",
+                                  f"{', '.join(searched)}", source=source, key=f"space.params.{name}",
                                   hint=f"Fix: remove '{name}', or add a method that takes it.")
             continue
         if owner is None:
             continue
         key = f"space.params.{name}"
-        if owner not in methods:
+        if owner not in searched:
             raise ConfigError(f"'{name}' is a parameter of peft_method {owner}, but this space's peft_method "
-                              f"is {' / '.join(map(str, methods))}", source=source, key=key,
+                              f"is {' / '.join(map(str, searched))}", source=source, key=key,
                               hint=f"Fix: remove '{name}', or add {owner} to peft_method's choices.")
         gate = (param.when or {}).get("peft_method")
         if gate is None and param.type == "derived":
             # A derived value exists only when its inputs do: it is gated by theirs.
             gates = [(params[d].when or {}).get("peft_method") for d in param.depends_on() if d in params]
             gate = next((g for g in gates if g is not None), None)
-        allowed = when_values(gate) if gate is not None else methods
+        allowed = when_values(gate) if gate is not None else searched
         strays = [m for m in allowed if m != owner]
         if strays:
             raise ConfigError(f"'{name}' belongs to peft_method {owner} but would also be sampled for "
                               f"{', '.join(map(str, strays))}", source=source, key=key,
                               hint=f"Fix: add `when: {{peft_method: {owner}}}` to '{name}'.")
-    return methods
+    return searched
 
 
-FAN_IN_FAN_OUT_MODELS = ("gpt2",)
-
-
-def build_config(params: Mapping[str, Any], objective, *, resolve_targets: Callable[[Any], Any]):
-    """The PEFT config a trial's params describe, for `objective` (its task type and architecture).
+def resolve_target_modules(choice: Any, model_type: str) -> Any:
+    """Module names of a `target_modules` choice: a short name ('attention_qv', 'attention',
+    'all_linear') for this architecture, a list, or 'a,b'.
 
     Example:
-        >>> config = build_config({"peft_method": "ia3"}, objective,
-        ...                       resolve_targets=objective.target_modules)  # doctest: +SKIP
+        >>> resolve_target_modules("attention", "llama"), resolve_target_modules("q_proj, v_proj", "gpt2")
+        (['q_proj', 'k_proj', 'v_proj', 'o_proj'], ['q_proj', 'v_proj'])
+    """
+    if isinstance(choice, (list, tuple)):
+        return list(choice)
+    if choice in TARGET_MODULE_NAMES:
+        table = TARGET_MODULE_NAMES[choice]
+        return table.get(model_type, table["default"])
+    return [m.strip() for m in str(choice).split(",") if m.strip()]
+
+
+def build_config(params: Mapping[str, Any], target: AdapterTarget):
+    """The PEFT config a trial's params describe, for `target` (its task type and architecture).
+
+    Example:
+        >>> target = AdapterTarget(task_type="CAUSAL_LM", model_type="llama", model_path="models/tiny")
+        >>> config = build_config({"peft_method": "lora", "lora_r": 4}, target)
+        >>> config.r, config.lora_alpha, sorted(config.target_modules)
+        (4, 8, ['q_proj', 'v_proj'])
     """
     import peft
 
-    method = get_method(params.get("peft_method", "lora"), source=getattr(objective, "source", None))
+    method = get_method(params.get("peft_method", "lora"), source=target.source)
     kwargs: dict[str, Any] = {f: params[p] for p, f in method.params.items() if p in params}
     for name, value in method.defaults.items():
         kwargs.setdefault(name, value)
@@ -253,25 +301,24 @@ def build_config(params: Mapping[str, Any], objective, *, resolve_targets: Calla
             kwargs[name] = type(kwargs[source])(kwargs[source] * factor)
     if method.wraps_modules:
         choice = params.get("target_modules")
-        per_architecture = getattr(getattr(objective, "options", None), "target_modules", None) or {}
-        if choice is None and per_architecture:
+        if choice is None and target.target_modules:
             # The sweep's own per-architecture table (objective.args.target_modules), else the method's default.
-            choice = per_architecture.get(objective.model_type())
+            choice = target.target_modules.get(target.model_type)
         if choice is None:
             choice = method.default_targets
         if choice is not None:
-            kwargs["target_modules"] = resolve_targets(choice)
+            kwargs["target_modules"] = resolve_target_modules(choice, target.model_type)
     if method.prepare is not None:
-        method.prepare(kwargs, objective)
+        method.prepare(kwargs, target)
     config_cls = getattr(peft, method.config_class)
     if "fan_in_fan_out" in getattr(config_cls, "__dataclass_fields__", {}) and method.wraps_modules \
-            and objective.model_type() in FAN_IN_FAN_OUT_MODELS:
+            and target.model_type in FAN_IN_FAN_OUT_MODELS:
         kwargs.setdefault("fan_in_fan_out", True)  # GPT-2's Conv1D stores weights transposed (PEFT warns otherwise)
     try:
-        return config_cls(task_type=objective.peft_task_type, **kwargs)
+        return config_cls(task_type=target.task_type, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"PEFT refused the {method.name} settings ({str(exc).splitlines()[0]})",
-                          source=getattr(objective, "source", None), key=PEFT_METHOD_KEY, value=method.name,
+                          source=target.source, key=PEFT_METHOD_KEY, value=method.name,
                           hint="Fix: change the method's parameters in the space.") from None
 
 
@@ -279,7 +326,7 @@ def representative_params(space, method: str) -> Iterable[dict[str, Any]]:
     """Param sets covering each categorical `target_modules` choice of `method` (for load-time checks)."""
     params = space.params()
     choices: list[Any] = [None]
-    if "target_modules" in params and PEFT_METHODS[method].wraps_modules:
-        choices = _finite_values(params["target_modules"]) or [None]
+    if "target_modules" in params and PEFT_METHODS.get(method).wraps_modules:
+        choices = finite_values(params["target_modules"]) or [None]
     for choice in choices:
         yield {"peft_method": method, **({"target_modules": choice} if choice is not None else {})}

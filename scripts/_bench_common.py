@@ -127,7 +127,7 @@ def sample_bare(trial) -> dict[str, Any]:
 
 
 def make_pruner(spec: dict[str, Any] | None, budget: dict[str, int]):
-    """An Optuna pruner for {"name", "args"} with ftsweep's meaning of the names (search/pruners.py):
+    """An Optuna pruner for {"name", "args"} with ftsweep's meaning of the names (search/components/pruners.py):
     hyperband and successive halving count resources in optimizer steps from `eval_every`."""
     import optuna
 
@@ -340,9 +340,9 @@ def _run_ftsweep(config: dict[str, Any], timers: _Timers) -> Any:
     from rich.console import Console
 
     from search.backends import get_backend
-    from search.progress import SweepProgress
-    from search.spec import load_sweep
-    from search.study import open_storage
+    from search.observers.progress import SweepProgress
+    from search.sweep import load_sweep
+    from search.store.storage import open_storage
 
     workdir = Path(config["workdir"])
     sweep_file = workdir / "sweep.yaml"
@@ -386,8 +386,7 @@ def _run_hf(config: dict[str, Any], timers: _Timers) -> Any:
     from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, TrainerCallback, set_seed
 
     objective = _objective(config)  # the same tokenized data and collator as the other sides
-    model_path = objective.check_sources()
-    objective.base_model = None  # this side loads the model itself, per trial
+    model_path = objective.check_sources()  # this side loads the model itself, per trial
     gc.unfreeze()  # set-up's gc.freeze() is ftsweep's; a plain HF script does not have it
     seed = objective.seed
 
@@ -418,7 +417,7 @@ def _run_hf(config: dict[str, Any], timers: _Timers) -> Any:
 
     trainer = Trainer(
         model_init=model_init, args=args, train_dataset=objective.train_dataset,
-        eval_dataset=objective.eval_dataset, data_collator=objective._collator(), callbacks=[StopAtTarget()],
+        eval_dataset=objective.eval_dataset, data_collator=objective.collator(), callbacks=[StopAtTarget()],
     )
     trainer.remove_callback(PrinterCallback)  # with tqdm off Trainer prints every log dict; ftsweep does not
     state["trainer"] = trainer
@@ -444,7 +443,7 @@ def _run_bare(config: dict[str, Any], timers: _Timers) -> Any:
     objective = _objective(config)
     gc.unfreeze()
     base, budget, seed = objective.base_model, config["budget"], objective.seed
-    collator = objective._collator()
+    collator = objective.collator()
     eval_loader = DataLoader(objective.eval_dataset, batch_size=32, collate_fn=collator)
     stop_below = config.get("stop_below")
 
@@ -518,9 +517,9 @@ def _run_bare(config: dict[str, Any], timers: _Timers) -> Any:
 
 
 def _refreeze_objective():
-    from objectives.causal_lm import CausalLMObjective
+    from objectives import get_objective
 
-    class RefreezeObjective(CausalLMObjective):
+    class RefreezeObjective(get_objective("causal_lm")):
         """causal_lm, plus `gc.freeze()` after every trial: what the first trial, the study storage and
         the sampler left alive is no longer walked by the next trials' full collections."""
 

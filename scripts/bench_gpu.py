@@ -36,7 +36,7 @@ What is measured
                 steps x batch x seq-len (every example is full-length, checked); the bare loop sums
                 attention masks. Evaluation time is never in the window.
     between     from the end of one trial's last training step (its last training log) to the first
-                training batch of the next trial (the first call of the collator that `_collator()`
+                training batch of the next trial (the first call of the collator that `collator()`
                 returned to the new Trainer). Its parts come from the same timestamps plus three
                 overridden objective hooks (a subclass that only records the time):
                   eval      last training log -> `clean_metrics` of the final evaluation
@@ -44,7 +44,7 @@ What is measured
                                `torch.cuda.empty_cache()`, temporary directory removed)
                   adapter   next `run_trial` call -> `training_arguments()` (pristine check,
                                `get_peft_model`)
-                  args      -> `_collator()` (TrainingArguments built)
+                  args      -> `collator()` (TrainingArguments built)
                   trainer   -> first training batch (Trainer construction, `train()` set-up: optimizer,
                                scheduler, dataloader)
     warm-up excess  the first --warmup steps' wall time minus the same number of steady steps: what
@@ -231,7 +231,7 @@ class BareLoop:
 
 
 def timed_objective_class():
-    """CausalLMObjective plus timestamps at three of its own hooks; behaviour unchanged."""
+    """The causal_lm objective plus timestamps at three of its own hooks; behaviour unchanged."""
     from objectives import get_objective
 
     base_cls = get_objective("causal_lm")
@@ -245,9 +245,9 @@ def timed_objective_class():
             self.marks["adapter_ready"] = _clock()
             return super().training_arguments(params, output_dir)
 
-        def _collator(self):
+        def collator(self):
             self.marks["args_ready"] = _clock()
-            collate = super()._collator()
+            collate = super().collator()
             marks = self.marks
 
             def timed_collate(features):
@@ -398,9 +398,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     from transformers import DataCollatorForSeq2Seq
 
-    from objectives.causal_lm import IGNORE_INDEX
+    from objectives.tasks.causal_lm import IGNORE_INDEX
 
-    # The collator causal_lm's `_collator()` returns (that method is timed in the subclass, so built here).
+    # The collator causal_lm's `collator()` returns (that method is timed in the subclass, so built here).
     collator = DataCollatorForSeq2Seq(objective.tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     bare_loop = BareLoop(model_dir, objective.train_dataset, collator, args, dtype)
     # Rounds of one bare run then --trials trials, so drift (clocks, the VM's CPU) hits both sides alike.

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run_side(side: str, workdir: Path, *, trials: int, steps: int, workers: int) -> dict[str, float]:
     import optuna
 
-    from search.study import open_storage
+    from search.store.storage import open_storage
 
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)

@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import optuna  # noqa: E402
 
 from search.backends import get_backend  # noqa: E402
-from search.spec import load_sweep  # noqa: E402
-from search.study import open_storage
+from search.sweep import load_sweep  # noqa: E402
+from search.store.storage import open_storage
 
 
 def run_once(mode: str, trials: int) -> tuple[float, float]:

@@ -17,15 +17,11 @@ Presets are the ``*.yaml`` files in ``spaces/presets/``; adding one is dropping 
 
 Example:
 
-    .. code-block:: python
-
-        import optuna
-
-        from spaces import resolve_space
-
-        space = resolve_space({"preset": "lora-quick", "remove": ["lora_dropout"]})
-        study = optuna.create_study()
-        study.optimize(lambda trial: space.sample(trial)["learning_rate"], n_trials=5)
+    >>> import optuna
+    >>> from spaces import resolve_space
+    >>> space = resolve_space({"preset": "lora-quick", "remove": ["lora_dropout"]})
+    >>> study = optuna.create_study()
+    >>> study.optimize(lambda trial: space.sample(trial)["learning_rate"], n_trials=5)
 """
 
 from spaces._errors import ConfigError
@@ -36,10 +32,13 @@ from spaces._params import FixedParam
 from spaces._params import FloatParam
 from spaces._params import IntParam
 from spaces._params import Param
+from spaces._params import finite_values
+from spaces._params import when_values
 from spaces._presets import get_preset
 from spaces._presets import list_presets
 from spaces._presets import preset_path
 from spaces._presets import resolve_space
+from spaces._registry import Registry
 from spaces._space import SearchSpace
 from spaces._yaml import load_yaml
 
@@ -52,11 +51,14 @@ __all__ = [
     "FloatParam",
     "IntParam",
     "Param",
+    "Registry",
     "SearchSpace",
+    "finite_values",
     "from_validation_error",
     "get_preset",
     "list_presets",
     "load_yaml",
     "preset_path",
     "resolve_space",
+    "when_values",
 ]

@@ -38,22 +38,19 @@ class ConfigError(ValueError):
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import ConfigError
-
-            err = ConfigError(
-                "low (64) is greater than high (4)",
-                source="sweep.yaml",
-                key="space.params.lora_r.low",
-                value=64,
-                allowed="a number <= high",
-                hint="Fix: swap them.",
-            )
-            assert str(err) == (
-                "sweep.yaml: space.params.lora_r.low: low (64) is greater than high (4); "
-                "got 64; allowed: a number <= high. Fix: swap them."
-            )
+        >>> from spaces import ConfigError
+        >>> err = ConfigError(
+        ...     "low (64) is greater than high (4)",
+        ...     source="sweep.yaml",
+        ...     key="space.params.lora_r.low",
+        ...     value=64,
+        ...     allowed="a number <= high",
+        ...     hint="Fix: swap them.",
+        ... )
+        >>> assert str(err) == (
+        ...     "sweep.yaml: space.params.lora_r.low: low (64) is greater than high (4); "
+        ...     "got 64; allowed: a number <= high. Fix: swap them."
+        ... )
     """
 
     def __init__(

@@ -170,12 +170,9 @@ class FloatParam(_BaseParam):
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import FloatParam
-
-            lr = FloatParam(low=1e-5, high=1e-2, log=True)
-            assert lr.to_dict() == {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}
+        >>> from spaces import FloatParam
+        >>> lr = FloatParam(low=1e-5, high=1e-2, log=True)
+        >>> assert lr.to_dict() == {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}
     """
 
     type: Literal["float"] = "float"
@@ -226,12 +223,9 @@ class IntParam(_BaseParam):
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import IntParam
-
-            r = IntParam(low=4, high=64, log=True)
-            assert r.to_dict() == {"type": "int", "low": 4, "high": 64, "log": True}
+        >>> from spaces import IntParam
+        >>> r = IntParam(low=4, high=64, log=True)
+        >>> assert r.to_dict() == {"type": "int", "low": 4, "high": 64, "log": True}
     """
 
     type: Literal["int"] = "int"
@@ -281,12 +275,9 @@ class CategoricalParam(_BaseParam):
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import CategoricalParam
-
-            sched = CategoricalParam(choices=["linear", "cosine"])
-            assert sched.to_dict() == {"type": "categorical", "choices": ["linear", "cosine"]}
+        >>> from spaces import CategoricalParam
+        >>> sched = CategoricalParam(choices=["linear", "cosine"])
+        >>> assert sched.to_dict() == {"type": "categorical", "choices": ["linear", "cosine"]}
     """
 
     type: Literal["categorical"] = "categorical"
@@ -330,11 +321,8 @@ class FixedParam(_BaseParam):
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import FixedParam
-
-            assert FixedParam(value="lora").to_dict() == {"type": "fixed", "value": "lora"}
+        >>> from spaces import FixedParam
+        >>> assert FixedParam(value="lora").to_dict() == {"type": "fixed", "value": "lora"}
     """
 
     type: Literal["fixed"] = "fixed"
@@ -356,12 +344,9 @@ class DerivedParam(_BaseParam):
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import DerivedParam
-
-            alpha = DerivedParam.model_validate({"from": "lora_r", "times": 2, "as": "int"})
-            assert alpha.compute({"lora_r": 8}) == 16
+        >>> from spaces import DerivedParam
+        >>> alpha = DerivedParam.model_validate({"from": "lora_r", "times": 2, "as": "int"})
+        >>> assert alpha.compute({"lora_r": 8}) == 16
     """
 
     type: Literal["derived"] = "derived"
@@ -453,3 +438,14 @@ def parse_param(data: Any, *, source: str | None, key: str | None) -> _BaseParam
             allowed_keys=lambda loc: _model_keys(model) if not loc else None,
             skip_loc=1,  # The union tag (e.g. "float") leads the loc but is not a key in the file.
         ) from None
+
+
+def finite_values(param) -> list[Any]:
+    """The values a fixed or categorical space param can take ([] for any other type).
+
+    Example:
+        >>> from spaces import CategoricalParam
+        >>> finite_values(CategoricalParam(type="categorical", choices=["lora", "ia3"]))
+        ['lora', 'ia3']
+    """
+    return [param.value] if hasattr(param, "value") else list(getattr(param, "choices", []))

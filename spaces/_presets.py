@@ -28,11 +28,8 @@ def list_presets() -> list[str]:
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import list_presets
-
-            assert "lora" in list_presets()
+        >>> from spaces import list_presets
+        >>> assert "lora" in list_presets()
     """
     return sorted(p.relative_to(PRESETS_DIR).with_suffix("").as_posix() for p in _preset_files())
 
@@ -46,11 +43,8 @@ def preset_path(name: str) -> Path:
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import preset_path
-
-            assert preset_path("lora").name == "lora.yaml"
+        >>> from spaces import preset_path
+        >>> assert preset_path("lora").name == "lora.yaml"
     """
     return _preset_path(name, source=None, key=None)
 
@@ -75,12 +69,9 @@ def get_preset(name: str) -> SearchSpace:
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import get_preset
-
-            space = get_preset("lora")
-            assert "learning_rate" in space.searched_names
+        >>> from spaces import get_preset
+        >>> space = get_preset("lora")
+        >>> assert "learning_rate" in space.searched_names
     """
     return _load_preset(name, source=None, key=None)
 
@@ -136,19 +127,16 @@ def resolve_space(
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import resolve_space
-
-            space = resolve_space(
-                {
-                    "preset": "lora",
-                    "override": {"learning_rate": {"high": 1.0e-3}},
-                    "add": {"label_smoothing_factor": {"type": "float", "low": 0, "high": 0.1}},
-                    "remove": ["lora_dropout"],
-                }
-            )
-            assert "label_smoothing_factor" in space and "lora_dropout" not in space
+        >>> from spaces import resolve_space
+        >>> space = resolve_space(
+        ...     {
+        ...         "preset": "lora",
+        ...         "override": {"learning_rate": {"high": 1.0e-3}},
+        ...         "add": {"label_smoothing_factor": {"type": "float", "low": 0, "high": 0.1}},
+        ...         "remove": ["lora_dropout"],
+        ...     }
+        ... )
+        >>> assert "label_smoothing_factor" in space and "lora_dropout" not in space
     """
     if isinstance(value, str):
         space = _load_preset(value, source=source, key=key)

@@ -48,30 +48,22 @@ class SearchSpace:
 
     Example:
 
-        .. code-block:: python
-
-            import optuna
-
-            from spaces import SearchSpace
-
-            space = SearchSpace.from_dict(
-                {
-                    "params": {
-                        "learning_rate": {"type": "float", "low": 1e-5, "high": 0.01, "log": True},
-                        "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
-                        "lora_alpha": {"type": "derived", "from": "lora_r", "times": 2},
-                    }
-                }
-            )
-
-
-            def objective(trial):
-                config = space.sample(trial)
-                assert config["lora_alpha"] == 2 * config["lora_r"]
-                return config["learning_rate"]
-
-
-            optuna.create_study().optimize(objective, n_trials=3)
+        >>> import optuna
+        >>> from spaces import SearchSpace
+        >>> space = SearchSpace.from_dict(
+        ...     {
+        ...         "params": {
+        ...             "learning_rate": {"type": "float", "low": 1e-5, "high": 0.01, "log": True},
+        ...             "lora_r": {"type": "categorical", "choices": [4, 8, 16]},
+        ...             "lora_alpha": {"type": "derived", "from": "lora_r", "times": 2},
+        ...         }
+        ...     }
+        ... )
+        >>> def objective(trial):
+        ...     config = space.sample(trial)
+        ...     assert config["lora_alpha"] == 2 * config["lora_r"]
+        ...     return config["learning_rate"]
+        >>> optuna.create_study().optimize(objective, n_trials=3)
     """
 
     def __init__(
@@ -96,14 +88,11 @@ class SearchSpace:
 
         Example:
 
-            .. code-block:: python
-
-                from spaces import SearchSpace
-
-                space = SearchSpace.from_dict(
-                    {"name": "tiny", "params": {"lr": {"type": "float", "low": 0.1, "high": 1}}}
-                )
-                assert space.names == ["lr"]
+            >>> from spaces import SearchSpace
+            >>> space = SearchSpace.from_dict(
+            ...     {"name": "tiny", "params": {"lr": {"type": "float", "low": 0.1, "high": 1}}}
+            ... )
+            >>> assert space.names == ["lr"]
         """
         if not isinstance(data, Mapping):
             raise ConfigError(
@@ -342,17 +331,13 @@ class SearchSpace:
 
         Example:
 
-            .. code-block:: python
-
-                from optuna.trial import FixedTrial
-
-                from spaces import get_preset
-
-                config = get_preset("lora-quick").sample(
-                    FixedTrial({"learning_rate": 1e-3, "lr_scheduler_type": "cosine",
-                                "lora_r": 8, "lora_dropout": 0.05})
-                )
-                assert config["lora_alpha"] == 16 and config["peft_method"] == "lora"
+            >>> from optuna.trial import FixedTrial
+            >>> from spaces import get_preset
+            >>> config = get_preset("lora-quick").sample(
+            ...     FixedTrial({"learning_rate": 1e-3, "lr_scheduler_type": "cosine",
+            ...                 "lora_r": 8, "lora_dropout": 0.05})
+            ... )
+            >>> assert config["lora_alpha"] == 16 and config["peft_method"] == "lora"
         """
         values: dict[str, Any] = {}
         for name in self._order:
@@ -378,19 +363,15 @@ class SearchSpace:
 
         Example:
 
-            .. code-block:: python
-
-                import optuna
-
-                from spaces import SearchSpace
-
-                space = SearchSpace.from_dict(
-                    {"params": {"r": {"type": "categorical", "choices": [4, 8]},
-                                "dropout": {"type": "float", "low": 0, "high": 0.1, "step": 0.05}}}
-                )
-                study = optuna.create_study(sampler=optuna.samplers.GridSampler(space.grid()))
-                study.optimize(lambda t: space.sample(t)["dropout"], n_trials=10)
-                assert len(study.trials) == 6
+            >>> import optuna
+            >>> from spaces import SearchSpace
+            >>> space = SearchSpace.from_dict(
+            ...     {"params": {"r": {"type": "categorical", "choices": [4, 8]},
+            ...                 "dropout": {"type": "float", "low": 0, "high": 0.1, "step": 0.05}}}
+            ... )
+            >>> study = optuna.create_study(sampler=optuna.samplers.GridSampler(space.grid()))
+            >>> study.optimize(lambda t: space.sample(t)["dropout"], n_trials=10)
+            >>> assert len(study.trials) == 6
         """
         grid = {}
         for name in self.searched_names:

@@ -57,12 +57,9 @@ def load_yaml(path: str | Path) -> Any:
 
     Example:
 
-        .. code-block:: python
-
-            from spaces import load_yaml, preset_path
-
-            doc = load_yaml(preset_path("lora"))
-            assert doc["params"]["learning_rate"]["log"] is True
+        >>> from spaces import load_yaml, preset_path
+        >>> doc = load_yaml(preset_path("lora"))
+        >>> assert doc["params"]["learning_rate"]["log"] is True
     """
     source = str(path)
     try:

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from objectives import get_objective
-from search.spec import SweepSpec, load_sweep
+from search.settings import SweepSpec
+from search.sweep import load_sweep
 from spaces import resolve_space
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -30,11 +31,11 @@ def test_yaml_example_is_valid(block, tmp_path):
         path.write_text(yaml.safe_dump(data))
         load_sweep(path)
     elif "tracking" in data:  # the W&B section
-        from search.tracking import TrackingConfig
+        from search.settings import TrackingConfig
 
         assert TrackingConfig.model_validate(data["tracking"]).wandb == "auto"
     elif "retries" in data:  # the retry policy section
-        from search.retries import RetryPolicy
+        from search.settings import RetryPolicy
 
         assert RetryPolicy.model_validate(data["retries"]) == RetryPolicy()  # the README shows the defaults
     else:  # a `space:` example

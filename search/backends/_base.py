@@ -6,6 +6,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..secrets import redact_url
+from ..store.record import ENQUEUED, finished_count
+from ..store.recovery import recover_interrupted
+
 # Called by a backend as things happen, for progress displays: event name + details.
 Listener = Callable[[str, dict[str, Any]], None]
 
@@ -24,10 +28,10 @@ class SweepOutcome:
 class Backend(ABC):
     """Runs `sweep` until it has `n_trials` finished trials (or `timeout`), recording each in the study.
 
-    A backend must: create or resume the study named by the sweep in its storage; record per trial the
-    params (`user_attrs['config']` = full resolved params), intermediate values, final metrics
-    (`user_attrs['metrics']`), state and, for failures, `user_attrs['fail_reason']`; keep going when a
-    trial fails; leave completed trials intact when interrupted.
+    A backend must: create or resume the study named by the sweep in its storage; write each trial's
+    record through `search.store.record.TrialRecord` (config, eval history and intermediate values,
+    final metrics, duration, state, failure cause and reason); keep going when a trial fails; leave
+    completed trials intact when interrupted. The backend contract tests check all of it.
     """
 
     name: str
@@ -40,15 +44,13 @@ class Backend(ABC):
         """What every backend does to an opened study before running trials: fail and re-queue
         trials a dead process left running, queue `--enqueue` configs, and work out how many trials
         are still owed. Returns the outcome to fill and that number (None: until the timeout)."""
-        from ..study import finished_count, recover_interrupted, redact_url
-
         sweep, spec = self.sweep, self.sweep.spec
         requeued = recover_interrupted(study, spec.retries)
         searched = set(sweep.space.searched_names)
         for params in sweep.enqueue:  # only the params this space searches: the sampler fills in the rest
             known = {k: v for k, v in params.items() if k in searched}
             if known:
-                study.enqueue_trial(known, user_attrs={"enqueued": True}, skip_if_exists=True)
+                study.enqueue_trial(known, user_attrs={ENQUEUED: True}, skip_if_exists=True)
         done = finished_count(study.get_trials(deepcopy=False))
         remaining = None if spec.n_trials is None else max(spec.n_trials - done, 0)
         self.listener("start", {"study": study, "done": done, "remaining": remaining, "requeued": requeued,

@@ -12,31 +12,35 @@ Flow of `OptunaBackend.run()`:
 from __future__ import annotations
 
 import math
+import os
 import time
 import zlib
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
 from objectives import TrialDiverged
+from spaces import ConfigError
 
-from ..pruners import build_pruner
-from ..retries import DIVERGED, INTERRUPTED, PREEMPTED, WorkerPreempted, enqueue_retry, failure_cause, plan_retry
-from ..samplers import build_sampler
-from ..study import (
-    WORKER,
+from ..components import build_pruner, build_sampler
+from ..observers.tracking import make_tracker
+from ..secrets import redact_url, scrub_secrets
+from ..store.queue import NoTrialLeft, QueueStudy, top_up_slots
+from ..store.record import (
+    DIVERGED,
+    INTERRUPTED_CAUSE,
+    OVERRIDES,
+    PREEMPTED,
+    STUDY_DEADLINE,
+    TrialRecord,
     finished_count,
-    open_storage,
-    prepare_storage,
     record_constraints,
     record_sweep,
-    recover_interrupted,
-    retry_stale_trial,
-    scrub_secrets,
+    state_counts,
 )
-from ..tracking import make_tracker
-from ..workers import NoTrialLeft, QueueStudy, top_up_slots
+from ..store.recovery import recover_interrupted, retry_stale_trial
+from ..store.retries import WorkerPreempted, enqueue_retry, failure_cause, plan_retry
+from ..store.storage import WORKER_ID, open_storage, prepare_storage
 from ._base import Backend, SweepOutcome
 
 
@@ -45,8 +49,9 @@ class OptunaBackend(Backend):
     works on a study another process prepared (`ftsweep worker`, one of many).
 
     Example:
-        >>> from search.spec import load_sweep
-        >>> outcome = OptunaBackend(load_sweep("demo", ["n_trials=2"])).run()  # doctest: +SKIP
+        >>> outcome = OptunaBackend(sweep).run()  # conftest.py's tiny sweep, launched already: resumed, done
+        >>> outcome.study_name, outcome.counts
+        ('tiny', {'complete': 2})
     """
 
     name = "optuna"
@@ -58,10 +63,8 @@ class OptunaBackend(Backend):
             return self._finish(study, outcome)
         return self.work(objective, outcome)
 
-    def join(self, *, seed_salt: str = WORKER) -> SweepOutcome:
+    def join(self, *, seed_salt: str = WORKER_ID) -> SweepOutcome:
         """Work on an already prepared study until its queue is empty (or its deadline passes)."""
-        from ..study import redact_url
-
         objective = self._set_up()
         sweep = self.sweep
         outcome = SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(sweep.storage_url))
@@ -91,7 +94,7 @@ class OptunaBackend(Backend):
         outcome, remaining = self.begin(study, sweep.storage_url)
         if spec.n_trials is not None:
             top_up_slots(study, spec.n_trials)
-        study.set_user_attr("deadline", time.time() + spec.timeout if spec.timeout else None)
+        study.set_user_attr(STUDY_DEADLINE, time.time() + spec.timeout if spec.timeout else None)
         return study, outcome, remaining
 
     def work(self, objective, outcome: SweepOutcome, *, seed_salt: str | None = None) -> SweepOutcome:
@@ -102,10 +105,10 @@ class OptunaBackend(Backend):
         storage = open_storage(sweep.storage_url, heartbeat=policy if shared else None,
                                on_stale=retry_stale_trial(policy))
         probe = optuna.load_study(study_name=sweep.study_name, storage=storage)
-        deadline = probe.user_attrs.get("deadline")
+        deadline = probe.user_attrs.get(STUDY_DEADLINE)
         # Offset by the trials already started: a resumed sweep must not replay the same random draws.
         # Each worker its own seed: workers started together must not draw the same configs.
-        started = sum(t.state != TrialState.WAITING for t in probe.get_trials(deepcopy=False))
+        started = sum(t.state != optuna.trial.TrialState.WAITING for t in probe.get_trials(deepcopy=False))
         seed = spec.seed + started
         if seed_salt is not None:
             seed = zlib.crc32(f"{spec.seed}:{seed_salt}".encode()) + started
@@ -147,8 +150,6 @@ class OptunaBackend(Backend):
                                     load_if_exists=True)
         existing = [d.name.lower() for d in study.directions]
         if existing != sweep.directions:
-            from spaces import ConfigError
-
             raise ConfigError(
                 f"study '{sweep.study_name}' already exists with direction(s) {', '.join(existing)}",
                 source=sweep.source, key="metric.direction", value=", ".join(sweep.directions),
@@ -161,18 +162,18 @@ class OptunaBackend(Backend):
         sweep = self.sweep
         metric = sweep.metric_names[0]
         single = not sweep.multi_objective
-        trial.set_user_attr("worker", WORKER)
-        trial.set_user_attr("device", self.device)
+        record = TrialRecord.of(trial)
+        record.stamp(WORKER_ID)  # first: a trial unstamped for long belongs to a dead process
         params = sweep.space.sample(trial)
-        params.update(trial.user_attrs.get("overrides", {}))  # a re-run's changes, e.g. the halved batch after OOM
-        trial.set_user_attr("config", params)
+        params.update(trial.user_attrs.get(OVERRIDES, {}))  # a re-run's changes, e.g. the halved batch after OOM
+        record.started(params, device=self.device)
         self.listener("trial_start", {"trial": trial, "params": params})
         history: list[dict[str, Any]] = []
         tracked = self.tracker.trial(sweep.study_name, trial.number, params)
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             history.append({"step": step, **metrics})
-            trial.set_user_attr("eval_history", history)
+            record.evaluated(history)
             tracked.log(step, metrics)
             self.listener("trial_report", {"trial": trial, "step": step, "metrics": metrics})
             if not single:
@@ -182,57 +183,51 @@ class OptunaBackend(Backend):
 
         started = time.monotonic()
         last = lambda: {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}  # noqa: E731
+        elapsed = lambda: time.monotonic() - started  # noqa: E731
         try:
             metrics = objective.run_trial(params, report, on_log=tracked.log)
         except optuna.TrialPruned:
-            trial.set_user_attr("duration_s", time.monotonic() - started)
+            record.ended(duration_s=elapsed())
             tracked.finish("pruned", last())
             raise
         except KeyboardInterrupt as exc:
             if isinstance(exc, WorkerPreempted):
-                self._fail(trial, PREEMPTED, f"preempted: {exc}", tracked, last())
+                self._fail(trial, record, PREEMPTED, f"preempted: {exc}", tracked, last())
             else:
-                self._fail(trial, INTERRUPTED, "interrupted: stopped by the user (Ctrl-C)", tracked, last())
+                self._fail(trial, record, INTERRUPTED_CAUSE, "interrupted: stopped by the user (Ctrl-C)", tracked,
+                           last())
             raise
         except Exception as exc:
-            trial.set_user_attr("duration_s", time.monotonic() - started)
-            self._fail(trial, failure_cause(exc), _reason(exc), tracked, last())
+            record.ended(duration_s=elapsed())
+            self._fail(trial, record, failure_cause(exc), _reason(exc), tracked, last())
             raise
-        trial.set_user_attr("duration_s", time.monotonic() - started)
-        trial.set_user_attr("metrics", metrics)
+        record.completed(metrics, duration_s=elapsed())
         values = [metrics.get(name, math.nan) for name in sweep.metric_names]
         bad = next(((name, v) for name, v in zip(sweep.metric_names, values) if not math.isfinite(v)), None)
         if bad is not None:
             reason = f"TrialDiverged: final {bad[0]} is {bad[1]}"
-            self._fail(trial, DIVERGED, reason, tracked, metrics)
+            self._fail(trial, record, DIVERGED, reason, tracked, metrics)
             raise TrialDiverged(reason)
         record_constraints(trial, sweep.spec.constraints, metrics)
         tracked.finish("complete", metrics)
         return values[0] if single else values
 
-    def _fail(self, trial: optuna.Trial, cause: str, reason: str, tracked, metrics: dict[str, float]) -> None:
-        """Record why the trial failed and, per the retry policy, queue its re-run (search/retries.py)."""
+    def _fail(self, trial: optuna.Trial, record: TrialRecord, cause: str, reason: str, tracked,
+              metrics: dict[str, float]) -> None:
+        """Record why the trial failed and, per the retry policy, queue its re-run (search/store/retries.py)."""
         retry, outcome = plan_retry(trial, cause, self.sweep.spec.retries, self.sweep.spec.budget)
-        trial.set_user_attr("fail_reason", scrub_secrets(reason))
-        trial.set_user_attr("failure_cause", cause)
-        trial.set_user_attr("retry", outcome)
-        if cause == INTERRUPTED:
-            trial.set_user_attr("interrupted", True)
+        record.failed(cause, scrub_secrets(reason), retry=outcome, requeued=retry is not None)
         if retry is not None:
-            trial.set_user_attr("retried", True)  # its re-run takes its place in n_trials
             enqueue_retry(trial.study, trial, retry)
         tracked.finish("failed", metrics, reason)
 
     def _finish(self, study: optuna.Study, outcome: SweepOutcome) -> SweepOutcome:
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        outcome.counts = {s.name.lower(): states.count(s) for s in TrialState if states.count(s)}
+        outcome.counts = state_counts(study.get_trials(deepcopy=False))
         return outcome
 
 
 def _device(objective) -> str:
     """Where this worker's trials train, e.g. 'cuda NVIDIA H200 (CUDA_VISIBLE_DEVICES=1), bfloat16'."""
-    import os
-
     import torch
 
     dtype = str(objective.torch_dtype()).removeprefix("torch.")

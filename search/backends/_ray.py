@@ -21,14 +21,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import shutil
+import tempfile
+
 import optuna
 from optuna.trial import TrialState
 
 from spaces import ConfigError
 
-from ..pruners import ALIASES
-from ..samplers import build_sampler
-from ..study import WORKER, mark_interrupted, prepare_storage, record_constraints, record_sweep
+from ..components import PRUNERS, build_sampler
+from ..store.record import ERROR, RETRY_REASONS, TrialRecord, record_constraints, record_sweep, state_counts
+from ..store.retries import failure_cause
+from ..store.recovery import mark_interrupted
+from ..store.storage import WORKER_ID, prepare_storage
+from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
@@ -62,8 +68,6 @@ def _worker_objective(payload: str):
     """The objective for this sweep in this worker process, set up on first use only."""
     objective = _WORKER_OBJECTIVES.get(payload)
     if objective is None:
-        from ..spec import Sweep
-
         sweep = Sweep.from_payload(payload)
         objective = sweep.make_objective()
         objective.setup()
@@ -151,8 +155,6 @@ class DefineByRun:
 
     def __call__(self, trial):
         if self._space is None:
-            from ..spec import Sweep
-
             self._space = Sweep.from_payload(self.payload).space
         params = self._space.sample(trial)
         searched = set(self._space.searched_names)
@@ -191,8 +193,8 @@ class StudyRecorder:
     def attach(self, trial_id: str, ot_trial: optuna.Trial, config: dict) -> None:
         self.trials[trial_id] = ot_trial
         self.configs[trial_id] = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
-        self._set(trial_id, "config", self.configs[trial_id])
-        self._set(trial_id, "worker", WORKER)  # the driver owns the record: a dead driver's trial is stale
+        # The driver owns the record: a dead driver's trial is stale.
+        self._record(trial_id).started(self.configs[trial_id], worker=WORKER_ID)
 
     def _live(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The study's record of a Ray trial while it can still be written. After a relaunch Ray may
@@ -205,8 +207,8 @@ class StudyRecorder:
             return None
         return frozen
 
-    def _set(self, trial_id: str, key: str, value: Any) -> None:
-        self.study._storage.set_trial_user_attr(self.trials[trial_id]._trial_id, key, value)
+    def _record(self, trial_id: str) -> TrialRecord:
+        return TrialRecord(self.study._storage, self.trials[trial_id]._trial_id)
 
     def result(self, trial_id: str, result: dict) -> None:
         if self.metric_name not in result or result.get(DONE_KEY):
@@ -217,8 +219,9 @@ class StudyRecorder:
         ot_trial = self.trials[trial_id]
         step = int(result.get("step", result.get("training_iteration", 0)))
         history = self.histories.setdefault(trial_id, [])
+        record = self._record(trial_id)
         if not history and "placement" in result:
-            self._set(trial_id, "placement", json.loads(result["placement"]))
+            record.placed(json.loads(result["placement"]))
         resumed = int(result.get("resumed_from", 0))
         restarted = bool(history) and (step <= history[-1]["step"] or resumed != history[-1].get("resumed_from", 0))
         if restarted:
@@ -232,9 +235,9 @@ class StudyRecorder:
         params = json.loads(result["params"]) if "params" in result else {}
         if params and params != self.configs[trial_id]:  # PBT changed params (cloned, then explored)
             self.configs[trial_id] = entry["config"] = params
-            self._set(trial_id, "config", params)  # the params it finished with
+            record.started(params)  # the params it finished with
         history.append(entry)
-        self._set(trial_id, "eval_history", history)
+        record.evaluated(history)
         if step not in frozen.intermediate_values:
             ot_trial.report(float(result[self.metric_name]), step)
         self._tell("trial_report", {"trial": ot_trial, "step": step,
@@ -243,28 +246,27 @@ class StudyRecorder:
     def retried(self, trial_id: str, reason: str) -> None:
         frozen = self._live(trial_id)
         if frozen is not None:
-            self._set(trial_id, "retry_reasons", frozen.user_attrs.get("retry_reasons", []) + [reason])
+            self._record(trial_id).restarted(frozen.user_attrs.get(RETRY_REASONS, []) + [reason])
 
-    def complete(self, trial_id: str, result: dict | None, *, error: str | None = None) -> None:
+    def complete(self, trial_id: str, result: dict | None, *, error: str | None = None, cause: str = ERROR) -> None:
         if self._live(trial_id) is None:
             return
         ot_trial = self.trials[trial_id]
+        record = self._record(trial_id)
         result = result or {}
         value = result.get(self.metric_name)
         if result.get("placement"):
-            self._set(trial_id, "placement", json.loads(result["placement"]))
+            record.placed(json.loads(result["placement"]))
         # A trial stopped at its last step by a scheduler (ASHA stops at max_t) did run its budget.
         step = int(result.get("step", 0))
         ran_budget = bool(result.get(DONE_KEY)) or step >= self.max_steps
         if error is not None:
-            self._set(trial_id, "fail_reason", error)
+            record.failed(cause, error)
             state, value = TrialState.FAIL, None
         elif ran_budget and value is not None and math.isfinite(value):
             metrics = {k: v for k, v in result.items() if k in self.metric_keys}
-            self._set(trial_id, "metrics", metrics)
+            record.completed(metrics, duration_s=result.get("duration_s"))
             record_constraints(ot_trial, self.constraints, metrics)
-            if "duration_s" in result:
-                self._set(trial_id, "duration_s", result["duration_s"])
             state = TrialState.COMPLETE
         else:  # a scheduler stopped it before its budget ran out
             state, value = TrialState.PRUNED, None
@@ -318,58 +320,66 @@ class StudyCallback(_Callback):
         self.recorder.complete(trial.trial_id, trial.last_result)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self.recorder.retried(trial.trial_id, _error_text(trial))
+        self.recorder.retried(trial.trial_id, _error_text(_trial_error(trial)))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.recorder.complete(trial.trial_id, trial.last_result, error=_error_text(trial))
+        error = _trial_error(trial)
+        self.recorder.complete(trial.trial_id, trial.last_result, error=_error_text(error),
+                               cause=failure_cause(error) if error is not None else ERROR)
 
 
-def _error_text(trial) -> str:
-    """The exception a Ray trial raised, as 'Type: message' (the recorded fail reason)."""
+def _trial_error(trial) -> BaseException | None:
+    """The exception a Ray trial raised, unpickled from beside the driver's copy of the trial (None when
+    it cannot be read here)."""
     import cloudpickle
 
-    error = None
     try:  # Ray pickles the error next to the driver's copy of the trial as it handles it
         if trial.pickled_error_file and Path(trial.pickled_error_file).exists():
             error = cloudpickle.loads(Path(trial.pickled_error_file).read_bytes())
-    except Exception:  # an exception that does not unpickle here: fall back to the text below
-        error = None
+            return getattr(error, "cause", None) or error
+    except Exception:  # an exception that does not unpickle here
+        return None
+    return None
+
+
+def _error_text(error: BaseException | None) -> str:
+    """The recorded fail reason: 'Type: message'."""
     if error is None:
         return "the Ray trial raised (see error.txt in its Ray results folder)"
-    cause = getattr(error, "cause", None) or error
-    return f"{type(cause).__name__}: {cause}"
+    return f"{type(error).__name__}: {error}"
 
 
 def _scheduler(spec, budget, metric: str, mode: str, space=None):
     from ray.tune import schedulers
 
-    name = ALIASES.get(spec.pruner.name, spec.pruner.name)
+    # The Ray scheduler each pruner maps to is its registry entry's `ray` capability.
+    kind = PRUNERS.capabilities(spec.pruner.name).get("ray") if spec.pruner.name in PRUNERS else None
     args = dict(spec.pruner.args)
     common = dict(time_attr="step", metric=metric, mode=mode)
-    if name in ("none",):
+    if kind == "none":
         return None
-    if name == "successive_halving":
+    if kind == "asha":
         args.setdefault("grace_period", budget.eval_every)
         args.setdefault("max_t", budget.max_steps)
         args.setdefault("reduction_factor", 4)
         return schedulers.ASHAScheduler(**common, **_only(args, ("grace_period", "max_t", "reduction_factor",
                                                                  "brackets")))
-    if name == "hyperband":
+    if kind == "hyperband":
         args.setdefault("max_t", budget.max_steps)
         return schedulers.HyperBandScheduler(**common, **_only(args, ("max_t", "reduction_factor")))
-    if name == "median":
+    if kind == "median":
         return schedulers.MedianStoppingRule(
             **common, grace_period=float(args.get("n_warmup_steps", budget.eval_every)),
             min_samples_required=int(args.get("n_startup_trials", 3)),
         )
-    if name == "pbt":
+    if kind == "pbt":
         args = _only(args, ("mutations", "perturbation_interval", "quantile_fraction", "resample_probability",
                             "synch"))
         return schedulers.PopulationBasedTraining(
             **common, perturbation_interval=args.pop("perturbation_interval", budget.eval_every),
             hyperparam_mutations=_pbt_mutations(args.pop("mutations", None), space), **args)
-    raise ConfigError(f"the {name} pruner has no Ray equivalent", key="pruner.name", value=spec.pruner.name,
-                      allowed=["none", "successive_halving (asha)", "hyperband", "median", "pbt"])
+    raise ConfigError(f"the {spec.pruner.name} pruner has no Ray equivalent", key="pruner.name", value=spec.pruner.name,
+                      allowed=PRUNERS.having("ray"))
 
 
 def _pbt_mutations(given: dict | None, space) -> dict:
@@ -418,9 +428,11 @@ def _only(args: dict, allowed: tuple[str, ...]) -> dict:
 class RayBackend(Backend):
     """Run a sweep with Ray Tune (local Ray, or `ray_address` / RAY_ADDRESS for a cluster).
 
-    Example:
-        >>> from search.spec import load_sweep
-        >>> RayBackend(load_sweep("demo", ["backend=ray", "n_trials=4"])).run()  # doctest: +SKIP
+    Example (starts a local Ray; `ftsweep launch demo --set backend=ray` does the same):
+
+        .. code-block:: python
+
+            RayBackend(load_sweep("demo", ["backend=ray", "n_trials=4"])).run()
     """
 
     name = "ray"
@@ -438,7 +450,7 @@ class RayBackend(Backend):
         metric = sweep.metric_names[0]  # multi-objective sweeps are refused for this backend when they load
         mode = "min" if sweep.direction == "minimize" else "max"
         space = sweep.space
-        pbt = ALIASES.get(spec.pruner.name, spec.pruner.name) == "pbt"
+        pbt = spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt"
 
         # Bad pruner settings fail before the study exists.
         scheduler = _scheduler(spec, spec.budget, metric, mode, space)
@@ -469,7 +481,7 @@ class RayBackend(Backend):
                 ot_trial = study.ask()
                 params = space.sample(ot_trial)
                 recorder.population[ot_trial.number] = ot_trial
-                study._storage.set_trial_user_attr(ot_trial._trial_id, "worker", WORKER)
+                TrialRecord.of(ot_trial).stamp(WORKER_ID)
                 points.append({**params, STUDY_TRIAL: ot_trial.number})
             from ray.tune.search import BasicVariantGenerator
 
@@ -517,7 +529,6 @@ class RayBackend(Backend):
         finally:
             for ot_trial in recorder.population.values():  # PBT trials Ray never started: run them next launch
                 mark_interrupted(study._storage, ot_trial._trial_id, "interrupted: never started")
-        states = [t.state for t in study.get_trials(deepcopy=False)]
         outcome.ran = len(results)
-        outcome.counts = {s.name.lower(): states.count(s) for s in TrialState if states.count(s)}
+        outcome.counts = state_counts(study.get_trials(deepcopy=False))
         return outcome

@@ -13,18 +13,17 @@ import pytest
 import yaml
 from conftest import load_script
 
-from objectives import DataConfig, load_splits
+from objectives import DataConfig, ObjectiveOptions, check_augmentation, load_splits
 from objectives import augmentation as aug
 from objectives.augmentation import (
     AUGMENTATION_PARAMS,
     AugmentationSettings,
     Augmenter,
     Synonyms,
-    augment_splits,
-    check_augmentation,
     eda,
     load_synonym_table,
 )
+from objectives.sources import Splits
 from spaces import ConfigError, SearchSpace
 
 SUPPORT_SYNONYMS = "bundled:support"  # objectives/synonyms/support.yaml
@@ -165,6 +164,11 @@ def test_augmented_datasets_are_cached_per_params(synthetic, table_file):
     augmenter.augment(synthetic, {"aug_swap_prob": 0.3}, ["prompt"])
     rebuilt = augmenter.augment(synthetic, {"aug_swap_prob": 0.1}, ["prompt"])  # dropped (LRU of 2), rebuilt
     assert rebuilt is not a and list(rebuilt["prompt"]) == list(a["prompt"])
+
+
+def augment_splits(augmenter: Augmenter, train, validation, test, params, columns) -> Splits:
+    """The three splits with only `train` augmented: validation and test pass through untouched."""
+    return Splits(augmenter.augment(train, params, columns), validation, test)
 
 
 def test_only_the_training_split_is_augmented():
@@ -402,6 +406,9 @@ def test_labels_are_never_augmented_and_columns_default_to_the_input():
     with pytest.raises(ConfigError, match="not a text column") as caught:
         check_augmentation(space, AugmentationSettings(columns=["label"]), task="sequence_classification")
     assert caught.value.key == "augmentation.columns[0]"
+    # The default is the task's input: every column a prompt template fills.
+    options = ObjectiveOptions(prompt_template="Ticket {ticket}: {prompt}\nAnswer:")
+    assert check_augmentation(space, None, task="causal_lm", options=options) == ["ticket", "prompt"]
 
 
 def test_every_param_is_documented_in_the_module_table():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from objectives import OBJECTIVES, DataConfig, ModelConfig, TrainBudget, get_objective, load_splits
-from objectives.data_checks import CHECKS, SPLITS, DataReport, Finding, normalize, validate_data
+from objectives import TASKS, DataConfig, ModelConfig, TrainBudget, get_objective, load_splits
+from objectives.data_checks import CHECKS, SPLITS, DataReport, Finding, _Data, normalize, validate_data
 
 MODEL = ModelConfig(name_or_path="bundled:tiny-support-lm")
 BUDGET = TrainBudget(max_steps=4, eval_every=2, batch_size=4, eval_batch_size=16, max_seq_length=64)
@@ -57,16 +57,16 @@ def found(report: DataReport, check: str, split: str | None = None) -> list[Find
 
 
 def untruncated_lengths(objective) -> dict[str, list[tuple[int, int]]]:
-    """Per split, (tokens, prompt tokens) of every example, from the objective's own `_tokenize` with
-    room for everything: an independent measure of what `max_seq_length` would cut."""
+    """Per split, (tokens, prompt tokens) of every example, from the task's own `tokenize` with room
+    for everything: an independent measure of what `max_seq_length` would cut."""
     from transformers import AutoTokenizer
 
-    wide = type(objective)(objective.model_config, objective.data_config,
-                           objective.budget.model_copy(update={"max_seq_length": 100_000}), seed=objective.seed)
-    wide.tokenizer = AutoTokenizer.from_pretrained(wide.check_sources())
-    wide.tokenizer.pad_token = wide.tokenizer.pad_token or wide.tokenizer.eos_token
-    splits = load_splits(wide.data_config, seed=wide.seed, columns=wide.required_columns())
-    encoded = wide._tokenize(*splits)
+    wide = type(objective.task)(objective.data_config, options=objective.options,
+                                budget=objective.budget.model_copy(update={"max_seq_length": 100_000}))
+    tokenizer = AutoTokenizer.from_pretrained(objective.check_sources())
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    splits = load_splits(objective.data_config, seed=objective.seed, columns=wide.required_columns())
+    encoded = wide.tokenize(tokenizer, *splits)[:3]
     return {name: [(len(row["input_ids"]), row["labels"].count(-100) if isinstance(row["labels"], list) else 0)
                    for row in split]
             for name, split in zip(("train", "validation", "test"), encoded) if split is not None}
@@ -75,7 +75,7 @@ def untruncated_lengths(objective) -> dict[str, list[tuple[int, int]]]:
 # ---------------------------------------------------------------------------------- good data
 
 
-@pytest.mark.parametrize("task", sorted(OBJECTIVES))
+@pytest.mark.parametrize("task", TASKS.names())
 def test_bundled_data_passes_with_statistics(task):
     report = validate_data(objective_for(task, BUNDLED[task]))
     assert report.ok and report.findings == [], report.findings
@@ -94,6 +94,36 @@ def test_bundled_data_passes_with_statistics(task):
 
 def test_every_check_is_registered_once():
     assert len(CHECKS) == len(set(CHECKS)) and all(callable(check) for check in CHECKS)
+
+
+def _run_checks(objective) -> list[tuple[str, Finding]]:
+    """Every check in CHECKS, in order, as validate_data runs them: (its name, each finding)."""
+    data = _Data(objective)
+    data.findings.extend(data.read())
+    found = []
+    for check in CHECKS:
+        findings = list(check(data))
+        data.findings.extend(findings)
+        found += [(check.__name__, finding) for finding in findings]
+    return found
+
+
+@pytest.mark.parametrize("task", TASKS.names())
+def test_every_check_names_its_findings_after_itself_on_data_with_many_problems(task, tmp_path):
+    # The contract of a check: a function of the data that returns Findings named after itself, and
+    # that finds nothing to say (rather than crashing) on data it cannot look at.
+    rows = qa_rows(40) if task == "causal_lm" else intent_rows(40)
+    text = "prompt" if task == "causal_lm" else "text"
+    rows += [dict(rows[0]), dict(rows[1], **{text: rows[1][text].upper()}), {**rows[2], text: "   "}]
+    found = _run_checks(objective_for(task, write_jsonl(tmp_path / "data.jsonl", rows)))
+    assert {"check_duplicates", "check_near_duplicates", "check_empty", "check_leakage"} <= {name for name, _ in found}
+    for name, finding in found:
+        assert isinstance(finding, Finding) and finding.level in ("error", "warning", "info")
+        assert finding.check == name.removeprefix("check_"), (name, finding)
+    # Nothing to read at all: only the source error, every other check stays silent.
+    missing = _run_checks(objective_for(task, tmp_path / "missing.jsonl"))
+    assert [(name, f.check) for name, f in missing] == [] and \
+        [f.check for f in validate_data(objective_for(task, tmp_path / "missing.jsonl")).findings] == ["source"]
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -338,7 +338,7 @@ def tiny_classifier():
 def _weighted_batch_trainer(tiny_classifier, tmp_path, rows: int = 8, **args):
     from transformers import DataCollatorWithPadding, TrainingArguments
 
-    from objectives._base import _sweep_trainer_class
+    from objectives.engine.trial import sweep_trainer_class
 
     tokenizer, model = tiny_classifier
     raw = load_splits(GROUPS_DATA, seed=0, columns=["text", "label", GROUP_COLUMN]).train.select(range(rows))
@@ -348,7 +348,7 @@ def _weighted_batch_trainer(tiny_classifier, tmp_path, rows: int = 8, **args):
     data = balance_dataset(data, "reweight", raw[GROUP_COLUMN], seed=0)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=rows, report_to=[], use_cpu=True,
                              save_strategy="no", disable_tqdm=True, **args)
-    trainer = weighted_trainer(_sweep_trainer_class())(
+    trainer = weighted_trainer(sweep_trainer_class())(
         model=model, args=args, train_dataset=data, data_collator=WeightedCollator(DataCollatorWithPadding(tokenizer)))
     return trainer, next(iter(trainer.get_train_dataloader()))
 

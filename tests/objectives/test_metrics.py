@@ -1,5 +1,6 @@
-"""Classification and generation metrics: the scores themselves, and both objectives reporting them
-from a real short fine-tune of the bundled tiny model."""
+"""Scores beyond the loss (objectives/metrics.py): classification and generation metrics, perplexity and
+uncertainty, and which of them a task can compute here. The tasks reporting them from real trials:
+tests/objectives/tasks/."""
 
 from __future__ import annotations
 
@@ -8,34 +9,20 @@ import sys
 
 import pytest
 
-from objectives import (
-    DataConfig,
-    ModelConfig,
-    ObjectiveOptions,
-    TrainBudget,
-    get_objective,
-)
-from objectives._metrics import (
+from objectives import get_objective
+from objectives.metrics import (
     GENERATION_METRICS,
     classification_metrics,
     generation_metrics,
     meteor_unavailable,
+    perplexity,
+    uncertainty,
 )
 from spaces import ConfigError
 
-BUDGET = TrainBudget(max_steps=4, eval_every=2, batch_size=4, eval_batch_size=16, max_seq_length=64)
-PARAMS = {"learning_rate": 3e-3, "lora_r": 4, "lora_alpha": 8, "target_modules": "attention_qv", "peft_method": "lora"}
 CLASSIFICATION = ["accuracy", "precision_macro", "recall_macro", "f1_macro", "precision_micro", "recall_micro", "f1_micro"]
 INSTALL = "pip install 'ftsweep[generation]'"
 CausalLM = get_objective("causal_lm")
-
-
-def causal_lm(metrics=None, samples: int = 4):
-    obj = CausalLM(ModelConfig(name_or_path="bundled:tiny-support-lm"),
-                   DataConfig(source="bundled:support-qa", max_train_examples=32, max_eval_examples=16), BUDGET,
-                   seed=0, options=ObjectiveOptions(generation_samples=samples, max_new_tokens=16), metrics=metrics)
-    obj.setup()
-    return obj
 
 
 # ---------------------------------------------------------------- the scores
@@ -135,66 +122,14 @@ def test_a_metric_the_task_does_not_report_lists_the_allowed_ones():
         CausalLM.check_metric("f1_macro")
 
 
-# ---------------------------------------------------------------- objectives report them
+def test_perplexity_and_uncertainty():
+    import torch
 
-
-def test_classification_trial_reports_every_classification_metric():
-    obj = get_objective("sequence_classification")(
-        ModelConfig(name_or_path="bundled:tiny-support-lm"),
-        DataConfig(source="bundled:support-intents", max_train_examples=32, max_eval_examples=32), BUDGET, seed=0)
-    reports = []
-    metrics = obj.run_trial(PARAMS, report=lambda step, m: reports.append(m) or False)
-    assert len(reports) == 2
-    for report in reports:
-        for name in CLASSIFICATION:
-            assert 0.0 <= report[name] <= 1.0, name
-    assert metrics["f1_micro"] == pytest.approx(metrics["accuracy"])  # single-label: micro F1 is accuracy
-
-
-def test_causal_lm_trial_reports_requested_generation_metrics_at_every_evaluation():
-    obj = causal_lm(metrics=["eval_loss", "bleu", "rougeL"])
-    assert len(obj.generation_sample) == 4
-    assert all(prompt.startswith("Question: ") and prompt.endswith("\nAnswer:") and reference
-               for prompt, reference in obj.generation_sample)
-    reports = []
-    metrics = obj.run_trial(PARAMS, report=lambda step, m: reports.append(m) or False)
-    assert len(reports) == 2
-    for result in (*reports, metrics):
-        assert math.isfinite(result["bleu"]) and 0.0 <= result["bleu"] <= 100.0
-        assert math.isfinite(result["rougeL"]) and 0.0 <= result["rougeL"] <= 1.0
-        assert not {"rouge1", "rouge2", "meteor"} & set(result)  # only what was asked for
-
-
-def test_causal_lm_decodes_nothing_when_no_generation_metric_is_requested():
-    obj = causal_lm(metrics=["eval_loss"])
-    assert obj.evaluation_extras(obj.base_model) == {}
-    metrics = obj.run_trial(PARAMS)
-    assert math.isfinite(metrics["eval_loss"])
-    assert not set(GENERATION_METRICS) & set(metrics)
-
-
-@pytest.fixture(scope="module")
-def generating():
-    return causal_lm(metrics=["rouge1"], samples=6)
-
-
-@pytest.mark.parametrize("method", ["lora", "prefix_tuning", "prompt_tuning"])
-def test_batched_greedy_answers_match_one_prompt_at_a_time(generating, method):
-    # Left padding must not change what a trained adapter answers, prompt-learning methods included
-    # (PEFT drops position ids for prompt tuning, so its prompts are batched by length instead).
-    seen = {}
-
-    def decode(model, trainer):
-        model.train()
-        prompts = [prompt for prompt, _ in generating.generation_sample]
-        seen["batched"] = generating.generate_responses(model, prompts)
-        seen["alone"] = [generating.generate_responses(model, [prompt])[0] for prompt in prompts]
-        seen["training"] = all(module.training for module in model.modules())
-        return {}
-
-    metrics = generating.run_trial({"peft_method": method, "learning_rate": 1e-2}, after_training=decode)
-    assert seen["batched"] == seen["alone"]
-    assert len(seen["batched"]) == 6 and any(seen["batched"])
-    assert not any(answer.startswith("Question:") for answer in seen["batched"])  # only the new tokens
-    assert seen["training"]  # decoding put the model back in training mode
-    assert 0.0 <= metrics["rouge1"] <= 1.0
+    assert perplexity(math.log(4.0)) == pytest.approx(4.0) and perplexity(60.0) == math.inf
+    probs = torch.tensor([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]])
+    assert uncertainty(probs, "entropy").tolist() == pytest.approx([-sum(p * math.log(p) for p in (0.7, 0.2, 0.1)),
+                                                                   math.log(3)])
+    assert uncertainty(probs, "margin").tolist() == pytest.approx([0.5, 1.0])
+    assert uncertainty(probs, "least_confidence").tolist() == pytest.approx([0.3, 2 / 3])
+    with pytest.raises(ConfigError, match="unknown uncertainty strategy"):
+        uncertainty(probs, "variance")

@@ -9,8 +9,9 @@ import torch
 import yaml
 
 from objectives import DataConfig, ModelConfig, TrainBudget, get_objective
-from objectives.peft_methods import PEFT_METHODS
-from search.spec import load_sweep
+from objectives.engine.trial import remove_adapter, restore_modules_to_save
+from objectives.peft_methods import PEFT_METHODS, methods
+from search.sweep import load_sweep
 from spaces import ConfigError, SearchSpace
 
 BUDGET = TrainBudget(max_steps=4, eval_every=4, batch_size=4, eval_batch_size=16, max_seq_length=64)
@@ -29,18 +30,27 @@ def objective(request):
     return obj
 
 
-@pytest.mark.parametrize("method", sorted(PEFT_METHODS))
+def test_methods_are_registered_once_each():
+    assert PEFT_METHODS.names() == [m.name for m in methods()] and len(set(PEFT_METHODS.names())) == 7
+    with pytest.raises(ValueError, match="already registered"):
+        PEFT_METHODS.register("lora", methods()[0])
+    with pytest.raises(ConfigError, match="unknown PEFT method"):
+        PEFT_METHODS.get("lorax")
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS.names())
 def test_every_method_trains_saves_and_reloads_with_peft(objective, method, tmp_path):
     from peft import PeftConfig, PeftModel
 
-    unfit = PEFT_METHODS[method].unfit
-    reason = unfit(objective, objective.skeleton_model()) if unfit is not None else None
+    unfit = PEFT_METHODS.get(method).unfit
+    architecture = objective.architecture()
+    reason = unfit(architecture.adapter_target(), architecture.skeleton()) if unfit is not None else None
     if reason:
         # This transformers/PEFT pair cannot train it (prefix tuning of a classifier on transformers
         # >= 5.24): the launch refuses the method with the reason, before any trial.
         space = SearchSpace.from_dict({"name": "one", "params": {"peft_method": {"type": "fixed", "value": method}}})
         with pytest.raises(ConfigError, match="cannot train this") as caught:
-            objective.check_peft_methods(space)
+            architecture.check_peft_methods(space)
         assert reason in str(caught.value)
         return
     before = {k: v.clone() for k, v in objective.base_model.state_dict().items()}
@@ -61,7 +71,7 @@ def test_every_method_trains_saves_and_reloads_with_peft(objective, method, tmp_
     assert metrics["steps"] == 4 and torch.isfinite(torch.tensor(metrics["eval_loss"]))
     assert saved["trainable"] > 0
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert config["peft_type"] == PEFT_METHODS[method].peft_type()
+    assert config["peft_type"] == PEFT_METHODS.get(method).peft_type()
     assert PeftConfig.from_pretrained(tmp_path).peft_type.value == config["peft_type"]
     # The base model came back untouched, so the saved adapter can be reloaded onto it.
     after = objective.base_model.state_dict()
@@ -83,15 +93,13 @@ def test_every_method_trains_saves_and_reloads_with_peft(objective, method, tmp_
 def objective_eval_loader(objective):
     from torch.utils.data import DataLoader
 
-    return DataLoader(objective.eval_dataset, batch_size=16, collate_fn=objective._collator())
+    return DataLoader(objective.eval_dataset, batch_size=16, collate_fn=objective.collator())
 
 
 def _detach(objective, peft_model):
     # What run_trial does after every trial: the base model gets its own modules back.
-    from objectives._base import _remove_adapter, _restore_modules_to_save
-
-    _restore_modules_to_save(peft_model)
-    _remove_adapter(peft_model, peft_model.peft_config["default"])
+    restore_modules_to_save(peft_model)
+    remove_adapter(peft_model, peft_model.peft_config["default"])
     base = objective.base_model
     if hasattr(base, "peft_config"):
         del base.peft_config
@@ -144,7 +152,7 @@ def test_a_target_module_the_model_lacks_is_refused_before_any_trial(tmp_path, c
 def test_the_peft_methods_preset_loads_and_gates_every_method_parameter():
     sweep = load_sweep("demo", ["space=peft-methods"])
     names = set(sweep.space.names)
-    for method in PEFT_METHODS.values():
+    for method in methods():
         assert method.name in sweep.space.params()["peft_method"].choices
     assert {"lora_r", "loha_r", "lokr_r", "prefix_virtual_tokens", "prompt_virtual_tokens", "adapter_len"} <= names
 
@@ -156,30 +164,30 @@ def test_a_peft_methods_sweep_runs_every_method_and_exports_configs_peft_loads(t
     from objectives import resolve_model_path
     from search.backends import get_backend
     from search.cli import main
-    from search.study import resolve_study
+    from search.cli._common import resolve_study
 
-    path = _sweep(tmp_path, {}, n_trials=len(PEFT_METHODS), pruner={"name": "none"}, budget={"max_steps": 4,
+    path = _sweep(tmp_path, {}, n_trials=len(methods()), pruner={"name": "none"}, budget={"max_steps": 4,
                   "batch_size": 4, "max_seq_length": 64})
     data = yaml.safe_load(path.read_text())
     data["space"] = "peft-methods"
     path.write_text(yaml.safe_dump(data))
     sweep = load_sweep(path)
-    sweep.enqueue = [{"peft_method": name} for name in PEFT_METHODS]  # each method once; the rest is sampled
+    sweep.enqueue = [{"peft_method": name} for name in PEFT_METHODS.names()]  # each method once; the rest is sampled
     get_backend("optuna")(sweep).run()
     trials = resolve_study(str(path)).get_trials()
-    assert sorted(t.params["peft_method"] for t in trials) == sorted(PEFT_METHODS)
+    assert sorted(t.params["peft_method"] for t in trials) == sorted(PEFT_METHODS.names())
     assert all(t.state.name == "COMPLETE" for t in trials)
     for trial in trials:
         method = trial.params["peft_method"]
-        own = {p for p in trial.params if p in PEFT_METHODS[method].params}
-        others = {p for m in PEFT_METHODS.values() if m.name != method for p in m.params}
+        own = {p for p in trial.params if p in PEFT_METHODS.get(method).params}
+        others = {p for m in methods() if m.name != method for p in m.params}
         assert not (set(trial.params) & others), (method, trial.params)  # only the method's own parameters
         out = tmp_path / "export" / method
         assert main(["export", str(path), "--trial", str(trial.number), "--out", str(out)]) == 0
         config = PeftConfig.from_pretrained(out)
-        assert config.peft_type.value == PEFT_METHODS[method].peft_type()
+        assert config.peft_type.value == PEFT_METHODS.get(method).peft_type()
         for param in own:
-            assert getattr(config, PEFT_METHODS[method].params[param]) is not None
+            assert getattr(config, PEFT_METHODS.get(method).params[param]) is not None
         # The exported config applies to the base model it names.
         from transformers import AutoModelForCausalLM
 
@@ -192,7 +200,7 @@ def test_ia3_takes_target_modules_with_its_feed_forward_ones_among_them(tmp_path
              "target_modules": {"type": "categorical", "choices": ["attention", "all_linear", "v_proj,down_proj"]}}
     sweep = load_sweep(_sweep(tmp_path, space))
     objective = sweep.make_objective()
-    objective.check_peft_methods(sweep.space)  # PEFT accepts each choice on this Llama-style model
+    objective.architecture().check_peft_methods(sweep.space)  # PEFT accepts each choice on this Llama-style model
     config = objective.peft_config({"peft_method": "ia3", "target_modules": "v_proj,down_proj"})
     assert set(config.target_modules) == {"v_proj", "down_proj"} and set(config.feedforward_modules) == {"down_proj"}
     assert objective.peft_config({"peft_method": "ia3", "target_modules": "attention"}).feedforward_modules == set()

@@ -13,7 +13,7 @@ from conftest import TINY_SWEEP, deep_merge
 from objectives import DataConfig, ModelConfig, TrainBudget, get_objective
 from objectives.regularization import apply_dropouts, dropout_sites, exposed_dropouts
 from search.cli import main
-from search.spec import load_sweep
+from search.sweep import load_sweep
 from spaces import ConfigError
 
 DATA = DataConfig(source="bundled:support-qa", max_train_examples=64, max_eval_examples=16)

@@ -7,7 +7,6 @@ import json
 import pytest
 from conftest import load_script
 
-pytestmark = pytest.mark.integration
 
 bench = load_script("bench_gpu")
 

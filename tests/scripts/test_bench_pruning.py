@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import load_script
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 NUMBER = r"\d+\.\d"
 

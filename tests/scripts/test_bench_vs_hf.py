@@ -8,7 +8,7 @@ import re
 import pytest
 from conftest import load_script
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.slow
 
 NUMBER = r"\d+(\.\d+)?"
 

@@ -235,6 +235,7 @@ def _check_manifest(out: Path, manifest: dict):
         assert info["sha256"] in readme
 
 
+@pytest.mark.slow  # builds every asset, the pretrained tiny models included
 def test_cli_build_into_tmp(tmp_build):
     out, manifest = tmp_build
     assert json.loads((out / "manifest.json").read_text()) == manifest
@@ -246,6 +247,7 @@ def test_cli_build_into_tmp(tmp_build):
     assert "--pretrain-steps 30" in manifest["model"]["command"]
 
 
+@pytest.mark.slow  # builds every asset, the pretrained tiny models included
 def test_dataset_bytes_are_reproducible(tmp_build):
     """Same seed, separate process state: the tmp build writes the shipped bytes."""
     out, manifest = tmp_build
@@ -264,6 +266,7 @@ def test_only_data_writes_only_data(tmp_path):
     _check_manifest(tmp_path, manifest)
 
 
+@pytest.mark.slow  # builds every asset, the pretrained tiny models included
 def test_only_data_rebuild_keeps_the_model_record(tmp_build, tmp_path):
     out, manifest = tmp_build
     copy = tmp_path / "assets"

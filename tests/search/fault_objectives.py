@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from objectives.causal_lm import CausalLMObjective
+from objectives import get_objective
+
+CausalLMObjective = get_objective("causal_lm")  # the objective class of the causal_lm task
 
 OOM_ABOVE_BATCH = 2  # training batches larger than this "do not fit in memory"
 

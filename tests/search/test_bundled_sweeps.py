@@ -11,9 +11,8 @@ import pytest
 import yaml
 
 from search.cli import main
-from search.spec import bundled_sweeps
+from search.sweep import bundled_sweeps
 
-pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SMALL = ["budget.max_steps=8", "budget.eval_every=4", "budget.batch_size=8", "dataset.max_train_examples=128",

@@ -13,11 +13,10 @@ from optuna.trial import TrialState
 from conftest import TINY_SWEEP, deep_merge
 from search.backends import get_backend
 from search.cli import main
-from search.spec import load_sweep
-from search.study import open_storage
+from search.sweep import load_sweep
+from search.store.storage import open_storage
 from spaces import ConfigError
 
-pytestmark = pytest.mark.integration
 
 # Rank decides the adapter's size; the learning rate mostly decides the loss: a real trade-off.
 SPACE = {"params": {
@@ -118,7 +117,7 @@ def test_export_without_a_choice_is_refused_for_a_pareto_front(pareto_study, tmp
 
 
 def test_report_draws_the_pareto_front(pareto_study, tmp_path):
-    from search.report import write_report
+    from search.results.report import write_report
 
     files = write_report(pareto_study[1], tmp_path / "report")
     names = {p.name for p in files.images}

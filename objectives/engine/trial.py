@@ -1,0 +1,239 @@
+"""What happens per trial: adapter on, train, evaluate and report, adapter off.
+
+`run_trial` wraps the worker's *shared* base model in a fresh PEFT adapter, trains `budget.max_steps`
+steps with `transformers.Trainer`, reports every evaluation to the backend (which may prune), and
+then removes the adapter. `adapter_on` is the one place the base model is restored: whatever ends
+the trial (done, pruned, diverged, an exception, Ray's SystemExit), its weights, dropouts and
+`requires_grad` flags are exactly as they were found.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .. import augmentation, regularization
+from .arguments import early_stopping
+from .callback import reporting_callback
+from .worker import BASE_MODEL_PARAM
+
+# Raised by transformers 5.x's own internals (Trainer, get_peft_model), not by anything a user can change.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+# `report(step, metrics)` returns True when the backend wants the trial stopped (pruned).
+Reporter = Callable[[int, dict[str, float]], bool]
+
+
+class TrialDiverged(RuntimeError):
+    """The loss became NaN or infinite: the trial fails, and retrying the same params would too."""
+
+
+def run_trial(
+    objective,
+    params: Mapping[str, Any],
+    report: Reporter | None = None,
+    trial_dir: str | Path | None = None,
+    *,
+    train_dataset=None,
+    merge_validation: bool = False,
+    after_training: Callable[[Any, Any], dict[str, float]] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_evaluate: Callable[[int, Any], None] | None = None,
+    resume_from: str | Path | None = None,
+) -> dict[str, float]:
+    """One trial of `objective` (an `Objective`): see `Objective.run_trial`."""
+    import optuna
+    import torch
+    from transformers import PrinterCallback, set_seed
+
+    if objective.base_model is None:
+        objective.setup()
+    if BASE_MODEL_PARAM in params:
+        objective.worker.use(str(params[BASE_MODEL_PARAM]))
+    # What the sweep keeps alive between trials (the study, the sampler, caches the last trial
+    # filled) joins set-up's frozen objects, so this trial's collections -- run_trial's own and
+    # accelerate's at every Trainer.train() -- walk only what this trial creates. Collected
+    # first, so no garbage (e.g. a finished tracker run) is frozen for good.
+    gc.collect()
+    gc.freeze()
+    budget = objective.budget
+    peft_config = objective.peft_config(params)
+    set_seed(objective.seed)  # adapter init and data order depend only on the sweep seed, not on trial order
+    tmp = trainer = model = None
+    try:
+        with adapter_on(objective.base_model, peft_config, params) as model:
+            start_step = objective.load_checkpoint(model, resume_from) if resume_from is not None else 0
+            callback = reporting_callback(objective, report, on_log, on_evaluate=on_evaluate, step_offset=start_step)
+            if trial_dir is None:
+                tmp = tempfile.TemporaryDirectory(prefix="ftsweep-trial-")
+                trial_dir = tmp.name
+            args = objective.training_arguments(params, str(trial_dir))
+            if start_step:
+                # The rest of the budget; a new data order, so a resumed trial does not re-see its first batches.
+                args.max_steps = max(1, budget.max_steps - start_step)
+                args.data_seed = objective.seed + start_step
+            train, trainer_cls, collator = objective.training_data(params, train_dataset=train_dataset,
+                                                                   merge_validation=merge_validation)
+            trainer = trainer_cls(
+                model=model,
+                args=args,
+                train_dataset=train,
+                eval_dataset=objective.eval_dataset,
+                data_collator=collator,
+                compute_metrics=objective.task.compute_metrics(objective.tokenized_data.state, "validation"),
+                callbacks=[callback, *early_stopping(budget)],  # ours first: it adds the metrics early stopping reads
+            )
+            # With tqdm disabled, Trainer prints every log dict; the backend's progress display says enough.
+            trainer.remove_callback(PrinterCallback)
+            train_loss = None  # resumed from the final step: nothing left to train
+            if start_step < budget.max_steps:
+                train_loss = float(trainer.train().training_loss)
+            if callback.diverged:
+                raise TrialDiverged(callback.diverged)
+            if callback.pruned_at is not None:
+                raise optuna.TrialPruned(f"pruned at step {callback.pruned_at}")
+            last_step = start_step + trainer.state.global_step
+            if not callback.history or callback.history[-1][0] != last_step:
+                # max_steps is not a multiple of eval_every: evaluate the final weights too.
+                trainer.evaluate()
+                if callback.diverged:
+                    raise TrialDiverged(callback.diverged)
+            final = dict(callback.history[-1][1])
+            if train_loss is not None:
+                final["train_loss"] = train_loss
+            final["steps"] = float(last_step)
+            if last_step < budget.max_steps and callback.pruned_at is None:
+                final["stopped_early_at"] = float(last_step)  # no improvement for `patience` evaluations
+            if after_training is not None:
+                callback.report = None  # later evaluations are not the sweep's to prune on
+                final.update(after_training(model, trainer))
+            return final
+    finally:
+        # Drop the Trainer (optimizer state) and the wrapper now: on an exception, the traceback keeps
+        # this frame, and its locals, alive until the backend has recorded the failure.
+        trainer = model = None
+        if tmp is not None:
+            tmp.cleanup()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def training_data(objective, params: Mapping[str, Any], *, train_dataset=None, merge_validation: bool = False):
+    """(training rows, Trainer class, collator) of one trial: the training split (or `train_dataset`),
+    augmented when the trial's `aug_*` params say so, followed by the validation rows with
+    `merge_validation`; the task may change all three (balancing by group)."""
+    from datasets import concatenate_datasets
+
+    data = objective.tokenized_data
+    active = augmentation.active_params(params)
+    if active:
+        augmented = objective.worker.augmented_train(params, active)
+        rows, state = augmented.train, augmented.state
+    else:
+        rows, state = (data.train if train_dataset is None else train_dataset), data.state
+    if merge_validation:
+        rows = concatenate_datasets([rows, data.validation])
+    return objective.task.training_data(params, rows, state, trainer_cls=sweep_trainer_class(),
+                                        collator=objective.collator(), with_validation=merge_validation)
+
+
+@contextmanager
+def adapter_on(base, peft_config, params: Mapping[str, Any]):
+    """`base` wrapped in a fresh PEFT adapter, with the trial's dropouts set; on exit, whatever
+    happened, the base model exactly as it was found (weights, dropouts, requires_grad, eval mode)."""
+    from peft import get_peft_model
+
+    check_pristine(base)
+    saved_requires_grad = {name: p.requires_grad for name, p in base.named_parameters()}
+    had_peft_config = hasattr(base, "peft_config")
+    restore_dropouts = regularization.apply_dropouts(base, params)
+    try:
+        model = get_peft_model(base, peft_config)
+    except BaseException:
+        restore_dropouts()
+        raise
+    try:
+        yield model
+    finally:
+        restore_modules_to_save(model)
+        remove_adapter(model, peft_config)
+        restore_dropouts()
+        for name, p in base.named_parameters():
+            p.requires_grad_(saved_requires_grad.get(name, p.requires_grad))
+        if hasattr(base, "peft_config") and not had_peft_config:
+            del base.peft_config
+        base.eval()
+        del model  # an exception's traceback keeps this frame: not the wrapper too
+
+
+@functools.cache
+def sweep_trainer_class():
+    """`transformers.Trainer`, minus a per-step cost that a trial does not need to pay.
+
+    Trainer's FLOP count calls `model.num_parameters()` at every training step, a walk over every
+    parameter of the model (~0.5 ms a step on the tiny demo model, 4 % of its step; docs/benchmarks.md).
+    A trial's parameter count does not change while it trains, so it is counted once.
+    """
+    from transformers import Trainer
+
+    class SweepTrainer(Trainer):
+        _flop_parameters: int | None = None
+
+        def floating_point_ops(self, inputs) -> int:
+            main_input = getattr(self.model, "main_input_name", "input_ids")
+            if main_input not in inputs or not hasattr(self.model, "num_parameters"):
+                return 0
+            if self._flop_parameters is None:
+                self._flop_parameters = self.model.num_parameters(exclude_embeddings=True)
+            return 6 * inputs[main_input].numel() * self._flop_parameters
+
+    return SweepTrainer
+
+
+def remove_adapter(model, config) -> None:
+    """Give the base model its own modules back, untouched (no merge), whatever the PEFT method."""
+    if config.is_prompt_learning:
+        return  # prefix/prompt tuning add virtual tokens in the PeftModel wrapper; no base module changed
+    if config.peft_type == "ADAPTION_PROMPT":
+        tuner = model.base_model
+        for name in list(tuner.peft_config):
+            tuner.delete_adapter(name)  # swaps each adapted attention back for the original module
+        return
+    model.unload()  # LoRA, LoHa, LoKr, IA3: the wrapped layers are replaced by their base layers
+
+
+def check_pristine(base) -> None:
+    """Refuse to start a trial on a base model that still carries a previous trial's adapter layers.
+
+    Backends reuse one base model across trials (Ray actor reuse included, where a stopped trial ends
+    by SystemExit inside `report`); every path out of `run_trial` must have unloaded its adapter.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    leftover = next((name for name, m in base.named_modules() if isinstance(m, BaseTunerLayer)), None)
+    if leftover is not None:
+        raise RuntimeError(f"the shared base model still has adapter layers from an earlier trial (at {leftover}); "
+                           "the worker must be restarted")
+
+
+def restore_modules_to_save(peft_model) -> None:
+    """Put back the original of every `modules_to_save` module (e.g. a classification head).
+
+    PEFT trains a *copy* of such modules and `unload()` keeps the trained copy; the next trial must
+    start from the original head, so each wrapper is swapped for its `original_module` first.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    root = peft_model.get_base_model()
+    for name, module in list(root.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = root.get_submodule(parent_name) if parent_name else root
+            setattr(parent, child, module.original_module)

@@ -1,0 +1,215 @@
+"""Typed settings an objective needs: which model, which data, how much training per trial, how to augment.
+
+These are the `model:`, `dataset:`, `budget:`, `objective.args` and `augmentation:` sections of a
+sweep file. They live here, not in `search`, because an objective must be usable on its own (a
+notebook, `ftsweep train`, a Ray worker) without the sweep engine. This module is the bottom layer
+of `objectives`: pure pydantic, no torch, nothing of the runtime.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A metric's natural direction: what the sweep does with it unless told otherwise.
+Direction = Literal["minimize", "maximize"]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo such as `max_step` must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    """The base model every trial fine-tunes.
+
+    Example:
+        >>> ModelConfig(name_or_path="bundled:tiny-support-lm").name_or_path
+        'bundled:tiny-support-lm'
+    """
+
+    name_or_path: str = Field(
+        description="A local directory, a hub id (e.g. 'Qwen/Qwen2.5-0.5B') or 'bundled:NAME' for a model shipped with ftsweep."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) to pin.")
+    trust_remote_code: bool = Field(
+        default=False, description="Run the model repository's own Python code. Only when you trust it."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 on a GPU that supports it, float32 otherwise."
+    )
+
+
+class DataConfig(_Strict):
+    """Where the training examples come from and how the held-out split is made.
+
+    Example:
+        >>> DataConfig(source="data/train.jsonl", validation_fraction=0.2).validation_fraction
+        0.2
+    """
+
+    source: str = Field(
+        description="A local .jsonl/.json/.csv/.parquet file, a `datasets` hub name, or 'bundled:NAME'."
+    )
+    config_name: str | None = Field(default=None, description="Hub dataset configuration name.")
+    train_split: str = "train"
+    validation_split: str | None = Field(
+        default=None, description="A split of the source to evaluate on; when absent, one is carved out of train."
+    )
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    test_split: str | None = Field(
+        default=None, description="A split of the source for the final test; when absent, one is carved out of train."
+    )
+    test_fraction: float = Field(
+        default=0.1, ge=0.0, lt=1.0,
+        description="Share of train held out as a test set that no trial ever sees (0: none); used by `ftsweep train`.",
+    )
+    max_train_examples: int | None = Field(default=None, gt=0)
+    max_eval_examples: int | None = Field(default=256, gt=0, description="Caps evaluation cost per report.")
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    text_column: str = "text"
+    label_column: str = "label"
+    group_column: str | None = Field(
+        default=None, description="Classification: a column naming each example's group (a channel, region or "
+        "demographic attribute); adds fairness metrics (gaps between groups) and the group_balance param.",
+    )
+    positive_label: str | None = Field(
+        default=None, description="Two-class fairness metrics: the positive class (default: the larger label).",
+    )
+    label_map: dict[str, str] | None = Field(
+        default=None, description="Classification: raw label value (as text) -> class name, e.g. {'0': negative, "
+        "'1': positive}; several values may map to one class. Every value in the data must be mapped.",
+    )
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_keys_as_text(cls, value):
+        # YAML reads `0: negative` with an int key; labels are compared as text.
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+class TrainBudget(_Strict):
+    """How much work one trial does. Small on purpose: a trial is a probe, not the final fit.
+
+    Example:
+        >>> TrainBudget(max_steps=40, eval_every=10).eval_every
+        10
+    """
+
+    max_steps: int = Field(default=60, gt=0, description="Optimizer steps per trial.")
+    eval_every: int = Field(default=10, gt=0, description="Evaluate (and let the pruner decide) every N steps.")
+    batch_size: int = Field(default=8, gt=0, description="Per-device training batch size.")
+    eval_batch_size: int = Field(default=32, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    max_seq_length: int = Field(default=128, gt=8, description="Longer examples are truncated.")
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="Stop a trial after this many evaluations without improving the sweep's "
+        "metric (transformers' EarlyStoppingCallback). Not pruning: the trial completes with what it reached.",
+    )
+    early_stopping_threshold: float = Field(
+        default=0.0, ge=0.0, description="How much the metric must improve to reset the patience count.",
+    )
+
+    @model_validator(mode="after")
+    def _eval_not_beyond_training(self) -> "TrainBudget":
+        if self.eval_every > self.max_steps and "eval_every" not in self.model_fields_set:
+            object.__setattr__(self, "eval_every", self.max_steps)  # the default on a short budget: evaluate at the end
+        if self.eval_every > self.max_steps:
+            raise ValueError(
+                f"eval_every ({self.eval_every}) is larger than max_steps ({self.max_steps}): "
+                "the trial would never report, so nothing could be pruned"
+            )
+        return self
+
+
+class ObjectiveOptions(_Strict):
+    """Objective-specific knobs shared by the built-in objectives (`objective.args` in a sweep file)."""
+
+    prompt_template: str = Field(
+        default="Question: {prompt}\nAnswer:",
+        description="causal_lm: the text before the response; `{prompt}` is the prompt column, any other "
+        "`{name}` the column of that name. When it does not end in whitespace, the response is joined with one space.",
+    )
+    chat_template: bool | str = Field(
+        default=False, description="causal_lm: render prompt and response with the tokenizer's chat template "
+        "(true) or with this Jinja template; the filled prompt_template (default '{prompt}') is the user turn.",
+    )
+    system_prompt: str | None = Field(default=None, description="causal_lm with chat_template: the system turn.")
+    generation_samples: int = Field(
+        default=16, gt=0, description="causal_lm: validation examples decoded (greedy) for BLEU/ROUGE/METEOR at each evaluation.",
+    )
+    max_new_tokens: int = Field(default=32, gt=0, description="causal_lm: longest generated response for those metrics.")
+    max_cached_models: int | None = Field(
+        default=None, gt=0, description="With base_model searched: models kept loaded per worker (default: as "
+        "many as memory allows, least recently used dropped first).",
+    )
+    target_modules: dict[str, list[str]] = Field(
+        default_factory=dict, description="Modules to adapt per architecture (config.model_type -> names), used "
+        "when the space does not search target_modules; e.g. {gpt2: [c_attn], llama: [q_proj, v_proj]}. "
+        "Unlisted architectures get PEFT's own defaults.",
+    )
+    num_threads: int | None = Field(
+        default=None, gt=0, description="torch CPU threads per worker; default: torch's own choice."
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_a_slot(cls, value: str) -> str:
+        import string
+
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        except ValueError as exc:
+            raise ValueError(f"prompt_template is not a format string ({exc}); write literal braces as {{{{ and }}}}") from None
+        if not fields:
+            raise ValueError("prompt_template must name at least one column in braces, e.g. '{prompt}'")
+        if any(not f.isidentifier() for f in fields):
+            raise ValueError("prompt_template fields must be plain column names, e.g. {prompt} or {context}")
+        return value
+
+
+# ---------------------------------------------------------------- augmentation (the sweep's `augmentation:`)
+
+
+class BacktranslationSettings(_Strict):
+    """The two translation models of back-translation: `forward` into another language, `backward` out of it.
+
+    Example:
+        >>> settings = BacktranslationSettings(forward="Helsinki-NLP/opus-mt-en-de",
+        ...                                    backward="Helsinki-NLP/opus-mt-de-en")
+        >>> settings.num_beams
+        1
+    """
+
+    forward: str = Field(description="Translates the training text out of its language: a local "
+                         "save_pretrained directory or a hub id (any AutoModelForSeq2SeqLM).")
+    backward: str = Field(description="Translates back into the training text's language.")
+    forward_prefix: str = Field(default="", description="Put before every input of the forward model, e.g. "
+                                "'>>fra<< ' for a multilingual opus-mt model, 'translate English to German: ' for T5.")
+    backward_prefix: str = Field(default="", description="The same for the backward model.")
+    max_new_tokens: int = Field(default=64, gt=0, description="Longest translation, in tokens.")
+    batch_size: int = Field(default=32, gt=0, description="Texts translated per generate() call.")
+    num_beams: int = Field(default=1, gt=0, description="1: greedy decoding; more: beam search (slower).")
+    device: str = Field(default="auto", description="'auto' (a GPU when there is one), 'cpu', 'cuda', 'cuda:1', ...")
+    cache_dir: str | None = Field(default=None, description="Keep translations on disk here, for later "
+                                  "sweeps and other workers (a JSON-lines file per model pair).")
+
+
+class AugmentationSettings(_Strict):
+    """Fixed augmentation settings (the sweep file's `augmentation:`); what is searched are the `aug_*` params.
+
+    Example:
+        >>> AugmentationSettings(synonyms="bundled:support").use_wordnet
+        True
+    """
+
+    synonyms: str | None = Field(default=None, description="A synonym table: YAML/JSON mapping word -> "
+                                 "[synonyms] or a list of synonym groups, or CSV rows `word,synonym,...`; or "
+                                 "'bundled:support' for the table of the bundled support data.")
+    use_wordnet: bool = Field(default=True, description="Also take synonyms from NLTK's WordNet, for words "
+                              "the table lacks, when its data is installed here (it is never downloaded).")
+    backtranslation: BacktranslationSettings | None = None
+    columns: list[str] | None = Field(default=None, description="Columns augmented (default: the input: the "
+                                      "prompt for causal_lm, the text for sequence_classification).")

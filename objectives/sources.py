@@ -1,0 +1,209 @@
+"""Finding and loading models and data: local paths, hub ids, and the assets bundled with ftsweep.
+
+Hub loading is the real `from_pretrained` / `load_dataset` path; on an air-gapped machine it fails
+with a message that says so, instead of a long stack trace from deep inside `huggingface_hub`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from spaces import ConfigError
+
+from .settings import DataConfig, ModelConfig
+
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED_PREFIX = "bundled:"
+_LOCAL_DATA_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def bundled_models() -> list[str]:
+    """Names usable as `model: bundled:NAME`."""
+    root = ASSETS / "models"
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").exists()) if root.exists() else []
+
+
+def bundled_datasets() -> list[str]:
+    """Names usable as `dataset.source: bundled:NAME` (file `support_qa.jsonl` is `support-qa`)."""
+    root = ASSETS / "datasets"
+    return sorted(p.stem.replace("_", "-") for p in root.glob("*.jsonl")) if root.exists() else []
+
+
+def resolve_model_path(model: ModelConfig, *, source: str | None = None) -> str:
+    """A path or hub id that `from_pretrained` accepts; bundled names become their directory.
+
+    Example:
+        >>> resolve_model_path(ModelConfig(name_or_path="bundled:tiny-support-lm")).endswith("tiny-support-lm")
+        True
+    """
+    name = model.name_or_path
+    if name.startswith(BUNDLED_PREFIX):
+        bundled = name[len(BUNDLED_PREFIX) :]
+        if bundled not in bundled_models():
+            raise ConfigError(
+                "no bundled model of that name", source=source, key="model.name_or_path", value=name,
+                allowed=[BUNDLED_PREFIX + m for m in bundled_models()],
+            )
+        return str(ASSETS / "models" / bundled)
+    if looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ConfigError(
+                "model path does not exist", source=source, key="model.name_or_path", value=name,
+                hint="Fix: point it at a directory saved with save_pretrained, or use a hub id such as 'org/model'.",
+            )
+        if not (path / "config.json").exists():
+            raise ConfigError(
+                "model directory has no config.json (is it a save_pretrained directory?)",
+                source=source, key="model.name_or_path", value=name,
+            )
+        return str(path.resolve())
+    return name  # a hub id; from_pretrained resolves it (or fails offline with a clear message)
+
+
+def from_pretrained(loader: Callable[..., Any], path: str, *, config: ModelConfig, source: str | None = None,
+                    **kwargs: Any) -> Any:
+    """`loader(path, ...)` (a `from_pretrained`) with the model settings' revision and trust_remote_code;
+    a model that cannot be read becomes a ConfigError that says where to look.
+
+    Example:
+        >>> from transformers import AutoConfig
+        >>> config = ModelConfig(name_or_path="bundled:tiny-support-lm")
+        >>> from_pretrained(AutoConfig.from_pretrained, resolve_model_path(config), config=config).model_type
+        'llama'
+    """
+    try:
+        return loader(path, revision=config.revision, trust_remote_code=config.trust_remote_code, **kwargs)
+    except OSError as exc:
+        raise ConfigError(
+            f"could not load model ({str(exc).splitlines()[0]})",
+            source=source, key="model.name_or_path", value=config.name_or_path,
+            hint="Fix: use a local save_pretrained directory, or make sure this machine can reach the hub "
+            "(HF_HUB_OFFLINE unset) and the id is right.",
+        ) from exc
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` is a local path rather than a hub id ('name' or 'org/name')."""
+    # A hub id is 'name' or 'org/name'; anything with a path prefix or that exists on disk is local.
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
+
+
+def local_data_file(data: DataConfig, source: str | None) -> Path | None:
+    """The local file `data.source` names (bundled ones included), checked; None for a hub dataset."""
+    name = data.source
+    if name.startswith(BUNDLED_PREFIX):
+        bundled = name[len(BUNDLED_PREFIX) :]
+        path = ASSETS / "datasets" / f"{bundled.replace('-', '_')}.jsonl"
+        if not path.exists():
+            raise ConfigError(
+                "no bundled dataset of that name", source=source, key="dataset.source", value=name,
+                allowed=[BUNDLED_PREFIX + d for d in bundled_datasets()],
+            )
+        return path
+    path = Path(name).expanduser()
+    if path.suffix.lower() in _LOCAL_DATA_BUILDERS or looks_local(name):
+        if not path.exists():
+            raise ConfigError(
+                "dataset file does not exist", source=source, key="dataset.source", value=name,
+                hint="Fix: give a .jsonl/.json/.csv/.parquet file path (relative to where you run ftsweep) or a hub dataset name.",
+            )
+        if path.is_file() and path.stat().st_size == 0:
+            raise ConfigError("dataset file is empty", source=source, key="dataset.source", value=name)
+        if path.is_file() and path.suffix.lower() not in _LOCAL_DATA_BUILDERS:
+            raise ConfigError(
+                "unsupported dataset file type", source=source, key="dataset.source", value=name,
+                allowed=sorted(_LOCAL_DATA_BUILDERS),
+            )
+        return path
+    return None
+
+
+class Splits(NamedTuple):
+    train: Any
+    validation: Any
+    test: Any | None  # held out from every trial; only `ftsweep train` evaluates on it
+
+
+def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str | None = None) -> Splits:
+    """Load train, validation and (optional) test `datasets.Dataset`s holding at least `columns`.
+
+    When the source has no such splits they are carved from train with `seed` — test first, then
+    validation from the rest — so every trial of a sweep and a later `ftsweep train` see exactly
+    the same held-out examples, and no trial ever sees the test examples.
+
+    Example:
+        >>> splits = load_splits(DataConfig(source="bundled:support-qa"), seed=0, columns=["prompt", "response"])
+        >>> len(splits.train), len(splits.validation), len(splits.test)
+        (972, 108, 120)
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    local = local_data_file(data, source)
+    try:
+        if local is not None:
+            builder = _LOCAL_DATA_BUILDERS.get(local.suffix.lower(), "json")
+            loaded = datasets.load_dataset(builder, data_files={"train": str(local)})
+        else:
+            loaded = datasets.load_dataset(data.source, data.config_name)
+    except ConfigError:
+        raise
+    except Exception as exc:  # datasets raises many types; the user needs one clear line
+        raise ConfigError(
+            f"could not load dataset ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+            source=source, key="dataset.source", value=data.source,
+            hint="Fix: check the file's format, or for a hub dataset that this machine can reach the hub (HF_HUB_OFFLINE).",
+        ) from exc
+
+    if data.train_split not in loaded:
+        raise ConfigError(
+            "no such split", source=source, key="dataset.train_split", value=data.train_split, allowed=list(loaded)
+        )
+    train = loaded[data.train_split]
+    if len(train) == 0:
+        raise ConfigError("dataset has no rows", source=source, key="dataset.source", value=data.source)
+    missing = [c for c in columns if c not in train.column_names]
+    if missing:
+        raise ConfigError(
+            f"dataset lacks column(s) {missing}", source=source, key="dataset.source", value=data.source,
+            allowed=f"columns present: {train.column_names}",
+            hint="Fix: rename the columns in the data, or set dataset.prompt_column / response_column / text_column / label_column.",
+        )
+
+    test = None
+    if data.test_split is not None:
+        if data.test_split not in loaded:
+            raise ConfigError("no such split", source=source, key="dataset.test_split", value=data.test_split,
+                              allowed=list(loaded))
+        test = loaded[data.test_split]
+    elif data.test_fraction > 0 and int(len(train) * data.test_fraction) >= 1:
+        parts = train.train_test_split(test_size=data.test_fraction, seed=seed)
+        train, test = parts["train"], parts["test"]
+
+    if data.validation_split is not None:
+        if data.validation_split not in loaded:
+            raise ConfigError(
+                "no such split", source=source, key="dataset.validation_split", value=data.validation_split,
+                allowed=list(loaded),
+            )
+        validation = loaded[data.validation_split]
+    else:
+        if len(train) < 4:
+            raise ConfigError(
+                f"dataset has only {len(train)} rows; at least 4 are needed to hold some out for evaluation",
+                source=source, key="dataset.source", value=data.source,
+            )
+        parts = train.train_test_split(test_size=data.validation_fraction, seed=seed)
+        train, validation = parts["train"], parts["test"]
+
+    if data.max_train_examples is not None and len(train) > data.max_train_examples:
+        train = train.select(range(data.max_train_examples))
+    if data.max_eval_examples is not None and len(validation) > data.max_eval_examples:
+        validation = validation.select(range(data.max_eval_examples))
+    if data.max_eval_examples is not None and test is not None and len(test) > data.max_eval_examples:
+        test = test.select(range(data.max_eval_examples))
+    return Splits(train.select_columns(columns), validation.select_columns(columns),
+                  test.select_columns(columns) if test is not None else None)

@@ -1,0 +1,408 @@
+"""Supervised fine-tuning of a causal LM on prompt/response pairs.
+
+The loss covers the response tokens only (prompt tokens get label -100): the model is scored on
+answering, not on re-typing the question.
+
+Metrics: eval_loss and perplexity = exp(eval_loss), at every evaluation. Generation metrics (bleu,
+rouge1, rouge2, rougeL, meteor; objectives/metrics.py) score what the model actually answers: the
+first `objective.args.generation_samples` validation prompts are greedy-decoded (up to
+`max_new_tokens`) and compared with their responses. Decoding costs far more than the loss, so
+they are computed only when the sweep asks for them (`metrics=` of the objective), and they need
+`pip install 'ftsweep[generation]'` (METEOR also NLTK's WordNet data), checked when the sweep loads.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from spaces import ConfigError
+
+from ..metrics import GENERATION_METRICS, INSTALL, generation_metric_problem, generation_metrics, uncertainty
+from ..settings import Direction
+from .base import DataProfile, Scored, Task, Tokenized
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
+
+
+@dataclass(frozen=True)
+class CausalLMState:
+    """What causal_lm derives from the tokenized data of one tokenizer."""
+
+    # (formatted prompt, reference response) of the validation rows decoded for generation metrics.
+    generation_sample: tuple[tuple[str, str], ...] = ()
+
+
+class CausalLMTask(Task):
+    """Prompt -> response SFT.
+
+    Example:
+        >>> from objectives import DataConfig, ObjectiveOptions
+        >>> task = CausalLMTask(DataConfig(source="bundled:support-qa"),
+        ...                     options=ObjectiveOptions(prompt_template="Ticket {ticket}: {prompt}\\nAnswer:"))
+        >>> task.required_columns(), task.input_columns()
+        (['ticket', 'prompt', 'response'], ['ticket', 'prompt'])
+        >>> CausalLMTask.metrics["perplexity"], CausalLMTask.metrics["rougeL"]
+        ('minimize', 'maximize')
+    """
+
+    name = "causal_lm"
+    metrics: ClassVar[dict[str, Direction]] = {
+        "eval_loss": "minimize",
+        "perplexity": "minimize",
+        **{metric: "maximize" for metric in GENERATION_METRICS},
+    }
+    peft_task_type = "CAUSAL_LM"
+    prediction_field = "predicted_response"
+    prefix_in_kwargs = True
+
+    @classmethod
+    def check_metric_available(cls, metric: str, *, source: str | None = None, key: str = "metric.name",
+                               data=None) -> None:
+        """Refuse a generation metric whose package (or, for METEOR, NLTK's WordNet data) is missing here.
+
+        Example:
+            >>> CausalLMTask.check_metric_available("eval_loss")  # always computable
+        """
+        problem = generation_metric_problem(metric)
+        if problem is None:
+            return
+        why, fix = problem
+        raise ConfigError(
+            why, source=source, key=key, value=metric,
+            hint=f"Fix: {fix}." if fix == INSTALL else f"Fix: {fix}; or choose another metric.",
+        )
+
+    # ---------------------------------------------------------------- columns
+
+    def required_columns(self) -> list[str]:
+        """The columns the prompt template names ({prompt} is `dataset.prompt_column`), then the response."""
+        return self.prompt_format(None).columns()
+
+    def input_columns(self) -> list[str]:
+        return [c for c in self.required_columns() if c != self.data.response_column]
+
+    def text_columns(self) -> list[str]:
+        return self.required_columns()
+
+    def data_profile(self) -> DataProfile:
+        columns = self.required_columns()
+        return DataProfile(columns=columns, text_columns=columns, input_column=columns[0],
+                           response_column=self.data.response_column, prompt_template=self.options.prompt_template)
+
+    def token_lengths(self, tokenizer, rows) -> list[tuple[int, int]]:
+        """Exactly as `tokenize` encodes (its PromptFormat: template or chat template, bos, eos)."""
+        fmt = self.prompt_format(tokenizer)
+        lengths = []
+        for row in rows:
+            prompt_ids, response_ids = fmt.encode_example(row)
+            lengths.append((len(prompt_ids) + len(response_ids), len(prompt_ids)))
+        return lengths
+
+    def prompt_format(self, tokenizer) -> PromptFormat:
+        """How a data row becomes prompt and response tokens with `tokenizer` (see PromptFormat)."""
+        return PromptFormat(tokenizer, self.options, self.data, self.source)
+
+    # ---------------------------------------------------------------- model and data
+
+    def tokenize(self, tokenizer, train, validation, test) -> Tokenized:
+        columns = self.required_columns()
+        max_len = self.budget.max_seq_length
+        source, data_source = self.source, self.data.source
+        # Only plain values and the format travel into `datasets.map` (which fingerprints the function
+        # and what it holds to cache the result on disk).
+        fmt = self.prompt_format(tokenizer)
+
+        def encode(batch, indices):
+            out = {"input_ids": [], "attention_mask": [], "labels": []}
+            for i, row in enumerate(indices):
+                values = {col: batch[col][i] for col in columns}
+                for col, value in values.items():
+                    if not isinstance(value, str):
+                        raise ConfigError(
+                            f"row {row}: column '{col}' must hold text, found {type(value).__name__}",
+                            source=source, key="dataset.source", value=data_source,
+                        )
+                prompt_ids, response_ids = fmt.encode_example(values)
+                ids = (prompt_ids + response_ids)[:max_len]
+                labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_len]
+                out["input_ids"].append(ids)
+                out["attention_mask"].append([1] * len(ids))
+                out["labels"].append(labels)
+            return out
+
+        def encode_split(split):
+            encoded = split.map(encode, batched=True, with_indices=True, remove_columns=split.column_names)
+            # A prompt longer than max_seq_length leaves no response token to learn from: its loss
+            # would be 0/0 = NaN, so such rows are dropped.
+            return encoded.filter(lambda row: any(label != IGNORE_INDEX for label in row["labels"]))
+
+        train_ids, eval_ids = encode_split(train), encode_split(validation)
+        state = CausalLMState(tuple(self._answerable(tokenizer, validation, limit=self.options.generation_samples)))
+        test_ids = encode_split(test) if test is not None else None
+        for split_name, split in (("training", train_ids), ("validation", eval_ids)):
+            if len(split) == 0:
+                raise ConfigError(
+                    f"no {split_name} example keeps a response token within max_seq_length",
+                    source=self.source, key="budget.max_seq_length", value=max_len,
+                    hint="Fix: raise budget.max_seq_length or shorten the prompts.",
+                )
+        return Tokenized(train_ids, eval_ids, test_ids, state)
+
+    def load_model(self, path: str, *, state: Any = None, **kwargs):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+    def skeleton_model(self, config, state: Any = None):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_config(config)
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorForSeq2Seq
+
+        # Pads input_ids with the pad token and labels with -100, which is exactly what a decoder needs.
+        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+    # ---------------------------------------------------------------- generation
+
+    def _answerable(self, tokenizer, rows, *, limit: int | None = None) -> list[tuple[str, str]]:
+        """(formatted prompt, reference response) of the first `limit` rows whose prompt leaves room
+        for a response within max_seq_length: the rows eval_loss is computed on."""
+        fmt = self.prompt_format(tokenizer)
+        prefix = len(fmt.prefix_ids())
+        pairs = []
+        for row in rows:
+            if limit is not None and len(pairs) == limit:
+                break
+            text = fmt.format_prompt(row)
+            if prefix + len(tokenizer(text, add_special_tokens=False)["input_ids"]) < self.budget.max_seq_length:
+                pairs.append((text, row[self.data.response_column].strip()))
+        return pairs
+
+    def evaluation_extras(self, model, tokenizer, state: CausalLMState, requested: set[str]) -> dict[str, float]:
+        """The requested generation metrics of `model`'s greedy answers to the validation sample;
+        {} when none is requested (nothing is decoded)."""
+        if not set(requested) & set(GENERATION_METRICS) or not state.generation_sample:
+            return {}
+        prompts, references = zip(*state.generation_sample)
+        return generation_metrics(self.generate_responses(model, tokenizer, prompts), references, requested)
+
+    def evaluate_generation(self, model, tokenizer, rows, wanted: Sequence[str]) -> dict[str, float]:
+        """BLEU/ROUGE/METEOR (those in `wanted`) of greedy answers to the prompts of raw `rows`."""
+        asked = [m for m in wanted if m in GENERATION_METRICS]
+        pairs = self._answerable(tokenizer, rows) if asked else []
+        if not pairs:
+            return {}
+        prompts, references = zip(*pairs)
+        return generation_metrics(self.generate_responses(model, tokenizer, prompts), references, asked)
+
+    def generate_responses(self, model, tokenizer, prompts: Sequence[str]) -> list[str]:
+        """Greedy answers of `model` (base or PEFT-wrapped, prompt-learning methods included) to
+        already formatted prompts, tokenized as in training: bos + prompt, no response.
+
+        Prompts are batched with padding on the left, so every answer starts right after its own
+        prompt; only the new tokens are decoded. The model's train/eval modes are left as found.
+
+        Example:
+            >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+            >>> from objectives import DataConfig, ModelConfig, ObjectiveOptions, resolve_model_path
+            >>> path = resolve_model_path(ModelConfig(name_or_path="bundled:tiny-support-lm"))
+            >>> task = CausalLMTask(DataConfig(source="bundled:support-qa"), options=ObjectiveOptions(max_new_tokens=4))
+            >>> answers = task.generate_responses(AutoModelForCausalLM.from_pretrained(path),
+            ...                                   AutoTokenizer.from_pretrained(path), ["Question: Refunds?\\nAnswer:"])
+            >>> len(answers), isinstance(answers[0], str)
+            (1, True)
+        """
+        import torch
+
+        tok = tokenizer
+        prefix = self.prompt_format(tok).prefix_ids()
+        pad = tok.pad_token_id
+        encoded = [prefix + tok(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+        device = next(model.parameters()).device
+        answers: list[str] = [""] * len(encoded)
+        modes = {module: module.training for module in model.modules()}
+        model.eval()  # no dropout while decoding
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # Said once per generate() call with prompt tuning; _batches below takes care of it.
+                warnings.filterwarnings("ignore", message="Position ids are not supported")
+                for batch in _batches(encoded, self.budget.eval_batch_size, same_length=_needs_unpadded_batches(model)):
+                    width = max(len(encoded[i]) for i in batch)
+                    input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch],
+                                             device=device)
+                    attention_mask = torch.tensor(
+                        [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
+                    output = model.generate(
+                        input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                        max_new_tokens=self.options.max_new_tokens, pad_token_id=pad,
+                    )
+                    # generate() returns prompt + answer; the prompt is `width` tokens in every row.
+                    for i, text in zip(batch, tok.batch_decode(output[:, width:], skip_special_tokens=True)):
+                        answers[i] = text.strip()
+        finally:
+            for module, training in modes.items():
+                module.train(training)
+        return answers
+
+    def score_uncertainty(self, model, tokenizer, state: Any, rows: Sequence[Mapping[str, Any]], *,
+                          strategy: str, batch_size: int, max_new_tokens: int | None = None) -> list[Scored]:
+        """Each row's prompt, formatted as in training, greedy-decoded (up to `max_new_tokens`); its
+        uncertainty is the mean over the answer's tokens (end-of-sequence included: deciding to stop is
+        part of the answer) of the uncertainty of the distribution each was chosen from."""
+        import torch
+
+        tok = tokenizer
+        fmt = self.prompt_format(tok)
+        pad, eos = tok.pad_token_id, tok.eos_token_id
+        device = next(model.parameters()).device
+        max_new_tokens = max_new_tokens or self.options.max_new_tokens
+        # The prompt's ids and no response: exactly what the model read before answering in training.
+        encoded = [fmt.prefix_ids() + tok(fmt.format_prompt(row), add_special_tokens=False)["input_ids"] for row in rows]
+        scored: list[Scored | None] = [None] * len(encoded)
+        # Left padding, so every answer starts right after its own prompt (as in generate_responses).
+        for batch in _batches(encoded, batch_size, same_length=_needs_unpadded_batches(model)):
+            width = max(len(encoded[i]) for i in batch)
+            input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
+            attention_mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
+                                          device=device)
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, output_logits=True,
+                                 return_dict_in_generate=True)
+            generated = out.sequences[:, width:]
+            # [batch, steps, vocab]: the raw logits each generated token was chosen from.
+            per_token = uncertainty(torch.stack(out.logits, dim=1).double().softmax(-1), strategy)
+            for row, i in enumerate(batch):
+                tokens = generated[row].tolist()
+                # Up to and including the first end-of-sequence token; later steps only pad finished rows.
+                length = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+                value = float(per_token[row, :length].mean())
+                scored[i] = Scored(value, tok.decode(tokens[:length], skip_special_tokens=True).strip())
+        return scored  # type: ignore[return-value]
+
+
+def _needs_unpadded_batches(model) -> bool:
+    """Prompt-learning methods decode only prompts of one length together (no padding).
+
+    PEFT drops position ids for prompt tuning and P-tuning: the model then numbers positions from
+    the first column, so a left-padded prompt would be read shifted. Prefix tuning keeps them, but
+    with transformers 5.24 and PEFT 0.21.2 a left-padded prompt no longer lines up with the prefix's
+    cache either: its greedy answer differed from the same prompt decoded alone (measured in
+    tests/objectives/tasks/test_causal_lm.py). Unpadded batches give the one-at-a-time answer on every version.
+    """
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
+
+
+def _batches(encoded: Sequence[list[int]], size: int, *, same_length: bool) -> list[list[int]]:
+    """Row indices in batches of at most `size`; with `same_length`, only prompts of one length
+    share a batch, so none needs padding."""
+    if not same_length:
+        return [list(range(start, min(start + size, len(encoded)))) for start in range(0, len(encoded), size)]
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_length.setdefault(len(ids), []).append(i)
+    return [rows[start:start + size] for rows in by_length.values() for start in range(0, len(rows), size)]
+
+
+class PromptFormat:
+    """Data row -> prompt text -> (prompt ids, response ids), as every causal_lm trial sees it.
+
+    `objective.args.prompt_template` names columns in braces (`{prompt}` is `dataset.prompt_column`),
+    e.g. "Context: {context}\nQuestion: {prompt}\nAnswer:". With `objective.args.chat_template`
+    (true: the tokenizer's own; or a Jinja template string) the filled template is the user turn
+    (bare `{prompt}` by default), after `system_prompt` if any, rendered by the chat template.
+
+    Example:
+        >>> from objectives import DataConfig, ObjectiveOptions
+        >>> PromptFormat(None, ObjectiveOptions(prompt_template="Q: {question}\\nA:"),
+        ...              DataConfig(source="qa.jsonl", response_column="answer")).columns()
+        ['question', 'answer']
+    """
+
+    def __init__(self, tokenizer, options, data_config, source: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.options = options
+        self.data_config = data_config
+        self.source = source
+
+    def template(self) -> str:
+        """The prompt template in use: `{prompt}` alone with a chat template, unless one is given."""
+        if self.options.chat_template and "prompt_template" not in self.options.model_fields_set:
+            return "{prompt}"
+        return self.options.prompt_template
+
+    def fields(self) -> list[str]:
+        """The template's fields, in order, each once."""
+        import string
+
+        return list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(self.template()) if f))
+
+    def column(self, field: str) -> str:
+        """The data column a template field reads (`{prompt}` is `dataset.prompt_column`)."""
+        return self.data_config.prompt_column if field == "prompt" else field
+
+    def columns(self) -> list[str]:
+        """The template's columns, then the response column."""
+        return list(dict.fromkeys([*(self.column(f) for f in self.fields()), self.data_config.response_column]))
+
+    def user_text(self, row) -> str:
+        """The template filled from `row`."""
+        return self.template().format(**{f: row[self.column(f)] for f in self.fields()})
+
+    def format_prompt(self, row) -> str:
+        """The text before the response (the chat template's generation prompt with a chat template)."""
+        text = self.user_text(row)
+        return self._chat(self._messages(text), add_generation_prompt=True) if self.options.chat_template else text
+
+    def prefix_ids(self) -> list[int]:
+        """Ids before a formatted prompt: bos for a plain template; none with a chat template (it writes its own)."""
+        tok = self.tokenizer
+        return [tok.bos_token_id] if tok.bos_token_id is not None and not self.options.chat_template else []
+
+    def encode_example(self, row) -> tuple[list[int], list[int]]:
+        """(prompt ids, response ids) of one row, before truncation.
+
+        Prompt and response are tokenized apart so the boundary between them is exact. With a plain
+        template, BPE tokenizers attach a space to the following word (" Refunds"), so the space
+        between prompt and response belongs to the response (a trailing space in the prompt would
+        become a lone token never seen in ordinary text); eos ends the response. With a chat template
+        the response is what the template renders after the prompt: the answer and its end-of-turn.
+        """
+        tok = self.tokenizer
+        prompt = self.format_prompt(row)
+        response = row[self.data_config.response_column]
+        prompt_ids = self.prefix_ids() + tok(prompt, add_special_tokens=False)["input_ids"]
+        if self.options.chat_template:
+            full = self._chat(self._messages(self.user_text(row), response), add_generation_prompt=False)
+            if not full.startswith(prompt):
+                raise ConfigError(
+                    "the chat template renders the conversation differently once the answer follows, so the "
+                    "prompt's tokens cannot be masked out of the loss", source=self.source,
+                    key="objective.args.chat_template", hint="Fix: use a template whose generation prompt is a "
+                    "prefix of the whole conversation (most are), or a plain prompt_template.",
+                )
+            return prompt_ids, tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        joiner = "" if prompt[-1:].isspace() else " "
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        return prompt_ids, tok(joiner + response, add_special_tokens=False)["input_ids"] + eos
+
+    def _messages(self, user: str, answer: str | None = None) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.options.system_prompt}] if self.options.system_prompt else []
+        reply = [{"role": "assistant", "content": answer}] if answer is not None else []
+        return [*system, {"role": "user", "content": user}, *reply]
+
+    def _chat(self, messages, *, add_generation_prompt: bool) -> str:
+        custom = self.options.chat_template if isinstance(self.options.chat_template, str) else None
+        if custom is None and not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                "the tokenizer has no chat template", source=self.source, key="objective.args.chat_template",
+                value=True, hint="Fix: give the template itself (a Jinja string) in objective.args.chat_template, "
+                "or set it to false to use the plain prompt_template.",
+            )
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                  chat_template=custom)

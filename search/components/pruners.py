@@ -1,0 +1,86 @@
+"""Pruners: the sweep file's `pruner.name` -> an Optuna pruner, with `pruner.args` as keyword arguments.
+
+| name               | Optuna class            | stops a trial when...                                             |
+|--------------------|-------------------------|-------------------------------------------------------------------|
+| none               | NopPruner               | never                                                             |
+| median             | MedianPruner            | it is worse than the median of earlier trials at the same step     |
+| percentile         | PercentilePruner        | it is outside the top `percentile` % at the same step (needs `percentile`) |
+| successive_halving | SuccessiveHalvingPruner | it is not in the top 1/reduction_factor of its rung (alias `sha`)  |
+| hyperband          | HyperbandPruner         | successive halving over several brackets                          |
+| patient            | PatientPruner           | the wrapped pruner says so *and* no improvement for `patience` evals (`args.wrapped: {name, args}`) |
+| wilcoxon           | WilcoxonPruner          | a Wilcoxon signed-rank test says it is worse than the best trial   |
+| threshold          | ThresholdPruner         | its value leaves [lower, upper]                                   |
+
+Steps are optimizer steps, so resources (hyperband/successive halving) default to the budget:
+`min_resource = budget.eval_every`, `max_resource = budget.max_steps` when not given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spaces import ConfigError, Registry
+
+from ..settings import ComponentSpec
+from ._build import construct
+
+PRUNERS: Registry = Registry("pruner", key="pruner.name")
+# Capabilities: optuna (an Optuna pruner the optuna backend builds), ray (the Ray Tune scheduler the
+# ray backend maps it to: search/backends/_ray.py), budget_resources (min/max resource default to the
+# trial budget's eval_every/max_steps), wraps (takes another pruner as `args.wrapped`).
+PRUNERS.register("none", "optuna.pruners:NopPruner", aliases=("nop",), optuna=True, ray="none")
+PRUNERS.register("median", "optuna.pruners:MedianPruner", optuna=True, ray="median")
+PRUNERS.register("percentile", "optuna.pruners:PercentilePruner", optuna=True)
+PRUNERS.register("successive_halving", "optuna.pruners:SuccessiveHalvingPruner", aliases=("sha", "asha"),
+                 optuna=True, ray="asha", budget_resources=("min",))
+PRUNERS.register("hyperband", "optuna.pruners:HyperbandPruner", optuna=True, ray="hyperband",
+                 budget_resources=("min", "max"))
+PRUNERS.register("patient", "optuna.pruners:PatientPruner", optuna=True, wraps=True)
+PRUNERS.register("wilcoxon", "optuna.pruners:WilcoxonPruner", optuna=True)
+PRUNERS.register("threshold", "optuna.pruners:ThresholdPruner", optuna=True)
+PRUNERS.register("pbt", "ray.tune.schedulers:PopulationBasedTraining", ray="pbt")  # Ray only: no Optuna pruner
+
+
+def prunes(name: str) -> bool:
+    """Whether the pruner named `name` (an alias works too) stops trials at all ('none' does not)."""
+    return PRUNERS.canonical(name) != "none"
+
+
+def build_pruner(spec, *, budget=None, source: str | None = None, key: str = "pruner"):
+    """An Optuna pruner for a `ComponentSpec` (name + args).
+
+    Example:
+        >>> from search.settings import ComponentSpec
+        >>> type(build_pruner(ComponentSpec(name="sha"))).__name__
+        'SuccessiveHalvingPruner'
+    """
+    entry = PRUNERS.entry(spec.name, source=source, key=f"{key}.name")
+    name = entry.name
+    if not entry.capabilities.get("optuna"):
+        raise ConfigError(f"the {name} pruner is a Ray Tune scheduler with no Optuna equivalent: it runs on "
+                          "the ray backend only", source=source,
+                          key=f"{key}.name", value=spec.name, allowed=PRUNERS.having("optuna"),
+                          hint="Fix: set backend: ray, or pick one of these pruners.")
+    args = dict(spec.args)
+    extra: dict[str, Any] = {}
+    if entry.capabilities.get("wraps"):
+        wrapped = args.pop("wrapped", None)
+        if isinstance(wrapped, str):
+            wrapped = {"name": wrapped}
+        extra["wrapped_pruner"] = (
+            build_pruner(ComponentSpec(**wrapped), budget=budget, source=source, key=f"{key}.args.wrapped")
+            if wrapped else None
+        )
+        if "patience" not in args:
+            raise ConfigError("the patient pruner needs `patience` (evaluations without improvement)",
+                              source=source, key=f"{key}.args.patience")
+    resources = entry.capabilities.get("budget_resources", ())
+    if budget is not None and "min" in resources:
+        extra["min_resource"] = budget.eval_every
+    if budget is not None and "max" in resources:
+        extra["max_resource"] = budget.max_steps
+    return construct(key, name, entry.load(), args, source=source, extra=extra)
+
+
+def check_pruner(spec, *, source: str | None = None) -> None:
+    build_pruner(spec, source=source)

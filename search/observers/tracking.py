@@ -1,0 +1,229 @@
+"""Experiment tracking: one W&B run per trial plus a sweep run, offline-first, never breaking a sweep.
+
+The study store stays the source of truth; trackers are mirrors. Every call into a tracker is
+guarded: a tracker that raises is disabled with one warning and the sweep goes on.
+
+    tracking:
+      wandb: auto        # auto | online | offline | off
+      project: ftsweep
+      entity: null
+      tags: [lora]
+
+`auto` logs online when an API key exists and the server answers within a few seconds, otherwise
+offline (and says how to `wandb sync` later). `online` falls back to offline the same way.
+
+Adding another logger (TensorBoard, MLflow...) means one class with the three `TrialTracker`
+methods and one `SweepTracker` with `trial()` and `sweep_end()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from spaces import ConfigError
+
+from ..results.export import export
+from ..results.report import write_report
+from ..results.tables import top_trials, trial_details
+from ..settings import TrackingConfig
+
+log = logging.getLogger("ftsweep.tracking")
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+INSTALL_HINT = "pip install 'ftsweep[wandb]'"
+
+
+# ------------------------------------------------------------------------------------- interface
+
+
+class TrialTracker:
+    """Mirror of one trial. The no-op base is what `wandb: off` uses."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def finish(self, state: str, metrics: dict[str, Any], reason: str | None = None) -> None: ...
+
+
+class SweepTracker:
+    """Hands out trial trackers and records the sweep as a whole when it ends."""
+
+    mode = "off"
+
+    def trial(self, study_name: str, number: int, params: dict[str, Any]) -> TrialTracker:
+        return TrialTracker()
+
+    def sweep_end(self, study, output_dir: Path) -> None: ...
+
+
+# ------------------------------------------------------------------------------------- W&B
+
+
+def _has_credentials(base_url: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        host = urlparse(base_url).hostname or ""
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _server_answers(base_url: str, timeout: float) -> bool:
+    parsed = urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def choose_mode(config: TrackingConfig) -> tuple[str, str | None]:
+    """(mode, note): the W&B mode to use and, when it differs from what was asked, why."""
+    if config.wandb == "off":
+        return "off", None
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        if config.wandb == "auto":
+            return "off", f"W&B logging is off: wandb is not installed ({INSTALL_HINT})."
+        raise ConfigError("tracking.wandb needs the wandb package", key="tracking.wandb", value=config.wandb,
+                          hint=f"Fix: {INSTALL_HINT}, or set tracking.wandb: off.") from None
+    if config.wandb == "offline":
+        return "offline", None
+    base_url = os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)
+    shown = urlparse(base_url).netloc.rsplit("@", 1)[-1]  # never a user:password prefix
+    if not _has_credentials(base_url):
+        why = "no W&B API key (WANDB_API_KEY or ~/.netrc)"
+    elif not _server_answers(base_url, config.connect_timeout_s):
+        why = f"the W&B server at {shown} did not answer within {config.connect_timeout_s:g}s"
+    else:
+        return "online", None
+    level = "offline" if config.wandb == "auto" else "offline (fallback)"
+    return "offline", f"W&B {level}: {why}."
+
+
+class WandbSweepTracker(SweepTracker):
+    """One W&B run per trial (group = study, job type = trial) and one sweep run at the end."""
+
+    def __init__(self, config: TrackingConfig, mode: str, run_dir: Path) -> None:
+        import wandb
+
+        self.wandb = wandb
+        self.config = config
+        self.mode = mode
+        self.run_dir = run_dir
+        self.broken: str | None = None
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _settings(self):
+        # No system metadata: it would record the command line, which may hold a storage password.
+        return self.wandb.Settings(
+            silent=True, console="off", disable_git=True, x_disable_stats=True, x_disable_meta=True,
+            init_timeout=max(self.config.connect_timeout_s * 10, 30.0),
+        )
+
+    def _init(self, **kwargs):
+        return self.wandb.init(
+            project=self.config.project, entity=self.config.entity, dir=str(self.run_dir), mode=self.mode,
+            reinit="create_new", settings=self._settings(), **kwargs,
+        )
+
+    def _guard(self, what: str, fn, *args, **kwargs):
+        if self.broken:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # W&B must never end a sweep
+            self.broken = f"{type(exc).__name__}: {exc}"
+            log.warning("W&B %s failed (%s); W&B logging is off for the rest of this sweep.", what, self.broken)
+            return None
+
+    def trial(self, study_name: str, number: int, params: dict[str, Any]) -> TrialTracker:
+        run = self._guard("init", self._init, group=study_name, job_type="trial", name=f"{study_name}-trial-{number}",
+                          config=dict(params), tags=list(self.config.tags))
+        return _WandbTrial(self, run) if run is not None else TrialTracker()
+
+    def sweep_end(self, study, output_dir: Path) -> None:
+        self._guard("sweep run", self._sweep_run, study, output_dir)
+
+    def _sweep_run(self, study, output_dir: Path) -> None:
+        wandb = self.wandb
+        run = self._init(group=study.study_name, job_type="sweep", name=f"{study.study_name}-sweep",
+                         tags=list(self.config.tags), config={"sweep": study.user_attrs.get("sweep", {})})
+        try:
+            columns = ["number", "state", "value", "params", "fail_reason", "duration_s"]
+            table = wandb.Table(columns=columns)
+            for trial in study.get_trials(deepcopy=False):
+                d = trial_details(trial)
+                table.add_data(d["number"], d["state"], d["value"], str(d["params"]), d["fail_reason"], d["duration_s"])
+            run.log({"trials": table})
+            if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+                best = top_trials(study, 1)  # best feasible; the first of the Pareto front for several metrics
+                if len(study.directions) == 1 and best:
+                    run.summary.update({"best_value": best[0].value, "best_trial": best[0].number})
+                elif best:
+                    run.summary.update({"pareto_front": [row.number for row in top_trials(study, 1000)]})
+                if len(study.directions) == 1 and best:
+                    self._log_best_config(run, study)
+                self._log_report(run, study, output_dir)
+        finally:
+            run.finish()
+
+    def _log_best_config(self, run, study) -> None:
+        with tempfile.TemporaryDirectory(prefix="ftsweep-best-") as tmp:
+            export(study, Path(tmp) / "best")
+            artifact = self.wandb.Artifact(f"{study.study_name}-best-config", type="config")
+            artifact.add_dir(str(Path(tmp) / "best"))
+            run.log_artifact(artifact)
+
+    def _log_report(self, run, study, output_dir: Path) -> None:
+        try:
+            files = write_report(study, output_dir / "report")
+        except ConfigError as exc:  # e.g. matplotlib missing: the pictures are a bonus, not a requirement
+            log.info("W&B sweep run without report pictures: %s", exc)
+            return
+        run.log({f"report/{p.stem}": self.wandb.Image(str(p)) for p in files.images})
+
+
+class _WandbTrial(TrialTracker):
+    def __init__(self, owner: WandbSweepTracker, run) -> None:
+        self.owner = owner
+        self.run = run
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.owner._guard("log", self.run.log, dict(metrics), step=step)
+
+    def finish(self, state: str, metrics: dict[str, Any], reason: str | None = None) -> None:
+        def close() -> None:
+            summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+            summary["state"] = state
+            if reason:
+                summary["fail_reason"] = reason
+            self.run.summary.update(summary)
+            self.run.tags = tuple(self.run.tags or ()) + (state,)
+            self.run.finish(exit_code=1 if state == "failed" else 0)
+
+        self.owner._guard("finish", close)
+
+
+def make_tracker(config: TrackingConfig, output_dir: Path, *, say=print) -> SweepTracker:
+    """The tracker a sweep file asks for, after the offline/online decision (said in one line)."""
+    mode, note = choose_mode(config)
+    if mode == "off":
+        if note:
+            say(note)
+        return SweepTracker()
+    run_dir = Path(config.dir).expanduser() if config.dir else output_dir
+    if note:
+        say(f"{note} Runs are kept in {run_dir / 'wandb'}; upload them later with "
+            f"`wandb sync {run_dir / 'wandb'}/offline-run-*`.")
+    elif mode == "offline":
+        say(f"W&B offline: runs in {run_dir / 'wandb'}; upload later with `wandb sync {run_dir / 'wandb'}/offline-run-*`.")
+    return WandbSweepTracker(config, mode, run_dir)

@@ -1,0 +1,275 @@
+"""The settings of a sweep file and of a run file, as pydantic models: the bottom layer of `search`.
+
+Nothing here imports the runtime (no torch, no Optuna, no W&B): every layer above can read a sweep's
+settings without a cycle, and a setting has its default in exactly one place. `search.sweep` reads a
+file into these models and resolves it; the sections `model:`, `dataset:`, `budget:`, `objective.args`
+and `augmentation:` are the objective's own settings (`objectives.settings`).
+
+Example:
+    >>> SweepSpec(name="s", objective="causal_lm", model="bundled:tiny-support-lm",
+    ...           dataset="bundled:support-qa", space="lora-quick").retries.max_retries
+    2
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from objectives.settings import AugmentationSettings, DataConfig, ModelConfig, ObjectiveOptions, TrainBudget
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _named(value: Any) -> Any:
+    # `sampler: tpe` is shorthand for `sampler: {name: tpe}`; same for pruner, objective, metric.
+    return {"name": value} if isinstance(value, str) else value
+
+
+class TrackingConfig(_Strict):
+    """The `tracking:` section of a sweep file (search/observers/tracking.py mirrors trials to W&B)."""
+
+    wandb: Literal["auto", "online", "offline", "off"] = Field(
+        default="auto", description="auto: online with credentials and a reachable server, else offline."
+    )
+    project: str = "ftsweep"
+    entity: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    dir: str | None = Field(default=None, description="Where W&B writes runs; default: the sweep's output_dir.")
+    connect_timeout_s: float = Field(default=3.0, gt=0, description="How long `auto`/`online` wait for the server.")
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false (and `on` as true): take them as the user meant them.
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
+
+class RetryPolicy(BaseModel):
+    """The `retries:` section of a sweep file (Optuna backend; Ray has `ray.max_failures`).
+
+    Example:
+        >>> RetryPolicy().max_retries, RetryPolicy().retry_errors
+        (2, False)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_retries: int = Field(default=2, ge=0, description="Re-runs of a trial whose worker was killed or preempted.")
+    retry_errors: bool = Field(
+        default=False, description="Also re-run (up to max_retries) trials that raised any other exception.")
+    halve_batch_on_oom: bool = Field(
+        default=True, description="On out-of-memory, re-run with half the batch and twice the gradient accumulation.")
+    heartbeat_interval: int = Field(
+        default=10, gt=0,
+        description="Seconds between heartbeats of a running trial (PostgreSQL/MySQL and journal storages).")
+    grace_period: int = Field(
+        default=60, gt=0,
+        description="A running trial without a heartbeat for this long is failed (worker lost) and retried.")
+
+
+class ComponentSpec(_Strict):
+    """A sampler or pruner: a registry name plus keyword arguments for its Optuna class."""
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectiveSpec(_Strict):
+    name: str = Field(description="A registered objective (causal_lm, sequence_classification) or your own as \"package.module:Class\".")
+    args: ObjectiveOptions = Field(default_factory=ObjectiveOptions)
+
+
+class MetricSpec(_Strict):
+    name: str = "eval_loss"
+    direction: Literal["minimize", "maximize"] | None = Field(
+        default=None, description="Defaults to the metric's natural direction (loss: minimize, accuracy: maximize)."
+    )
+
+
+class ConstraintSpec(_Strict):
+    """A bound a trial's final metric must keep to be *feasible* (Optuna's constrained optimization:
+    samplers steer away from infeasible regions, `best` and the Pareto front skip infeasible trials).
+
+    Example:
+        >>> ConstraintSpec(metric="peak_memory_mb", max=2048).describe()
+        'peak_memory_mb <= 2048'
+    """
+
+    metric: str
+    max: float | None = Field(default=None, description="Feasible when metric <= max.")
+    min: float | None = Field(default=None, description="Feasible when metric >= min.")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "ConstraintSpec":
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of max or min")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.metric} <= {self.max:g}" if self.max is not None else f"{self.metric} >= {self.min:g}"
+
+    @property
+    def kind(self) -> str:
+        """'max' or 'min': which side the bound is on."""
+        return "max" if self.max is not None else "min"
+
+    @property
+    def limit(self) -> float:
+        return self.max if self.max is not None else self.min
+
+    def violation(self, metrics: dict[str, float]) -> float:
+        """Optuna's constraint value: <= 0 when satisfied, how far off otherwise (inf when not measured)."""
+        value = metrics.get(self.metric)
+        if value is None or value != value or value in (float("inf"), float("-inf")):
+            return float("inf")
+        return value - self.max if self.max is not None else self.min - value
+
+    def satisfied(self, metrics: dict[str, float]) -> bool:
+        """Whether `metrics` keep to the bound (a metric not measured, or not finite, does not).
+
+        Example:
+            >>> bound = ConstraintSpec(metric="latency_ms", max=20)
+            >>> bound.satisfied({"latency_ms": 12.5}), bound.satisfied({}), bound.kind, bound.limit
+            (True, False, 'max', 20.0)
+        """
+        return self.violation(metrics) <= 0
+
+
+class RayConfig(_Strict):
+    """The `ray:` section: used by `backend: ray` only."""
+
+    address: str | None = Field(default=None, description="An existing cluster (else RAY_ADDRESS, else a local Ray).")
+    num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local Ray (default: all).")
+    num_gpus: float | None = Field(default=None, ge=0, description="GPUs of a local Ray (default: detected).")
+    cpus_per_trial: float = Field(default=1, gt=0)
+    gpus_per_trial: float = Field(default=0, ge=0, description="0.5 puts two trials on each GPU.")
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    max_failures: int = Field(default=0, ge=0, description="Ray retries of a trial that raised (from its last checkpoint).")
+    checkpoints_to_keep: int | None = Field(
+        default=None, gt=0, description="Adapter checkpoints kept per trial (default 1; 4 under PBT)."
+    )
+
+
+class SweepSpec(_Strict):
+    """A validated sweep file. Defaults live here and nowhere else.
+
+    Example:
+        >>> spec = SweepSpec(name="s", objective="causal_lm", model="bundled:tiny-support-lm",
+        ...                  dataset="bundled:support-qa", space="lora-quick")
+        >>> spec.sampler.name, spec.pruner.name, spec.n_trials
+        ('tpe', 'median', 20)
+    """
+
+    name: str = Field(description="Names the study and the default output directory.")
+    description: str = ""
+    objective: ObjectiveSpec
+    model: ModelConfig
+    dataset: DataConfig
+    space: str | dict[str, Any] = Field(description="A preset name, {preset, override, add, remove} or {params}.")
+    metric: MetricSpec | list[MetricSpec] = Field(
+        default_factory=MetricSpec, description="What trials optimize; a list of several makes a multi-objective sweep."
+    )
+    record_metrics: list[str] = Field(
+        default_factory=list, description="More metrics to compute and store per trial (e.g. bleu, latency_ms)."
+    )
+    constraints: list[ConstraintSpec] = Field(
+        default_factory=list, description="Bounds on final metrics, e.g. {metric: peak_memory_mb, max: 4096}."
+    )
+    sampler: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="tpe"))
+    pruner: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="median"))
+    n_trials: int | None = Field(default=20, gt=0, description="Finished trials the study should hold.")
+    timeout: float | None = Field(default=None, gt=0, description="Seconds after which no new trial starts.")
+    budget: TrainBudget = Field(default_factory=TrainBudget)
+    augmentation: AugmentationSettings | None = Field(
+        default=None, description="Fixed augmentation settings (synonym table, translation models); the space's "
+        "aug_* params decide per trial how much.",
+    )
+    seed: int = 0
+    backend: str = "optuna"
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    storage: str | None = Field(default=None, description="Optuna storage URL; default the journal file <output_dir>/<study>.journal.")
+    study_name: str | None = None
+    output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
+
+    _normalize = field_validator("objective", "metric", "sampler", "pruner", mode="before")(_named)
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metric_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one metric")
+            return [_named(item) for item in value]
+        return value
+
+    @property
+    def metrics(self) -> list[MetricSpec]:
+        """The optimized metrics, in order (one for a single-objective sweep)."""
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        return {"name_or_path": value} if isinstance(value, str) else value
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_shorthand(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+    @field_validator("name", "study_name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        # Names become file names and study keys: no path separators, no surprises.
+        if value is not None and not _SAFE_NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (no path separators or spaces)")
+        return value
+
+    @model_validator(mode="after")
+    def _something_stops_the_sweep(self) -> "SweepSpec":
+        if self.n_trials is None and self.timeout is None:
+            raise ValueError("set n_trials or timeout (or both): otherwise the sweep never ends")
+        return self
+
+
+class RunSpec(_Strict):
+    """A sweep-free, reproducible run: what `ftsweep export` writes as winner.yaml and `ftsweep train` reads.
+
+    Example:
+        >>> run = RunSpec(name="demo-trial-8", objective="causal_lm", model="bundled:tiny-support-lm",
+        ...               dataset="bundled:support-qa", params={"learning_rate": 0.026})
+        >>> run.budget.max_steps
+        60
+    """
+
+    name: str
+    objective: ObjectiveSpec
+    model: ModelConfig
+    dataset: DataConfig
+    params: dict[str, Any] = Field(description="Every applied hyperparameter: searched, fixed and derived.")
+    budget: TrainBudget = Field(default_factory=TrainBudget)
+    seed: int = 0
+    merge_validation: bool = Field(
+        default=False, description="Train on train+validation (the test split stays held out)."
+    )
+    augmentation: AugmentationSettings | None = Field(
+        default=None, description="The sweep's augmentation settings, for the params' aug_* values.",
+    )
+    output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
+    provenance: dict[str, Any] = Field(default_factory=dict, description="Where the values came from; not used to train.")
+
+    _normalize = field_validator("objective", mode="before")(_named)
+    _model_shorthand = field_validator("model", mode="before")(SweepSpec._model_shorthand.__func__)
+    _dataset_shorthand = field_validator("dataset", mode="before")(SweepSpec._dataset_shorthand.__func__)
+    _safe_name = field_validator("name")(SweepSpec._safe_name.__func__)
+
+

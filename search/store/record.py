@@ -1,0 +1,229 @@
+"""The trial record: every key ftsweep keeps on a study trial, and the one code path that writes them.
+
+The study is the source of truth: `best`, `show`, `report`, `export` and `train` read nothing else,
+whichever backend ran the trials. Both backends write a trial through `TrialRecord` (the Optuna
+backend on its live `optuna.Trial`, Ray's driver-side recorder on the storage), and every reader uses
+the keys below, so the record cannot drift between backends.
+
+What a trial holds besides Optuna's own params, intermediate values (the sweep metric at each
+evaluation step) and state:
+
+| user attribute | written when                | holds                                                        |
+|----------------|-----------------------------|--------------------------------------------------------------|
+| config         | the trial starts            | the full resolved params: searched, fixed and derived        |
+| worker         | the trial starts            | host:pid of the process that owns the record                 |
+| device         | the trial starts (optuna)   | where it trains, e.g. "cpu, float32"                         |
+| placement      | its first result (ray)      | node id, GPU ids, CUDA_VISIBLE_DEVICES                       |
+| eval_history   | every evaluation            | [{"step", every metric}, ...]                                |
+| metrics        | it completes                | the final metrics                                            |
+| duration_s     | it ends (any state)         | the trial's own wall time                                    |
+| constraints    | it completes, if any        | {"peak_memory_mb <= 2048": violation (<= 0 is feasible)}     |
+| fail_reason    | it fails                    | "TrialDiverged: ...", "preempted: ...", "interrupted: ..."   |
+| failure_cause  | it fails                    | preempted, interrupted, oom, diverged, error                 |
+| retry          | it fails                    | what the retry policy did (search/store/retries.py)          |
+| retried        | it fails and is queued again| True: its re-run takes its place in n_trials                 |
+| interrupted    | the user stopped it         | True: queued again when the sweep resumes                    |
+| retry_of, retry_cause, attempt, overrides | a re-run is queued | the failed trial, why, which attempt, changed params |
+| retry_reasons  | Ray restarted it            | the errors it was restarted after (`ray.max_failures`)      |
+| slot           | a place is queued           | a WAITING trial holding one of the n_trials places           |
+| enqueued       | `--enqueue` queued it       | True                                                         |
+
+The study itself holds the sweep (`record_sweep`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Collection, Iterable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+CONFIG = "config"
+WORKER = "worker"
+DEVICE = "device"
+PLACEMENT = "placement"
+EVAL_HISTORY = "eval_history"
+METRICS = "metrics"
+DURATION = "duration_s"
+CONSTRAINTS = "constraints"
+FAIL_REASON = "fail_reason"
+FAILURE_CAUSE = "failure_cause"
+RETRY = "retry"
+RETRIED = "retried"
+INTERRUPTED = "interrupted"
+RETRY_OF = "retry_of"
+RETRY_CAUSE = "retry_cause"
+ATTEMPT = "attempt"
+OVERRIDES = "overrides"
+RETRY_REASON = "retry_reason"  # on a re-run of a trial lost by its heartbeat: why
+RETRY_REASONS = "retry_reasons"
+SLOT = "slot"
+ENQUEUED = "enqueued"
+
+# Every trial attribute above: a backend writes no other (the backend contract tests check it).
+TRIAL_KEYS = frozenset({CONFIG, WORKER, DEVICE, PLACEMENT, EVAL_HISTORY, METRICS, DURATION, CONSTRAINTS, FAIL_REASON,
+                        FAILURE_CAUSE, RETRY, RETRIED, INTERRUPTED, RETRY_OF, RETRY_CAUSE, ATTEMPT, OVERRIDES,
+                        RETRY_REASON, RETRY_REASONS, SLOT, ENQUEUED})
+
+# What `failure_cause` says (what each means for a re-run: search/store/retries.py).
+PREEMPTED, INTERRUPTED_CAUSE, OOM, DIVERGED, ERROR = "preempted", "interrupted", "oom", "diverged", "error"
+
+# Study user attributes.
+STUDY_SWEEP = "sweep"  # the sweep settings, without the storage URL
+STUDY_SPACE = "space"
+STUDY_METRIC = "metric"  # "eval_loss", or "eval_loss, trainable_params" for several
+STUDY_CONSTRAINTS = "constraints"  # ["peak_memory_mb <= 2048", ...]
+STUDY_OBJECTIVE = "objective"
+STUDY_BACKEND = "backend"
+STUDY_DEADLINE = "deadline"  # epoch seconds after which no trial starts (the sweep's timeout)
+
+# A trial's evaluation entry: the step, then every metric reported at it.
+STEP = "step"
+
+
+class TrialRecord:
+    """Writes one study trial's record.
+
+    Args:
+        storage: the study's storage (`study._storage`).
+        trial_id: the storage's id of the trial (`trial._trial_id`), not its number.
+
+    Example:
+        >>> study = optuna.create_study()
+        >>> trial = study.ask()
+        >>> record = TrialRecord.of(trial)
+        >>> record.started({"learning_rate": 0.01}, worker="host:1")
+        >>> record.evaluated([{"step": 10, "eval_loss": 0.9}])
+        >>> record.completed({"eval_loss": 0.9}, duration_s=1.5)
+        >>> sorted(study._storage.get_trial(trial._trial_id).user_attrs)
+        ['config', 'duration_s', 'eval_history', 'metrics', 'worker']
+    """
+
+    def __init__(self, storage, trial_id: int, *, trial: optuna.Trial | None = None) -> None:
+        self.storage = storage
+        self.trial_id = trial_id
+        self.trial = trial
+
+    @classmethod
+    def of(cls, trial: optuna.Trial) -> "TrialRecord":
+        """The record of a live trial: written through it, so its own `user_attrs` (which the retry
+        policy reads) see every write."""
+        return cls(trial.storage, trial._trial_id, trial=trial)
+
+    def set(self, key: str, value: Any) -> None:
+        if self.trial is not None:
+            self.trial.set_user_attr(key, value)
+        else:
+            self.storage.set_trial_user_attr(self.trial_id, key, value)
+
+    def stamp(self, worker: str) -> None:
+        """Who owns the record: a RUNNING trial whose owner is gone is failed and queued again."""
+        self.set(WORKER, worker)
+
+    def started(self, params: dict[str, Any], *, worker: str | None = None, device: str | None = None) -> None:
+        if worker is not None:
+            self.stamp(worker)
+        if device is not None:
+            self.set(DEVICE, device)
+        self.set(CONFIG, dict(params))
+
+    def placed(self, placement: dict[str, Any]) -> None:
+        self.set(PLACEMENT, placement)
+
+    def evaluated(self, history: list[dict[str, Any]]) -> None:
+        """The whole evaluation history so far (each entry: step and metrics)."""
+        self.set(EVAL_HISTORY, history)
+
+    def completed(self, metrics: dict[str, float], *, duration_s: float | None) -> None:
+        self.set(METRICS, metrics)
+        if duration_s is not None:
+            self.set(DURATION, duration_s)
+
+    def ended(self, *, duration_s: float | None) -> None:
+        """A trial that ends without metrics (pruned, failed)."""
+        if duration_s is not None:
+            self.set(DURATION, duration_s)
+
+    def failed(self, cause: str, reason: str, *, retry: str | None = None, requeued: bool = False) -> None:
+        """Why it failed; `requeued`: the retry policy queued it again (it no longer counts toward n_trials)."""
+        self.set(FAIL_REASON, reason)
+        self.set(FAILURE_CAUSE, cause)
+        if retry is not None:
+            self.set(RETRY, retry)
+        if cause == INTERRUPTED_CAUSE:
+            self.set(INTERRUPTED, True)
+        if requeued:
+            self.set(RETRIED, True)
+
+    def restarted(self, reasons: list[str]) -> None:
+        self.set(RETRY_REASONS, reasons)
+
+
+def record_constraints(trial: optuna.Trial, constraints: Iterable, metrics: dict[str, float]) -> None:
+    """Give a finished trial its constraint values (Optuna's `set_constraint`: feasible when all <= 0),
+    which samplers, `best_trial` and the Pareto front read; also kept readable as user attr
+    `constraints` {"peak_memory_mb <= 2048": value}. `constraints` are `search.settings.ConstraintSpec`."""
+    values = {}
+    for constraint in constraints:
+        values[constraint.describe()] = constraint.violation(metrics)
+        trial.set_constraint(constraint.describe(), values[constraint.describe()])
+    if values:
+        trial.set_user_attr(CONSTRAINTS, values)
+
+
+def record_sweep(study: optuna.Study, sweep) -> None:
+    """Store the sweep on its study at every launch, so every command (and `ftsweep worker`) can rebuild
+    the objective from the store. Without secrets: the storage URL is not stored (it may hold a password)."""
+    study.set_user_attr(STUDY_SWEEP, sweep.spec.model_dump(mode="json", exclude={"storage"}))
+    study.set_user_attr(STUDY_SPACE, sweep.space.to_dict())
+    study.set_user_attr(STUDY_METRIC, sweep.metric_label)
+    with warnings.catch_warnings():  # experimental in name only: stable since Optuna 3.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(sweep.metric_names)  # Optuna's own: plots and the dashboard label axes with them
+    study.set_user_attr(STUDY_CONSTRAINTS, [c.describe() for c in sweep.spec.constraints])
+    study.set_user_attr(STUDY_OBJECTIVE, sweep.spec.objective.name)
+    study.set_user_attr(STUDY_BACKEND, sweep.spec.backend)
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+def config_of(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The params a trial applied (searched, fixed and derived); Optuna's params for foreign trials."""
+    return trial.user_attrs.get(CONFIG, trial.params)
+
+
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """No recorded constraint is violated (a trial without constraints is feasible)."""
+    return all(v <= 0 for v in trial.user_attrs.get(CONSTRAINTS, {}).values())
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial, superseded: Collection[int] = ()) -> bool:
+    """Finished trials count toward n_trials, except a failed one that runs again: its re-run counts
+    instead. `superseded` are numbers of trials some `retry_of` points at (see `superseded_numbers`)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state != TrialState.FAIL:
+        return False
+    attrs = trial.user_attrs
+    return not (attrs.get(INTERRUPTED) or attrs.get(RETRIED) or trial.number in superseded)
+
+
+def superseded_numbers(trials) -> set[int]:
+    """Numbers of the trials that were queued again (a trial failed by a heartbeat cannot be marked itself)."""
+    return {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+
+
+def finished_count(trials) -> int:
+    """How many of `trials` count toward n_trials."""
+    superseded = superseded_numbers(trials)
+    return sum(counts_toward_budget(t, superseded) for t in trials)
+
+
+def state_counts(trials) -> dict[str, int]:
+    """{state name in lower case: count} for the states present, e.g. {'complete': 3, 'pruned': 1}."""
+    names = [t.state.name.lower() for t in trials]
+    return {state.name.lower(): names.count(state.name.lower()) for state in TrialState
+            if state.name.lower() in names}

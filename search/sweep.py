@@ -1,0 +1,320 @@
+"""The sweep file: one YAML document that says everything a sweep needs.
+
+    name: demo
+    objective: causal_lm
+    model: bundled:tiny-support-lm
+    dataset: bundled:support-qa
+    space: lora-quick              # a preset, an extended preset, or an inline space
+    metric: eval_loss              # direction defaults to the metric's natural one
+    sampler: {name: tpe, args: {n_startup_trials: 5}}
+    pruner: {name: median, args: {n_warmup_steps: 10}}
+    n_trials: 16
+    budget: {max_steps: 40, eval_every: 10, batch_size: 8, max_seq_length: 64}
+
+`load_sweep` reads it safely, applies `--set key.path=value` overrides, validates every key
+(unknown keys are errors) and resolves the space and the objective, so a bad sweep fails before
+anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from objectives import check_augmentation, check_method_params, get_objective
+from spaces import ConfigError, SearchSpace, from_validation_error, load_yaml, resolve_space
+
+from .components import BACKENDS, check_pruner, check_sampler, prunes
+from .settings import ComponentSpec, RunSpec, SweepSpec
+from .store.storage import default_storage_url
+
+BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
+
+
+@dataclass
+class Sweep:
+    """A sweep file resolved into the objects the backends use.
+
+    Example:
+        >>> sweep = load_sweep("demo")
+        >>> sweep.spec.objective.name, sweep.directions
+        ('causal_lm', ['minimize'])
+    """
+
+    spec: SweepSpec
+    space: SearchSpace
+    objective_cls: type
+    directions: list[str]  # one per optimized metric, in the order of `metric_names`
+    source: str
+    enqueue: list[dict[str, Any]] = field(default_factory=list)  # configs to try first (--enqueue)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [m.name for m in self.spec.metrics]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions) > 1
+
+    @property
+    def direction(self) -> str:
+        """The direction of the (first) optimized metric."""
+        return self.directions[0]
+
+    @property
+    def metric_label(self) -> str:
+        """'eval_loss', or 'eval_loss, trainable_params' for a multi-objective sweep."""
+        return ", ".join(self.metric_names)
+
+    @property
+    def requested_metrics(self) -> list[str]:
+        """Every metric the objective must compute: optimized, recorded and constrained ones."""
+        names = [*self.metric_names, *self.spec.record_metrics, *(c.metric for c in self.spec.constraints)]
+        return list(dict.fromkeys(names))
+
+    @property
+    def study_name(self) -> str:
+        return self.spec.study_name or self.spec.name
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.spec.output_dir or Path("runs") / self.spec.name).expanduser().resolve()
+
+    @property
+    def storage_url(self) -> str:
+        if self.spec.storage:
+            return self.spec.storage
+        return default_storage_url(self.output_dir, self.study_name)
+
+    def to_payload(self) -> str:
+        """The resolved sweep as JSON, to rebuild it in another process (a Ray worker)."""
+        return json.dumps({"spec": self.spec.model_dump(mode="json"), "source": self.source}, sort_keys=True)
+
+    @classmethod
+    def from_payload(cls, payload: str) -> "Sweep":
+        data = json.loads(payload)
+        return _resolve(SweepSpec.model_validate(data["spec"]), data["source"])
+
+    def make_objective(self):
+        """A fresh, not yet set-up objective instance for one worker."""
+        spec = self.spec
+        return self.objective_cls(
+            spec.model, spec.dataset, spec.budget, seed=spec.seed, options=spec.objective.args,
+            output_dir=self.output_dir, source=self.source, metrics=self.requested_metrics,
+            target=(self.metric_names[0], self.directions[0]), augmentation=spec.augmentation,
+        )
+
+
+def find_sweep_file(path_or_name: str | Path) -> Path:
+    """A sweep file path, or the name of a sweep bundled with ftsweep (e.g. 'demo')."""
+    path = Path(path_or_name).expanduser()
+    if path.exists():
+        return path
+    bundled = BUNDLED_SWEEPS / f"{path_or_name}.yaml"
+    if bundled.exists():
+        return bundled
+    raise ConfigError(
+        "sweep file not found", value=str(path_or_name),
+        allowed=f"an existing file, or a bundled sweep: {bundled_sweeps()}",
+    )
+
+
+def bundled_sweeps() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_SWEEPS.glob("*.yaml"))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`budget.max_steps=20` -> (['budget', 'max_steps'], 20). Values are YAML scalars/lists, read safely."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError("an override must look like key.path=value", key="--set", value=text)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the value is not valid YAML ({exc.problem})", key="--set", value=text) from exc
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each `key.path=value` into a copy of the raw sweep mapping."""
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and part in ("objective", "metric", "sampler", "pruner"):
+                child = node[part] = {"name": child}
+            elif isinstance(child, str) and part in ("model", "dataset"):
+                child = node[part] = {"name_or_path" if part == "model" else "source": child}
+            elif isinstance(child, str) and part == "space":
+                child = node[part] = {"preset": child}
+            elif child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"cannot set a key inside '{'.'.join(path[: depth + 1])}', which is {child!r}",
+                    key="--set", value=text,
+                )
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_sweep(path_or_name: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Read, override, validate and resolve a sweep file. Raises ConfigError on any bad input.
+
+    Example:
+        >>> load_sweep("demo", ["budget.max_steps=20"]).spec.budget.max_steps
+        20
+    """
+    path = find_sweep_file(path_or_name)
+    source = str(path)
+    spec = _read_validated(path, SweepSpec, overrides)
+    return _resolve(spec, source)
+
+
+def _resolve(spec: SweepSpec, source: str) -> Sweep:
+    BACKENDS.entry(spec.backend, source=source)  # an unknown backend, listing the registered ones
+    objective_cls = get_objective(spec.objective.name)
+    if not prunes(spec.pruner.name) and "eval_every" not in spec.budget.model_fields_set:
+        # Evaluate only as often as pruning needs: with no pruner, intermediate evaluations decide
+        # nothing, so a trial evaluates once, at its end (set budget.eval_every for learning curves).
+        spec = spec.model_copy(update={"budget": spec.budget.model_copy(update={"eval_every": spec.budget.max_steps})})
+    space = resolve_space(spec.space, source=source, key="space")
+    # Params that only steer others (inputs of a derived param, switches in a `when`) are not applied
+    # to the trainer themselves, so the objective need not know them.
+    steering = [name for name in space.names if space.dependents(name)]
+    objective_cls.check_params(space.names, auxiliary=steering, source=source)
+    check_method_params(space, source=source)
+    check_augmentation(space, spec.augmentation, task=objective_cls, source=source, data=spec.dataset,
+                       options=spec.objective.args)
+    directions = _check_metrics(spec, objective_cls, source)
+    if len(directions) > 1:
+        spec = _multi_objective(spec, source)
+    check_sampler(spec.sampler, space, source=source, n_objectives=len(directions))
+    if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
+        check_pruner(spec.pruner, source=source)
+    return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
+
+
+def _check_metrics(spec: SweepSpec, objective_cls, source: str) -> list[str]:
+    """Every optimized, recorded and constrained metric is one the objective reports and can compute
+    here; returns the optimized metrics' directions."""
+    metrics = spec.metrics
+    names = [m.name for m in metrics]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated:
+        raise ConfigError("a metric is listed twice", source=source, key="metric", value=repeated,
+                          hint="Fix: list each optimized metric once.")
+    many = len(metrics) > 1
+    directions = []
+    for i, m in enumerate(metrics):
+        key = f"metric.{i}.name" if many else "metric.name"
+        natural = objective_cls.check_metric(m.name, source=source, key=key)
+        directions.append(m.direction or natural)
+    for i, name in enumerate(spec.record_metrics):
+        objective_cls.check_metric(name, source=source, key=f"record_metrics.{i}")
+    for i, constraint in enumerate(spec.constraints):
+        objective_cls.check_metric(constraint.metric, source=source, key=f"constraints.{i}.metric")
+    keys = {name: (f"metric.{i}.name" if many else "metric.name") for i, name in enumerate(names)}
+    keys.update({name: f"record_metrics.{i}" for i, name in enumerate(spec.record_metrics) if name not in keys})
+    keys.update({c.metric: f"constraints.{i}.metric" for i, c in enumerate(spec.constraints) if c.metric not in keys})
+    for name, key in keys.items():
+        objective_cls.check_metric_available(name, source=source, key=key, data=spec.dataset)
+    return directions
+
+
+def _multi_objective(spec: SweepSpec, source: str) -> SweepSpec:
+    """A multi-objective sweep runs every trial to its end: refuse pruning asked for, drop the default."""
+    pruner = spec.pruner.name
+    if "pruner" in spec.model_fields_set and prunes(pruner):
+        raise ConfigError(
+            "a multi-objective sweep cannot prune: Optuna does not prune multi-objective trials "
+            "(Trial.report and should_prune work for one objective only; a trial's intermediate "
+            "values cannot rank it on a Pareto front)", source=source, key="pruner.name", value=pruner,
+            hint="Fix: remove the pruner (every trial then trains its whole budget), or optimize one metric "
+            "and turn the others into constraints or record_metrics.",
+        )
+    if not BACKENDS.supports(spec.backend, "multi_objective"):
+        raise ConfigError(
+            f"multi-objective sweeps run on the {' or '.join(BACKENDS.having('multi_objective'))} backend: the "
+            f"{spec.backend} backend ranks trials by one metric", source=source, key="backend", value=spec.backend,
+            hint="Fix: backend: optuna (several local workers: ftsweep launch --workers N).",
+        )
+    budget = spec.budget
+    if "eval_every" not in budget.model_fields_set:
+        budget = budget.model_copy(update={"eval_every": budget.max_steps})  # nothing to prune on: evaluate at the end
+    return spec.model_copy(update={"pruner": ComponentSpec(name="none"), "budget": budget})
+
+
+def _read_validated(path: Path, model: type[BaseModel], overrides: list[str] | None):
+    """Safe-load a YAML mapping, apply `--set` overrides, validate it as `model` (ConfigError on any problem)."""
+    source = str(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError("the file must be a mapping of keys to values", source=source, value=raw)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation_error(
+            exc, source=source, prefix=None, allowed_keys=lambda loc: _fields_at(model, [str(p) for p in loc])
+        ) from None
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str] | None:
+    current: Any = model
+    for part in loc:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return None
+    return sorted(current.model_fields) if current is not None else None
+
+
+def load_run(path: str | Path, overrides: list[str] | None = None) -> tuple[RunSpec, type]:
+    """Read and validate a run spec (winner.yaml); returns it with its objective class.
+
+    Example:
+        >>> from search.results.export import export
+        >>> [exported] = export(study, tmp / "winner")
+        >>> run, objective_cls = load_run(exported.directory / "winner.yaml", ["budget.max_steps=200"])
+        >>> run.budget.max_steps, objective_cls.name
+        (200, 'causal_lm')
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ConfigError("run file not found", value=str(path))
+    source = str(path)
+    run = _read_validated(path, RunSpec, overrides)
+    objective_cls = get_objective(run.objective.name)
+    unknown = sorted(set(run.params) - set(objective_cls.accepted_params()))
+    if unknown:
+        raise ConfigError(f"objective '{objective_cls.name}' cannot apply param(s) {unknown}", source=source,
+                          key=f"params.{unknown[0]}", allowed=sorted(objective_cls.accepted_params()))
+    return run, objective_cls
+
+
+def sweep_from_study(study, storage_url: str) -> Sweep:
+    """Rebuild the Sweep a study was launched with (recorded by `record_sweep`), on `storage_url`."""
+    recorded = study.user_attrs.get("sweep")
+    if not recorded:
+        raise ConfigError("this study was not made by `ftsweep launch` (it records no sweep)", key="study",
+                          value=study.study_name, hint="Fix: create it with `ftsweep launch SWEEP --workers 0`.")
+    backend = recorded.get("backend", "optuna")
+    if not BACKENDS.supports(backend, "workers"):
+        raise ConfigError(f"workers join sweeps of backends that take them; the {backend} backend schedules its own "
+                          "trials", key="study", value=study.study_name, allowed=BACKENDS.having("workers"))
+    spec = SweepSpec.model_validate({**recorded, "storage": storage_url})
+    return _resolve(spec, f"study '{study.study_name}'")

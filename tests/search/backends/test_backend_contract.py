@@ -1,0 +1,125 @@
+"""The contract every backend honours, run against every registered backend (a new backend gets the
+whole suite by being registered): a sweep runs, an aggressive scheduler prunes, every trial lands in
+the study store with its params and curve, conditional params are honoured, launching again resumes."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.backends import BACKENDS, available_backends, get_backend
+from search.sweep import load_sweep
+from search.store import record
+from search.store.storage import open_storage
+
+
+CONDITIONAL = {"params": {
+    "learning_rate": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+    "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine"]},
+    "lora_dropout": {"type": "float", "low": 0.0, "high": 0.1, "when": {"lr_scheduler_type": "cosine"}},
+    "lora_r": {"type": "categorical", "choices": [4, 8]},
+    "lora_alpha": {"type": "derived", "from": "lora_r", "times": 2, "as": "int"},
+}}
+
+
+# Every registered backend; those that start a cluster per module (Ray) are in the slow tier.
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=[] if BACKENDS.supports(name, "workers") else
+                                                      [pytest.mark.slow]) for name in available_backends()])
+def backend(request):
+    if request.param == "ray":
+        ray = pytest.importorskip("ray")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one Ray for the whole module
+        yield "ray"
+        ray.shutdown()
+    else:
+        yield request.param
+
+
+def _run(write_sweep, backend, listener=None, **changes) -> optuna.Study:
+    sweep = load_sweep(write_sweep(backend=backend, **changes))
+    get_backend(backend)(sweep, listener=listener).run()
+    return optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
+
+
+def test_runs_and_records_every_trial(write_sweep, backend):
+    events = []
+    study = _run(write_sweep, backend, n_trials=3, listener=lambda event, details: events.append((event, details)))
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    # The progress display hears of every report and every end, whichever backend ran the trial.
+    ended = [d["trial"] for e, d in events if e == "trial_end"]
+    assert sorted((t.number, t.state, t.value) for t in ended) == [(t.number, t.state, t.value) for t in trials]
+    reports = sorted((d["trial"].number, d["step"]) for e, d in events if e == "trial_report")
+    assert reports == [(t.number, step) for t in trials for step in (2, 4)]
+    for t in trials:
+        assert sorted(t.intermediate_values) == [2, 4]
+        assert t.value == pytest.approx(t.user_attrs["metrics"]["eval_loss"])
+        assert set(t.params) <= set(t.user_attrs["config"])
+        assert [h["step"] for h in t.user_attrs["eval_history"]] == [2, 4]
+    assert study.user_attrs["sweep"]["backend"] == backend
+
+
+def test_aggressive_scheduler_prunes(write_sweep, backend):
+    study = _run(write_sweep, backend, n_trials=8, pruner={"name": "sha", "args": {"reduction_factor": 4}},
+                 budget={"max_steps": 8, "eval_every": 2})
+    states = [t.state for t in study.get_trials()]
+    assert len(states) == 8 and TrialState.PRUNED in states and TrialState.COMPLETE in states
+    # No FAIL: every trial after a pruned one found the shared base model without adapter layers
+    # (run_trial refuses a base with leftovers), including in Ray's reused actors.
+    assert TrialState.FAIL not in states, [t.user_attrs.get("fail_reason") for t in study.get_trials()]
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        assert max(t.intermediate_values) < 8
+
+
+def test_conditional_and_derived_params_are_honoured(write_sweep, backend):
+    study = _run(write_sweep, backend, n_trials=6, space=CONDITIONAL)
+    for t in study.get_trials():
+        config = t.user_attrs["config"]
+        assert ("lora_dropout" in config) == (config["lr_scheduler_type"] == "cosine")
+        assert config["lora_alpha"] == 2 * config["lora_r"]
+    assert {t.user_attrs["config"]["lr_scheduler_type"] for t in study.get_trials()} == {"linear", "cosine"}
+
+
+def test_launching_again_resumes(write_sweep, backend):
+    first = _run(write_sweep, backend, n_trials=2)
+    before = {t.number: t.value for t in first.get_trials()}
+    again = _run(write_sweep, backend, n_trials=3)
+    trials = again.get_trials()
+    assert len(trials) == 3
+    assert {t.number: t.value for t in trials if t.number in before} == before
+
+
+
+# ------------------------------------------------------------------ one trial record (search/store/record.py)
+
+# What every backend writes on a trial, by its end state; the backends may add the optional keys of
+# record.TRIAL_KEYS that say where it ran (device, placement) but nothing undeclared.
+COMPLETE_KEYS = {record.CONFIG, record.WORKER, record.EVAL_HISTORY, record.METRICS, record.DURATION}
+FAILED_KEYS = {record.CONFIG, record.WORKER, record.FAIL_REASON, record.FAILURE_CAUSE}
+
+
+def test_every_backend_writes_the_same_record_of_a_complete_trial(write_sweep, backend):
+    study = _run(write_sweep, backend, n_trials=2)
+    for trial in study.get_trials():
+        attrs = trial.user_attrs
+        assert trial.state == TrialState.COMPLETE
+        assert COMPLETE_KEYS <= set(attrs) <= record.TRIAL_KEYS, sorted(set(attrs) - record.TRIAL_KEYS)
+        # The same meanings: the applied params hold the searched ones, the history holds the curve the
+        # pruner saw, the final metrics hold the value, the duration is the trial's own.
+        assert {k: attrs[record.CONFIG][k] for k in trial.params} == trial.params
+        history = attrs[record.EVAL_HISTORY]
+        assert {h[record.STEP]: h["eval_loss"] for h in history} == pytest.approx(trial.intermediate_values)
+        assert attrs[record.METRICS]["eval_loss"] == pytest.approx(trial.value)
+        assert 0 < attrs[record.DURATION] <= trial.duration.total_seconds() + 1
+        assert record.config_of(trial) == attrs[record.CONFIG]
+
+
+def test_every_backend_writes_the_same_record_of_a_failed_trial(write_sweep, backend):
+    study = _run(write_sweep, backend, n_trials=1, objective="tests.search.fault_objectives:NaNLoss")
+    [trial] = study.get_trials()
+    attrs = trial.user_attrs
+    assert trial.state == TrialState.FAIL
+    assert FAILED_KEYS <= set(attrs) <= record.TRIAL_KEYS, sorted(set(attrs) - record.TRIAL_KEYS)
+    assert attrs[record.FAILURE_CAUSE] == record.DIVERGED
+    assert attrs[record.FAIL_REASON].startswith("TrialDiverged"), attrs[record.FAIL_REASON]
