@@ -306,6 +306,23 @@ def load_run(path: str | Path, overrides: list[str] | None = None) -> tuple[RunS
     return run, objective_cls
 
 
+def run_objective(run: RunSpec, objective_cls, *, source: str | None = None, output_dir: str | Path | None = None,
+                  budget=None, metrics=()):
+    """The objective of a run file (winner.yaml, a trained run's run.yaml), not set up: the one place a
+    run's settings become an objective, as `Sweep.make_objective` is for a sweep's. `budget` replaces
+    the run's (e.g. a common max_seq_length); `metrics` are those it should compute.
+
+    Example:
+        >>> from search.settings import RunSpec
+        >>> run = RunSpec(name="r", objective="causal_lm", model="bundled:tiny-support-lm",
+        ...               dataset="bundled:support-qa", params={"learning_rate": 0.01})
+        >>> run_objective(run, get_objective("causal_lm")).task.input_columns()
+        ['prompt']
+    """
+    return objective_cls(run.model, run.dataset, budget or run.budget, seed=run.seed, options=run.objective.args,
+                         augmentation=run.augmentation, output_dir=output_dir, source=source, metrics=metrics)
+
+
 def sweep_from_study(study, storage_url: str) -> Sweep:
     """Rebuild the Sweep a study was launched with (recorded by `record_sweep`), on `storage_url`."""
     recorded = study.user_attrs.get("sweep")

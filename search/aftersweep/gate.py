@@ -36,7 +36,7 @@ from spaces import ConfigError
 
 from ..results.tables import format_value
 from ..settings import ConstraintSpec
-from ..sweep import load_run
+from ..sweep import load_run, run_objective
 from .train import train_run
 from .trained import TrainedRun, load_adapter, load_trained
 
@@ -74,8 +74,7 @@ def held_out(run, objective_cls, *, source: str | None = None) -> HeldOut:
         >>> test_set.rows, len(test_set.fingerprint)
         (16, 16)
     """
-    objective = objective_cls(run.model, run.dataset, run.budget, seed=run.seed, options=run.objective.args,
-                              source=source)
+    objective = run_objective(run, objective_cls, source=source)
     columns = objective.required_columns()
     data = run.dataset
     test = load_splits(data, seed=run.seed, columns=columns, source=source).test

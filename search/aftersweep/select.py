@@ -38,6 +38,7 @@ from objectives import UNCERTAINTY_STRATEGIES, uncertainty  # noqa: F401 (uncert
 from objectives.tasks import Scored
 from spaces import ConfigError
 
+from ..sweep import run_objective
 from .trained import TrainedRun, load_adapter, load_trained
 
 STRATEGIES = UNCERTAINTY_STRATEGIES
@@ -117,7 +118,7 @@ def input_columns(trained: TrainedRun) -> list[str]:
     """The columns the model reads (`Task.input_columns`): the text (classification), or those the
     prompt template names (causal_lm: `prompt`, or every `{column}` of the run's prompt_template)."""
     run = trained.run
-    return trained.objective_cls(run.model, run.dataset, run.budget, options=run.objective.args).task.input_columns()
+    return run_objective(run, trained.objective_cls).task.input_columns()
 
 
 # ---------------------------------------------------------------------------------------- select

@@ -22,6 +22,7 @@ from spaces import ConfigError
 
 from ..results.export import package_versions, safe_join
 from ..settings import RunSpec
+from ..sweep import run_objective
 
 
 def output_dir_for(run: RunSpec) -> Path:
@@ -43,9 +44,7 @@ def train_run(run: RunSpec, objective_cls, *, source: str | None = None, force: 
     if (out / "adapter").exists() and not force:
         raise ConfigError("this run's output already holds an adapter", key="output_dir", value=str(out),
                           hint="Fix: --set output_dir=ANOTHER_DIR, or pass --force.")
-    objective = objective_cls(run.model, run.dataset, run.budget, seed=run.seed, options=run.objective.args,
-                              augmentation=run.augmentation,
-                              output_dir=out, source=source)
+    objective = run_objective(run, objective_cls, source=source, output_dir=out)
     objective.setup()
     metrics = objective.fit(run.params, out, merge_validation=run.merge_validation)
     record: dict[str, Any] = {

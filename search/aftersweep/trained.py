@@ -14,7 +14,7 @@ from typing import Any
 from spaces import ConfigError
 
 from ..settings import RunSpec
-from ..sweep import load_run
+from ..sweep import load_run, run_objective
 
 
 @dataclass
@@ -70,10 +70,8 @@ def load_adapter(trained: TrainedRun, *, budget: Any = None, metrics: Sequence[s
     from peft import PeftModel
 
     run = trained.run
-    objective = trained.objective_cls(
-        run.model, run.dataset, budget or run.budget, seed=run.seed, options=run.objective.args,
-        source=str(trained.run_file), metrics=metrics,
-    )
+    objective = run_objective(run, trained.objective_cls, source=str(trained.run_file), budget=budget,
+                              metrics=metrics)
     objective.setup()
     try:
         model = PeftModel.from_pretrained(objective.base_model, str(trained.adapter_dir))

@@ -21,11 +21,11 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from objectives import BASE_MODEL_PARAM, DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
-from objectives import resolve_model_path
+from objectives import BASE_MODEL_PARAM, get_objective, resolve_model_path
 from spaces import ConfigError
 
 from ..settings import RunSpec
+from ..sweep import run_objective
 from ..store import record as keys
 from .tables import get_trial, top_trials
 
@@ -65,14 +65,6 @@ def sweep_record(study: optuna.Study) -> dict:
         raise ConfigError("this study was not written by ftsweep (it has no sweep record)", key="study",
                           value=study.study_name)
     return record
-
-
-def objective_for(record: dict, model: ModelConfig | None = None):
-    """An objective instance (not set up) rebuilt from a study's sweep record (on `model`, e.g. a trial's
-    own base_model, instead of the sweep's)."""
-    cls = get_objective(record["objective"]["name"])
-    return cls(model or ModelConfig(**record["model"]), DataConfig(**record["dataset"]), TrainBudget(**record["budget"]),
-               seed=record.get("seed", 0), options=ObjectiveOptions(**record["objective"].get("args", {})))
 
 
 def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpec:
@@ -116,7 +108,7 @@ def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpe
 def write_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, directory: Path) -> Path:
     """Write the three files for one trial into `directory`."""
     run = run_spec_for(study, trial)
-    objective = objective_for(sweep_record(study), run.model)  # the trial's base model: its architecture's modules
+    objective = run_objective(run, get_objective(run.objective.name))  # on the trial's own base model
     directory.mkdir(parents=True, exist_ok=True)
     safe_join(directory, "winner.yaml").write_text(
         "# A reproducible run of one trial: `ftsweep train winner.yaml` (override with --set key=value).\n"
