@@ -17,12 +17,11 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import shutil
-import tempfile
 
 import optuna
 from optuna.trial import TrialState
@@ -31,8 +30,8 @@ from spaces import ConfigError
 
 from ..components import PRUNERS, build_sampler
 from ..store.record import ERROR, RETRY_REASONS, TrialRecord, record_constraints, record_sweep, state_counts
-from ..store.retries import failure_cause
 from ..store.recovery import mark_interrupted
+from ..store.retries import failure_cause
 from ..store.storage import WORKER_ID, prepare_storage
 from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
@@ -80,9 +79,6 @@ def trainable(config: dict[str, Any], payload: str) -> None:
     """One Ray trial: a short fine-tune with `config`, every evaluation sent to `tune.report` with a
     checkpoint of the adapter (only). A trial Ray restarts (a retry after a failure, or PBT cloning
     another trial) continues from its checkpoint's adapter and step."""
-    import shutil
-    import tempfile
-
     import ray
     from ray import tune
 

@@ -24,7 +24,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlparse
 
 from spaces import ConfigError

@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
+from objectives import ObjectiveOptions
 from search.sweep import load_sweep
 from spaces import ConfigError
-
-LLAMA, GPT2 = "bundled:tiny-support-lm", "bundled:tiny-support-gpt2"
-DATA = DataConfig(source="bundled:support-qa", max_train_examples=64, max_eval_examples=16)
-BUDGET = TrainBudget(max_steps=2, eval_every=2, batch_size=4, eval_batch_size=16, max_seq_length=64)
-LORA = {"learning_rate": 3e-3, "peft_method": "lora", "lora_r": 4, "lora_alpha": 8}
-
-
-def _objective(task: str = "causal_lm", options: ObjectiveOptions | None = None, data: DataConfig = DATA):
-    return get_objective(task)(ModelConfig(name_or_path=LLAMA), data, BUDGET, seed=0, options=options)
+from tests.objectives.engine.tiny_models import GPT2, LLAMA, LORA, tiny_objective
 
 
 def test_target_modules_per_architecture_from_the_sweep_or_peft():
-    objective = _objective(options=ObjectiveOptions(target_modules={"gpt2": ["c_attn", "c_proj"]}))
+    objective = tiny_objective(options=ObjectiveOptions(target_modules={"gpt2": ["c_attn", "c_proj"]}))
     objective.setup()
     assert sorted(objective.peft_config(LORA).target_modules) == ["q_proj", "v_proj"]  # PEFT's Llama default
     objective.worker.use(GPT2)
@@ -31,7 +23,7 @@ def test_target_modules_per_architecture_from_the_sweep_or_peft():
 
 
 def test_an_architecture_is_read_from_its_config_alone_before_setup():
-    objective = _objective(options=ObjectiveOptions(target_modules={"gpt2": ["c_attn", "c_proj"]}))
+    objective = tiny_objective(options=ObjectiveOptions(target_modules={"gpt2": ["c_attn", "c_proj"]}))
     gpt2 = objective.architecture(GPT2)
     assert objective.base_model is None and gpt2.loaded is None  # nothing loaded
     assert gpt2.model_type() == "gpt2" and objective.architecture().model_type() == "llama"

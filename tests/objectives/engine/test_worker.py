@@ -16,21 +16,11 @@ from objectives import (
     DataConfig,
     ModelConfig,
     ObjectiveOptions,
-    TrainBudget,
-    get_objective,
     load_splits,
     resolve_model_path,
 )
 from search.cli import main
-
-LLAMA, GPT2 = "bundled:tiny-support-lm", "bundled:tiny-support-gpt2"
-DATA = DataConfig(source="bundled:support-qa", max_train_examples=64, max_eval_examples=16)
-BUDGET = TrainBudget(max_steps=2, eval_every=2, batch_size=4, eval_batch_size=16, max_seq_length=64)
-LORA = {"learning_rate": 3e-3, "peft_method": "lora", "lora_r": 4, "lora_alpha": 8}
-
-
-def _objective(task: str = "causal_lm", options: ObjectiveOptions | None = None, data: DataConfig = DATA):
-    return get_objective(task)(ModelConfig(name_or_path=LLAMA), data, BUDGET, seed=0, options=options)
+from tests.objectives.engine.tiny_models import BUDGET, DATA, GPT2, LLAMA, LORA, tiny_objective
 
 
 def _expected_ids(model: str, prompt: str, response: str, template: str) -> list[int]:
@@ -56,7 +46,7 @@ def test_a_worker_alone_loads_the_model_and_tokenizes_the_data_once():
 
 
 def test_switching_models_loads_each_once_and_tokenizes_per_tokenizer():
-    objective = _objective()
+    objective = tiny_objective()
     objective.setup()
     llama = objective.base_model
     objective.run_trial({**LORA, "base_model": GPT2})
@@ -92,7 +82,7 @@ def test_models_sharing_a_tokenizer_share_the_tokenized_data(tmp_path):
             p.add_(torch.randn_like(p) * 0.01)  # another checkpoint of the same family
     model.save_pretrained(copy)
     AutoTokenizer.from_pretrained(source).save_pretrained(copy)
-    objective = _objective()
+    objective = tiny_objective()
     objective.setup()
     first = objective.run_trial(LORA)
     second = objective.run_trial({**LORA, "base_model": str(copy)})
@@ -101,7 +91,7 @@ def test_models_sharing_a_tokenizer_share_the_tokenized_data(tmp_path):
 
 
 def test_max_cached_models_drops_the_least_recently_used():
-    objective = _objective(options=ObjectiveOptions(max_cached_models=1))
+    objective = tiny_objective(options=ObjectiveOptions(max_cached_models=1))
     objective.setup()
     objective.run_trial({**LORA, "base_model": GPT2})
     assert list(objective.worker.models) == [GPT2]
@@ -112,7 +102,7 @@ def test_max_cached_models_drops_the_least_recently_used():
 
 def test_classification_switches_models_with_the_same_labels():
     data = DataConfig(source="bundled:support-intents", max_train_examples=64, max_eval_examples=32)
-    objective = _objective("sequence_classification", data=data)
+    objective = tiny_objective("sequence_classification", data=data)
     objective.setup()
     objective.run_trial({**LORA, "base_model": GPT2})
     assert objective.base_model.config.label2id == objective.worker.models[LLAMA].model.config.label2id

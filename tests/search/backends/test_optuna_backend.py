@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 
 from search.backends import get_backend
 from search.cli import main
-from search.sweep import load_sweep
 from search.store.storage import JOURNAL, open_storage
+from search.sweep import load_sweep
 from spaces import list_presets
 
 REPO = Path(__file__).resolve().parents[3]
@@ -208,8 +208,6 @@ def test_a_sweep_on_the_journal_file_storage_runs_resumes_and_is_read_by_the_ins
     assert main(["launch", str(path)]) == 0
     assert journal.exists() and not list(tmp_path.rglob("*.db"))  # the journal holds the study
     assert main(["launch", str(path), "--set", "n_trials=3"]) == 0  # resumes: one more trial
-    from search.store.storage import JOURNAL, open_storage
-
     study = optuna.load_study(study_name="tiny", storage=open_storage(f"journal:///{journal}"))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 3
     capsys.readouterr()
