@@ -157,7 +157,6 @@ def test_the_peft_methods_preset_loads_and_gates_every_method_parameter():
     assert {"lora_r", "loha_r", "lokr_r", "prefix_virtual_tokens", "prompt_virtual_tokens", "adapter_len"} <= names
 
 
-@pytest.mark.integration
 def test_a_peft_methods_sweep_runs_every_method_and_exports_configs_peft_loads(tmp_path, capsys):
     from peft import PeftConfig, get_peft_model
 

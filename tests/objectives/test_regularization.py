@@ -122,7 +122,6 @@ def test_early_stopping_watches_the_sweeps_metric_in_its_direction():
     assert metrics["stopped_early_at"] < 8
 
 
-@pytest.mark.integration
 def test_a_sweep_records_the_gap_and_early_stops_and_show_prints_them(tmp_path, capsys):
     data = deep_merge(TINY_SWEEP, {
         "output_dir": str(tmp_path / "runs"), "n_trials": 2, "model": "bundled:tiny-support-gpt2",
