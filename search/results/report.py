@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import datetime as _dt
 import html
 import math
@@ -25,15 +26,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.importance import BaseImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 
 from spaces import ConfigError
 
 from ..store import record
+
+if TYPE_CHECKING:
+    from optuna.importance import BaseImportanceEvaluator
 from .tables import format_value, top_trials
 
 EVALUATORS = ("fanova", "mdi", "ped_anova")
@@ -104,6 +107,8 @@ def compute_importances(study: optuna.Study, *, evaluator: str = "fanova", seed:
         >>> sorted(importances) == sorted(study.trials[0].params), round(sum(importances.values()), 6)
         (True, 1.0)
     """
+    from optuna.importance import get_param_importances  # lazily: see _precomputed_class
+
     evaluator_obj = _make_evaluator(evaluator, seed)  # a bad name fails first, whatever the study
     complete = _finished(study)
     if len(complete) < 2:
@@ -125,7 +130,7 @@ def compute_importances(study: optuna.Study, *, evaluator: str = "fanova", seed:
         # PED-ANOVA warns per param when few trials fall in a regime; the numbers are still its best estimate.
         warnings.simplefilter("ignore", UserWarning)
         try:
-            importances = optuna.importance.get_param_importances(study, evaluator=evaluator_obj, target=target)
+            importances = get_param_importances(study, evaluator=evaluator_obj, target=target)
         except RuntimeError as exc:
             # fANOVA's trees found no split: none of the params it rates varied (the metric did, see above).
             if "zero total variance" not in str(exc):
@@ -141,16 +146,24 @@ def compute_importances(study: optuna.Study, *, evaluator: str = "fanova", seed:
     return {name: float(value) for name, value in importances.items()}
 
 
-class _Precomputed(BaseImportanceEvaluator):
-    """An evaluator that returns importances already computed: fANOVA refits its forest on every
-    call, and this keeps the table, the PNG and the interactive plot showing the same numbers."""
+@functools.cache
+def _precomputed_class() -> type:
+    """`optuna.importance` (fANOVA pulls in scikit-learn: ~1.3 s) is imported when importances are asked
+    for, not whenever this module is: every launch imports it through the W&B sweep run."""
+    from optuna.importance import BaseImportanceEvaluator
 
-    def __init__(self, importances: dict[str, float]) -> None:
-        self.importances = importances
+    class Precomputed(BaseImportanceEvaluator):
+        """An evaluator that returns importances already computed: fANOVA refits its forest on every
+        call, and this keeps the table, the PNG and the interactive plot showing the same numbers."""
 
-    def evaluate(self, study: optuna.Study, params: list[str] | None = None, *,
-                 target: Callable[[FrozenTrial], float] | None = None) -> dict[str, float]:
-        return {k: v for k, v in self.importances.items() if params is None or k in params}
+        def __init__(self, importances: dict[str, float]) -> None:
+            self.importances = importances
+
+        def evaluate(self, study: optuna.Study, params: list[str] | None = None, *,
+                     target: Callable[[FrozenTrial], float] | None = None) -> dict[str, float]:
+            return {k: v for k, v in self.importances.items() if params is None or k in params}
+
+    return Precomputed
 
 
 def importance_table(study: optuna.Study, *, evaluator: str = "fanova", seed: int = 0):
@@ -263,7 +276,7 @@ def _plots(study: optuna.Study, importances: dict[str, float] | None, importance
                 contour_why = f"{p} took fewer than 2 values in the completed trials"
                 break
 
-    evaluator = _Precomputed(importances or {})
+    evaluator = _precomputed_class()(importances or {})
     of = f" ({metric})" if multi else ""
     plots = [
         _Plot("pareto_front", f"Pareto front ({', '.join(names)}; the best trade-offs in red)",
