@@ -14,9 +14,9 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from .record import INTERRUPTED, RETRY_REASON, WORKER, TrialRecord, superseded_numbers
-from .retries import INTERRUPTED as INTERRUPTED_CAUSE
-from .retries import PREEMPTED, RetryPolicy, enqueue_retry, plan_retry
+from ..settings import RetryPolicy
+from .record import INTERRUPTED, INTERRUPTED_CAUSE, PREEMPTED, RETRY_REASON, WORKER, TrialRecord, superseded_numbers
+from .retries import enqueue_retry, plan_retry
 from .storage import HOST
 
 
