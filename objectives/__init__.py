@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .data_checks import CHECKS, DataReport, Finding, validate_data
 from .engine.callback import COST_METRICS
+from .engine.checkpoint import checkpoint_state, latest_checkpoint
 from .engine.objective import Objective, available_objectives, check_augmentation, get_objective
 from .engine.trial import Reporter, TrialDiverged
 from .engine.worker import BASE_MODEL_PARAM
@@ -48,6 +49,8 @@ __all__ = [
     "ObjectiveOptions",
     "Reporter",
     "Task",
+    "checkpoint_state",
+    "latest_checkpoint",
     "TrainBudget",
     "TrialDiverged",
     "available_objectives",

@@ -359,6 +359,7 @@ def _run_ftsweep(config: dict[str, Any], timers: _Timers) -> Any:
         **({"timeout": config["timeout"]} if config.get("timeout") else {}),
         **({"backend": config["backend"]} if config.get("backend") else {}),
         **({"storage": config["storage"].format(workdir=workdir)} if config.get("storage") else {}),
+        **({"retries": config["retries"]} if config.get("retries") else {}),
     }, sort_keys=False))
     sweep = load_sweep(sweep_file)
     stop_below = config.get("stop_below")

@@ -2,7 +2,8 @@
 
     python scripts/bench_vs_hf.py [--trials 8] [--repeats 3] [--scenarios unpruned,pruned] [--json out.json]
     python scripts/bench_vs_hf.py --quick          # a few trials of a few steps (what the test runs)
-    python scripts/bench_vs_hf.py --variants --scenarios unpruned   # + ftsweep on SQLite / with gc.freeze per trial
+    python scripts/bench_vs_hf.py --variants --scenarios unpruned   # + ftsweep on SQLite / with gc.freeze per trial /
+                                                                    # checkpointing at every evaluation
 
 The three sides and what each child process measures are described in scripts/_bench_common.py:
 ftsweep's real launch path with its defaults, the usual HF recipe (`model_init` builds the PEFT model
@@ -55,6 +56,9 @@ VARIANTS = {
                        {"storage": "sqlite:///{workdir}/bench.db"}),
     "ftsweep-refreeze": ("ftsweep + gc.freeze() after each trial", "ftsweep",
                          {"objective": "_bench_common:RefreezeObjective"}),
+    # What a resumable checkpoint at every evaluation costs (the default waits 1 s between them).
+    "ftsweep-checkpoint-every-eval": ("ftsweep, a checkpoint at every evaluation", "ftsweep",
+                                      {"retries": {"checkpoint_interval_s": 0}}),
 }
 PRUNERS = {  # scenario -> child side -> pruner
     "unpruned": {"ftsweep": {"name": "none"}, "hf": {"name": "none"}, "bare": {"name": "none"}},

@@ -54,7 +54,9 @@ def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: 
         logging_steps=max(d for d in range(1, min(budget.eval_every, 5) + 1) if budget.eval_every % d == 0),
         # Keep NaN visible: the default filter would replace a NaN loss with the running mean.
         logging_nan_inf_filter=False,
-        save_strategy="no",
+        save_strategy="no",  # run_trial(checkpoints=True) saves after every evaluation
+        # A resumed trial keeps early stopping's patience count (off by default in transformers).
+        restore_callback_states_from_checkpoint=True,
         report_to="none",
         disable_tqdm=True,
         seed=seed,
@@ -63,7 +65,7 @@ def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: 
         remove_unused_columns=False,
     )
     if budget.early_stopping_patience is not None:
-        # What transformers' EarlyStoppingCallback watches (no checkpoint is kept: save_strategy "no").
+        # What transformers' EarlyStoppingCallback watches.
         metric, direction = target
         kwargs.update(metric_for_best_model=metric, greater_is_better=direction == "maximize")
     for name, value in params.items():

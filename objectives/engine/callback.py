@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
+import time
+from pathlib import Path
 
 from ..settings import Direction
+from . import checkpoint
 
 # What a trial costs, measured at every evaluation of every task: natural targets of a second
 # objective or a constraint ("maximize F1, minimize latency").
@@ -20,10 +23,34 @@ COST_METRICS: dict[str, Direction] = {
 }
 
 
-def reporting_callback(objective, report, on_log=None, *, on_evaluate=None, step_offset: int = 0):
+def reporting_callback(objective, report, on_log=None, *, on_evaluate=None, checkpoints=None):
     """A `TrainerCallback` that sends every evaluation to `report` and stops training when it says
     prune or the loss is NaN (see `TrialMonitor`)."""
-    return _callback_class()(objective, report, on_log, on_evaluate=on_evaluate, step_offset=step_offset)
+    return _callback_class()(objective, report, on_log, on_evaluate=on_evaluate, checkpoints=checkpoints)
+
+
+class Checkpointing:
+    """How a trial checkpoints (see checkpoint.py): what goes in each checkpoint's state file, and
+    who hears of a completed one (`on_checkpoint(step, folder)`, before that evaluation's report)."""
+
+    def __init__(self, params, *, about=None, on_checkpoint=None, elapsed_before: float = 0.0,
+                 retune: bool = False, min_interval_s: float = 0.0) -> None:
+        self.params = dict(params)
+        self.about = dict(about or {})
+        self.on_checkpoint = on_checkpoint
+        self.elapsed_before = elapsed_before  # seconds trained before this resume
+        self.retune = retune  # resumed with other hyperparameters than the checkpoint's (PBT)
+        self.min_interval_s = min_interval_s  # skip an evaluation's checkpoint this soon after the last one
+        self.started = self.last_saved = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether this evaluation's checkpoint is written: always when someone takes each with its
+        evaluation (Ray), else once `min_interval_s` have passed since the last one (or the start)."""
+        return self.on_checkpoint is not None or time.monotonic() - self.last_saved >= self.min_interval_s
+
+    def elapsed(self) -> float:
+        """Seconds this trial has trained, all its runs together."""
+        return self.elapsed_before + time.monotonic() - self.started
 
 
 class TrialMonitor:
@@ -33,11 +60,12 @@ class TrialMonitor:
     True to prune.
     """
 
-    def __init__(self, objective, report, on_log=None, *, on_evaluate=None, step_offset: int = 0) -> None:
+    def __init__(self, objective, report, on_log=None, *, on_evaluate=None, checkpoints=None) -> None:
         self.objective = objective
         self.report = report
-        self.on_evaluate_hook = on_evaluate  # (step, model): e.g. checkpoint the adapter before reporting
-        self.step_offset = step_offset  # a resumed trial counts steps from its checkpoint
+        self.on_evaluate_hook = on_evaluate  # (step, model): sees the model at each evaluation
+        self.checkpoints: Checkpointing | None = checkpoints
+        self.pending: tuple[int, dict[str, float]] | None = None  # an evaluation reported once its checkpoint exists
         self.log_sink = on_log  # training logs (loss, learning rate) for trackers
         self.history: list[tuple[int, dict[str, float]]] = []
         self.pruned_at: int | None = None
@@ -45,26 +73,48 @@ class TrialMonitor:
         self.costs = CostMeter()
         self.train_losses: list[float] = []  # logged since the previous evaluation
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         self.costs.start(model)
+        if self.checkpoints is not None and self.checkpoints.retune:
+            checkpoint.retune(optimizer, lr_scheduler, args)
 
     def on_step_end(self, args, state, control, **kwargs):
         # The optimizer's state appears in the first steps, and evaluations sample again; a sample costs
         # ~0.1 ms, which at every step was 0.5 % of a demo trial (docs/benchmarks.md).
         if state.global_step <= 2:
             self.costs.sample()
+        if state.global_step >= state.max_steps:
+            control.should_save = False  # the budget is spent: nothing left to resume
+        elif control.should_save and self.checkpoints is not None and not self.checkpoints.due():
+            control.should_save = False
+
+    def on_save(self, args, state, control, **kwargs):
+        # Early stopping makes Trainer track a "best" checkpoint, and at the end of train() it deletes
+        # every other one when save_total_limit is 1 -- the newest, which a resume needs, included.
+        state.best_model_checkpoint = None
+        if self.checkpoints is not None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint.write_checkpoint_state(folder, state.global_step, params=self.checkpoints.params,
+                                              elapsed_s=self.checkpoints.elapsed(), **self.checkpoints.about)
+            self.checkpoints.last_saved = time.monotonic()
+            if self.checkpoints.on_checkpoint is not None:
+                self.checkpoints.on_checkpoint(state.global_step, folder)
+        if self.pending is not None:
+            step, metrics = self.pending
+            self.pending = None
+            self._report(step, metrics, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         if self.log_sink is not None and "loss" in logs:
             train = {f"train_{k}" if k == "loss" else k: float(v) for k, v in logs.items()
                      if k in ("loss", "learning_rate", "grad_norm") and isinstance(v, (int, float))}
-            self.log_sink(self.step_offset + state.global_step, train)
+            self.log_sink(state.global_step, train)
         loss = logs.get("loss")
         if loss is not None:
             self.train_losses.append(float(loss))
         if loss is not None and not math.isfinite(loss):
-            self.diverged = f"training loss became {loss} at step {self.step_offset + state.global_step}"
+            self.diverged = f"training loss became {loss} at step {state.global_step}"
             control.should_training_stop = True
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -82,7 +132,7 @@ class TrialMonitor:
             # watch any of them, e.g. perplexity or bleu.
             for name, value in clean.items():
                 metrics.setdefault(name if name.startswith("eval_") else f"eval_{name}", value)
-        step = self.step_offset + state.global_step
+        step = state.global_step
         self.history.append((step, clean))
         if not math.isfinite(clean.get("eval_loss", 0.0)):
             self.diverged = f"eval loss became {clean['eval_loss']} at step {step}"
@@ -90,9 +140,19 @@ class TrialMonitor:
             return
         if self.on_evaluate_hook is not None and self.report is not None:
             self.on_evaluate_hook(step, kwargs["model"])
+        if self.checkpoints is not None and self.checkpoints.on_checkpoint is not None and control.should_save:
+            # Trainer saves right after this: the report waits for the checkpoint (on_save), so a
+            # backend that keeps the checkpoint with the result (Ray) gets the two together.
+            self.pending = (step, clean)
+        else:
+            self._report(step, clean, control)
+            if self.pruned_at is not None:
+                control.should_save = False  # a pruned trial is never resumed
+
+    def _report(self, step: int, metrics: dict[str, float], control) -> None:
         # The pruner hears every evaluation, but a trial that has trained its whole budget completes:
         # stopping it now would save nothing and would hide a finished result.
-        if self.report is not None and self.report(step, clean) and step < self.objective.budget.max_steps:
+        if self.report is not None and self.report(step, metrics) and step < self.objective.budget.max_steps:
             self.pruned_at = step
             control.should_training_stop = True
 

@@ -308,6 +308,11 @@ class Objective:
         after_training: Callable[[Any, Any], dict[str, float]] | None = None,
         on_log: Callable[[int, dict[str, float]], None] | None = None,
         on_evaluate: Callable[[int, Any], None] | None = None,
+        checkpoints: bool = False,
+        on_checkpoint: Callable[[int, Path], None] | None = None,
+        checkpoint_about: Mapping[str, Any] | None = None,
+        keep_checkpoints: int = 1,
+        checkpoint_interval_s: float = 0.0,
         resume_from: str | Path | None = None,
     ) -> dict[str, float]:
         """Fine-tune once with `params`; return the final evaluation's metrics.
@@ -317,12 +322,22 @@ class Objective:
         the training split, `merge_validation` trains on the validation rows too; `after_training(
         peft_model, trainer)` runs before the adapter is removed (to save it, or evaluate elsewhere)
         and its metrics are merged into the result. `on_log(step, logs)` receives training logs
-        (train_loss, learning_rate, grad_norm) for trackers; `on_evaluate(step, peft_model)` runs
-        before each report (to checkpoint); `resume_from` is a `save_checkpoint` directory.
+        (train_loss, learning_rate, grad_norm) for trackers; `on_evaluate(step, peft_model)` sees
+        the model at each evaluation.
+
+        Checkpoints (engine/checkpoint.py): with `checkpoints`, a resumable checkpoint is written in
+        `trial_dir` after every evaluation but the last step's (the newest `keep_checkpoints` kept;
+        `checkpoint_about` adds fields to its state file; `checkpoint_interval_s` skips an
+        evaluation's checkpoint that soon after the previous one), and `on_checkpoint(step, folder)`
+        hears of each before that evaluation is reported (then every evaluation has one). `resume_from` (a checkpoint folder, e.g.
+        `latest_checkpoint(trial_dir)`) continues a trial exactly where the checkpoint left it:
+        adapter, optimizer, schedule, RNG states and data position.
         """
         return trial.run_trial(self, params, report, trial_dir, train_dataset=train_dataset,
                                merge_validation=merge_validation, after_training=after_training, on_log=on_log,
-                               on_evaluate=on_evaluate, resume_from=resume_from)
+                               on_evaluate=on_evaluate, checkpoints=checkpoints, on_checkpoint=on_checkpoint,
+                               checkpoint_about=checkpoint_about, keep_checkpoints=keep_checkpoints,
+                               checkpoint_interval_s=checkpoint_interval_s, resume_from=resume_from)
 
     def evaluate(self, model, dataset, *, split: str = "test") -> dict[str, float]:
         """Evaluate `model` (e.g. a trained PEFT model on this objective's base model) on tokenized
@@ -356,20 +371,16 @@ class Objective:
 
     # ---------------------------------------------------------------- checkpoints and the final fit
 
-    def save_checkpoint(self, model, step: int, directory: str | Path, *, params: Mapping[str, Any] | None = None,
-                        **about: Any) -> Path:
-        """Save a trial's adapter (never the base model), its step and the params it was trained with:
-        what `run_trial(resume_from=)` reads. `about` adds JSON fields for the backend (e.g. who wrote it)."""
-        return checkpoint.save_checkpoint(model, step, directory, params=params, **about)
-
     @staticmethod
     def checkpoint_state(directory: str | Path) -> dict[str, Any]:
-        """What `save_checkpoint` wrote beside the adapter: {"step", "params"?, and its `about` fields}."""
+        """What a trial checkpoint's state file holds: {"step", "elapsed_s", "params", and the
+        backend's `checkpoint_about` fields}."""
         return checkpoint.checkpoint_state(directory)
 
-    def load_checkpoint(self, model, directory: str | Path) -> int:
-        """Load the adapter weights `save_checkpoint` wrote into `model`; returns the step they are from."""
-        return checkpoint.load_checkpoint(model, directory)
+    @staticmethod
+    def latest_checkpoint(trial_dir: str | Path) -> Path | None:
+        """The newest complete checkpoint `run_trial(checkpoints=True)` left in `trial_dir`, or None."""
+        return checkpoint.latest_checkpoint(trial_dir)
 
     def fit(self, params: Mapping[str, Any], output_dir: str | Path, *, merge_validation: bool = False) -> dict[str, float]:
         """The final fit of a chosen config: train, evaluate on validation and on the held-out test

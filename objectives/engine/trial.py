@@ -20,7 +20,8 @@ from typing import Any
 
 from .. import augmentation, regularization
 from .arguments import early_stopping
-from .callback import reporting_callback
+from . import checkpoint
+from .callback import Checkpointing, reporting_callback
 from .worker import BASE_MODEL_PARAM
 
 # Raised by transformers 5.x's own internals (Trainer, get_peft_model), not by anything a user can change.
@@ -45,6 +46,11 @@ def run_trial(
     after_training: Callable[[Any, Any], dict[str, float]] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_evaluate: Callable[[int, Any], None] | None = None,
+    checkpoints: bool = False,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    checkpoint_about: Mapping[str, Any] | None = None,
+    keep_checkpoints: int = 1,
+    checkpoint_interval_s: float = 0.0,
     resume_from: str | Path | None = None,
 ) -> dict[str, float]:
     """One trial of `objective` (an `Objective`): see `Objective.run_trial`."""
@@ -66,18 +72,28 @@ def run_trial(
     peft_config = objective.peft_config(params)
     set_seed(objective.seed)  # adapter init and data order depend only on the sweep seed, not on trial order
     tmp = trainer = model = None
+    saved = checkpoint.checkpoint_state(resume_from) if resume_from is not None else None
     try:
         with adapter_on(objective.base_model, peft_config, params) as model:
-            start_step = objective.load_checkpoint(model, resume_from) if resume_from is not None else 0
-            callback = reporting_callback(objective, report, on_log, on_evaluate=on_evaluate, step_offset=start_step)
+            if saved is not None:
+                checkpoint.check_fits(model, resume_from)
+            checkpointing = None
+            if checkpoints or saved is not None:
+                checkpointing = Checkpointing(
+                    params, about=checkpoint_about, on_checkpoint=on_checkpoint,
+                    elapsed_before=float(saved.get("elapsed_s", 0.0)) if saved else 0.0,
+                    retune=saved is not None and dict(saved.get("params", params)) != dict(params),
+                    min_interval_s=checkpoint_interval_s)
+            callback = reporting_callback(objective, report, on_log, on_evaluate=on_evaluate,
+                                          checkpoints=checkpointing)
             if trial_dir is None:
                 tmp = tempfile.TemporaryDirectory(prefix="ftsweep-trial-")
                 trial_dir = tmp.name
             args = objective.training_arguments(params, str(trial_dir))
-            if start_step:
-                # The rest of the budget; a new data order, so a resumed trial does not re-see its first batches.
-                args.max_steps = max(1, budget.max_steps - start_step)
-                args.data_seed = objective.seed + start_step
+            if checkpoints:
+                # A resumable checkpoint after every evaluation (the last step's excepted), the newest kept.
+                args.save_strategy, args.save_steps = "steps", budget.eval_every
+                args.save_total_limit = keep_checkpoints
             train, trainer_cls, collator = objective.training_data(params, train_dataset=train_dataset,
                                                                    merge_validation=merge_validation)
             trainer = trainer_cls(
@@ -91,14 +107,19 @@ def run_trial(
             )
             # With tqdm disabled, Trainer prints every log dict; the backend's progress display says enough.
             trainer.remove_callback(PrinterCallback)
+            start_step = int(saved["step"]) if saved else 0
             train_loss = None  # resumed from the final step: nothing left to train
             if start_step < budget.max_steps:
-                train_loss = float(trainer.train().training_loss)
+                output = trainer.train(resume_from_checkpoint=str(resume_from) if saved else None)
+                train_loss = whole_run_train_loss(trainer, output, start_step)
+            elif saved:
+                load_adapter_weights(model, resume_from)
+                trainer.state.global_step = start_step  # the final evaluation is that step's
             if callback.diverged:
                 raise TrialDiverged(callback.diverged)
             if callback.pruned_at is not None:
                 raise optuna.TrialPruned(f"pruned at step {callback.pruned_at}")
-            last_step = start_step + trainer.state.global_step
+            last_step = trainer.state.global_step if start_step < budget.max_steps else start_step
             if not callback.history or callback.history[-1][0] != last_step:
                 # max_steps is not a multiple of eval_every: evaluate the final weights too.
                 trainer.evaluate()
@@ -123,6 +144,29 @@ def run_trial(
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def whole_run_train_loss(trainer, output, start_step: int) -> float:
+    """The mean training loss over every step of the trial: a resumed `train()` averages only the
+    steps it ran itself, so the steps before the checkpoint come from the restored log history."""
+    loss = float(output.training_loss)
+    if not start_step:
+        return loss
+    before, last = 0.0, 0
+    for entry in trainer.state.log_history:  # each training log covers the steps since the previous one
+        if "loss" in entry and entry["step"] <= start_step:
+            before += float(entry["loss"]) * (entry["step"] - last)
+            last = entry["step"]
+    ran = trainer.state.global_step - start_step
+    return (before + loss * ran) / max(last + ran, 1)
+
+
+def load_adapter_weights(model, directory) -> None:
+    """The checkpoint's adapter into `model`, for a trial resumed at its last step (nothing to train)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(Path(directory) / "adapter_model.safetensors")))
 
 
 def training_data(objective, params: Mapping[str, Any], *, train_dataset=None, merge_validation: bool = False):
@@ -175,7 +219,7 @@ def adapter_on(base, peft_config, params: Mapping[str, Any]):
 
 @functools.cache
 def sweep_trainer_class():
-    """`transformers.Trainer`, minus a per-step cost that a trial does not need to pay.
+    """`transformers.Trainer`, minus a per-step cost and checkpoint files a trial does not need.
 
     Trainer's FLOP count calls `model.num_parameters()` at every training step, a walk over every
     parameter of the model (~0.5 ms a step on the tiny demo model, 4 % of its step; docs/benchmarks.md).
@@ -193,6 +237,15 @@ def sweep_trainer_class():
             if self._flop_parameters is None:
                 self._flop_parameters = self.model.num_parameters(exclude_embeddings=True)
             return 6 * inputs[main_input].numel() * self._flop_parameters
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            if not _internal_call or self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                return super().save_model(output_dir, _internal_call)
+            # A trial checkpoint: the adapter only. Trainer would add the tokenizer (megabytes for a real
+            # model, at every evaluation) and its arguments, which a resume takes from the sweep instead.
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            if self.args.should_save:
+                checkpoint.save_adapter(self.accelerator.unwrap_model(self.model), output_dir)
 
     return SweepTrainer
 

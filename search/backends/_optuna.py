@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 import zlib
+from pathlib import Path
 from typing import Any
 
 import optuna
 
-from objectives import TrialDiverged
+from objectives import TrialDiverged, checkpoint_state, latest_checkpoint
 from spaces import ConfigError
 
 from ..components import build_pruner, build_sampler
@@ -28,9 +30,12 @@ from ..secrets import redact_url, scrub_secrets
 from ..store.queue import NoTrialLeft, QueueStudy, top_up_slots
 from ..store.record import (
     DIVERGED,
+    EVAL_HISTORY,
     INTERRUPTED_CAUSE,
     OVERRIDES,
     PREEMPTED,
+    RETRY_OF,
+    STEP,
     STUDY_DEADLINE,
     TrialRecord,
     finished_count,
@@ -168,8 +173,17 @@ class OptunaBackend(Backend):
         params.update(trial.user_attrs.get(OVERRIDES, {}))  # a re-run's changes, e.g. the halved batch after OOM
         record.started(params, device=self.device)
         self.listener("trial_start", {"trial": trial, "params": params})
-        history: list[dict[str, Any]] = []
         tracked = self.tracker.trial(sweep.study_name, trial.number, params)
+        trial_dir = self.trial_dir(trial.number)
+        # A re-run of a preempted or killed trial goes on from that trial's last checkpoint.
+        resume_from, history = self._resume_point(trial, params, trial_dir)
+        for entry in history:  # its curve so far, for the pruner and the W&B run
+            if single:
+                trial.report(entry[metric], entry[STEP])
+            tracked.log(entry[STEP], {k: v for k, v in entry.items() if k != STEP})
+        if history:
+            record.evaluated(history)
+        trained_before = objective.checkpoint_state(resume_from).get("elapsed_s", 0.0) if resume_from else 0.0
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             history.append({"step": step, **metrics})
@@ -183,14 +197,18 @@ class OptunaBackend(Backend):
 
         started = time.monotonic()
         last = lambda: {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}  # noqa: E731
-        elapsed = lambda: time.monotonic() - started  # noqa: E731
+        elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all its runs together)
         try:
-            metrics = objective.run_trial(params, report, on_log=tracked.log)
+            metrics = objective.run_trial(params, report, trial_dir, on_log=tracked.log, checkpoints=True,
+                                          checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s,
+                                          resume_from=resume_from)
         except optuna.TrialPruned:
             record.ended(duration_s=elapsed())
             tracked.finish("pruned", last())
+            shutil.rmtree(trial_dir, ignore_errors=True)
             raise
         except KeyboardInterrupt as exc:
+            record.ended(duration_s=elapsed())
             if isinstance(exc, WorkerPreempted):
                 self._fail(trial, record, PREEMPTED, f"preempted: {exc}", tracked, last())
             else:
@@ -201,6 +219,7 @@ class OptunaBackend(Backend):
             record.ended(duration_s=elapsed())
             self._fail(trial, record, failure_cause(exc), _reason(exc), tracked, last())
             raise
+        shutil.rmtree(trial_dir, ignore_errors=True)  # done: nothing will resume it
         record.completed(metrics, duration_s=elapsed())
         values = [metrics.get(name, math.nan) for name in sweep.metric_names]
         bad = next(((name, v) for name, v in zip(sweep.metric_names, values) if not math.isfinite(v)), None)
@@ -218,12 +237,58 @@ class OptunaBackend(Backend):
         retry, outcome = plan_retry(trial, cause, self.sweep.spec.retries, self.sweep.spec.budget)
         record.failed(cause, scrub_secrets(reason), retry=outcome, requeued=retry is not None)
         if retry is not None:
-            enqueue_retry(trial.study, trial, retry)
+            enqueue_retry(trial.study, trial, retry)  # its checkpoints stay, for the re-run to resume from
+        else:
+            shutil.rmtree(self.trial_dir(trial.number), ignore_errors=True)
         tracked.finish("failed", metrics, reason)
 
+    def trial_dir(self, number: int) -> Path:
+        """Where trial `number` keeps its checkpoints while it runs (removed when it ends for good)."""
+        return self.sweep.output_dir / "checkpoints" / self.sweep.study_name / f"trial-{number}"
+
+    def _resume_point(self, trial: optuna.Trial, params: dict[str, Any],
+                      trial_dir: Path) -> tuple[Path | None, list[dict[str, Any]]]:
+        """(checkpoint, eval history up to it) of the trial this one re-runs, when that trial left a
+        checkpoint with the same params (an OOM re-run changes the batch: it starts over). The
+        checkpoints move to this trial's folder: a later re-run of this one finds them there."""
+        retry_of = trial.user_attrs.get(RETRY_OF)
+        if retry_of is None:
+            return None, []
+        previous_dir = self.trial_dir(int(retry_of))
+        checkpoint = latest_checkpoint(previous_dir)
+        if checkpoint is None or checkpoint_state(checkpoint).get("params") != params:
+            shutil.rmtree(previous_dir, ignore_errors=True)
+            return None, []
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        trial_dir.parent.mkdir(parents=True, exist_ok=True)
+        previous_dir.rename(trial_dir)
+        step = int(checkpoint_state(trial_dir / checkpoint.name)["step"])
+        storage = trial.study._storage
+        previous = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(trial.study._study_id,
+                                                                                    int(retry_of)))
+        history = [dict(h, resumed_from=step) if h[STEP] == step else dict(h)
+                   for h in previous.user_attrs.get(EVAL_HISTORY, []) if h[STEP] <= step]
+        return trial_dir / checkpoint.name, history
+
     def _finish(self, study: optuna.Study, outcome: SweepOutcome) -> SweepOutcome:
-        outcome.counts = state_counts(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        outcome.counts = state_counts(trials)
+        self._drop_unneeded_checkpoints(trials)
         return outcome
+
+    def _drop_unneeded_checkpoints(self, trials) -> None:
+        """Remove the checkpoints of finished trials no queued or running re-run will resume from (e.g.
+        a killed trial past `retries.max_retries`): checkpoints only live as long as they may be read."""
+        root = self.trial_dir(0).parent
+        if not root.is_dir():
+            return
+        awaited = {t.user_attrs.get(RETRY_OF) for t in trials
+                   if t.state in (optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING)}
+        finished = {t.number for t in trials if t.state.is_finished()}
+        for folder in root.glob("trial-*"):
+            number = folder.name.removeprefix("trial-")
+            if number.isdigit() and int(number) in finished - awaited:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _device(objective) -> str:

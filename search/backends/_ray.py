@@ -4,8 +4,11 @@
   TPE, conditional and derived params behave as under the Optuna backend. Its study lives in the
   sweep's storage: every Ray trial is an Optuna trial there (params, intermediate values, state,
   user attributes), so `status`/`best`/`export` need no Ray-specific code.
-- Early stopping: the sweep's pruner is mapped to a Ray scheduler (ASHA, HyperBand, median stopping);
-  a trial a scheduler stops is recorded PRUNED. `pruner: {name: pbt}` is Ray-only.
+- Early stopping: the sweep's pruner is mapped to a Ray scheduler (ray_schedulers.py: ASHA, ASHA with
+  brackets, median stopping; none of them pauses a trial); a trial a scheduler stops is recorded
+  PRUNED. `pruner: {name: pbt}` is Ray-only.
+- Tracking: the driver's `StudyRecorder` mirrors every trial to its own W&B run, as the Optuna backend
+  does (observers/tracking.py), from what the trials report.
 - Workers: the objective is set up once per worker process and reused across trials (actor reuse).
 
 ray is optional (`pip install 'ftsweep[ray]'`) and imported only here.
@@ -29,15 +32,18 @@ from optuna.trial import TrialState
 from spaces import ConfigError
 
 from ..components import PRUNERS, build_sampler
+from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
 from ..store.record import ERROR, RETRY_REASONS, TrialRecord, record_constraints, record_sweep, state_counts
 from ..store.recovery import mark_interrupted
 from ..store.retries import failure_cause
 from ..store.storage import WORKER_ID, prepare_storage
 from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
+from .ray_schedulers import PBT_MUTABLE, ray_scheduler
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
 DONE_KEY = "ftsweep_done"  # set on a trial's last result: it ran its whole budget
+TRAIN_LOGS = "ftsweep_train_logs"  # JSON [[step, {train_loss, learning_rate, grad_norm}], ...] since the last report
 
 
 def _import_ray():
@@ -59,8 +65,6 @@ def _import_ray():
 _WORKER_OBJECTIVES: dict[str, Any] = {}
 STUDY_TRIAL = "ftsweep_trial"  # PBT only: the study trial number a Ray trial started as (not a param)
 ABSENT = "<ftsweep: not in this trial>"  # PBT only: a conditional param this trial does not have
-PBT_MUTABLE = ("learning_rate", "weight_decay", "lora_dropout", "max_grad_norm", "warmup_ratio",
-               "lr_scheduler_type", "label_smoothing_factor")  # params that keep the adapter's shapes
 
 
 def _worker_objective(payload: str):
@@ -76,13 +80,15 @@ def _worker_objective(payload: str):
 
 
 def trainable(config: dict[str, Any], payload: str) -> None:
-    """One Ray trial: a short fine-tune with `config`, every evaluation sent to `tune.report` with a
-    checkpoint of the adapter (only). A trial Ray restarts (a retry after a failure, or PBT cloning
-    another trial) continues from its checkpoint's adapter and step."""
+    """One Ray trial: a short fine-tune with `config`, every evaluation sent to `tune.report` with the
+    trial's checkpoint (adapter, optimizer, schedule, RNG states, data position: never the base model).
+    A trial Ray restarts -- a retry after a failure, a paused trial resumed, PBT cloning another trial
+    -- continues from its checkpoint exactly as if it had not stopped (objectives/engine/checkpoint.py)."""
     import ray
     from ray import tune
 
     objective = _worker_objective(payload)
+    started = time.monotonic()  # after set-up, as the Optuna backend times a trial
     params = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
     # Where this trial ran, so the study shows placement: node, GPUs Ray assigned, devices it could see.
     # JSON text: Tune flattens nested dicts in results.
@@ -92,13 +98,13 @@ def trainable(config: dict[str, Any], payload: str) -> None:
     trial_id = tune.get_context().get_trial_id()
     previous = tune.get_checkpoint()
     resume_dir = None
-    resumed_from, cloned_from = 0, None
+    resumed_from, cloned_from, trained_before = 0, None, 0.0
     if previous is not None:
         with previous.as_directory() as directory:  # a local copy: the original may live on another node
             resume_dir = tempfile.mkdtemp(prefix="ftsweep-resume-")
             shutil.copytree(directory, resume_dir, dirs_exist_ok=True)
         state = objective.checkpoint_state(resume_dir)
-        resumed_from = int(state["step"])
+        resumed_from, trained_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
         if state.get("ray_trial_id") not in (None, trial_id):
             cloned_from = state["ray_trial_id"]  # PBT gave this trial another trial's checkpoint
         # The weights decide the adapter's shape: take the checkpoint's params, and from the config only
@@ -106,30 +112,37 @@ def trainable(config: dict[str, Any], payload: str) -> None:
         params = {**state.get("params", params), **{k: v for k, v in params.items() if k in PBT_MUTABLE}}
     common = {"placement": placement, "resumed_from": resumed_from, "params": json.dumps(params),
               **({"cloned_from": cloned_from} if cloned_from else {})}
-    staged: dict[str, str] = {}
+    staged: dict[str, Any] = {"train_logs": []}
+    elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all this trial's runs)
 
-    def checkpoint(step: int, model) -> None:
-        staged["dir"] = tempfile.mkdtemp(prefix="ftsweep-checkpoint-")
-        objective.save_checkpoint(model, step, staged["dir"], params=params, ray_trial_id=trial_id)
+    def on_checkpoint(step: int, folder: Path) -> None:
+        staged["dir"] = str(folder)
+
+    def on_log(step: int, logs: dict[str, float]) -> None:
+        staged["train_logs"].append([step, logs])  # for the driver's W&B run, with the next report
+
+    def logs_so_far() -> str:
+        logs, staged["train_logs"] = staged["train_logs"], []
+        return json.dumps(logs)
 
     def report(step: int, metrics: dict[str, float]) -> bool:
         saved = staged.pop("dir", None)
-        try:  # Ray copies the checkpoint into the experiment folder and drops the oldest ones
-            tune.report({**metrics, "step": step, **common},
-                        checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
-        finally:
-            if saved:
-                shutil.rmtree(saved, ignore_errors=True)
+        # Ray copies the checkpoint into the experiment folder (its storage) and drops the oldest ones.
+        tune.report({**metrics, "step": step, TRAIN_LOGS: logs_so_far(), "elapsed_s": elapsed(), **common},
+                    checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
         return False  # Ray's scheduler stops trials itself (SystemExit inside tune.report)
 
-    started = time.monotonic()
+    trial_dir = tempfile.mkdtemp(prefix="ftsweep-trial-")
     try:
-        metrics = objective.run_trial(params, report, on_evaluate=checkpoint, resume_from=resume_dir)
+        metrics = objective.run_trial(params, report, trial_dir, checkpoints=True, on_checkpoint=on_checkpoint,
+                                      checkpoint_about={"ray_trial_id": trial_id}, on_log=on_log,
+                                      resume_from=resume_dir)
     finally:
+        shutil.rmtree(trial_dir, ignore_errors=True)
         if resume_dir:
             shutil.rmtree(resume_dir, ignore_errors=True)
-    tune.report({**metrics, "step": int(metrics["steps"]), DONE_KEY: True,
-                 "duration_s": time.monotonic() - started, **common})
+    tune.report({**metrics, "step": int(metrics["steps"]), DONE_KEY: True, TRAIN_LOGS: logs_so_far(),
+                 "elapsed_s": elapsed(), "duration_s": elapsed(), **common})
 
 
 # ------------------------------------------------------------------------------------ driver side
@@ -166,8 +179,10 @@ class StudyRecorder:
     Tells the progress listener as trials report and end. Driver side; fed by `StudyCallback`."""
 
     def __init__(self, study: optuna.Study, *, metric_name: str, metric_keys: set[str], max_steps: int,
-                 listener=None, constraints=()) -> None:
+                 listener=None, constraints=(), tracker: SweepTracker | None = None) -> None:
         self.study = study
+        self.tracker = tracker or SweepTracker()  # W&B: one run per trial, as under the Optuna backend
+        self.tracked: dict[str, TrialTracker] = {}
         self.constraints = list(constraints)  # ConstraintSpec: feasibility of each completed trial
         self.metric_name = metric_name
         self.metric_keys = metric_keys | {metric_name}  # what of a Ray result is the trial's own metrics
@@ -180,7 +195,7 @@ class StudyRecorder:
         self.finished: set[str] = set()
 
     def __getstate__(self):  # Ray pickles its searcher and callbacks into experiment checkpoints
-        return {**self.__dict__, "listener": None}
+        return {**self.__dict__, "listener": None, "tracker": SweepTracker(), "tracked": {}}
 
     def _tell(self, event: str, details: dict) -> None:
         if self.listener is not None:
@@ -191,6 +206,7 @@ class StudyRecorder:
         self.configs[trial_id] = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
         # The driver owns the record: a dead driver's trial is stale.
         self._record(trial_id).started(self.configs[trial_id], worker=WORKER_ID)
+        self.tracked[trial_id] = self.tracker.trial(self.study.study_name, ot_trial.number, self.configs[trial_id])
 
     def _live(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The study's record of a Ray trial while it can still be written. After a relaunch Ray may
@@ -236,8 +252,20 @@ class StudyRecorder:
         record.evaluated(history)
         if step not in frozen.intermediate_values:
             ot_trial.report(float(result[self.metric_name]), step)
-        self._tell("trial_report", {"trial": ot_trial, "step": step,
-                                    "metrics": {k: v for k, v in result.items() if k in self.metric_keys}})
+        metrics = {k: v for k, v in result.items() if k in self.metric_keys}
+        self._track(trial_id, result, metrics, step)
+        self._tell("trial_report", {"trial": ot_trial, "step": step, "metrics": metrics})
+
+    def _track(self, trial_id: str, result: dict, metrics: dict[str, float] | None, step: int) -> None:
+        """Mirror a result to the trial's W&B run: the training logs since the last one, then the
+        evaluation (the Optuna backend logs the same, in the same order)."""
+        tracked = self.tracked.get(trial_id)
+        if tracked is None:
+            return
+        for log_step, logs in json.loads(result.get(TRAIN_LOGS) or "[]"):
+            tracked.log(int(log_step), logs)
+        if metrics:
+            tracked.log(step, metrics)
 
     def retried(self, trial_id: str, reason: str) -> None:
         frozen = self._live(trial_id)
@@ -256,16 +284,28 @@ class StudyRecorder:
         # A trial stopped at its last step by a scheduler (ASHA stops at max_t) did run its budget.
         step = int(result.get("step", 0))
         ran_budget = bool(result.get(DONE_KEY)) or step >= self.max_steps
+        metrics = {k: v for k, v in result.items() if k in self.metric_keys}
+        last_eval = {k: v for k, v in (self.histories.get(trial_id) or [{}])[-1].items()
+                     if k in self.metric_keys}
+        # The trial's own training time, all its runs together (the last result's, from the worker).
+        duration = result.get("duration_s", result.get("elapsed_s"))
+        tracked = self.tracked.pop(trial_id, TrialTracker())
+        if result.get(DONE_KEY):
+            self._track(trial_id, result, None, step)  # the training logs since the last evaluation
         if error is not None:
+            record.ended(duration_s=duration)
             record.failed(cause, error)
             state, value = TrialState.FAIL, None
+            tracked.finish("failed", last_eval, error)
         elif ran_budget and value is not None and math.isfinite(value):
-            metrics = {k: v for k, v in result.items() if k in self.metric_keys}
-            record.completed(metrics, duration_s=result.get("duration_s"))
+            record.completed(metrics, duration_s=duration)
             record_constraints(ot_trial, self.constraints, metrics)
             state = TrialState.COMPLETE
+            tracked.finish("complete", metrics)
         else:  # a scheduler stopped it before its budget ran out
+            record.ended(duration_s=duration)
             state, value = TrialState.PRUNED, None
+            tracked.finish("pruned", last_eval)
         try:
             frozen = self.study.tell(ot_trial, value, state=state)
         except Exception as exc:  # never let bookkeeping end a sweep
@@ -345,82 +385,6 @@ def _error_text(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def _scheduler(spec, budget, metric: str, mode: str, space=None):
-    from ray.tune import schedulers
-
-    # The Ray scheduler each pruner maps to is its registry entry's `ray` capability.
-    kind = PRUNERS.capabilities(spec.pruner.name).get("ray") if spec.pruner.name in PRUNERS else None
-    args = dict(spec.pruner.args)
-    common = dict(time_attr="step", metric=metric, mode=mode)
-    if kind == "none":
-        return None
-    if kind == "asha":
-        args.setdefault("grace_period", budget.eval_every)
-        args.setdefault("max_t", budget.max_steps)
-        args.setdefault("reduction_factor", 4)
-        return schedulers.ASHAScheduler(**common, **_only(args, ("grace_period", "max_t", "reduction_factor",
-                                                                 "brackets")))
-    if kind == "hyperband":
-        args.setdefault("max_t", budget.max_steps)
-        return schedulers.HyperBandScheduler(**common, **_only(args, ("max_t", "reduction_factor")))
-    if kind == "median":
-        return schedulers.MedianStoppingRule(
-            **common, grace_period=float(args.get("n_warmup_steps", budget.eval_every)),
-            min_samples_required=int(args.get("n_startup_trials", 3)),
-        )
-    if kind == "pbt":
-        args = _only(args, ("mutations", "perturbation_interval", "quantile_fraction", "resample_probability",
-                            "synch"))
-        return schedulers.PopulationBasedTraining(
-            **common, perturbation_interval=args.pop("perturbation_interval", budget.eval_every),
-            hyperparam_mutations=_pbt_mutations(args.pop("mutations", None), space), **args)
-    raise ConfigError(f"the {spec.pruner.name} pruner has no Ray equivalent", key="pruner.name", value=spec.pruner.name,
-                      allowed=PRUNERS.having("ray"))
-
-
-def _pbt_mutations(given: dict | None, space) -> dict:
-    """What PBT may change while training: the space's own ranges for learning rate, weight decay and
-    dropout by default; `mutations: {name: [values] | {low, high, log}}` to choose."""
-    from ray import tune
-
-    if given is None:
-        given = {}
-        for name, param in space.params().items():
-            if name in ("learning_rate", "weight_decay", "lora_dropout") and name in space.searched_names:
-                given[name] = ({"low": param.low, "high": param.high, "log": param.log}
-                               if param.type == "float" else list(param.choices))
-    # A param PBT changes must exist in every trial: try the space on a throwaway in-memory study.
-    probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    samples = [space.sample(probe.ask()) for _ in range(32)]
-    mutations = {}
-    for name, values in given.items():
-        if any(name not in sample for sample in samples):
-            raise ConfigError("PBT can only mutate a param every trial has; this one is conditional (or not in the "
-                              "space)", key=f"pruner.args.mutations.{name}", value=values)
-        if name not in PBT_MUTABLE:
-            raise ConfigError("PBT cannot change this param while training (the adapter's shape or the "
-                              "objective depends on it)", key=f"pruner.args.mutations.{name}", value=values,
-                              allowed=list(PBT_MUTABLE))
-        if isinstance(values, dict):
-            low, high = float(values["low"]), float(values["high"])
-            mutations[name] = tune.loguniform(low, high) if values.get("log") else tune.uniform(low, high)
-        else:
-            mutations[name] = list(values)
-    if not mutations:
-        raise ConfigError("PBT has nothing to mutate: the space searches none of learning_rate, weight_decay, "
-                          "lora_dropout", key="pruner.args.mutations", hint="Fix: give mutations, e.g. "
-                          "{learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}}")
-    return mutations
-
-
-def _only(args: dict, allowed: tuple[str, ...]) -> dict:
-    unknown = sorted(set(args) - set(allowed))
-    if unknown:
-        raise ConfigError(f"Ray scheduler argument(s) {unknown} not supported", key="pruner.args",
-                          allowed=list(allowed))
-    return args
-
-
 class RayBackend(Backend):
     """Run a sweep with Ray Tune (local Ray, or `ray_address` / RAY_ADDRESS for a cluster).
 
@@ -432,6 +396,12 @@ class RayBackend(Backend):
     """
 
     name = "ray"
+
+    def __init__(self, sweep, *, listener=None, scheduler=None) -> None:
+        super().__init__(sweep, listener=listener)
+        # A Ray TrialScheduler to use instead of the one the sweep's pruner maps to (a research
+        # scheduler, or a test's that pauses trials to check they resume exactly).
+        self.scheduler = scheduler
 
     def run(self) -> SweepOutcome:
         ray, tune = _import_ray()
@@ -449,7 +419,7 @@ class RayBackend(Backend):
         pbt = spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt"
 
         # Bad pruner settings fail before the study exists.
-        scheduler = _scheduler(spec, spec.budget, metric, mode, space)
+        scheduler = self.scheduler or ray_scheduler(spec, spec.budget, metric, mode, space, source=sweep.source)
         if pbt and spec.n_trials is None:
             raise ConfigError("PBT trains a fixed population: set n_trials (its size)", key="n_trials",
                               source=sweep.source)
@@ -467,6 +437,7 @@ class RayBackend(Backend):
             metric_keys=set(sweep.objective_cls.available_metrics()) | {
                 "train_loss", "steps", "stopped_early_at", "interval_train_loss", "train_eval_gap"},
             constraints=spec.constraints,
+            tracker=make_tracker(spec.tracking, sweep.output_dir, say=lambda text: self.listener("note", {"text": text})),
         )
         ray_options = spec.ray
         if pbt:
@@ -527,4 +498,5 @@ class RayBackend(Backend):
                 mark_interrupted(study._storage, ot_trial._trial_id, "interrupted: never started")
         outcome.ran = len(results)
         outcome.counts = state_counts(study.get_trials(deepcopy=False))
+        recorder.tracker.sweep_end(study, sweep.output_dir)
         return outcome

@@ -26,7 +26,7 @@ from ._build import construct
 
 PRUNERS: Registry = Registry("pruner", key="pruner.name")
 # Capabilities: optuna (an Optuna pruner the optuna backend builds), ray (the Ray Tune scheduler the
-# ray backend maps it to: search/backends/_ray.py), budget_resources (min/max resource default to the
+# ray backend maps it to: search/backends/ray_schedulers.py), budget_resources (min/max resource default to the
 # trial budget's eval_every/max_steps), wraps (takes another pruner as `args.wrapped`).
 PRUNERS.register("none", "optuna.pruners:NopPruner", aliases=("nop",), optuna=True, ray="none")
 PRUNERS.register("median", "optuna.pruners:MedianPruner", optuna=True, ray="median")

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..results.tables import SHORT_NAMES, format_value
-from ..store.record import counts_toward_budget, superseded_numbers
+from ..store.record import DURATION, counts_toward_budget, superseded_numbers
 
 
 class SweepProgress:
@@ -116,5 +116,9 @@ class SweepProgress:
             outcome = f"at step {step} ({format_value(trial.intermediate_values.get(step))})"
         else:
             outcome = trial.user_attrs.get("fail_reason", "failed")
-        seconds = trial.duration.total_seconds() if trial.duration else 0.0
+        # The trial's own training time (all its runs, from where it ran), not Optuna's ask-to-tell
+        # span, which under Ray includes the time a trial waited for a worker.
+        seconds = trial.user_attrs.get(DURATION)
+        if seconds is None:
+            seconds = trial.duration.total_seconds() if trial.duration else 0.0
         return f"  trial {trial.number:>3} [{style}]{trial.state.name.lower():<8}[/] {outcome}  [dim]{params}  {seconds:.1f}s[/]"

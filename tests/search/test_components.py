@@ -119,11 +119,11 @@ def test_aliases_and_unknown_names():
 @pytest.mark.parametrize("name", PRUNERS.having("ray"))
 def test_every_ray_pruner_maps_to_a_ray_scheduler(name, write_sweep):
     pytest.importorskip("ray")
-    from search.backends._ray import _scheduler
+    from search.backends.ray_schedulers import ray_scheduler
     from search.sweep import load_sweep
 
     sweep = load_sweep(write_sweep(backend="ray", pruner=name, n_trials=4))
-    scheduler = _scheduler(sweep.spec, sweep.spec.budget, "eval_loss", "min", sweep.space)
+    scheduler = ray_scheduler(sweep.spec, sweep.spec.budget, "eval_loss", "min", sweep.space)
     assert (scheduler is None) == (not prunes(name))
 
 

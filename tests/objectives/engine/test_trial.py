@@ -1,6 +1,6 @@
 """The trial engine (objectives/engine/trial.py, callback.py, checkpoint.py) on every registered task:
-a real short fine-tune of the bundled tiny model that reports, prunes, diverges, resumes from a
-checkpoint, and leaves the shared base model exactly as it found it."""
+a real short fine-tune of the bundled tiny model that reports, prunes, diverges, and leaves the
+shared base model exactly as it found it (resuming from checkpoints: test_resume.py)."""
 
 from __future__ import annotations
 
@@ -74,40 +74,6 @@ def test_a_prune_request_stops_training_and_keeps_the_base_intact(objective):
 def test_exploding_loss_is_reported_as_diverged(objective):
     with pytest.raises(TrialDiverged, match="nan|inf"):
         objective.run_trial({**PARAMS, "learning_rate": float("inf"), "warmup_ratio": 0.0})
-
-
-def test_resuming_from_an_adapter_checkpoint_trains_only_the_remaining_steps(objective, tmp_path):
-    saved = {}
-
-    def checkpoint(step, model):
-        saved[step] = objective.save_checkpoint(model, step, tmp_path / f"step-{step}", params=PARAMS)
-
-    full = []
-    objective.run_trial(PARAMS, report=lambda step, m: full.append((step, m["eval_loss"])) or False,
-                        on_evaluate=checkpoint)
-    files = sorted(p.name for p in saved[2].iterdir())
-    assert files == ["README.md", "adapter_config.json", "adapter_model.safetensors", "ftsweep_checkpoint.json"]
-    base_bytes = sum(p.numel() * p.element_size() for p in objective.base_model.parameters())
-    assert (saved[2] / "adapter_model.safetensors").stat().st_size < base_bytes / 4  # the adapter, not the model
-
-    # From the step-4 checkpoint (the end of the budget): nothing left to train, the same weights evaluate
-    # to the same loss.
-    reports = []
-    metrics = objective.run_trial(PARAMS, report=lambda step, m: reports.append(step) or False, resume_from=saved[4])
-    assert reports == [4] and metrics["steps"] == 4 and "train_loss" not in metrics
-    assert metrics["eval_loss"] == pytest.approx(full[-1][1], rel=1e-5)
-    # From step 2: only steps 3-4 run, and they report as steps of the whole trial.
-    reports.clear()
-    metrics = objective.run_trial(PARAMS, report=lambda step, m: reports.append(step) or False, resume_from=saved[2])
-    assert reports == [4] and metrics["steps"] == 4 and math.isfinite(metrics["train_loss"])
-
-
-def test_a_checkpoint_that_does_not_fit_the_adapter_is_refused(objective, tmp_path):
-    objective.run_trial(PARAMS, on_evaluate=lambda step, model: objective.save_checkpoint(model, step, tmp_path),
-                        report=lambda step, m: False)
-    with pytest.raises(ValueError, match="does not fit"):
-        objective.run_trial({**PARAMS, "target_modules": "all_linear"}, resume_from=tmp_path)
-    objective.run_trial(PARAMS)  # the refused trial left the base model clean
 
 
 def test_a_base_model_left_with_adapter_layers_is_refused(objective):

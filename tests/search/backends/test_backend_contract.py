@@ -4,11 +4,16 @@ the study store with its params and curve, conditional params are honoured, laun
 
 from __future__ import annotations
 
+import io
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from rich.console import Console
+
 from search.backends import BACKENDS, available_backends, get_backend
+from search.observers.progress import SweepProgress
 from search.sweep import load_sweep
 from search.store import record
 from search.store.storage import open_storage
@@ -123,3 +128,85 @@ def test_every_backend_writes_the_same_record_of_a_failed_trial(write_sweep, bac
     assert FAILED_KEYS <= set(attrs) <= record.TRIAL_KEYS, sorted(set(attrs) - record.TRIAL_KEYS)
     assert attrs[record.FAILURE_CAUSE] == record.DIVERGED
     assert attrs[record.FAIL_REASON].startswith("TrialDiverged"), attrs[record.FAIL_REASON]
+
+
+# ------------------------------------------------------------------ the same trial whichever backend runs it
+
+PARITY = dict(n_trials=4, pruner="median", objective="tests.search.timed_objectives:TimedCausalLM",
+              tracking={"wandb": "offline"}, budget={"max_steps": 8, "eval_every": 2, "batch_size": 4,
+                                                     "eval_batch_size": 16, "max_seq_length": 64},
+              ray={"max_concurrent_trials": 2, "cpus_per_trial": 1})
+
+
+@pytest.fixture(scope="module")
+def parity_sweep(backend, tmp_path_factory):
+    """One ≥ 4-trial sweep per backend, the default (median) pruner, W&B offline, 2 trials at a time
+    where the backend runs several: the record, the W&B runs and the timings the tests below compare."""
+    import yaml
+
+    from tests.conftest import TINY_SWEEP, deep_merge
+
+    tmp = tmp_path_factory.mktemp(f"parity-{backend}")
+    path = tmp / "sweep.yaml"
+    path.write_text(yaml.safe_dump(deep_merge(TINY_SWEEP, {**PARITY, "backend": backend,
+                                                           "output_dir": str(tmp / "runs")})))
+    sweep = load_sweep(path)
+    console = Console(record=True, width=400, file=io.StringIO())
+    with SweepProgress(console, metric="eval_loss") as progress:
+        get_backend(backend)(sweep, listener=progress).run()
+    study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
+    return sweep, study, tmp, console.export_text()
+
+
+def test_every_trial_has_one_wandb_run_with_its_config_and_curve(parity_sweep):
+    from tests.search.wandb_records import read_runs
+
+    sweep, study, _, _ = parity_sweep
+    runs = read_runs(sweep.output_dir / "wandb")
+    trial_runs = {run.name: run for run in runs if run.job_type == "trial"}
+    trials = study.get_trials()
+    assert len(trials) >= 4 and sorted(trial_runs) == sorted(f"tiny-trial-{t.number}" for t in trials)
+    assert [run.job_type for run in runs].count("sweep") == 1
+    for trial in trials:
+        run = trial_runs[f"tiny-trial-{trial.number}"]
+        assert run.group == "tiny"
+        assert {k: run.config[k] for k in record.config_of(trial)} == record.config_of(trial)
+        logged = {row["_step"]: row["eval_loss"] for row in run.history if "eval_loss" in row}
+        recorded = {h[record.STEP]: h["eval_loss"] for h in trial.user_attrs[record.EVAL_HISTORY]}
+        assert logged == pytest.approx(recorded)
+        assert any("train_loss" in row for row in run.history)  # the training logs too
+        state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}[trial.state]
+        assert run.summary["state"] == state and state in run.tags
+        assert run.exit_code == (1 if state == "failed" else 0)
+        if trial.state == TrialState.COMPLETE:
+            assert run.summary["eval_loss"] == pytest.approx(trial.value)
+
+
+def test_every_complete_trial_is_reproduced_by_train_of_its_export(parity_sweep):
+    from search.aftersweep.train import train_run
+    from search.results.export import export
+    from search.sweep import load_run
+
+    _, study, tmp, _ = parity_sweep
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert complete
+    for trial in complete:
+        [exported] = export(study, tmp / f"export-{trial.number}", trial=trial.number)
+        run, cls = load_run(exported.directory / "winner.yaml", [f"output_dir={tmp / f'train-{trial.number}'}"])
+        reproduction = train_run(run, cls)["reproduction"]
+        assert reproduction["relative_error"] < 0.01, (trial.number, reproduction)
+
+
+def test_recorded_durations_are_each_trials_own_time(parity_sweep):
+    import json
+
+    from tests.search.timed_objectives import measured_seconds
+
+    sweep, study, _, shown = parity_sweep
+    measured = measured_seconds(sweep.output_dir)
+    lines = {int(line.split()[1]): line for line in shown.splitlines() if line.strip().startswith("trial ")}
+    for trial in study.get_trials():
+        seconds = measured[json.dumps(record.config_of(trial), sort_keys=True)]
+        assert trial.user_attrs[record.DURATION] == pytest.approx(seconds, rel=0.2), trial.number
+        # The progress display's line for the trial shows that duration.
+        assert lines[trial.number].rstrip().endswith(f"{trial.user_attrs[record.DURATION]:.1f}s"), lines[trial.number]

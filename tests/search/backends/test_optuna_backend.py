@@ -228,3 +228,42 @@ def test_without_a_pruner_a_trial_evaluates_only_at_its_end_unless_told(write_sw
     (tmp_path / "runs").rename(tmp_path / "first")
     curve = _run(write_sweep(n_trials=1, pruner="none"))  # TINY_SWEEP sets eval_every: 2
     assert list(curve.trials[0].intermediate_values) == [2, 4]  # an explicit eval_every is kept
+
+
+def _killed_mid_trial(trials) -> bool:
+    # Past the first checkpoints, well before the end of a 40-step trial.
+    return len(trials) == 1 and trials[0].state == TrialState.RUNNING and 12 <= max(trials[0].intermediate_values,
+                                                                                   default=0) <= 24
+
+
+@pytest.mark.slow  # a subprocess sweep, SIGKILLed mid-trial
+def test_a_killed_trial_is_rerun_from_its_checkpoint_as_if_never_interrupted(write_sweep, tmp_path):
+    changes = dict(n_trials=1, budget={"max_steps": 40, "eval_every": 4, "batch_size": 4, "max_seq_length": 64},
+                   retries={"checkpoint_interval_s": 0})  # a checkpoint at every evaluation of this short trial
+    reference = _run(write_sweep("reference.yaml", **{**changes, "output_dir": str(tmp_path / "reference")}))
+    [uninterrupted] = reference.get_trials()
+
+    path = write_sweep(**changes)
+    proc = _spawn(path)
+    try:
+        _wait_for(path, _killed_mid_trial, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    sweep = load_sweep(path)
+    checkpoints = sweep.output_dir / "checkpoints" / "tiny"
+    [left] = [p.name for p in (checkpoints / "trial-0").iterdir()]  # the newest checkpoint only
+    resumed_at = int(left.removeprefix("checkpoint-"))
+
+    study = _run(path)
+    killed, retry = study.get_trials()
+    assert killed.state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["retry_of"] == 0 and retry.params == uninterrupted.params
+    history = retry.user_attrs["eval_history"]
+    assert [h["step"] for h in history] == [h["step"] for h in uninterrupted.user_attrs["eval_history"]]
+    assert [h.get("resumed_from") for h in history if "resumed_from" in h] == [resumed_at]
+    for got, want in zip(history, uninterrupted.user_attrs["eval_history"]):
+        assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-5), got["step"]
+    assert sorted(retry.intermediate_values) == sorted(uninterrupted.intermediate_values)  # the pruner saw it all
+    assert retry.value == pytest.approx(uninterrupted.value, rel=1e-5)
+    assert not any(checkpoints.iterdir())  # removed once the trial ended for good

@@ -157,9 +157,10 @@ def test_pbt_clones_adapters_and_mutates_params_keeping_only_adapter_checkpoints
         assert steps == sorted(set(steps)) and steps[-1] == 8
     checkpoints = list((tmp_path / "runs" / "ray").rglob("checkpoint_*"))
     assert checkpoints
-    for checkpoint in checkpoints:  # the adapter only, never a copy of the base model
+    for checkpoint in checkpoints:  # the adapter and the training state, never a copy of the base model
         assert sorted(p.name for p in checkpoint.iterdir()) == [
-            "README.md", "adapter_config.json", "adapter_model.safetensors", "ftsweep_checkpoint.json"]
+            "adapter_config.json", "adapter_model.safetensors", "ftsweep_checkpoint.json",
+            "optimizer.pt", "rng_state.pth", "scheduler.pt", "trainer_state.json"]
     per_trial = {}
     for checkpoint in checkpoints:
         per_trial[checkpoint.parent] = per_trial.get(checkpoint.parent, 0) + 1
