@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from objectives import checkpoint_state, latest_checkpoint
 from search.backends import get_backend
 from search.cli import main
 from search.store.storage import JOURNAL, open_storage
@@ -231,14 +232,15 @@ def test_without_a_pruner_a_trial_evaluates_only_at_its_end_unless_told(write_sw
 
 
 def _killed_mid_trial(trials) -> bool:
-    # Past the first checkpoints, well before the end of a 40-step trial.
+    # Past the first checkpoints, well before the end of an 80-step trial (a window of most of it, so
+    # a busy machine's slower polling still sees it).
     return len(trials) == 1 and trials[0].state == TrialState.RUNNING and 12 <= max(trials[0].intermediate_values,
-                                                                                   default=0) <= 24
+                                                                                   default=0) <= 60
 
 
 @pytest.mark.slow  # a subprocess sweep, SIGKILLed mid-trial
 def test_a_killed_trial_is_rerun_from_its_checkpoint_as_if_never_interrupted(write_sweep, tmp_path):
-    changes = dict(n_trials=1, budget={"max_steps": 40, "eval_every": 4, "batch_size": 4, "max_seq_length": 64},
+    changes = dict(n_trials=1, budget={"max_steps": 80, "eval_every": 4, "batch_size": 4, "max_seq_length": 64},
                    retries={"checkpoint_interval_s": 0})  # a checkpoint at every evaluation of this short trial
     reference = _run(write_sweep("reference.yaml", **{**changes, "output_dir": str(tmp_path / "reference")}))
     [uninterrupted] = reference.get_trials()
@@ -252,8 +254,9 @@ def test_a_killed_trial_is_rerun_from_its_checkpoint_as_if_never_interrupted(wri
         proc.wait()
     sweep = load_sweep(path)
     checkpoints = sweep.output_dir / "checkpoints" / "tiny"
-    [left] = [p.name for p in (checkpoints / "trial-0").iterdir()]  # the newest checkpoint only
-    resumed_at = int(left.removeprefix("checkpoint-"))
+    # The newest checkpoint only (and, if the kill landed while the next was written, that incomplete one).
+    assert len(list((checkpoints / "trial-0").iterdir())) <= 2
+    resumed_at = checkpoint_state(latest_checkpoint(checkpoints / "trial-0"))["step"]
 
     study = _run(path)
     killed, retry = study.get_trials()
