@@ -21,14 +21,6 @@ def _run(write_sweep, **changes) -> optuna.Study:
     return optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
 
 
-@pytest.fixture
-def ray_module():
-    if ray.is_initialized():
-        ray.shutdown()
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_fractional_gpus_run_eight_trials_at_once_on_their_own_devices(write_sweep, ray_module):
     # Declared (fake) GPUs: Ray assigns them and sets CUDA_VISIBLE_DEVICES; torch runs on the CPU here.
     ray_module.init(num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False)

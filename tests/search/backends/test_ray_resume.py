@@ -20,14 +20,6 @@ TOLERANCE = 1e-5
 BUDGET = {"max_steps": 8, "eval_every": 2}
 
 
-@pytest.fixture
-def ray_module():
-    if ray.is_initialized():
-        ray.shutdown()
-    yield ray
-    ray.shutdown()
-
-
 class PausesEachTrialOnce(FIFOScheduler):
     """A real Ray scheduler that pauses every trial once, at its report of step `at`: the trial's actor
     stops and the trial later goes on from the checkpoint it reported, as under PBT."""

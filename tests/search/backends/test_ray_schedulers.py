@@ -212,14 +212,6 @@ def test_the_ray_backend_refuses_them_before_the_study_or_ray_starts(write_sweep
 # ------------------------------------------------------------------------------------- a real Ray run
 
 
-@pytest.fixture
-def ray_module():
-    if ray.is_initialized():
-        ray.shutdown()
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in RAY_PRUNERS if PRUNERS.capabilities(n)["ray"] not in ("none", "pbt")])
 def test_no_scheduler_but_pbt_pauses_a_trial_on_a_real_ray_run(name, write_sweep, ray_module):
