@@ -31,12 +31,19 @@ from typing import Any
 from spaces import ConfigError, Registry, finite_values, when_values
 
 PEFT_METHOD_KEY = "space.params.peft_method"
-# Short names in spaces -> module names per architecture. 'all_linear' is PEFT's own shortcut.
+# Short names in spaces -> module names. Each resolves, in order, through PEFT's own per-architecture
+# table (attention_qv: TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, 40 architectures), the
+# model's own linear layers (AdapterTarget.linear_modules, read off an empty-weights copy), and last
+# this table, for a model that is neither known nor inspected. 'all_linear' is PEFT's own shortcut.
 TARGET_MODULE_NAMES: dict[str, dict[str, Any]] = {
     "attention_qv": {"default": ["q_proj", "v_proj"], "gpt2": ["c_attn"]},
     "attention": {"default": ["q_proj", "k_proj", "v_proj", "o_proj"], "gpt2": ["c_attn", "c_proj"]},
     "all_linear": {"default": "all-linear"},
 }
+# Leaf names of query and value projections across architectures (fused ones included), for a model
+# PEFT's table does not know.
+QUERY_VALUE_NAMES = ("q_proj", "v_proj", "query", "value", "q_lin", "v_lin", "query_proj", "value_proj", "q", "v",
+                     "query_key_value", "qkv_proj", "c_attn", "Wqkv", "qkv", "W_pack")
 FAN_IN_FAN_OUT_MODELS = ("gpt2",)
 
 
@@ -57,6 +64,9 @@ class AdapterTarget:
     prefix_in_kwargs: bool = False
     target_modules: Mapping[str, list[str]] = field(default_factory=dict)  # objective.args.target_modules
     source: str | None = None  # the sweep file, named in errors
+    # {qualified name of each linear layer: whether it sits in an attention block} (`linear_modules`);
+    # empty when the model was not inspected.
+    linear_modules: Mapping[str, bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -265,20 +275,72 @@ def check_method_params(space, *, source: str | None = None) -> list[str]:
     return searched
 
 
-def resolve_target_modules(choice: Any, model_type: str) -> Any:
-    """Module names of a `target_modules` choice: a short name ('attention_qv', 'attention',
-    'all_linear') for this architecture, a list, or 'a,b'.
+def linear_modules(model) -> dict[str, bool]:
+    """{qualified name: inside an attention block?} of every linear layer (nn.Linear, GPT-2's Conv1D)
+    of `model` but its output head; "attention" is a module path naming it (attn, attention).
 
     Example:
-        >>> resolve_target_modules("attention", "llama"), resolve_target_modules("q_proj, v_proj", "gpt2")
-        (['q_proj', 'k_proj', 'v_proj', 'o_proj'], ['q_proj', 'v_proj'])
+        >>> from accelerate import init_empty_weights
+        >>> from transformers import BertConfig, BertModel
+        >>> with init_empty_weights():
+        ...     bert = BertModel(BertConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=2, intermediate_size=8))
+        >>> sorted(name for name, attention in linear_modules(bert).items() if attention)[:2]
+        ['encoder.layer.0.attention.output.dense', 'encoder.layer.0.attention.self.key']
+    """
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers.pytorch_utils import Conv1D
+
+    found, wrapped = {}, ()
+    for name, module in model.named_modules():
+        if wrapped and name.startswith(wrapped):
+            continue  # inside an adapter layer (base_layer, lora_A...): the layer counts under its own name
+        if isinstance(module, BaseTunerLayer):
+            wrapped = (f"{name}.",)
+        elif not isinstance(module, (torch.nn.Linear, Conv1D)):
+            continue
+        if name.rsplit(".", 1)[-1] not in ("lm_head", "score", "classifier"):
+            found[name] = any("attn" in part.lower() or "attention" in part.lower() for part in name.split(".")[:-1])
+    return found
+
+
+def resolve_target_modules(choice: Any, model_type: str, modules: Mapping[str, bool] | None = None) -> Any:
+    """Module names of a `target_modules` choice: a short name ('attention_qv', 'attention',
+    'all_linear') for this architecture, a list, or 'a,b'. `modules` (`linear_modules` of the model)
+    lets a short name resolve for an architecture no table knows.
+
+    Example:
+        >>> resolve_target_modules("attention_qv", "bert"), resolve_target_modules("q_proj, v_proj", "gpt2")
+        (['query', 'value'], ['q_proj', 'v_proj'])
     """
     if isinstance(choice, (list, tuple)):
         return list(choice)
+    if choice == "attention_qv":
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+        if model_type in PEFT_DEFAULTS:
+            return list(PEFT_DEFAULTS[model_type])
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, attention in (modules or {}).items() if attention}
+                        & set(QUERY_VALUE_NAMES))
+        if leaves:
+            return leaves
+    if choice == "attention" and modules:
+        inside = [n for n, attention in modules.items() if attention]
+        outside = {n.rsplit(".", 1)[-1] for n, attention in modules.items() if not attention}
+        if inside:
+            # By leaf name where that name is only used in attention blocks, else by full name (BERT's
+            # attention.output.dense shares "dense" with the feed-forward layers).
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in inside if n.rsplit(".", 1)[-1] not in outside})
+            return leaves + [n for n in inside if n.rsplit(".", 1)[-1] in outside]
     if choice in TARGET_MODULE_NAMES:
         table = TARGET_MODULE_NAMES[choice]
         return table.get(model_type, table["default"])
     return [m.strip() for m in str(choice).split(",") if m.strip()]
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    """PEFT's rule for a list of target_modules: the full name, or its last dotted parts."""
+    return any(name == t or name.endswith(f".{t}") for t in targets)
 
 
 def build_config(params: Mapping[str, Any], target: AdapterTarget):
@@ -307,7 +369,17 @@ def build_config(params: Mapping[str, Any], target: AdapterTarget):
         if choice is None:
             choice = method.default_targets
         if choice is not None:
-            kwargs["target_modules"] = resolve_target_modules(choice, target.model_type)
+            kwargs["target_modules"] = resolve_target_modules(choice, target.model_type, target.linear_modules)
+            wanted = kwargs["target_modules"]
+            if isinstance(wanted, list) and target.linear_modules and not any(
+                    _matches(n, wanted) for n in target.linear_modules):
+                leaves = sorted({n.rsplit(".", 1)[-1] for n in target.linear_modules})
+                raise ConfigError(
+                    f"target_modules {choice!r} ({', '.join(wanted)}) matches no layer of this {target.model_type} "
+                    f"model; its linear layers are named: {', '.join(leaves)}", source=target.source,
+                    key="space.params.target_modules", value=str(choice),
+                    hint="Fix: use attention_qv, attention or all_linear (resolved for this model), or name some of "
+                    "these layers (objective.args.target_modules: {MODEL_TYPE: [names]}).")
     if method.prepare is not None:
         method.prepare(kwargs, target)
     config_cls = getattr(peft, method.config_class)

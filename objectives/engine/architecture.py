@@ -7,6 +7,7 @@ refused before any trial, cheaply at any model size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,10 +68,16 @@ class Architecture:
         with init_empty_weights():
             return self.task.skeleton_model(config if config is not None else self.config_file(), self.state)
 
+    @functools.cached_property
+    def _linear_modules(self) -> dict[str, bool]:
+        # Read once per architecture: the loaded model when there is one, else an empty-weights copy.
+        return peft_methods.linear_modules(self.loaded if self.loaded is not None else self.skeleton())
+
     def adapter_target(self) -> peft_methods.AdapterTarget:
         return peft_methods.AdapterTarget(
             task_type=self.task.peft_task_type, model_type=self.model_type(), model_path=self.path,
-            prefix_in_kwargs=self.task.prefix_in_kwargs, target_modules=self.target_modules, source=self.source)
+            prefix_in_kwargs=self.task.prefix_in_kwargs, target_modules=self.target_modules, source=self.source,
+            linear_modules=self._linear_modules)
 
     def peft_config(self, params: Mapping[str, Any]):
         """The PEFT config (LoRA, LoHa, IA3, prefix tuning...) a trial's params describe for this model."""
@@ -114,6 +121,8 @@ class Architecture:
             for params in peft_methods.representative_params(space, method):
                 try:
                     peft.get_peft_model(self.skeleton(config), peft_methods.build_config(params, target))
+                except ConfigError:
+                    raise  # already says what is wrong (e.g. a target module the model lacks, with those it has)
                 except (ValueError, TypeError, KeyError, NotImplementedError, AttributeError) as exc:
                     what = ", ".join(f"{k}={v}" for k, v in params.items())
                     raise ConfigError(

@@ -145,7 +145,9 @@ def test_a_target_module_the_model_lacks_is_refused_before_any_trial(tmp_path, c
     path = _sweep(tmp_path, {**LR, "target_modules": {"type": "categorical", "choices": ["attention", "qkv_fused"]}})
     assert main(["launch", str(path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "target_modules=qkv_fused" in err and "not found in the base model" in err
+    # The message lists the layers the model has, so the user can pick.
+    assert "space.params.target_modules" in err and "'qkv_fused'" in err and "matches no layer" in err
+    assert "its linear layers are named: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj" in err
     assert not (tmp_path / "runs").exists()  # refused before the study was created
 
 
