@@ -20,6 +20,7 @@ resumed, a trial's evaluations equal the uninterrupted run's (tests/objectives/e
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +44,10 @@ def write_checkpoint_state(directory: str | Path, step: int, *, params: Mapping[
     directory = Path(directory)
     state = {"step": int(step), "elapsed_s": float(elapsed_s),
              **({"params": dict(params)} if params is not None else {}), **about}
-    (directory / CHECKPOINT_STATE).write_text(json.dumps(state))
+    # Atomically: a kill while writing must leave no state file rather than a half-written one.
+    partial = directory / f"{CHECKPOINT_STATE}.partial"
+    partial.write_text(json.dumps(state))
+    os.replace(partial, directory / CHECKPOINT_STATE)
     return directory
 
 
@@ -76,7 +80,13 @@ def latest_checkpoint(trial_dir: str | Path) -> Path | None:
         return None
     complete = [(int(m.group(1)), p) for p in trial_dir.iterdir()
                 if (m := _FOLDER.match(p.name)) and (p / CHECKPOINT_STATE).is_file()]
-    return max(complete)[1] if complete else None
+    for _, folder in sorted(complete, reverse=True):
+        try:
+            checkpoint_state(folder)
+        except ValueError:  # unreadable (written by an older, non-atomic writer and cut short): the one before
+            continue
+        return folder
+    return None
 
 
 def save_adapter(model, directory: str | Path) -> None:
