@@ -50,16 +50,22 @@ class DataConfig(_Strict):
     """
 
     source: str = Field(
-        description="A local .jsonl/.json/.csv/.parquet file, a `datasets` hub name, or 'bundled:NAME'."
+        description="A local .jsonl/.json/.csv/.parquet file, a folder of split files (train.jsonl, "
+                    "validation.jsonl, test.jsonl...), a `datasets` hub name, or 'bundled:NAME'."
     )
     config_name: str | None = Field(default=None, description="Hub dataset configuration name.")
+    data_files: dict[str, str | list[str]] | None = Field(
+        default=None, description="Split name -> file path(s) or glob(s), e.g. {train: 'train-*.jsonl', validation: "
+        "dev.jsonl}; relative to `source` when it is a folder, else to where ftsweep runs. One format for all.")
     train_split: str = "train"
     validation_split: str | None = Field(
-        default=None, description="A split of the source to evaluate on; when absent, one is carved out of train."
+        default=None, description="A split of the source to evaluate on; when absent, the source's own "
+        "'validation' split, else one carved out of train."
     )
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     test_split: str | None = Field(
-        default=None, description="A split of the source for the final test; when absent, one is carved out of train."
+        default=None, description="A split of the source for the final test; when absent, the source's own 'test' "
+        "split, else one carved out of train."
     )
     test_fraction: float = Field(
         default=0.1, ge=0.0, lt=1.0,

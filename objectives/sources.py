@@ -91,9 +91,53 @@ def looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
 
+def data_files(data: DataConfig, source: str | None) -> tuple[str, dict[str, list[str]]]:
+    """(datasets builder, split -> matched files) of `dataset.data_files`, every pattern checked.
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("part-1.jsonl", "part-2.jsonl", "dev.jsonl"):
+        ...     _ = (folder / name).write_text('{"text": "x"}')
+        >>> builder, files = data_files(DataConfig(source=str(folder), data_files={"train": "part-*.jsonl",
+        ...                                                                         "validation": "dev.jsonl"}), None)
+        >>> builder, [Path(f).name for f in files["train"]], [Path(f).name for f in files["validation"]]
+        ('json', ['part-1.jsonl', 'part-2.jsonl'], ['dev.jsonl'])
+    """
+    root = Path(data.source).expanduser()
+    root = root if root.is_dir() else Path.cwd()
+    matched: dict[str, list[str]] = {}
+    for split, patterns in (data.data_files or {}).items():
+        files: list[str] = []
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            path = Path(pattern).expanduser()
+            found = sorted(path.parent.glob(path.name)) if path.is_absolute() else sorted(root.glob(pattern))
+            found = [f for f in found if f.is_file()]
+            if not found:
+                raise ConfigError(f"matches no file (looked in {root})", source=source,
+                                  key=f"dataset.data_files.{split}", value=pattern,
+                                  hint="Fix: give a path or glob relative to dataset.source (a folder) or to where you run.")
+            files += [str(f) for f in found]
+        matched[split] = files
+    suffixes = {Path(f).suffix.lower() for fs in matched.values() for f in fs}
+    unknown = sorted(suffixes - set(_LOCAL_DATA_BUILDERS))
+    if unknown:
+        raise ConfigError(f"unsupported dataset file type(s) {unknown}", source=source, key="dataset.data_files",
+                          allowed=sorted(_LOCAL_DATA_BUILDERS))
+    builders = {_LOCAL_DATA_BUILDERS[x] for x in suffixes}
+    if len(builders) != 1:
+        raise ConfigError(f"data_files mix formats ({', '.join(sorted(suffixes))})", source=source,
+                          key="dataset.data_files", hint="Fix: keep one format for all split files.")
+    return builders.pop(), matched
+
+
 def local_data_file(data: DataConfig, source: str | None) -> Path | None:
-    """The local file `data.source` names (bundled ones included), checked; None for a hub dataset."""
+    """The local file or folder `data.source` names (bundled ones included), checked; None for a hub
+    dataset or `data_files` (checked too)."""
     name = data.source
+    if data.data_files:
+        data_files(data, source)
+        return None
     if name.startswith(BUNDLED_PREFIX):
         bundled = name[len(BUNDLED_PREFIX) :]
         path = ASSETS / "datasets" / f"{bundled.replace('-', '_')}.jsonl"
@@ -117,8 +161,45 @@ def local_data_file(data: DataConfig, source: str | None) -> Path | None:
                 "unsupported dataset file type", source=source, key="dataset.source", value=name,
                 allowed=sorted(_LOCAL_DATA_BUILDERS),
             )
+        if path.is_dir():
+            _folder_format(path, source, name)
         return path
     return None
+
+
+def _folder_format(folder: Path, source: str | None, name: str) -> str:
+    """The one data format of a folder of split files (train.jsonl, validation.jsonl...), checked."""
+    suffixes = {p.suffix.lower() for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _LOCAL_DATA_BUILDERS}
+    if not suffixes:
+        present = sorted(p.name for p in folder.iterdir())[:10]
+        raise ConfigError(
+            f"the dataset folder holds no data file (it has: {', '.join(present) or 'nothing'})", source=source,
+            key="dataset.source", value=name, allowed=sorted(_LOCAL_DATA_BUILDERS),
+            hint="Fix: put one file per split in it, named by the split: train.jsonl, validation.jsonl, test.jsonl.")
+    builders = {_LOCAL_DATA_BUILDERS[s] for s in suffixes}
+    if len(builders) > 1:
+        raise ConfigError(f"the dataset folder mixes formats ({', '.join(sorted(suffixes))})", source=source,
+                          key="dataset.source", value=name, hint="Fix: keep one format for all split files.")
+    return builders.pop()
+
+
+def _explain_folder(folder: Path, source: str | None, name: str) -> None:
+    """Say which split files disagree on their columns, when that is why `datasets` could not load a
+    folder (it reports only a DatasetGenerationError)."""
+    import datasets
+
+    builder = _folder_format(folder, source, name)
+    columns = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in _LOCAL_DATA_BUILDERS:
+            try:
+                columns[path.name] = datasets.load_dataset(builder, data_files=str(path), split="train").column_names
+            except Exception:  # noqa: BLE001 - a file that does not load on its own: the caller's message stands
+                return
+    if len({tuple(sorted(c)) for c in columns.values()}) > 1:
+        raise ConfigError(
+            "the split files' columns differ: " + "; ".join(f"{f}: {', '.join(c)}" for f, c in columns.items()),
+            source=source, key="dataset.source", value=name, hint="Fix: give every split file the same columns.")
 
 
 class Splits(NamedTuple):
@@ -144,7 +225,14 @@ def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str 
     datasets.disable_progress_bars()
     local = local_data_file(data, source)
     try:
-        if local is not None:
+        if data.data_files:
+            builder, files = data_files(data, source)
+            loaded = datasets.load_dataset(builder, data_files=files)
+        elif local is not None and local.is_dir():
+            # A folder of split files: `datasets` names the splits from the file names (train, validation /
+            # valid / val / dev, test...); a split it has is used as given, a missing one is carved below.
+            loaded = datasets.load_dataset(_folder_format(local, source, data.source), data_dir=str(local))
+        elif local is not None:
             builder = _LOCAL_DATA_BUILDERS.get(local.suffix.lower(), "json")
             loaded = datasets.load_dataset(builder, data_files={"train": str(local)})
         else:
@@ -152,6 +240,11 @@ def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str 
     except ConfigError:
         raise
     except Exception as exc:  # datasets raises many types; the user needs one clear line
+        if data.data_files:
+            builder, files = data_files(data, source)
+            loaded = datasets.load_dataset(builder, data_files=files)
+        elif local is not None and local.is_dir():
+            _explain_folder(local, source, data.source)
         raise ConfigError(
             f"could not load dataset ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
             source=source, key="dataset.source", value=data.source,
@@ -173,23 +266,27 @@ def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str 
             hint="Fix: rename the columns in the data, or set dataset.prompt_column / response_column / text_column / label_column.",
         )
 
+    # The source's own held-out splits (a folder's validation.jsonl, a hub dataset's "test") are used as
+    # given; only missing ones are carved out of train.
+    test_split = data.test_split or ("test" if "test" in loaded and data.train_split != "test" else None)
+    validation_split = data.validation_split or ("validation" if "validation" in loaded else None)
     test = None
-    if data.test_split is not None:
-        if data.test_split not in loaded:
-            raise ConfigError("no such split", source=source, key="dataset.test_split", value=data.test_split,
+    if test_split is not None:
+        if test_split not in loaded:
+            raise ConfigError("no such split", source=source, key="dataset.test_split", value=test_split,
                               allowed=list(loaded))
-        test = loaded[data.test_split]
+        test = loaded[test_split]
     elif data.test_fraction > 0 and int(len(train) * data.test_fraction) >= 1:
         parts = train.train_test_split(test_size=data.test_fraction, seed=seed)
         train, test = parts["train"], parts["test"]
 
-    if data.validation_split is not None:
-        if data.validation_split not in loaded:
+    if validation_split is not None:
+        if validation_split not in loaded:
             raise ConfigError(
-                "no such split", source=source, key="dataset.validation_split", value=data.validation_split,
+                "no such split", source=source, key="dataset.validation_split", value=validation_split,
                 allowed=list(loaded),
             )
-        validation = loaded[data.validation_split]
+        validation = loaded[validation_split]
     else:
         if len(train) < 4:
             raise ConfigError(
@@ -199,6 +296,13 @@ def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str 
         parts = train.train_test_split(test_size=data.validation_fraction, seed=seed)
         train, validation = parts["train"], parts["test"]
 
+    for split, rows in (("validation", validation), ("test", test)):
+        lacking = [c for c in columns if rows is not None and c not in rows.column_names]
+        if lacking:
+            raise ConfigError(
+                f"the {split} split lacks column(s) {lacking} that train has", source=source, key="dataset.source",
+                value=data.source, allowed=f"its columns: {rows.column_names}",
+                hint="Fix: give every split file the same columns.")
     if data.max_train_examples is not None and len(train) > data.max_train_examples:
         train = train.select(range(data.max_train_examples))
     if data.max_eval_examples is not None and len(validation) > data.max_eval_examples:

@@ -38,6 +38,10 @@ def test_yaml_example_is_valid(block, tmp_path):
         from search.settings import RetryPolicy
 
         assert RetryPolicy.model_validate(data["retries"]) == RetryPolicy()  # the README shows the defaults
+    elif "dataset" in data:  # a `dataset:` section
+        from objectives import DataConfig
+
+        DataConfig.model_validate(data["dataset"])
     else:  # a `space:` example
         space = resolve_space(data["space"], source="README.md")
         steering = [n for n in space.names if space.dependents(n)]
