@@ -176,14 +176,13 @@ class OptunaBackend(Backend):
         tracked = self.tracker.trial(sweep.study_name, trial.number, params)
         trial_dir = self.trial_dir(trial.number)
         # A re-run of a preempted or killed trial goes on from that trial's last checkpoint.
-        resume_from, history = self._resume_point(trial, params, trial_dir)
+        resume_from, history, trained_before = self._resume_point(trial, params, trial_dir)
         for entry in history:  # its curve so far, for the pruner and the W&B run
             if single:
                 trial.report(entry[metric], entry[STEP])
             tracked.log(entry[STEP], {k: v for k, v in entry.items() if k != STEP})
         if history:
             record.evaluated(history)
-        trained_before = objective.checkpoint_state(resume_from).get("elapsed_s", 0.0) if resume_from else 0.0
 
         def report(step: int, metrics: dict[str, float]) -> bool:
             history.append({"step": step, **metrics})
@@ -247,28 +246,29 @@ class OptunaBackend(Backend):
         return self.sweep.output_dir / "checkpoints" / self.sweep.study_name / f"trial-{number}"
 
     def _resume_point(self, trial: optuna.Trial, params: dict[str, Any],
-                      trial_dir: Path) -> tuple[Path | None, list[dict[str, Any]]]:
-        """(checkpoint, eval history up to it) of the trial this one re-runs, when that trial left a
-        checkpoint with the same params (an OOM re-run changes the batch: it starts over). The
-        checkpoints move to this trial's folder: a later re-run of this one finds them there."""
+                      trial_dir: Path) -> tuple[Path | None, list[dict[str, Any]], float]:
+        """(checkpoint, eval history up to it, seconds trained before it) of the trial this one re-runs,
+        when that trial left a checkpoint with the same params (an OOM re-run changes the batch: it
+        starts over). The checkpoints move to this trial's folder: a later re-run of this one finds them there."""
         retry_of = trial.user_attrs.get(RETRY_OF)
         if retry_of is None:
-            return None, []
+            return None, [], 0.0
         previous_dir = self.trial_dir(int(retry_of))
         checkpoint = latest_checkpoint(previous_dir)
-        if checkpoint is None or checkpoint_state(checkpoint).get("params") != params:
+        state = checkpoint_state(checkpoint) if checkpoint is not None else {}
+        if checkpoint is None or state.get("params") != params:
             shutil.rmtree(previous_dir, ignore_errors=True)
-            return None, []
+            return None, [], 0.0
         shutil.rmtree(trial_dir, ignore_errors=True)
         trial_dir.parent.mkdir(parents=True, exist_ok=True)
         previous_dir.rename(trial_dir)
-        step = int(checkpoint_state(trial_dir / checkpoint.name)["step"])
+        step = int(state["step"])
         storage = trial.study._storage
         previous = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(trial.study._study_id,
                                                                                     int(retry_of)))
         history = [dict(h, resumed_from=step) if h[STEP] == step else dict(h)
                    for h in previous.user_attrs.get(EVAL_HISTORY, []) if h[STEP] <= step]
-        return trial_dir / checkpoint.name, history
+        return trial_dir / checkpoint.name, history, float(state.get("elapsed_s", 0.0))
 
     def _finish(self, study: optuna.Study, outcome: SweepOutcome) -> SweepOutcome:
         trials = study.get_trials(deepcopy=False)
