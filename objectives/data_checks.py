@@ -69,6 +69,7 @@ class Finding:
     examples: list[int] = field(default_factory=list)
     split: str | None = None
     count: int | None = None
+    accepted: bool = False  # an error the sweep accepts (`dataset.checks: {check: warn}`): shown as a warning
 
 
 @dataclass
@@ -97,8 +98,13 @@ class DataReport:
         return [f for f in self.findings if f.level == "warning"]
 
     @property
+    def accepted(self) -> list[Finding]:
+        """Errors the sweep accepts (`dataset.checks`): warnings now, recorded in the study at launch."""
+        return [f for f in self.findings if f.accepted]
+
+    @property
     def ok(self) -> bool:
-        """No error: a sweep may start (warnings do not stop it)."""
+        """No error: a sweep may start (warnings and accepted errors do not stop it)."""
         return not self.errors
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +123,9 @@ class DataReport:
             headline = Text(f"Data check of {source}: {len(self.errors)} error(s), {len(self.warnings)} warning(s). "
                             "Errors stop a sweep; fix them first.", style="bold red")
         elif self.warnings:
-            headline = Text(f"Data check of {source}: no error, {len(self.warnings)} warning(s).", style="bold yellow")
+            accepted = f" ({len(self.accepted)} accepted error(s))" if self.accepted else ""
+            headline = Text(f"Data check of {source}: no error, {len(self.warnings)} warning(s){accepted}.",
+                            style="bold yellow")
         else:
             headline = Text(f"Data check of {source}: no problem found.", style="bold green")
         parts: list[Any] = [headline]
@@ -130,7 +138,7 @@ class DataReport:
             styles = {"error": "red", "warning": "yellow", "info": "cyan"}
             for f in sorted(self.findings, key=lambda f: order[f.level]):
                 # Text, not markup: messages quote data, which may hold [brackets].
-                table.add_row(Text(f.level, style=styles[f.level]), Text(f.check), Text(f.split or ""),
+                table.add_row(Text("accepted" if f.accepted else f.level, style=styles[f.level]), Text(f.check), Text(f.split or ""),
                               Text(f.message), Text(f.fix or ""), Text(", ".join(map(str, f.examples))))
             parts.append(table)
 
@@ -197,11 +205,41 @@ def validate_data(objective) -> DataReport:
         >>> validate_data(objective).ok
         True
     """
+    accepted = accepted_checks(objective.data_config, source=objective.source)
     data = _Data(objective)
     data.findings.extend(data.read())
     for check in CHECKS:
         data.findings.extend(check(data))
+    for finding in data.findings:
+        if finding.level != "error" or finding.check not in ACCEPTABLE_CHECKS:
+            continue
+        if finding.check in accepted:
+            finding.level, finding.accepted = "warning", True
+        else:
+            how = f"dataset.checks: {{{finding.check}: warn}} in the sweep file, or --accept {finding.check}"
+            finding.fix = f"{finding.fix or 'Fix the data.'} Or go on with it as it is: {how}."
     return DataReport(data.findings, data.stats)
+
+
+def accepted_checks(config, *, source: str | None = None) -> set[str]:
+    """The checks whose errors `config.checks` accepts ('warn'); refuses a name no check has.
+
+    Example:
+        >>> from objectives import DataConfig
+        >>> sorted(accepted_checks(DataConfig(source="d.jsonl", checks={"leakage": "warn", "labels": "error"})))
+        ['leakage']
+    """
+    for name in config.checks:
+        if name not in ACCEPTABLE_CHECKS:
+            refused = name in (*BLOCKING_CHECKS, "source", "splits")
+            raise ConfigError(
+                f"the '{name}' check cannot be accepted: trials could not read the data" if refused
+                else f"there is no data check named '{name}'", source=source, key=f"dataset.checks.{name}",
+                value=config.checks[name], allowed=list(ACCEPTABLE_CHECKS),
+                hint="Fix: fix the data for this one." if refused
+                else "Fix: use a check name `ftsweep validate-data` reports.",
+            )
+    return {name for name, level in config.checks.items() if level == "warn"}
 
 
 # ---------------------------------------------------------------------------------- the data
@@ -820,4 +858,8 @@ CHECKS: list[Callable[[_Data], Iterable[Finding]]] = [
     check_leakage,
 ]
 
-__all__ = ["CHECKS", "DataReport", "Finding", "normalize", "validate_data"]
+# Checks whose errors a sweep may accept: all but those after which the data cannot be read or split.
+ACCEPTABLE_CHECKS = tuple(name for name in (check.__name__.removeprefix("check_") for check in CHECKS)
+                          if name not in (*BLOCKING_CHECKS, "splits"))
+
+__all__ = ["ACCEPTABLE_CHECKS", "CHECKS", "DataReport", "Finding", "accepted_checks", "normalize", "validate_data"]

@@ -89,6 +89,12 @@ class DataConfig(_Strict):
         "'1': positive}; several values may map to one class. Every value in the data must be mapped.",
     )
 
+    checks: dict[str, Literal["warn", "error"]] = Field(
+        default_factory=dict, description="Data-check findings you accept: check name -> 'warn' (its errors are "
+        "shown, recorded in the study and the launch goes on) or 'error' (the default: they stop it), e.g. "
+        "{leakage: warn}; `--accept leakage` on the command line does the same. Names: `ftsweep validate-data`.",
+    )
+
     @field_validator("label_map", mode="before")
     @classmethod
     def _label_keys_as_text(cls, value):

@@ -53,6 +53,9 @@ class Sweep:
     directions: list[str]  # one per optimized metric, in the order of `metric_names`
     source: str
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # configs to try first (--enqueue)
+    # The data-check errors this launch accepted (`dataset.checks`), recorded on the study; None where the
+    # data was not checked (a worker joining a study), so the launch's record stays.
+    accepted_findings: list[dict[str, Any]] | None = None
 
     @property
     def metric_names(self) -> list[str]:

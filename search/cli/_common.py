@@ -53,6 +53,17 @@ def add_overrides(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=help)
 
 
+def add_accept(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accept", action="append", default=[], metavar="CHECK",
+                   help="go on despite this data check's errors (the sweep file's dataset.checks: {CHECK: warn}); "
+                        "they are shown and recorded in the study. Repeatable")
+
+
+def accept_overrides(args: argparse.Namespace) -> list[str]:
+    """`--accept leakage` as the sweep-file override it stands for."""
+    return [f"dataset.checks.{check}=warn" for check in args.accept]
+
+
 def study_of(args: argparse.Namespace) -> optuna.Study:
     """The study `args.study` (and `args.storage`) name."""
     return resolve_study(args.study, args.storage)

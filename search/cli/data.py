@@ -17,7 +17,7 @@ from . import _common
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
     """Check a sweep's data (columns, types, duplicates, lengths, labels, leakage); train nothing."""
-    sweep = load_sweep(args.sweep, list(args.overrides))
+    sweep = load_sweep(args.sweep, [*args.overrides, *_common.accept_overrides(args)])
     report = validate_data(sweep.make_objective())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -29,6 +29,7 @@ def cmd_validate_data(args: argparse.Namespace) -> int:
 def _validate_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="a sweep YAML file, or the name of a bundled sweep")
     _common.add_overrides(p, "override a field of the sweep file")
+    _common.add_accept(p)
     _common.add_json_flag(p)
 
 

@@ -14,7 +14,15 @@ from spaces import ConfigError
 from ..observers.tracking import make_tracker
 from ..results.dashboard import run_dashboard
 from ..results.report import importance_table, write_report
-from ..results.tables import best_rows, format_value, get_trial, render_top_table, study_status, trial_details
+from ..results.tables import (
+    accepted_lines,
+    best_rows,
+    format_value,
+    get_trial,
+    render_top_table,
+    study_status,
+    trial_details,
+)
 from ..settings import TrackingConfig
 from ..store import record as keys
 from . import _common
@@ -22,7 +30,8 @@ from . import _common
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Counts by state, best value so far, elapsed time and trials per hour; works while a sweep runs."""
-    status = study_status(_common.study_of(args))
+    study = _common.study_of(args)
+    status = study_status(study)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -39,7 +48,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     rate = status["trials_per_hour"]
     console.print(f"Elapsed {status['elapsed_s'] / 60:.1f} min, "
                   f"{format_value(rate) if rate else '—'} finished trials per hour")
+    _print_accepted(console, accepted_lines(study))
     return 0
+
+
+def _print_accepted(console, lines: list[str]) -> None:
+    """The data-check errors the launch accepted: every result of the study stands on that data."""
+    if lines:
+        console.print(f"[yellow]Data findings accepted at launch (dataset.checks):[/] {len(lines)}", markup=True)
+    for line in lines:
+        console.print(f"  [yellow]accepted[/] {line}", markup=True, highlight=False)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -69,6 +87,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         value = ", ".join(format_value(v) for v in details["values"])
     duration = f"{details['duration_s']:.1f}s" if details["duration_s"] else "—"
     console.print(f"Trial [bold]{details['number']}[/]: {details['state']}, value {value}, {duration}")
+    _print_accepted(console, accepted_lines(study))
     if details["fail_reason"]:
         console.print(f"[red]Failure:[/] {details['fail_reason']}", markup=True)
     if details["constraints"]:

@@ -32,7 +32,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     Launching a sweep again resumes it: finished trials are kept, interrupted ones run again."""
     console = _common.console()
-    overrides = list(args.overrides) + ([f"tracking.wandb={args.wandb}"] if args.wandb else [])
+    overrides = [*args.overrides, *_common.accept_overrides(args)]
+    overrides += [f"tracking.wandb={args.wandb}"] if args.wandb else []
     overrides += [f"ray.address={args.ray_address}"] if args.ray_address else []
     sweep = load_sweep(args.sweep, overrides)
     # The storage URL may carry a password: from --storage or $FTSWEEP_STORAGE it never enters a file.
@@ -86,6 +87,8 @@ def _check_data(sweep, objective, console: Console) -> None:
         raise ConfigError(f"the data has {len(report.errors)} error(s); first [{first.check}]: {first.message}",
                           source=sweep.source, key="dataset.source", value=sweep.spec.dataset.source,
                           hint=first.fix or "Fix: see `ftsweep validate-data SWEEP` for the full report.")
+    sweep.accepted_findings = [{"check": f.check, "message": f.message, "split": f.split, "count": f.count}
+                               for f in report.accepted]
 
 
 def _gpu_list(text: str) -> list[str]:
@@ -224,6 +227,7 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
     _common.add_overrides(p, "override any sweep field, e.g. --set n_trials=30 --set budget.max_steps=100 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate everything, print the resolved sweep and sampled configs; train nothing")
+    _common.add_accept(p)
     p.add_argument("--samples", type=int, default=5, help="configurations to sample with --dry-run (default 5)")
     p.add_argument("--top", type=int, default=10, help="rows in the final table of best trials (default 10)")
     p.add_argument("--wandb", choices=["auto", "online", "offline", "off"],

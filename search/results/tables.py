@@ -160,7 +160,19 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
         **({"pareto_front": pareto} if pareto is not None else {}),
         "elapsed_s": elapsed,
         "trials_per_hour": finished / (elapsed / 3600) if elapsed > 0 else None,
+        "accepted_findings": study.user_attrs.get(record.STUDY_ACCEPTED, []),
     }
+
+
+def accepted_lines(study: optuna.Study) -> list[str]:
+    """One line per data-check error the launch accepted (`dataset.checks`), for `status` and `show`.
+
+    Example:
+        >>> accepted_lines(study)
+        ['leakage (validation): 11 of 161 validation examples have a ...']
+    """
+    return [f["check"] + (f" ({f['split']})" if f.get("split") else "") + f": {f['message']}"
+            for f in study.user_attrs.get(record.STUDY_ACCEPTED, [])]
 
 
 def best_rows(study: optuna.Study, k: int = 10) -> list[dict[str, Any]]:

@@ -77,6 +77,7 @@ STUDY_METRIC = "metric"  # "eval_loss", or "eval_loss, trainable_params" for sev
 STUDY_CONSTRAINTS = "constraints"  # ["peak_memory_mb <= 2048", ...]
 STUDY_OBJECTIVE = "objective"
 STUDY_BACKEND = "backend"
+STUDY_ACCEPTED = "accepted_findings"  # data-check errors the launch accepted: [{check, message, split, count}]
 STUDY_DEADLINE = "deadline"  # epoch seconds after which no trial starts (the sweep's timeout)
 
 # A trial's evaluation entry: the step, then every metric reported at it.
@@ -185,6 +186,8 @@ def record_sweep(study: optuna.Study, sweep) -> None:
     study.set_user_attr(STUDY_CONSTRAINTS, [c.describe() for c in sweep.spec.constraints])
     study.set_user_attr(STUDY_OBJECTIVE, sweep.spec.objective.name)
     study.set_user_attr(STUDY_BACKEND, sweep.spec.backend)
+    if sweep.accepted_findings is not None:
+        study.set_user_attr(STUDY_ACCEPTED, sweep.accepted_findings)
 
 
 # ------------------------------------------------------------------------------------- reading
