@@ -201,8 +201,13 @@ def check_augmentation(space, settings: AugmentationSettings | None, *, task, so
             check_translation_model(getattr(settings.backtranslation, direction),
                                     key=f"{SETTINGS_KEY}.backtranslation.{direction}", source=source)
 
-    columns = settings.columns or task.input_columns()
     allowed = task.text_columns()
+    columns = settings.columns or [c for c in task.input_columns() if c in allowed]
+    augmenting = any(name in AUGMENTATION_PARAMS and _can_be_positive(p) for name, p in params.items())
+    if augmenting and not columns:
+        raise ConfigError(f"the {task.name} data has no text column to augment (chat turns are not augmented)",
+                          source=source, key="space.params", value=[n for n in params if n in AUGMENTATION_PARAMS],
+                          hint="Fix: drop the aug_* params from the space for this data.")
     for i, column in enumerate(columns):
         if column not in allowed:
             raise ConfigError(f"not a text column of {task.name}", source=source, key=f"{SETTINGS_KEY}.columns[{i}]",

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from spaces import ConfigError
 
+from .conversations import CHAT_FORMATS, ROLES, conversation_problems, training_template
 from .fairness import check_groups as fairness_groups
 from .sources import Splits, from_pretrained, load_splits, local_data_file, resolve_model_path
 
@@ -38,7 +39,7 @@ Level = Literal["error", "warning", "info"]
 MAX_EXAMPLES = 5  # row numbers a finding lists
 IMBALANCE_RATIO = 0.1  # smallest class below this share of the largest: a warning
 # Findings after which the splits are not loaded: loading would crash, or check rows that are not there.
-BLOCKING_CHECKS = ("source", "columns", "types")
+BLOCKING_CHECKS = ("source", "columns", "types", "conversations")
 SPLITS = ("train", "validation", "test")
 NEAR_DUPLICATE = "equal once lowercased, with punctuation removed and whitespace collapsed"
 
@@ -532,6 +533,38 @@ def check_types(data: _Data) -> list[Finding]:
     return findings
 
 
+def check_conversations(data: _Data) -> list[Finding]:
+    """Chat and instruction rows: turns with known roles, an assistant turn with text, a chat template to
+    render them with (objectives/conversations.py)."""
+    fmt = data.profile.conversation_format
+    if fmt is None or not data.complete:
+        return []
+    problems: dict[str, list[int]] = {}
+    for row, number in zip(data.rows, data.row_numbers):
+        for problem in conversation_problems(row, fmt):
+            # "turn 3 has unknown role 'bot'" and "turn 1 has unknown role 'bot'" are one finding.
+            problems.setdefault(re.sub(r"^turn \d+ ", "a turn ", problem), []).append(number)
+    findings = [Finding("error", "conversations", f"{_n(len(rows), 'row')}: {problem} ({_rows_text(rows)})",
+                        fix="Fix: give every row at least one non-empty assistant turn and roles "
+                        f"{', '.join(ROLES)} (ShareGPT's human/gpt are read as user/assistant), or drop those rows.",
+                        examples=rows[:MAX_EXAMPLES], count=len(rows)) for problem, rows in problems.items()]
+    if fmt in CHAT_FORMATS or data.objective.options.chat_template:
+        try:
+            tokenizer = data.tokenizer
+        except (ConfigError, OSError, ValueError):
+            return findings  # check_lengths says the tokenizer did not load
+        given = data.objective.options.chat_template
+        template, masking = training_template(tokenizer, given if isinstance(given, str) else None)
+        if template is None:
+            findings.append(Finding(
+                "error", "conversations", f"{fmt} data is rendered with a chat template, and the tokenizer has none",
+                fix="Fix: give the template itself (a Jinja string) in objective.args.chat_template, or use a "
+                "tokenizer that has one."))
+        else:
+            data.stats["chat_template"] = {"masking": masking}
+    return findings
+
+
 def _label_ok(value: Any) -> bool:
     # The objective maps str(label) to a class id: floats are fine only when they are whole numbers
     # (a CSV label column with one empty cell is read as 0.0, 1.0, ...).
@@ -845,6 +878,7 @@ def check_groups(data: _Data) -> list[Finding]:
 CHECKS: list[Callable[[_Data], Iterable[Finding]]] = [
     check_columns,
     check_types,
+    check_conversations,
     check_empty,
     check_duplicates,
     check_near_duplicates,

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # A metric's natural direction: what the sweep does with it unless told otherwise.
 Direction = Literal["minimize", "maximize"]
+# How causal_lm rows are laid out (objectives/conversations.py); "auto": detected from the columns.
+DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "prompt_response"]
 
 
 class _Strict(BaseModel):
@@ -57,6 +59,11 @@ class DataConfig(_Strict):
     data_files: dict[str, str | list[str]] | None = Field(
         default=None, description="Split name -> file path(s) or glob(s), e.g. {train: 'train-*.jsonl', validation: "
         "dev.jsonl}; relative to `source` when it is a folder, else to where ftsweep runs. One format for all.")
+    format: DataFormat = Field(
+        default="auto", description="causal_lm: messages ({role, content} turns), sharegpt ({from, value} turns "
+        "in `conversations`), alpaca (instruction, input, output), prompt_completion (TRL's prompt and completion) "
+        "or prompt_response (prompt_template + response_column); auto: from the columns.",
+    )
     train_split: str = "train"
     validation_split: str | None = Field(
         default=None, description="A split of the source to evaluate on; when absent, the source's own "
@@ -144,9 +151,10 @@ class ObjectiveOptions(_Strict):
         description="causal_lm: the text before the response; `{prompt}` is the prompt column, any other "
         "`{name}` the column of that name. When it does not end in whitespace, the response is joined with one space.",
     )
-    chat_template: bool | str = Field(
-        default=False, description="causal_lm: render prompt and response with the tokenizer's chat template "
-        "(true) or with this Jinja template; the filled prompt_template (default '{prompt}') is the user turn.",
+    chat_template: bool | str | None = Field(
+        default=None, description="causal_lm: render prompt and response with the tokenizer's chat template "
+        "(true) or with this Jinja template; the filled prompt_template (default '{prompt}') is the user turn. "
+        "Default: the tokenizer's for chat data (messages, sharegpt), none for the other formats.",
     )
     system_prompt: str | None = Field(default=None, description="causal_lm with chat_template: the system turn.")
     generation_samples: int = Field(

@@ -202,24 +202,8 @@ def _explain_folder(folder: Path, source: str | None, name: str) -> None:
             source=source, key="dataset.source", value=name, hint="Fix: give every split file the same columns.")
 
 
-class Splits(NamedTuple):
-    train: Any
-    validation: Any
-    test: Any | None  # held out from every trial; only `ftsweep train` evaluates on it
-
-
-def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str | None = None) -> Splits:
-    """Load train, validation and (optional) test `datasets.Dataset`s holding at least `columns`.
-
-    When the source has no such splits they are carved from train with `seed` — test first, then
-    validation from the rest — so every trial of a sweep and a later `ftsweep train` see exactly
-    the same held-out examples, and no trial ever sees the test examples.
-
-    Example:
-        >>> splits = load_splits(DataConfig(source="bundled:support-qa"), seed=0, columns=["prompt", "response"])
-        >>> len(splits.train), len(splits.validation), len(splits.test)
-        (972, 108, 120)
-    """
+def _load_source(data: DataConfig, source: str | None):
+    """The source's splits as `datasets` loads them (a DatasetDict), before any split is carved."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -251,6 +235,48 @@ def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str 
             hint="Fix: check the file's format, or for a hub dataset that this machine can reach the hub (HF_HUB_OFFLINE).",
         ) from exc
 
+    return loaded
+
+
+def source_columns(data: DataConfig, source: str | None = None) -> list[str]:
+    """The columns of the source's train split, loaded as `load_splits` loads it (datasets caches it).
+
+    Example:
+        >>> source_columns(DataConfig(source="bundled:support-qa"))
+        ['prompt', 'response']
+    """
+    key = (data.model_dump_json(), source)
+    if key not in _COLUMNS:
+        loaded = _load_source(data, source)
+        if data.train_split not in loaded:
+            raise ConfigError("no such split", source=source, key="dataset.train_split", value=data.train_split,
+                              allowed=list(loaded))
+        _COLUMNS[key] = list(loaded[data.train_split].column_names)
+    return _COLUMNS[key]
+
+
+_COLUMNS: dict[tuple[str, str | None], list[str]] = {}  # source_columns, per data config
+
+
+class Splits(NamedTuple):
+    train: Any
+    validation: Any
+    test: Any | None  # held out from every trial; only `ftsweep train` evaluates on it
+
+
+def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str | None = None) -> Splits:
+    """Load train, validation and (optional) test `datasets.Dataset`s holding at least `columns`.
+
+    When the source has no such splits they are carved from train with `seed` — test first, then
+    validation from the rest — so every trial of a sweep and a later `ftsweep train` see exactly
+    the same held-out examples, and no trial ever sees the test examples.
+
+    Example:
+        >>> splits = load_splits(DataConfig(source="bundled:support-qa"), seed=0, columns=["prompt", "response"])
+        >>> len(splits.train), len(splits.validation), len(splits.test)
+        (972, 108, 120)
+    """
+    loaded = _load_source(data, source)
     if data.train_split not in loaded:
         raise ConfigError(
             "no such split", source=source, key="dataset.train_split", value=data.train_split, allowed=list(loaded)

@@ -158,7 +158,8 @@ class Worker:
             if self.augmenter is None:
                 self.augmenter = Augmenter(self.augmentation, seed=self.seed, source=self.source)
             settings = self.augmentation
-            columns = settings.columns if settings is not None and settings.columns else self.task.input_columns()
+            columns = (settings.columns if settings is not None and settings.columns else
+                       [c for c in self.task.input_columns() if c in self.task.text_columns()])
             rows = self.augmenter.augment(self.splits.train, params, columns)
             tokenized = self.task.tokenize(loaded.tokenizer, rows, self.splits.validation, None)
             self.augmented[key] = tokenized._replace(validation=None)  # the originals' validation rows serve

@@ -62,6 +62,7 @@ class DataProfile:
     response_column: str | None = None  # prompt -> response tasks: rows whose prompt fills max_seq_length are dropped
     prompt_template: str | None = None  # its text must not already be in the data (formatting checks)
     group_column: str | None = None  # the fairness groups, checked per split
+    conversation_format: str | None = None  # chat / instruction data: its rows' turns are checked (conversations.py)
 
 
 class Task(ABC):

@@ -16,15 +16,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 from spaces import ConfigError
 
+from ..conversations import CHAT_FORMATS, IGNORE_INDEX, ConversationFormat, detect_format
 from ..metrics import GENERATION_METRICS, INSTALL, generation_metric_problem, generation_metrics, uncertainty
 from ..settings import Direction
+from ..sources import source_columns
 from .base import DataProfile, Scored, Task, Tokenized
-
-IGNORE_INDEX = -100  # the label value torch's cross-entropy skips
 
 
 @dataclass(frozen=True)
@@ -77,33 +78,63 @@ class CausalLMTask(Task):
 
     # ---------------------------------------------------------------- columns
 
+    @cached_property
+    def data_format(self) -> str:
+        """`dataset.format`, or when 'auto' the one the data's columns say (objectives/conversations.py);
+        prompt_response whenever the sweep names its prompt template or columns."""
+        if self.data.format != "auto":
+            return self.data.format
+        named = {"prompt_column", "response_column"} & self.data.model_fields_set
+        if named or "prompt_template" in self.options.model_fields_set:
+            return "prompt_response"
+        try:
+            return detect_format(source_columns(self.data, self.source))
+        except ConfigError:
+            return "prompt_response"  # the data does not load: loading it reports why, with the sweep's keys
+
     def required_columns(self) -> list[str]:
-        """The columns the prompt template names ({prompt} is `dataset.prompt_column`), then the response."""
+        """The columns of the data format: for prompt_response, those the prompt template names ({prompt}
+        is `dataset.prompt_column`), then the response."""
         return self.prompt_format(None).columns()
 
     def input_columns(self) -> list[str]:
-        return [c for c in self.required_columns() if c != self.data.response_column]
+        fmt = self.prompt_format(None)
+        if self.data_format in CHAT_FORMATS:
+            return fmt.columns()
+        answer = self.data.response_column if self.data_format == "prompt_response" else fmt.answer_column()
+        return [c for c in fmt.columns() if c != answer]
 
     def text_columns(self) -> list[str]:
+        # Turns are checked by the data checks' conversation check; prompt/completion may hold either.
+        if self.data_format in (*CHAT_FORMATS, "prompt_completion"):
+            return []
         return self.required_columns()
 
     def data_profile(self) -> DataProfile:
         columns = self.required_columns()
-        return DataProfile(columns=columns, text_columns=columns, input_column=columns[0],
-                           response_column=self.data.response_column, prompt_template=self.options.prompt_template)
+        plain = self.data_format == "prompt_response"
+        return DataProfile(columns=columns, text_columns=self.text_columns(), input_column=self.input_columns()[0],
+                           response_column=self.data.response_column if plain else self.prompt_format(None).answer_column(),
+                           prompt_template=self.options.prompt_template if plain else None,
+                           conversation_format=None if plain else self.data_format)
 
     def token_lengths(self, tokenizer, rows) -> list[tuple[int, int]]:
-        """Exactly as `tokenize` encodes (its PromptFormat: template or chat template, bos, eos)."""
+        """(tokens, tokens before the first answer token) of each row, exactly as `tokenize` encodes it."""
         fmt = self.prompt_format(tokenizer)
         lengths = []
         for row in rows:
-            prompt_ids, response_ids = fmt.encode_example(row)
-            lengths.append((len(prompt_ids) + len(response_ids), len(prompt_ids)))
+            ids, labels = fmt.encode(row)
+            first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+            lengths.append((len(ids), first))
         return lengths
 
-    def prompt_format(self, tokenizer) -> PromptFormat:
-        """How a data row becomes prompt and response tokens with `tokenizer` (see PromptFormat)."""
-        return PromptFormat(tokenizer, self.options, self.data, self.source)
+    def prompt_format(self, tokenizer) -> PromptFormat | ConversationFormat:
+        """How a data row becomes tokens and labels with `tokenizer`: PromptFormat for prompt_response data,
+        ConversationFormat for the chat and instruction formats."""
+        if self.data_format == "prompt_response":
+            return PromptFormat(tokenizer, self.options, self.data, self.source)
+        present = source_columns(self.data, self.source) if self.data_format == "alpaca" else ()
+        return ConversationFormat(tokenizer, self.options, self.data, self.data_format, present, self.source)
 
     # ---------------------------------------------------------------- model and data
 
@@ -115,19 +146,20 @@ class CausalLMTask(Task):
         # and what it holds to cache the result on disk).
         fmt = self.prompt_format(tokenizer)
 
+        text_columns = self.text_columns()
+
         def encode(batch, indices):
             out = {"input_ids": [], "attention_mask": [], "labels": []}
             for i, row in enumerate(indices):
                 values = {col: batch[col][i] for col in columns}
-                for col, value in values.items():
-                    if not isinstance(value, str):
+                for col in text_columns:
+                    if not isinstance(values[col], str):
                         raise ConfigError(
-                            f"row {row}: column '{col}' must hold text, found {type(value).__name__}",
+                            f"row {row}: column '{col}' must hold text, found {type(values[col]).__name__}",
                             source=source, key="dataset.source", value=data_source,
                         )
-                prompt_ids, response_ids = fmt.encode_example(values)
-                ids = (prompt_ids + response_ids)[:max_len]
-                labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_len]
+                ids, labels = fmt.encode(values)
+                ids, labels = ids[:max_len], labels[:max_len]
                 out["input_ids"].append(ids)
                 out["attention_mask"].append([1] * len(ids))
                 out["labels"].append(labels)
@@ -180,7 +212,7 @@ class CausalLMTask(Task):
                 break
             text = fmt.format_prompt(row)
             if prefix + len(tokenizer(text, add_special_tokens=False)["input_ids"]) < self.budget.max_seq_length:
-                pairs.append((text, row[self.data.response_column].strip()))
+                pairs.append((text, fmt.reference(row)))
         return pairs
 
     def evaluation_extras(self, model, tokenizer, state: CausalLMState, requested: set[str]) -> dict[str, float]:
@@ -363,6 +395,18 @@ class PromptFormat:
         """Ids before a formatted prompt: bos for a plain template; none with a chat template (it writes its own)."""
         tok = self.tokenizer
         return [tok.bos_token_id] if tok.bos_token_id is not None and not self.options.chat_template else []
+
+    def answer_column(self) -> str:
+        return self.data_config.response_column
+
+    def reference(self, row) -> str:
+        """The response generation metrics compare the model's answer with."""
+        return row[self.data_config.response_column].strip()
+
+    def encode(self, row) -> tuple[list[int], list[int]]:
+        """(input ids, labels) of one row before truncation: labels -100 over the prompt."""
+        prompt_ids, response_ids = self.encode_example(row)
+        return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
 
     def encode_example(self, row) -> tuple[list[int], list[int]]:
         """(prompt ids, response ids) of one row, before truncation.
