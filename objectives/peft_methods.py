@@ -24,7 +24,7 @@ Adding a method: one `PeftMethod` registered in `PEFT_METHODS` here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,9 @@ class AdapterTarget:
     # {qualified name of each linear layer: whether it sits in an attention block} (`linear_modules`);
     # empty when the model was not inspected.
     linear_modules: Mapping[str, bool] = field(default_factory=dict)
+    # Modules the checkpoint lacked, initialised at load (a classifier's head, DeBERTa's pooler): trained
+    # and saved whole with the adapter (modules_to_save), so that the adapter alone restores them.
+    new_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,22 @@ def resolve_target_modules(choice: Any, model_type: str, modules: Mapping[str, b
     return [m.strip() for m in str(choice).split(",") if m.strip()]
 
 
+# PEFT trains a classifier's head whole (modules_to_save): every module whose name ends in one of these.
+SEQ_CLS_HEAD_NAMES = ("classifier", "score")
+
+
+def _outside_classifier_head(modules: Mapping[str, bool], whole: Sequence[str] = ()) -> list[str]:
+    """`all_linear` for a classifier: every linear layer but those in its head. PEFT's "all-linear" leaves out
+    only the module named `classifier`/`score`, so it would put LoRA layers into DistilBERT's `pre_classifier`,
+    which modules_to_save then refuses to wrap ("cannot be applied to modules of type lora.Linear")."""
+    return sorted(n for n in modules
+                  if not _in_classifier_head(n) and not any(n == w or n.startswith(f"{w}.") for w in whole))
+
+
+def _in_classifier_head(name: str) -> bool:
+    return any(part.endswith(SEQ_CLS_HEAD_NAMES) for part in name.split("."))
+
+
 def _matches(name: str, targets: list[str]) -> bool:
     """PEFT's rule for a list of target_modules: the full name, or its last dotted parts."""
     return any(name == t or name.endswith(f".{t}") for t in targets)
@@ -370,6 +389,8 @@ def build_config(params: Mapping[str, Any], target: AdapterTarget):
             choice = method.default_targets
         if choice is not None:
             kwargs["target_modules"] = resolve_target_modules(choice, target.model_type, target.linear_modules)
+            if kwargs["target_modules"] == "all-linear" and target.task_type == "SEQ_CLS" and target.linear_modules:
+                kwargs["target_modules"] = _outside_classifier_head(target.linear_modules, target.new_modules)
             wanted = kwargs["target_modules"]
             if isinstance(wanted, list) and target.linear_modules and not any(
                     _matches(n, wanted) for n in target.linear_modules):
@@ -383,6 +404,10 @@ def build_config(params: Mapping[str, Any], target: AdapterTarget):
     if method.prepare is not None:
         method.prepare(kwargs, target)
     config_cls = getattr(peft, method.config_class)
+    # PEFT saves a classifier's head whole by itself; other new modules (DeBERTa's pooler) are added.
+    new = [m for m in target.new_modules if not _in_classifier_head(m)]
+    if new and "modules_to_save" in getattr(config_cls, "__dataclass_fields__", {}):
+        kwargs.setdefault("modules_to_save", new)
     if "fan_in_fan_out" in getattr(config_cls, "__dataclass_fields__", {}) and method.wraps_modules \
             and target.model_type in FAN_IN_FAN_OUT_MODELS:
         kwargs.setdefault("fan_in_fan_out", True)  # GPT-2's Conv1D stores weights transposed (PEFT warns otherwise)

@@ -77,7 +77,7 @@ class Architecture:
         return peft_methods.AdapterTarget(
             task_type=self.task.peft_task_type, model_type=self.model_type(), model_path=self.path,
             prefix_in_kwargs=self.task.prefix_in_kwargs, target_modules=self.target_modules, source=self.source,
-            linear_modules=self._linear_modules)
+            linear_modules=self._linear_modules, new_modules=tuple(getattr(self.loaded, "ftsweep_new_modules", ())))
 
     def peft_config(self, params: Mapping[str, Any]):
         """The PEFT config (LoRA, LoHa, IA3, prefix tuning...) a trial's params describe for this model."""

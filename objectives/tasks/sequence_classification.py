@@ -174,9 +174,14 @@ class SequenceClassificationTask(Task):
         from transformers import AutoModelForSequenceClassification
 
         id2label = {i: label for label, i in state.label2id.items()}
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(id2label), id2label=id2label, label2id=state.label2id, **kwargs
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(id2label), id2label=id2label, label2id=state.label2id, output_loading_info=True,
+            **kwargs
         )
+        # Layers the checkpoint lacks start random (the head; DeBERTa's pooler, DistilBERT's pre_classifier):
+        # the adapter must carry them, or a plain PeftModel.from_pretrained gets other random weights.
+        model.ftsweep_new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+        return model
 
     def skeleton_model(self, config, state: ClassificationState | None = None):
         from transformers import AutoModelForSequenceClassification
