@@ -23,7 +23,15 @@ from .engine.trial import Reporter, TrialDiverged
 from .engine.worker import BASE_MODEL_PARAM
 from .metrics import GENERATION_METRICS, UNCERTAINTY_STRATEGIES, generation_metrics, perplexity, uncertainty
 from .peft_methods import PEFT_METHODS, check_method_params
-from .settings import AugmentationSettings, DataConfig, Direction, ModelConfig, ObjectiveOptions, TrainBudget
+from .settings import (
+    AugmentationSettings,
+    DataConfig,
+    Direction,
+    ModelConfig,
+    ObjectiveOptions,
+    QuantizationSettings,
+    TrainBudget,
+)
 from .sources import ASSETS, bundled_datasets, bundled_models, load_splits, resolve_model_path
 from .tasks import TASKS, Task
 
@@ -47,6 +55,7 @@ __all__ = [
     "ModelConfig",
     "Objective",
     "ObjectiveOptions",
+    "QuantizationSettings",
     "Reporter",
     "Task",
     "checkpoint_state",

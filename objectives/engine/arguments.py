@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from spaces import ConfigError
+
 from ..settings import Direction, ModelConfig, TrainBudget
 
 # Space parameter name -> the TrainingArguments field it sets. Everything here is a hyperparameter of
@@ -63,6 +65,9 @@ def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: 
         data_seed=seed,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        # transformers' own recipe: non-reentrant checkpointing, and the input-grad hook PEFT's frozen
+        # embeddings need (activation_checkpointing_enable registers it for input_ids models).
+        gradient_checkpointing=budget.gradient_checkpointing,
     )
     if budget.early_stopping_patience is not None:
         # What transformers' EarlyStoppingCallback watches.
@@ -99,6 +104,68 @@ def torch_dtype(model: ModelConfig):
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def quantization_config(model: ModelConfig):
+    """bitsandbytes' `BitsAndBytesConfig` for `model.quantization` (None when the base is not quantized).
+
+    Example:
+        >>> from objectives import ModelConfig, QuantizationSettings
+        >>> quantization_config(ModelConfig(name_or_path="m", quantization=QuantizationSettings())).bnb_4bit_quant_type
+        'nf4'
+    """
+    settings = model.quantization
+    if settings is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if settings.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch_dtype(model) if settings.compute_dtype == "auto" else _dtype(settings.compute_dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=settings.quant_type,
+                              bnb_4bit_use_double_quant=settings.double_quant, bnb_4bit_compute_dtype=compute)
+
+
+def check_quantization(model: ModelConfig, *, source: str | None = None) -> None:
+    """Refuse `model.quantization` where bitsandbytes is missing or cannot run it on this machine's device:
+    a quantized layer's forward and backward are tried on a 64x64 layer (milliseconds).
+
+    Example:
+        >>> from objectives import ModelConfig
+        >>> check_quantization(ModelConfig(name_or_path="m"))  # nothing to check without quantization
+    """
+    settings = model.quantization
+    if settings is None:
+        return
+    key = "model.quantization"
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ConfigError("quantizing the base model needs bitsandbytes, which is not installed", source=source,
+                          key=key, hint="Fix: pip install 'ftsweep[qlora]'; or remove model.quantization.") from None
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        if settings.bits == 4:
+            layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32,
+                                      quant_type=settings.quant_type).to(device)
+        else:
+            layer = bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False).to(device)
+        x = torch.randn(2, 64, device=device, requires_grad=True)
+        layer(x).sum().backward()
+    except Exception as exc:  # noqa: BLE001 - whatever bitsandbytes raises, the launch must say why
+        raise ConfigError(
+            f"bitsandbytes {getattr(bnb, '__version__', '?')} cannot run a {settings.bits}-bit layer on {device} here "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", source=source, key=key,
+            hint="Fix: install a bitsandbytes build for this device (0.45+ runs 4-bit on CPU), or remove "
+            "model.quantization.") from exc
+
+
+def _dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
 
 
 def early_stopping(budget: TrainBudget) -> list:

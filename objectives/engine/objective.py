@@ -30,7 +30,13 @@ from ..tasks import TASKS
 from ..tasks.base import Task, Tokenized
 from . import checkpoint, trial
 from .architecture import Architecture
-from .arguments import TRAINING_ARGUMENT_PARAMS, torch_dtype, training_arguments, training_kwargs
+from .arguments import (
+    TRAINING_ARGUMENT_PARAMS,
+    check_quantization,
+    torch_dtype,
+    training_arguments,
+    training_kwargs,
+)
 from .callback import COST_METRICS
 from .trial import Reporter
 from .worker import BASE_MODEL_PARAM, Worker
@@ -177,6 +183,7 @@ class Objective:
                 if name != self.model_config.name_or_path and f"base_model {name}" not in exc.message:
                     exc.message = f"with base_model {name}: {exc.message}"  # str(exc) reads it anew
                 raise
+        check_quantization(self.model_config, source=self.source)
         self.task.check_space(space)
 
     def model_choices(self, space) -> list[str]:

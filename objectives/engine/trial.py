@@ -209,12 +209,25 @@ def adapter_on(base, peft_config, params: Mapping[str, Any]):
         restore_modules_to_save(model)
         remove_adapter(model, peft_config)
         restore_dropouts()
+        stop_activation_checkpointing(base)
         for name, p in base.named_parameters():
             p.requires_grad_(saved_requires_grad.get(name, p.requires_grad))
         if hasattr(base, "peft_config") and not had_peft_config:
             del base.peft_config
         base.eval()
         del model  # an exception's traceback keeps this frame: not the wrapper too
+
+
+def stop_activation_checkpointing(base) -> None:
+    """Undo what `TrainingArguments(gradient_checkpointing=True)` did to the shared base model: its layers'
+    checkpointing and the input-grad hook on its embeddings (the next trial's settings are its own)."""
+    checkpointing = getattr(base, "is_activation_checkpointing", None)
+    if checkpointing is None:  # transformers < 5
+        checkpointing = getattr(base, "is_gradient_checkpointing", False)
+    if checkpointing:
+        getattr(base, "activation_checkpointing_disable", getattr(base, "gradient_checkpointing_disable", None))()
+    if getattr(base, "_require_grads_hooks", None) or hasattr(base, "_require_grads_hook"):
+        base.disable_input_require_grads()
 
 
 @functools.cache

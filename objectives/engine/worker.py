@@ -20,7 +20,7 @@ from ..augmentation import Augmenter
 from ..settings import AugmentationSettings, ModelConfig
 from ..sources import Splits, from_pretrained, load_splits, resolve_model_path
 from ..tasks.base import Task, Tokenized
-from .arguments import torch_dtype
+from .arguments import quantization_config, torch_dtype
 
 BASE_MODEL_PARAM = "base_model"  # the space parameter that picks the base model a trial fine-tunes
 AUGMENTED_KEPT = 4  # augmented training sets kept in memory (least recently used dropped first)
@@ -105,7 +105,14 @@ class Worker:
                 self.tokenized[key] = self.task.tokenize(tokenizer, *self.splits)
             transformers.set_seed(self.seed)  # the classification head is initialised here: same for every trial
             model = from_pretrained(self.task.load_model, path, config=config, source=self.source,
-                                    dtype=torch_dtype(config), state=self.tokenized[key].state)
+                                    dtype=torch_dtype(config), state=self.tokenized[key].state,
+                                    **quantized_loading(config))
+            if config.quantization is not None:
+                from peft import prepare_model_for_kbit_training
+
+                # PEFT's QLoRA preparation: every base weight frozen, norms and head in fp32 for stable
+                # training. Activation checkpointing stays a budget setting (TrainingArguments), per trial.
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
             if getattr(model.config, "pad_token_id", None) is None:
                 model.config.pad_token_id = tokenizer.pad_token_id
             model.eval()
@@ -167,6 +174,18 @@ class Worker:
                 self.augmented.popitem(last=False)
         self.augmented.move_to_end(key)
         return self.augmented[key]
+
+
+def quantized_loading(config: ModelConfig) -> dict[str, Any]:
+    """`from_pretrained` arguments of a quantized base (bitsandbytes places the weights as it quantizes
+    them: on this process's device); {} for a full-precision one."""
+    quantization = quantization_config(config)
+    if quantization is None:
+        return {}
+    import torch
+
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": quantization, "device_map": {"": device}}
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

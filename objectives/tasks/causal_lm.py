@@ -186,7 +186,11 @@ class CausalLMTask(Task):
     def load_model(self, path: str, *, state: Any = None, **kwargs):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        if self.budget.padding_free or self.budget.packing:
+            check_padding_free(model, key="budget.packing" if self.budget.packing else "budget.padding_free",
+                               source=self.source)
+        return model
 
     def skeleton_model(self, config, state: Any = None):
         from transformers import AutoModelForCausalLM
@@ -194,10 +198,27 @@ class CausalLMTask(Task):
         return AutoModelForCausalLM.from_config(config)
 
     def collator(self, tokenizer):
+        if self.budget.padding_free or self.budget.packing:
+            from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+            # TRL's padding-free collator: the batch as one row, position ids restarting at each example
+            # (packed rows carry their examples' lengths), so attention never crosses examples.
+            return PaddingFree(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True))
         from transformers import DataCollatorForSeq2Seq
 
         # Pads input_ids with the pad token and labels with -100, which is exactly what a decoder needs.
         return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+    def training_data(self, params: Mapping[str, Any], rows, state: Any, *, trainer_cls: type, collator,
+                      with_validation: bool = False) -> tuple[Any, type, Any]:
+        """With `budget.packing`, the training rows packed into rows of max_seq_length by TRL's best-fit
+        decreasing (no example is split; each keeps its own positions and labels)."""
+        if not self.budget.packing:
+            return rows, trainer_cls, collator
+        from trl.data_utils import pack_dataset
+
+        return pack_dataset(rows.select_columns(["input_ids", "labels"]), self.budget.max_seq_length,
+                            strategy="bfd"), trainer_cls, collator
 
     # ---------------------------------------------------------------- generation
 
@@ -315,6 +336,57 @@ class CausalLMTask(Task):
                 value = float(per_token[row, :length].mean())
                 scored[i] = Scored(value, tok.decode(tokens[:length], skip_special_tokens=True).strip())
         return scored  # type: ignore[return-value]
+
+
+class PaddingFree:
+    """A padding-free collator's batches, with `use_cache=False`.
+
+    transformers reads packed sequences from the position ids only when the forward has no cache
+    (`masking_utils`); a model's forward makes one whenever `use_cache` is on -- its config's default, in
+    training too -- and its examples would then attend to each other (TRL's SFTTrainer passes it too).
+    """
+
+    def __init__(self, collate) -> None:
+        self.collate = collate
+
+    def __call__(self, examples):
+        return {**self.collate(examples), "use_cache": False}
+
+
+def check_padding_free(model, *, key: str = "budget.padding_free", source: str | None = None) -> None:
+    """Refuse padding-free batches for a model whose attention would cross the examples of a flattened
+    batch: two short sequences are run apart and flattened (TRL's collator), and their logits compared.
+
+    transformers' masking (`masking_utils`) reads packed sequences from the position ids for the models
+    built on it; a model that ignores them (ALiBi models, for one, take no position ids) would silently
+    train on examples that see each other.
+    """
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    first, second = [(7 * i + 3) % vocab for i in range(5)], [(11 * i + 5) % vocab for i in range(4)]
+    batch = PaddingFree(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))(
+        [{"input_ids": first}, {"input_ids": second}])
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            flat = model(**batch).logits[0].float()
+            apart = torch.cat([model(torch.tensor([ids], device=device)).logits[0].float() for ids in (first, second)])
+    except (TypeError, ValueError, RuntimeError) as exc:
+        flat, apart, error = None, None, f"{type(exc).__name__}: {exc}"
+    finally:
+        model.train(was_training)
+    if flat is not None and torch.allclose(flat, apart, atol=1e-3, rtol=1e-3):
+        return
+    why = error if flat is None else "its attention crosses the examples of a flattened batch"
+    raise ConfigError(
+        f"{model.config.model_type} models cannot train on padding-free batches here ({why})", source=source,
+        key=key, value=True,
+        hint="Fix: set budget.padding_free and budget.packing to false for this model (padded batches).")
 
 
 def _needs_unpadded_batches(model) -> bool:

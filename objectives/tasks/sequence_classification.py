@@ -92,7 +92,12 @@ class SequenceClassificationTask(Task):
             raise ConfigError(why, source=source, key=key, value=metric)
 
     def check_space(self, space) -> None:
-        """`group_balance` choices must be known, and need the dataset's group column."""
+        """`group_balance` choices must be known, and need the dataset's group column; no packing."""
+        for knob in ("packing", "padding_free"):
+            if getattr(self.budget, knob):
+                raise ConfigError(f"budget.{knob} is for causal_lm: a classifier reads one pooled token per "
+                                  "example, which flattened batches do not have", source=self.source,
+                                  key=f"budget.{knob}", value=True, hint=f"Fix: set budget.{knob}: false.")
         if BALANCE_PARAM in space.names:
             check_balance_choices(finite_values(space.params()[BALANCE_PARAM]),
                                   group_column=self.data.group_column, source=self.source)
