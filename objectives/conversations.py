@@ -146,6 +146,21 @@ def last_exchange(messages: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[s
     return list(messages[:last]), messages[last]["content"]
 
 
+def prompt_text(row: Mapping[str, Any], fmt: str) -> str | None:
+    """What a row asks, as text: the turns before its last answer (for leakage between splits: the same
+    question with another answer still leaks); None for a row that is not a usable conversation.
+
+    Example:
+        >>> prompt_text({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]},
+        ...             "messages")
+        'Hi'
+    """
+    if conversation_problems(row, fmt):
+        return None
+    history, _ = last_exchange(to_messages(row, fmt))
+    return "\n".join(str(turn["content"]) for turn in history)
+
+
 def training_template(tokenizer, given: str | None) -> tuple[str | None, str]:
     """(template, how assistant turns are masked) for chat data: 'markers' when the template has TRL's
     `{% generation %}` markers (the tokenizer's or TRL's training version of it), else 'prefix'.

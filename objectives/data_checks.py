@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from spaces import ConfigError
 
-from .conversations import CHAT_FORMATS, ROLES, conversation_problems, training_template
+from .conversations import CHAT_FORMATS, ROLES, conversation_problems, prompt_text, training_template
 from .fairness import check_groups as fairness_groups
 from .sources import Splits, from_pretrained, load_splits, local_data_file, resolve_model_path
 
@@ -336,12 +336,20 @@ class _Data:
             found.setdefault(_key(row, self.columns), []).append(number)
         return found
 
+    def input_text(self, row: dict[str, Any]) -> str | None:
+        """What a leak is judged on, as text: the input column, or a conversation's turns before its answer."""
+        fmt = self.profile.conversation_format
+        if fmt is not None and self.input_column == self.profile.response_column:  # one column holds the chat
+            return prompt_text(row, fmt)
+        value = row.get(self.input_column)
+        return value if isinstance(value, str) else None
+
     @cached_property
     def _rows_by_input(self) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {}
         for row, number in zip(self.rows or [], self.row_numbers):
-            value = row.get(self.input_column)
-            if isinstance(value, str):
+            value = self.input_text(row)
+            if value is not None:
                 found.setdefault(normalize(value), []).append(number)
         return found
 
@@ -838,8 +846,12 @@ def check_leakage(data: _Data) -> list[Finding]:
     validation: their metrics measure memory, not generalization."""
     if data.splits is None or data.blocked:
         return []
-    inputs = {name: [normalize(v) if isinstance(v, str) else str(v) for v in split[data.input_column]]
-              for name, split in data.named_splits()}
+    def texts(split) -> list[str]:
+        if data.profile.conversation_format is None:  # a column of text: read as a column (fast)
+            return [normalize(v) if isinstance(v, str) else str(v) for v in split[data.input_column]]
+        return [normalize(text) for text in map(data.input_text, split) if text is not None]
+
+    inputs = {name: texts(split) for name, split in data.named_splits()}
     findings = []
     for held, seen_in in (("validation", "train"), ("test", "train"), ("test", "validation")):
         if held not in inputs or seen_in not in inputs:

@@ -206,3 +206,18 @@ def test_chat_data_with_a_tokenizer_that_has_no_chat_template_is_refused(write_s
     path = write_sweep(dataset={"source": str(data), "max_train_examples": None})
     assert main(["launch", str(path)]) == EXIT_BAD_INPUT
     assert "[conversations]" in capsys.readouterr().err
+
+
+def test_a_question_asked_again_with_another_answer_leaks_between_splits(tmp_path):
+    rows = rows_of("messages", 40)
+    held_out = [{"messages": [*r["messages"][:-1], {"role": "assistant", "content": "Another answer."}]}
+                for r in rows[:3]] + rows_of("messages", 60)[40:53]
+    folder = tmp_path / "chat"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows)
+    write_jsonl(folder / "validation.jsonl", held_out)
+    report = validate_data(get_objective("causal_lm")(
+        MODEL, DataConfig(source=str(folder), test_fraction=0.0), TrainBudget(max_seq_length=256),
+        options=ObjectiveOptions(chat_template=CHATML)))
+    [leak] = _finding(report, "leakage")
+    assert leak.level == "error" and leak.count == 3 and "3 of 16 validation examples" in leak.message
