@@ -337,9 +337,10 @@ class _Data:
         return found
 
     def input_text(self, row: dict[str, Any]) -> str | None:
-        """What a leak is judged on, as text: the input column, or a conversation's turns before its answer."""
+        """What a leak is judged on, as text: the input column, or what a chat or instruction row asks (its
+        turns before the answer; an Alpaca row's instruction and input together)."""
         fmt = self.profile.conversation_format
-        if fmt is not None and self.input_column == self.profile.response_column:  # one column holds the chat
+        if fmt is not None:
             return prompt_text(row, fmt)
         value = row.get(self.input_column)
         return value if isinstance(value, str) else None

@@ -148,11 +148,14 @@ class TrainBudget(_Strict):
     )
     padding_free: bool = Field(
         default=False, description="causal_lm: flatten each batch into one sequence with per-example position "
-        "ids (TRL's padding-free collator): no pad tokens computed, no attention across examples.",
+        "ids (TRL's padding-free collator): no pad tokens computed, no attention across examples. Without a "
+        "varlen attention kernel (flash attention on a GPU) attention then costs (rows x length)^2.",
     )
     packing: bool = Field(
         default=False, description="causal_lm: pack training examples into rows of max_seq_length (TRL's "
-        "best-fit decreasing), padding-free; batch_size then counts packed rows. Evaluation is not packed.",
+        "best-fit decreasing), each example attending only to itself; batch_size then counts packed rows. "
+        "With padding_free too, the packed rows are flattened into one (TRL's SFT default; pays with a varlen "
+        "attention kernel such as flash attention). Evaluation is not packed.",
     )
     early_stopping_patience: int | None = Field(
         default=None, gt=0, description="Stop a trial after this many evaluations without improving the sweep's "

@@ -38,6 +38,11 @@ def test_yaml_example_is_valid(block, tmp_path):
         from search.settings import RetryPolicy
 
         assert RetryPolicy.model_validate(data["retries"]) == RetryPolicy()  # the README shows the defaults
+    elif "model" in data or "budget" in data:  # model and budget settings (the memory and speed knobs)
+        from objectives import ModelConfig, TrainBudget
+
+        ModelConfig.model_validate(data["model"])
+        TrainBudget.model_validate(data["budget"])
     elif "dataset" in data:  # a `dataset:` section
         from objectives import DataConfig
 

@@ -108,7 +108,8 @@ class CausalLMTask(Task):
         # Turns are checked by the data checks' conversation check; prompt/completion may hold either.
         if self.data_format in (*CHAT_FORMATS, "prompt_completion"):
             return []
-        return self.required_columns()
+        # Alpaca's input is empty wherever the instruction says it all.
+        return [c for c in self.required_columns() if not (self.data_format == "alpaca" and c == "input")]
 
     def data_profile(self) -> DataProfile:
         columns = self.required_columns()
@@ -201,9 +202,13 @@ class CausalLMTask(Task):
         if self.budget.padding_free or self.budget.packing:
             from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-            # TRL's padding-free collator: the batch as one row, position ids restarting at each example
-            # (packed rows carry their examples' lengths), so attention never crosses examples.
-            return PaddingFree(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True))
+            # TRL's collator, position ids restarting at each example (packed rows carry their examples'
+            # lengths), so attention never crosses examples: padding-free, the batch as one row; packed
+            # only, one packed row per batch row (attention costs rows x length^2, as padded batches do,
+            # where a flattened batch costs (rows x length)^2 without a varlen kernel such as flash attention).
+            flat = self.budget.padding_free
+            return PositionsOnly(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=flat,
+                                                                 return_position_ids=not flat))
         from transformers import DataCollatorForSeq2Seq
 
         # Pads input_ids with the pad token and labels with -100, which is exactly what a decoder needs.
@@ -338,19 +343,23 @@ class CausalLMTask(Task):
         return scored  # type: ignore[return-value]
 
 
-class PaddingFree:
-    """A padding-free collator's batches, with `use_cache=False`.
+class PositionsOnly:
+    """A collator's batches with position ids and no attention mask, and `use_cache=False`: transformers then
+    separates the examples of a row by its position ids (`masking_utils.find_packed_sequence_indices`).
 
-    transformers reads packed sequences from the position ids only when the forward has no cache
-    (`masking_utils`); a model's forward makes one whenever `use_cache` is on -- its config's default, in
-    training too -- and its examples would then attend to each other (TRL's SFTTrainer passes it too).
+    It does so only when the forward has no attention mask and no cache; a model's forward makes a cache
+    whenever `use_cache` is on -- its config's default, in training too -- and the examples would attend to
+    each other (TRL's SFTTrainer passes use_cache=False too). Padding at a row's end has position 0 each:
+    every pad is a sequence of its own, and its label is -100.
     """
 
     def __init__(self, collate) -> None:
         self.collate = collate
 
     def __call__(self, examples):
-        return {**self.collate(examples), "use_cache": False}
+        batch = self.collate(examples)
+        batch.pop("attention_mask", None)
+        return {**batch, "use_cache": False}
 
 
 def check_padding_free(model, *, key: str = "budget.padding_free", source: str | None = None) -> None:
@@ -367,7 +376,7 @@ def check_padding_free(model, *, key: str = "budget.padding_free", source: str |
     vocab = model.get_input_embeddings().num_embeddings
     device = next(model.parameters()).device
     first, second = [(7 * i + 3) % vocab for i in range(5)], [(11 * i + 5) % vocab for i in range(4)]
-    batch = PaddingFree(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))(
+    batch = PositionsOnly(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))(
         [{"input_ids": first}, {"input_ids": second}])
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
     was_training = model.training

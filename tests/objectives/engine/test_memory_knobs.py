@@ -12,7 +12,7 @@ import yaml
 
 from objectives import ModelConfig, QuantizationSettings, TrainBudget, get_objective
 from objectives.conversations import IGNORE_INDEX
-from objectives.tasks.causal_lm import PaddingFree, check_padding_free
+from objectives.tasks.causal_lm import PositionsOnly, check_padding_free
 from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
 from search.store.storage import load_existing_study
@@ -100,8 +100,28 @@ def test_a_packed_row_is_its_examples_side_by_side():
     assert packed_loss == pytest.approx(total / count, rel=1e-5)
 
 
-def test_a_packed_trial_trains_on_fewer_longer_rows():
-    history, final = _history(_objective(packing=True))
+def test_packed_rows_of_a_batch_stay_apart_and_their_padding_attends_to_nothing():
+    objective = _objective(packing=True)
+    packed, _, collator = objective.training_data({})
+    by_length = sorted(packed, key=lambda r: len(r["input_ids"]))
+    rows = [by_length[-1], by_length[0]]  # the longest and the shortest packed row: the short one is padded
+    assert len(rows[1]["input_ids"]) < len(rows[0]["input_ids"])
+    batch = collator(rows)
+    assert "attention_mask" not in batch and batch["use_cache"] is False and batch["input_ids"].shape[0] == len(rows)
+    with torch.no_grad():
+        together = objective.base_model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        for i, row in enumerate(rows):
+            start = 0
+            for n in row["seq_lengths"]:
+                alone = objective.base_model(torch.tensor([row["input_ids"][start:start + n]])).logits[0]
+                assert torch.allclose(together[i, start:start + n], alone, atol=1e-5)
+                start += n
+            assert (batch["labels"][i, start:] == IGNORE_INDEX).all()  # the row's padding
+
+
+@pytest.mark.parametrize("flat", [False, True], ids=["packed rows", "packed and flattened"])
+def test_a_packed_trial_trains_on_fewer_longer_rows(flat):
+    history, final = _history(_objective(packing=True, padding_free=flat))
     assert [s for s, _ in history] == [2, 4, 6] and history[-1][1] < history[0][1]
     assert 0 < final["train_loss"] < 20
 
@@ -131,7 +151,7 @@ def test_packing_a_classifier_is_refused():
 def test_the_padding_free_collator_turns_the_cache_off():
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    batch = PaddingFree(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))(
+    batch = PositionsOnly(DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True))(
         [{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
     assert batch["use_cache"] is False and batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
 
