@@ -1,0 +1,112 @@
+"""Packed trials (objectives/engine/packed.py, objectives/multi_lora.py): K LoRA trials trained at once on one
+base model give each trial the eval history it has alone (fp32, CPU, dropout 0), whatever differs between them
+among the per-slot params; with dropout their masks are independent; the base model is handed back untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from objectives import TrainBudget, get_objective
+from objectives.engine.packed import pack_problems, packed_adapters, run_packed
+from objectives.multi_lora import MultiLoRALinear
+from tests.objectives.task_examples import MODEL, TASK_DATA
+
+BUDGET = TrainBudget(max_steps=8, eval_every=2, batch_size=4, eval_batch_size=16, max_seq_length=64)
+COMMON = {"peft_method": "lora", "target_modules": "attention", "lora_dropout": 0.0}
+# Four trials that differ in everything a slot may set for itself.
+SLOTS = [
+    {**COMMON, "learning_rate": 3e-3, "lr_scheduler_type": "linear", "warmup_ratio": 0.0, "weight_decay": 0.0,
+     "lora_r": 4, "lora_alpha": 8, "max_grad_norm": 1.0},
+    {**COMMON, "learning_rate": 1e-2, "lr_scheduler_type": "cosine", "warmup_ratio": 0.25, "weight_decay": 0.1,
+     "lora_r": 8, "lora_alpha": 8, "max_grad_norm": 0.05},
+    {**COMMON, "learning_rate": 5e-4, "lr_scheduler_type": "constant", "warmup_ratio": 0.0, "weight_decay": 0.01,
+     "lora_r": 2, "lora_alpha": 16, "max_grad_norm": 0.3},
+    {**COMMON, "learning_rate": 2e-3, "lr_scheduler_type": "constant_with_warmup", "warmup_ratio": 0.5,
+     "weight_decay": 0.0, "lora_r": 16, "lora_alpha": 4, "max_grad_norm": 10.0},
+]
+TOLERANCE = 1e-4  # relative, fp32 on CPU
+
+
+@pytest.fixture(scope="module")
+def objective():
+    obj = get_objective("causal_lm")(MODEL, TASK_DATA["causal_lm"], BUDGET, seed=0)
+    obj.setup()
+    return obj
+
+
+def _alone(objective, params):
+    seen = []
+    objective.run_trial(params, report=lambda step, m: seen.append((step, m["eval_loss"])) or False)
+    return seen
+
+
+def test_every_slot_of_a_pack_has_the_eval_history_of_its_trial_alone(objective):
+    before = {name: p.detach().clone() for name, p in objective.base_model.named_parameters()}
+    seen: list[list[tuple[int, float]]] = [[] for _ in SLOTS]
+    finals = run_packed(objective, SLOTS, report=lambda k, step, m: seen[k].append((step, m["eval_loss"])) or False)
+    for k, params in enumerate(SLOTS):
+        alone = _alone(objective, params)
+        assert [s for s, _ in seen[k]] == [s for s, _ in alone] == [2, 4, 6, 8]
+        assert [v for _, v in seen[k]] == pytest.approx([v for _, v in alone], rel=TOLERANCE), k
+        assert finals[k]["eval_loss"] == pytest.approx(alone[-1][1], rel=TOLERANCE)
+    # The slots really trained differently, and the base model is exactly as it was.
+    assert len({round(f["eval_loss"], 6) for f in finals}) == len(SLOTS)
+    after = dict(objective.base_model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert not any(isinstance(m, MultiLoRALinear) for m in objective.base_model.modules())
+
+
+def test_a_pruned_slot_stops_learning_while_the_others_go_on(objective):
+    seen: list[list[float]] = [[] for _ in SLOTS[:2]]
+
+    def report(k, step, metrics):
+        seen[k].append(metrics["eval_loss"])
+        return k == 1 and step == 4  # prune slot 1 at its second evaluation
+
+    finals = run_packed(objective, SLOTS[:2], report=report)
+    assert len(seen[1]) == 2  # not asked again once pruned
+    assert finals[1]["eval_loss"] == pytest.approx(seen[1][1], rel=1e-6)  # and no update since step 4
+    alone = [v for _, v in _alone(objective, SLOTS[0])]
+    assert seen[0] == pytest.approx(alone, rel=TOLERANCE)  # the other slot as if alone
+
+
+def test_slots_draw_independent_dropout_masks(objective):
+    params = [{**SLOTS[0], "lora_dropout": 0.5}, {**SLOTS[0], "lora_dropout": 0.5}]
+    with packed_adapters(objective, params) as (model, layers):
+        layer = layers[0]
+        with torch.no_grad():
+            for k in range(2):
+                layer.lora_B[k].fill_(1.0)  # so that the update shows the dropout mask
+        model.train()
+        x = torch.ones(2 * 3, 5, layer.in_features)
+        update = layer(x) - layer.base(x)
+        first, second = update[:3], update[3:]
+        assert not torch.allclose(first, second)  # same params, same input: only the masks differ
+        model.eval()
+        update = layer(x) - layer.base(x)
+        assert torch.allclose(update[:3], update[3:])  # no dropout in evaluation
+
+
+def test_mixed_ranks_pad_to_the_widest_without_changing_any_slot():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    layer = MultiLoRALinear(base, ranks=[1, 3], alphas=[2, 3], dropouts=[0.0, 0.0])
+    with torch.no_grad():
+        for k in range(2):
+            layer.lora_A[k].normal_()
+            layer.lora_B[k].normal_()
+    x = torch.randn(2 * 4, 6)
+    out = layer(x)
+    for k, (rows, scale) in enumerate(((x[:4], 2 / 1), (x[4:], 3 / 3))):
+        alone = base(rows) + scale * rows @ layer.lora_A[k].T @ layer.lora_B[k].T
+        assert torch.allclose(out[4 * k:4 * (k + 1)], alone, atol=1e-6)
+    out.sum().backward()
+    assert layer.lora_A[0].grad.shape == (1, 6) and layer.lora_B[1].grad.shape == (5, 3)
+
+
+def test_params_a_pack_must_share_are_refused():
+    problems = pack_problems([{**SLOTS[0], "batch_size": 4}, {**SLOTS[1], "batch_size": 8, "peft_method": "loha"}])
+    assert "batch_size differs between slots (4, 8): a pack shares it" in problems
+    assert any("peft_method" in p for p in problems)
+    assert pack_problems(SLOTS) == []
