@@ -65,6 +65,8 @@ class MultiLoRALinear(nn.Module):
             persistent=False)
         self.dropouts = list(dropouts)
 
+        self.active: list[int] = list(range(len(ranks)))  # the slots whose rows the input holds, in order
+
     @property
     def slots(self) -> int:
         return len(self.ranks)
@@ -73,18 +75,31 @@ class MultiLoRALinear(nn.Module):
         """Slot k's own trainable tensors."""
         return [self.lora_A[k], self.lora_B[k]]
 
+    def set_slot(self, k: int, a: torch.Tensor, b: torch.Tensor, *, alpha: float, dropout: float,
+                 rslora: bool = False) -> None:
+        """Give slot k a new adapter (a backfilled trial): new tensors of its own rank, initialised to `a`, `b`."""
+        weight = self.base.weight
+        self.lora_A[k] = nn.Parameter(a.detach().clone().to(device=weight.device, dtype=weight.dtype))
+        self.lora_B[k] = nn.Parameter(b.detach().clone().to(device=weight.device, dtype=weight.dtype))
+        r = a.shape[0]
+        self.ranks[k] = r
+        self.scaling[k] = alpha / (r ** 0.5 if rslora else r)
+        self.dropouts[k] = dropout
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        k, widest = self.slots, max(self.ranks)
-        rows = x.reshape(k, -1, self.in_features)  # [K, rows of a slot x tokens, in]
-        if self.training and any(self.dropouts):
+        slots = self.active
+        widest = max(self.ranks[k] for k in slots)
+        rows = x.reshape(len(slots), -1, self.in_features)  # [slots, rows of a slot x tokens, in]
+        dropouts = [self.dropouts[k] for k in slots]
+        if self.training and any(dropouts):
             # Each slot its own mask (independent draws), as each trial alone would have.
-            keep = torch.tensor([1.0 - p for p in self.dropouts], dtype=rows.dtype, device=rows.device)[:, None, None]
+            keep = torch.tensor([1.0 - p for p in dropouts], dtype=rows.dtype, device=rows.device)[:, None, None]
             rows = rows * torch.bernoulli(keep.expand_as(rows)) / keep
-        a = torch.stack([nn.functional.pad(a, (0, 0, 0, widest - a.shape[0])) for a in self.lora_A])  # [K, r, in]
-        b = torch.stack([nn.functional.pad(b, (0, widest - b.shape[1])) for b in self.lora_B])  # [K, out, r]
-        update = torch.bmm(torch.bmm(rows.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))
-        update = update * self.scaling.to(update.dtype)[:, None, None]
+        a = torch.stack([nn.functional.pad(self.lora_A[k], (0, 0, 0, widest - self.ranks[k])) for k in slots])
+        b = torch.stack([nn.functional.pad(self.lora_B[k], (0, widest - self.ranks[k])) for k in slots])
+        update = torch.bmm(torch.bmm(rows.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))  # [slots, n, out]
+        update = update * self.scaling[slots].to(update.dtype)[:, None, None]
         return out + update.reshape(out.shape).to(out.dtype)
 
     def extra_repr(self) -> str:

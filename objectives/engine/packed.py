@@ -7,9 +7,13 @@ differ between slots: learning rate, scheduler type, warmup, weight decay, max_g
 lora_r (ranks padded to the widest), lora_alpha, lora_dropout (independent masks), use_rslora. Everything else
 must be equal (`pack_problems` says what is not).
 
-The training loop is transformers' own (`Trainer`, through ftsweep's `SweepTrainer`): the same data order,
-the same loss normalization and the same optimizer class as a trial alone, with one param group and one
-schedule per slot. So with dropout 0 each slot's eval history is the one its trial would have had alone
+Each slot runs its own trial at its own step: a slot whose trial is pruned or completes is backfilled at once
+(`next_params`) with a new trial that starts at its own step 0. So each slot reads its own batch of the
+trial's data order -- the batches transformers' Trainer would give the trial alone (its train dataloader,
+epoch by epoch) -- padded to the widest of the step; the loss of each is normalized as Trainer normalizes a
+trial's, the optimizer is Trainer's (one param group per slot, its learning rate set from its own schedule at
+its own step), gradients are clipped per slot, and each slot's eval_loss is aggregated as Trainer aggregates
+a trial's. With dropout 0 every trial's eval history is the one it has alone
 (tests/objectives/engine/test_packed.py).
 
 Example:
@@ -18,8 +22,8 @@ Example:
     ...     DataConfig(source="bundled:support-qa", max_train_examples=32, max_eval_examples=8),
     ...     TrainBudget(max_steps=2, eval_every=2, batch_size=4, max_seq_length=64))
     >>> slots = [{"learning_rate": 1e-3, "lora_r": 4}, {"learning_rate": 3e-3, "lora_r": 8}]
-    >>> [sorted(r) for r in run_packed(objective, slots)]
-    [['eval_loss', 'steps'], ['eval_loss', 'steps']]
+    >>> [(r["steps"], r["pruned"]) for r in run_packed(objective, slots)]
+    [(2, False), (2, False)]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import functools
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..multi_lora import MultiLoRALinear
@@ -36,7 +41,8 @@ from .trial import adapter_on, sweep_trainer_class
 # Params each slot may set for itself; any other param must be equal across a pack.
 PER_SLOT_PARAMS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay",
                    "max_grad_norm", "lora_r", "lora_alpha", "lora_alpha_ratio", "lora_dropout", "use_rslora")
-SlotReport = Callable[[int, int, Mapping[str, float]], bool]  # (slot, step, metrics) -> prune this slot?
+# (trial: its index in the order trials started, step, metrics) -> prune it?
+TrialReport = Callable[[int, int, Mapping[str, float]], bool]
 
 
 def pack_problems(slots: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -59,222 +65,270 @@ def pack_problems(slots: Sequence[Mapping[str, Any]]) -> list[str]:
     return problems
 
 
-def run_packed(objective, slots: Sequence[Mapping[str, Any]], report: SlotReport | None = None,
-               trial_dir: str | None = None) -> list[dict[str, float]]:
-    """Train `slots` (each a trial's params) together; returns each slot's final metrics.
+def run_packed(objective, slots: Sequence[Mapping[str, Any]], report: TrialReport | None = None,
+               next_params: Callable[[], Mapping[str, Any] | None] | None = None) -> list[dict[str, Any]]:
+    """Train the trials `slots` (each a trial's params) together, one per slot; returns every trial's result
+    (final metrics, `steps`, `pruned`) in the order the trials started.
 
-    `report(slot, step, metrics)` hears each slot's evaluation (eval_loss at every `eval_every` steps); its
-    True stops that slot's updates (it is pruned; its rows keep flowing until the pack ends)."""
-    import torch
-    from transformers import PrinterCallback
-
-    if objective.base_model is None:
-        objective.setup()
+    `report(trial, step, metrics)` hears each trial's evaluation at its own steps; True prunes it. A slot whose
+    trial is pruned or completes takes `next_params()` (a new trial, from its step 0), until that is None."""
     problems = pack_problems(slots)
     if problems:
         raise ValueError("these trials cannot share a pack: " + "; ".join(problems))
-    params = [dict(s) for s in slots]
-    with packed_adapters(objective, params) as (model, layers):
-        trainer_cls = _packed_trainer_class()
-        with tempfile.TemporaryDirectory(prefix="ftsweep-pack-") as tmp:
-            # Each slot's own arguments (learning rate, schedule, warmup, decay, clipping), made before the
-            # Trainer: making TrainingArguments resets accelerate's state, which a live Trainer relies on.
-            slot_args = [objective.training_arguments(p, trial_dir or tmp) for p in params]
-            args = objective.training_arguments(params[0], trial_dir or tmp)
-            args.max_grad_norm = 0.0  # Trainer clips all slots' gradients together: PerSlotClipping instead
-            train, _, collator = objective.training_data(params[0])
-            trainer = trainer_cls(model=model, args=args, train_dataset=train, eval_dataset=objective.eval_dataset,
-                                  data_collator=collator)
-            trainer.setup_pack(slot_args, layers, report)
-            trainer.remove_callback(PrinterCallback)
-            trainer.train()
-            if not trainer.slot_history[0] or trainer.slot_history[0][-1][0] != trainer.state.global_step:
-                trainer.evaluate()
-        del trainer
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return [{**history[-1][1], "steps": float(history[-1][0])} for history in model.slot_history]
+    if objective.base_model is None:
+        objective.setup()
+    with Pack(objective, [dict(s) for s in slots], report=report, next_params=next_params) as pack:
+        while pack.running():
+            pack.step()
+    return [trial.result() for trial in pack.trials]
 
 
-@contextmanager
-def packed_adapters(objective, params: Sequence[Mapping[str, Any]]):
-    """The base model with one LoRA adapter per slot on every layer the slots' LoRA config targets, each
-    initialised exactly as its trial alone would be (PEFT's own init, after the sweep's seed); on exit the
-    base model as it was found."""
-    import torch
-    from peft.tuners.lora import LoraLayer
-    from transformers import set_seed
+@dataclass
+class PackedTrial:
+    """One trial in a slot: its params, arguments (learning rate, schedule, clipping) and progress."""
 
-    base = objective.base_model
-    inits: list[dict[str, tuple]] = []
-    configs = [objective.peft_config(p) for p in params]
-    for config, slot in zip(configs, params):
-        set_seed(objective.seed)  # as run_trial does before the adapter is made
-        with adapter_on(base, config, slot) as peft_model:
-            inits.append({name.removeprefix("base_model.model."): (m.lora_A["default"].weight.detach().clone(),
-                                                                   m.lora_B["default"].weight.detach().clone())
-                          for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)})
-    targets = sorted(inits[0])
-    if any(sorted(i) != targets for i in inits):
-        raise ValueError("the slots adapt different layers: target_modules must be the same in a pack")
+    number: int  # its index in the order trials started in this pack
+    params: dict[str, Any]
+    args: Any  # its TrainingArguments
+    lr_lambda: Callable[[int], float]
+    step: int = 0
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    pruned: bool = False
 
-    saved_requires_grad = {name: p.requires_grad for name, p in base.named_parameters()}
-    originals: dict[str, torch.nn.Module] = {}
-    layers: list[MultiLoRALinear] = []
-    try:
-        for p in base.parameters():
-            p.requires_grad_(False)
-        for name in targets:
+    def result(self) -> dict[str, Any]:
+        last = self.history[-1][1] if self.history else {}
+        return {**last, "steps": self.step, "pruned": self.pruned}
+
+
+class Pack:
+    """The base model with one LoRA adapter per slot (`MultiLoRALinear` on every layer LoRA targets), the
+    optimizer, and the trial each slot runs; on exit the base model exactly as it was found."""
+
+    def __init__(self, objective, first: Sequence[dict[str, Any]], *, report: TrialReport | None = None,
+                 next_params: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
+        self.objective = objective
+        self.base = objective.base_model
+        self.first = list(first)
+        self.report = report
+        self.next_params = next_params
+        self.budget = objective.budget
+        self.trials: list[PackedTrial] = []
+        self.slots: list[PackedTrial | None] = []
+        self.layers: dict[str, MultiLoRALinear] = {}
+        self.batches: dict[int, list[dict]] = {}  # epoch -> the trial's training batches of that epoch
+
+    # ---------------------------------------------------------------- set-up and tear-down
+
+    def __enter__(self) -> "Pack":
+        import torch
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="ftsweep-pack-")
+        self._requires_grad = {name: p.requires_grad for name, p in self.base.named_parameters()}
+        inits = [self._peft_init(p) for p in self.first]
+        self.targets = sorted(inits[0][0])
+        try:
+            for p in self.base.parameters():
+                p.requires_grad_(False)
+            configs = [config for _, config in inits]
+            for name in self.targets:
+                original = self.base.get_submodule(name)
+                layer = MultiLoRALinear(original, ranks=[c.r for c in configs], alphas=[c.lora_alpha for c in configs],
+                                        dropouts=[c.lora_dropout for c in configs],
+                                        rslora=[bool(c.use_rslora) for c in configs])
+                with torch.no_grad():
+                    for k, (weights, _) in enumerate(inits):
+                        layer.lora_A[k].copy_(weights[name][0])
+                        layer.lora_B[k].copy_(weights[name][1])
+                self.layers[name] = layer
+            self._wrap(True)
+            self._start_training()
+            for k, params in enumerate(self.first):
+                self.slots.append(self._new_trial(params))
+                self._reset_group(k, self.slots[k])
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.layers:
+            self._wrap(False)
+        for name, p in self.base.named_parameters():
+            p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
+        self.base.eval()
+        self._tmp.cleanup()
+
+    def _wrap(self, on: bool) -> None:
+        """Put the multi-slot layers into the base model (on), or its own layers back (off)."""
+        for name, layer in self.layers.items():
             parent_name, _, child = name.rpartition(".")
-            parent = base.get_submodule(parent_name) if parent_name else base
-            original = getattr(parent, child)
-            layer = MultiLoRALinear(original, ranks=[c.r for c in configs], alphas=[c.lora_alpha for c in configs],
-                                    dropouts=[c.lora_dropout for c in configs],
-                                    rslora=[bool(c.use_rslora) for c in configs])
-            with torch.no_grad():
-                for k, init in enumerate(inits):
-                    layer.lora_A[k].copy_(init[name][0])
-                    layer.lora_B[k].copy_(init[name][1])
-            originals[name] = original
-            setattr(parent, child, layer)
-            layers.append(layer)
-        yield _packed_model_class()(base, len(params)), layers
-    finally:
-        for name, original in originals.items():
-            parent_name, _, child = name.rpartition(".")
-            setattr(base.get_submodule(parent_name) if parent_name else base, child, original)
-        for name, p in base.named_parameters():
-            p.requires_grad_(saved_requires_grad.get(name, p.requires_grad))
-        base.eval()
+            parent = self.base.get_submodule(parent_name) if parent_name else self.base
+            setattr(parent, child, layer if on else layer.base)
 
+    def _peft_init(self, params: Mapping[str, Any]):
+        """({layer name: (A, B)}, LoRA config) of a trial's adapter as PEFT makes it alone (after the sweep's
+        seed, as run_trial does), read off the base model's own layers."""
+        from peft.tuners.lora import LoraLayer
+        from transformers import set_seed
 
-@functools.cache
-def _packed_model_class():
-    import torch
+        config = self.objective.peft_config(params)
+        set_seed(self.objective.seed)
+        with adapter_on(self.base, config, params) as peft_model:
+            weights = {name.removeprefix("base_model.model."): (m.lora_A["default"].weight.detach().clone(),
+                                                                m.lora_B["default"].weight.detach().clone())
+                       for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)}
+        return weights, config
 
-    class PackedModel(torch.nn.Module):
-        """The base model over the batch repeated once per slot (slot-major rows); the loss is the sum of the
-        slots' own losses, each the model's own loss function over its rows, normalized by the batch's label
-        count exactly as a trial alone normalizes it (`num_items_in_batch`)."""
+    def _start_training(self) -> None:
+        """The optimizer (Trainer's class and settings; one param group per slot), and the trials' data order:
+        the train dataloader Trainer makes for a trial of this sweep (every trial of a pack shares it)."""
+        args = self.objective.training_arguments(self.first[0], self._tmp.name)
+        train, _, self.collator = self.objective.training_data(self.first[0])
+        loaders = sweep_trainer_class()(model=self.base, args=args, train_dataset=train,
+                                        eval_dataset=self.objective.eval_dataset, data_collator=self.collator)
+        self.loader, self.eval_loader = loaders.get_train_dataloader(), loaders.get_eval_dataloader()
+        optimizer_cls, kwargs = sweep_trainer_class().get_optimizer_cls_and_kwargs(args, self.base)
+        kwargs.pop("lr", None)
+        groups = [{"params": [p for layer in self.layers.values() for p in layer.slot_parameters(k)], "lr": 0.0,
+                   "weight_decay": 0.0} for k in range(len(self.first))]
+        self.optimizer = optimizer_cls(groups, **kwargs)
+        self.base.train()
 
-        def __init__(self, base, slots: int) -> None:
-            super().__init__()
-            self.base = base
-            self.slots = slots
-            self.config = base.config  # what Trainer reads of a model
-            self.slot_history: list[list[tuple[int, dict[str, float]]]] = [[] for _ in range(slots)]
+    def _new_trial(self, params: Mapping[str, Any]) -> PackedTrial:
+        import torch
+        from transformers import get_scheduler
 
-        def forward(self, input_ids, labels=None, num_items_in_batch=None, **inputs):
-            k, rows = self.slots, input_ids.shape[0]
-            repeated = {name: value.repeat(k, *[1] * (value.dim() - 1)) if torch.is_tensor(value) else value
-                        for name, value in {"input_ids": input_ids, **inputs}.items() if value is not None}
-            logits = self.base(**repeated, use_cache=False).logits
-            if labels is None:
-                return {"logits": logits}
-            per_slot = logits.view(k, rows, *logits.shape[1:])
-            losses = torch.stack([self.base.loss_function(logits=per_slot[s], labels=labels,
-                                                          vocab_size=logits.shape[-1],
-                                                          num_items_in_batch=num_items_in_batch)
-                                  for s in range(k)])
-            return {"loss": losses.sum(), "slot_losses": losses.detach()}
+        args = self.objective.training_arguments(params, self._tmp.name)
+        steps = self.budget.max_steps
+        probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(steps),
+                                 num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+        trial = PackedTrial(len(self.trials), dict(params), args, schedule.lr_lambdas[0])
+        self.trials.append(trial)
+        return trial
 
-    return PackedModel
+    def _reset_group(self, k: int, trial: PackedTrial) -> None:
+        """Slot k's param group holds its current adapter's tensors, with no optimizer state yet."""
+        group = self.optimizer.param_groups[k]
+        for p in group["params"]:
+            self.optimizer.state.pop(p, None)
+        group["params"] = [p for layer in self.layers.values() for p in layer.slot_parameters(k)]
+        group["weight_decay"] = trial.args.weight_decay
 
+    def _backfill(self, k: int) -> None:
+        """Slot k's trial ended: the next trial takes the slot from its own step 0 (or the slot stays empty)."""
+        params = self.next_params() if self.next_params is not None else None
+        if params is None:
+            self.slots[k] = None
+            return
+        problems = pack_problems([self.slots[k].params, dict(params)])
+        if problems:
+            raise ValueError("a backfilled trial cannot share this pack: " + "; ".join(problems))
+        self._wrap(False)  # PEFT makes the new adapter on the base model's own layers (left frozen by adapter_on)
+        try:
+            weights, config = self._peft_init(params)
+        finally:
+            self._wrap(True)
+        for name, layer in self.layers.items():
+            layer.set_slot(k, *weights[name], alpha=config.lora_alpha, dropout=config.lora_dropout,
+                           rslora=bool(config.use_rslora))
+        self.slots[k] = self._new_trial(params)
+        self._reset_group(k, self.slots[k])
+        self.base.train()
 
-@functools.cache
-def _packed_trainer_class():
-    import torch
+    # ---------------------------------------------------------------- one step
 
-    class PackedTrainer(sweep_trainer_class()):
-        """Trainer for a pack: one param group and one schedule per slot, clipping per slot, and evaluation
-        of every slot's own loss, aggregated over batches as Trainer aggregates a trial's eval_loss."""
+    def running(self) -> bool:
+        return any(trial is not None for trial in self.slots)
 
-        def setup_pack(self, slot_args, layers, report) -> None:
-            self.slot_args, self.pack_layers, self.pack_report = slot_args, layers, report
-            self.slot_history = self.model.slot_history
-            self.pruned = [False] * len(slot_args)
-            self.add_callback(_clipping_callback_class()(self))
+    def _batch(self, step: int) -> dict:
+        """The trial's batch at `step` (0-based): epoch by epoch, as Trainer's loop draws them."""
+        per_epoch = len(self.loader)
+        epoch = step // per_epoch
+        if epoch not in self.batches:
+            if hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(epoch)
+            inner = getattr(getattr(self.loader, "batch_sampler", None), "batch_sampler", None)
+            if hasattr(inner, "set_epoch"):
+                inner.set_epoch(epoch)
+            self.batches[epoch] = list(self.loader)
+            oldest = min(t.step for t in self.slots if t is not None) // per_epoch
+            for old in [e for e in self.batches if e < oldest]:
+                del self.batches[old]
+        return self.batches[epoch][step % per_epoch]
 
-        def slot_parameters(self, k: int) -> list[torch.nn.Parameter]:
-            return [p for layer in self.pack_layers for p in layer.slot_parameters(k)]
+    def step(self) -> None:
+        """One optimizer step of every running trial, on its own next batch; then the evaluations due."""
+        import torch
 
-        def create_optimizer(self, model=None):
-            if self.optimizer is None:
-                optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
-                kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
-                groups = [{"params": self.slot_parameters(k), "lr": self.slot_args[k].learning_rate,
-                           "weight_decay": self.slot_args[k].weight_decay} for k in range(len(self.slot_args))]
-                self.optimizer = optimizer_cls(groups, **kwargs)
-            return self.optimizer
+        active = [k for k, trial in enumerate(self.slots) if trial is not None]
+        losses = self._forward([self._batch(self.slots[k].step) for k in active], active, count_items=True)
+        losses.sum().backward()
+        for k in active:
+            trial = self.slots[k]
+            group = self.optimizer.param_groups[k]
+            limit = trial.args.max_grad_norm
+            if limit and limit > 0:
+                torch.nn.utils.clip_grad_norm_(group["params"], limit)
+            group["lr"] = trial.args.learning_rate * trial.lr_lambda(trial.step)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        due = []
+        for k in active:
+            trial = self.slots[k]
+            trial.step += 1
+            if trial.step % self.budget.eval_every == 0 or trial.step == self.budget.max_steps:
+                due.append(k)
+        if due:
+            self._evaluate(due)
 
-        def create_scheduler(self, num_training_steps: int, optimizer=None):
-            from transformers import get_scheduler
+    def _forward(self, batches: list[dict], slots: list[int], *, count_items: bool):
+        """Each slot's loss on its batch: the batches padded to one width (and rows), stacked slot-major."""
+        import torch
 
-            if self.lr_scheduler is None:
-                optimizer = optimizer or self.optimizer
-                lambdas = []
-                for k in range(len(self.slot_args)):
-                    args = self.slot_args[k]
-                    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-                    lambdas.append(get_scheduler(args.lr_scheduler_type, optimizer=probe,
-                                                 num_warmup_steps=args.get_warmup_steps(num_training_steps),
-                                                 num_training_steps=num_training_steps,
-                                                 scheduler_specific_kwargs=args.lr_scheduler_kwargs).lr_lambdas[0])
-                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
-            return self.lr_scheduler
+        width = max(b["input_ids"].shape[1] for b in batches)
+        rows = max(b["input_ids"].shape[0] for b in batches)
+        pad = self.objective.tokenizer.pad_token_id
+        ids, mask, labels = [], [], []
+        for b in batches:
+            n, w = b["input_ids"].shape
+            ids.append(torch.nn.functional.pad(b["input_ids"], (0, width - w, 0, rows - n), value=pad))
+            m = torch.nn.functional.pad(b["attention_mask"], (0, width - w, 0, rows - n), value=0)
+            m[n:, 0] = 1  # a filler row attends to its first token: no row may attend to nothing (NaN)
+            mask.append(m)
+            labels.append(torch.nn.functional.pad(b["labels"], (0, width - w, 0, rows - n), value=-100))
+        device = next(self.base.parameters()).device
+        for layer in self.layers.values():
+            layer.active = slots
+        logits = self.base(input_ids=torch.cat(ids).to(device), attention_mask=torch.cat(mask).to(device),
+                           use_cache=False).logits
+        per_slot = logits.view(len(slots), rows, width, -1)
+        out = []
+        for i, b in enumerate(batches):
+            target = labels[i].to(device)
+            # Trainer's count for a causal LM: the labels after the shift (`_get_num_items_in_batch`).
+            items = b["labels"][..., 1:].ne(-100).sum().to(device) if count_items else None
+            out.append(self.base.loss_function(logits=per_slot[i], labels=target, vocab_size=logits.shape[-1],
+                                               num_items_in_batch=items))
+        return torch.stack(out)
 
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-            """Each slot's eval_loss: per batch its mean over the batch's tokens, then the mean over rows."""
-            model = self.model
-            step = self.state.global_step
-            if self.slot_history[0] and self.slot_history[0][-1][0] == step:  # asked again at the same step
-                return {f"{metric_key_prefix}_slot{k}_loss": h[-1][1]["eval_loss"] for k, h in enumerate(self.slot_history)}
-            was_training = model.training
-            model.eval()
-            totals, rows = torch.zeros(model.slots, dtype=torch.float64), 0
-            with torch.no_grad():
-                for batch in self.get_eval_dataloader(eval_dataset):
-                    batch = self._prepare_inputs(batch)
-                    losses = model(**batch)["slot_losses"]
-                    size = batch["input_ids"].shape[0]
-                    totals += losses.double().cpu() * size
-                    rows += size
-            model.train(was_training)
-            metrics = {}
-            for k, total in enumerate(totals.tolist()):
-                loss = total / rows
-                self.slot_history[k].append((step, {"eval_loss": loss}))
-                metrics[f"{metric_key_prefix}_slot{k}_loss"] = loss
-                if self.pack_report is not None and not self.pruned[k]:
-                    self.pruned[k] = bool(self.pack_report(k, step, {"eval_loss": loss}))
-            for k, pruned in enumerate(self.pruned):
-                if pruned:  # no more updates for a pruned slot: its gradients are dropped from now on
-                    for p in self.slot_parameters(k):
-                        p.requires_grad_(False)
-            return metrics
+    def _evaluate(self, due: list[int]) -> None:
+        """eval_loss of the due slots' trials: per batch the mean over its tokens, then the mean over rows."""
+        import torch
 
-    return PackedTrainer
-
-
-@functools.cache
-def _clipping_callback_class():
-    from transformers import TrainerCallback
-
-    class PerSlotClipping(TrainerCallback):
-        """Each slot's gradients clipped to its own max_grad_norm, as Trainer clips a trial's (before the step)."""
-
-        def __init__(self, trainer) -> None:
-            self.trainer = trainer
-
-        def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            import torch
-
-            trainer = self.trainer
-            for k in range(len(trainer.slot_args)):
-                limit = trainer.slot_args[k].max_grad_norm
-                grads = [p for p in trainer.slot_parameters(k) if p.grad is not None]
-                if limit and limit > 0 and grads:
-                    torch.nn.utils.clip_grad_norm_(grads, limit)
-
-    return PerSlotClipping
-
+        self.base.eval()
+        totals, seen = torch.zeros(len(due), dtype=torch.float64), 0
+        with torch.no_grad():
+            for batch in self.eval_loader:
+                losses = self._forward([batch] * len(due), due, count_items=False)
+                totals += losses.double().cpu() * batch["input_ids"].shape[0]
+                seen += batch["input_ids"].shape[0]
+        self.base.train()
+        for k, total in zip(due, totals.tolist()):
+            trial = self.slots[k]
+            metrics = {"eval_loss": total / seen}
+            trial.history.append((trial.step, metrics))
+            pruned = bool(self.report(trial.number, trial.step, metrics)) if self.report is not None else False
+            if pruned or trial.step >= self.budget.max_steps:
+                trial.pruned = pruned
+                self._backfill(k)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from objectives import TrainBudget, get_objective
-from objectives.engine.packed import pack_problems, packed_adapters, run_packed
+from objectives.engine.packed import Pack, pack_problems, run_packed
 from objectives.multi_lora import MultiLoRALinear
 from tests.objectives.task_examples import MODEL, TASK_DATA
 
@@ -57,33 +57,37 @@ def test_every_slot_of_a_pack_has_the_eval_history_of_its_trial_alone(objective)
     assert not any(isinstance(m, MultiLoRALinear) for m in objective.base_model.modules())
 
 
-def test_a_pruned_slot_stops_learning_while_the_others_go_on(objective):
-    seen: list[list[float]] = [[] for _ in SLOTS[:2]]
+def test_a_slot_is_backfilled_at_once_and_the_new_trial_is_a_fresh_trial(objective):
+    """Two slots, four trials: the first is pruned at step 2, the second completes at step 8; each slot takes
+    the next trial at once, which starts at its own step 0 on the data order's first batch."""
+    queue = [SLOTS[2], SLOTS[3]]
+    seen: dict[int, list[tuple[int, float]]] = {}
 
-    def report(k, step, metrics):
-        seen[k].append(metrics["eval_loss"])
-        return k == 1 and step == 4  # prune slot 1 at its second evaluation
+    def report(trial, step, metrics):
+        seen.setdefault(trial, []).append((step, metrics["eval_loss"]))
+        return trial == 0 and step == 2
 
-    finals = run_packed(objective, SLOTS[:2], report=report)
-    assert len(seen[1]) == 2  # not asked again once pruned
-    assert finals[1]["eval_loss"] == pytest.approx(seen[1][1], rel=1e-6)  # and no update since step 4
-    alone = [v for _, v in _alone(objective, SLOTS[0])]
-    assert seen[0] == pytest.approx(alone, rel=TOLERANCE)  # the other slot as if alone
+    results = run_packed(objective, SLOTS[:2], report=report, next_params=lambda: queue.pop(0) if queue else None)
+    assert [(r["steps"], r["pruned"]) for r in results] == [(2, True), (8, False), (8, False), (8, False)]
+    for trial, params in enumerate(SLOTS):
+        alone = _alone(objective, params)
+        expected = alone[:1] if trial == 0 else alone
+        assert [s for s, _ in seen[trial]] == [s for s, _ in expected]
+        assert [v for _, v in seen[trial]] == pytest.approx([v for _, v in expected], rel=TOLERANCE), trial
 
 
 def test_slots_draw_independent_dropout_masks(objective):
     params = [{**SLOTS[0], "lora_dropout": 0.5}, {**SLOTS[0], "lora_dropout": 0.5}]
-    with packed_adapters(objective, params) as (model, layers):
-        layer = layers[0]
+    with Pack(objective, params) as pack:
+        layer = next(iter(pack.layers.values()))
         with torch.no_grad():
             for k in range(2):
                 layer.lora_B[k].fill_(1.0)  # so that the update shows the dropout mask
-        model.train()
+        layer.train()
         x = torch.ones(2 * 3, 5, layer.in_features)
         update = layer(x) - layer.base(x)
-        first, second = update[:3], update[3:]
-        assert not torch.allclose(first, second)  # same params, same input: only the masks differ
-        model.eval()
+        assert not torch.allclose(update[:3], update[3:])  # same params, same input: only the masks differ
+        layer.eval()
         update = layer(x) - layer.base(x)
         assert torch.allclose(update[:3], update[3:])  # no dropout in evaluation
 
