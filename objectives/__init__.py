@@ -19,6 +19,7 @@ from .data_checks import CHECKS, DataReport, Finding, validate_data
 from .engine.callback import COST_METRICS
 from .engine.checkpoint import checkpoint_state, latest_checkpoint
 from .engine.objective import Objective, available_objectives, check_augmentation, get_objective
+from .engine.packed import PER_SLOT_PARAMS, run_packed
 from .engine.trial import Reporter, TrialDiverged
 from .engine.worker import BASE_MODEL_PARAM
 from .metrics import GENERATION_METRICS, UNCERTAINTY_STRATEGIES, generation_metrics, perplexity, uncertainty
@@ -45,6 +46,7 @@ __all__ = [
     "GENERATION_METRICS",
     "OBJECTIVES",
     "PEFT_METHODS",
+    "PER_SLOT_PARAMS",
     "TASKS",
     "UNCERTAINTY_STRATEGIES",
     "AugmentationSettings",
@@ -72,6 +74,7 @@ __all__ = [
     "load_splits",
     "perplexity",
     "resolve_model_path",
+    "run_packed",
     "uncertainty",
     "validate_data",
 ]

@@ -162,6 +162,19 @@ class RayConfig(_Strict):
     )
 
 
+class PackSettings(_Strict):
+    """Packed trials: K LoRA trials trained at once on one copy of the base model (objectives/engine/packed.py).
+
+    Example:
+        >>> PackSettings(slots=4).slots
+        4
+    """
+
+    slots: int = Field(default=1, ge=1, description="Trials trained together per worker (1: one at a time). Slots "
+                       "may differ in learning rate, schedule, warmup, weight decay, max_grad_norm and LoRA r, alpha, "
+                       "dropout; every other param must be fixed.")
+
+
 class SweepSpec(_Strict):
     """A validated sweep file. Defaults live here and nowhere else.
 
@@ -201,6 +214,7 @@ class SweepSpec(_Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
+    pack: PackSettings = Field(default_factory=PackSettings)
     storage: str | None = Field(default=None, description="Optuna storage URL; default the journal file <output_dir>/<study>.journal.")
     study_name: str | None = None
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")

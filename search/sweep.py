@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from objectives import check_augmentation, check_method_params, get_objective
-from spaces import ConfigError, SearchSpace, from_validation_error, load_yaml, resolve_space
+from objectives import PER_SLOT_PARAMS, check_augmentation, check_method_params, get_objective
+from spaces import ConfigError, SearchSpace, finite_values, from_validation_error, load_yaml, resolve_space
 
 from .components import BACKENDS, check_pruner, check_sampler, prunes
 from .settings import ComponentSpec, RunSpec, SweepSpec
@@ -202,9 +202,40 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
     if len(directions) > 1:
         spec = _multi_objective(spec, source)
     check_sampler(spec.sampler, space, source=source, n_objectives=len(directions))
+    if spec.pack.slots > 1:
+        _check_pack(spec, space, len(directions), source)
     if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
         check_pruner(spec.pruner, source=source)
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
+
+
+def _check_pack(spec: SweepSpec, space, n_objectives: int, source: str) -> None:
+    """What packed trials need (objectives/engine/packed.py), refused at load with the reason."""
+    def refuse(message: str, key: str, value: Any, hint: str) -> None:
+        raise ConfigError(message, source=source, key=key, value=value, hint=hint)
+
+    if not BACKENDS.supports(spec.backend, "packs"):
+        refuse(f"the {spec.backend} backend runs one trial per process: it does not pack trials", "pack.slots",
+               spec.pack.slots, f"Fix: backend: {', '.join(BACKENDS.having('packs'))}, or pack.slots: 1.")
+    if spec.objective.name != "causal_lm":
+        refuse("packed trials are causal_lm trials for now (a classifier's head cannot be shared)", "pack.slots",
+               spec.pack.slots, "Fix: pack.slots: 1 for this objective.")
+    if n_objectives > 1 or spec.metrics[0].name not in ("eval_loss", "perplexity"):
+        refuse("a pack evaluates eval_loss (and perplexity) only", "metric", spec.metrics[0].name,
+               "Fix: optimize eval_loss or perplexity, or pack.slots: 1.")
+    budget = spec.budget
+    for name in ("gradient_accumulation_steps", "packing", "padding_free", "gradient_checkpointing"):
+        if getattr(budget, name) not in (1, False):
+            refuse(f"packed trials take no budget.{name}", f"budget.{name}", getattr(budget, name),
+                   f"Fix: remove budget.{name}, or pack.slots: 1.")
+    for name, param in space.params().items():
+        if name in PER_SLOT_PARAMS:
+            continue
+        values = finite_values(param)  # [] for a searched number
+        if len(values) != 1 or (name == "peft_method" and values != ["lora"]):
+            refuse(f"'{name}' is searched, and the trials of a pack must share it (slots may differ only in "
+                   f"{', '.join(PER_SLOT_PARAMS)})", f"space.params.{name}", getattr(param, "type", param),
+                   "Fix: fix it ({type: fixed, value: ...}), or pack.slots: 1.")
 
 
 def _check_metrics(spec: SweepSpec, objective_cls, source: str) -> list[str]:

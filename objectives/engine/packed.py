@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -66,18 +67,20 @@ def pack_problems(slots: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def run_packed(objective, slots: Sequence[Mapping[str, Any]], report: TrialReport | None = None,
-               next_params: Callable[[], Mapping[str, Any] | None] | None = None) -> list[dict[str, Any]]:
+               next_params: Callable[[], Mapping[str, Any] | None] | None = None,
+               on_end: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train the trials `slots` (each a trial's params) together, one per slot; returns every trial's result
-    (final metrics, `steps`, `pruned`) in the order the trials started.
+    (final metrics, `steps`, `pruned`, `slot`, `duration_s`) in the order the trials started.
 
-    `report(trial, step, metrics)` hears each trial's evaluation at its own steps; True prunes it. A slot whose
-    trial is pruned or completes takes `next_params()` (a new trial, from its step 0), until that is None."""
+    `report(trial, step, metrics)` hears each trial's evaluation at its own steps; True prunes it. When a trial
+    ends, `on_end(trial, result)` hears it, then its slot takes `next_params()` (a new trial, from its step 0),
+    until that is None."""
     problems = pack_problems(slots)
     if problems:
         raise ValueError("these trials cannot share a pack: " + "; ".join(problems))
     if objective.base_model is None:
         objective.setup()
-    with Pack(objective, [dict(s) for s in slots], report=report, next_params=next_params) as pack:
+    with Pack(objective, [dict(s) for s in slots], report=report, next_params=next_params, on_end=on_end) as pack:
         while pack.running():
             pack.step()
     return [trial.result() for trial in pack.trials]
@@ -88,16 +91,19 @@ class PackedTrial:
     """One trial in a slot: its params, arguments (learning rate, schedule, clipping) and progress."""
 
     number: int  # its index in the order trials started in this pack
+    slot: int
     params: dict[str, Any]
     args: Any  # its TrainingArguments
     lr_lambda: Callable[[int], float]
     step: int = 0
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     pruned: bool = False
+    started: float = field(default_factory=time.monotonic)
+    duration_s: float | None = None  # its own time in the slot, set when it ends
 
     def result(self) -> dict[str, Any]:
         last = self.history[-1][1] if self.history else {}
-        return {**last, "steps": self.step, "pruned": self.pruned}
+        return {**last, "steps": self.step, "pruned": self.pruned, "slot": self.slot, "duration_s": self.duration_s}
 
 
 class Pack:
@@ -105,8 +111,10 @@ class Pack:
     optimizer, and the trial each slot runs; on exit the base model exactly as it was found."""
 
     def __init__(self, objective, first: Sequence[dict[str, Any]], *, report: TrialReport | None = None,
-                 next_params: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
+                 next_params: Callable[[], Mapping[str, Any] | None] | None = None,
+                 on_end: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         self.objective = objective
+        self.on_end = on_end
         self.base = objective.base_model
         self.first = list(first)
         self.report = report
@@ -143,7 +151,7 @@ class Pack:
             self._wrap(True)
             self._start_training()
             for k, params in enumerate(self.first):
-                self.slots.append(self._new_trial(params))
+                self.slots.append(self._new_trial(params, k))
                 self._reset_group(k, self.slots[k])
         except BaseException:
             self.__exit__(None, None, None)
@@ -194,7 +202,7 @@ class Pack:
         self.optimizer = optimizer_cls(groups, **kwargs)
         self.base.train()
 
-    def _new_trial(self, params: Mapping[str, Any]) -> PackedTrial:
+    def _new_trial(self, params: Mapping[str, Any], slot: int) -> PackedTrial:
         import torch
         from transformers import get_scheduler
 
@@ -203,7 +211,7 @@ class Pack:
         probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         schedule = get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(steps),
                                  num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
-        trial = PackedTrial(len(self.trials), dict(params), args, schedule.lr_lambdas[0])
+        trial = PackedTrial(len(self.trials), slot, dict(params), args, schedule.lr_lambdas[0])
         self.trials.append(trial)
         return trial
 
@@ -232,7 +240,7 @@ class Pack:
         for name, layer in self.layers.items():
             layer.set_slot(k, *weights[name], alpha=config.lora_alpha, dropout=config.lora_dropout,
                            rslora=bool(config.use_rslora))
-        self.slots[k] = self._new_trial(params)
+        self.slots[k] = self._new_trial(params, k)
         self._reset_group(k, self.slots[k])
         self.base.train()
 
@@ -326,9 +334,12 @@ class Pack:
         self.base.train()
         for k, total in zip(due, totals.tolist()):
             trial = self.slots[k]
-            metrics = {"eval_loss": total / seen}
+            metrics = self.objective.clean_metrics({"eval_loss": total / seen})  # + perplexity
             trial.history.append((trial.step, metrics))
             pruned = bool(self.report(trial.number, trial.step, metrics)) if self.report is not None else False
             if pruned or trial.step >= self.budget.max_steps:
                 trial.pruned = pruned
+                trial.duration_s = time.monotonic() - trial.started
+                if self.on_end is not None:
+                    self.on_end(trial.number, trial.result())
                 self._backfill(k)

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
 
-from objectives import TrialDiverged, checkpoint_state, latest_checkpoint
+from objectives import TrialDiverged, checkpoint_state, latest_checkpoint, run_packed
 from spaces import ConfigError
 
 from ..components import build_pruner, build_sampler
@@ -33,6 +34,7 @@ from ..store.record import (
     EVAL_HISTORY,
     INTERRUPTED_CAUSE,
     OVERRIDES,
+    PACK,
     PREEMPTED,
     RETRY_OF,
     STEP,
@@ -133,12 +135,15 @@ class OptunaBackend(Backend):
         if deadline is not None and time.time() >= deadline:
             return self._finish(study, outcome)  # joined after the sweep's timeout: start nothing
         try:
-            study.optimize(
-                lambda trial: self._run_trial(trial, objective),
-                timeout=None if deadline is None else deadline - time.time(),
-                catch=(Exception,),  # a failing trial is recorded as FAIL; the sweep goes on
-                callbacks=[on_trial_end],
-            )
+            if spec.pack.slots > 1:
+                self._run_pack(study, objective, deadline, on_trial_end)
+            else:
+                study.optimize(
+                    lambda trial: self._run_trial(trial, objective),
+                    timeout=None if deadline is None else deadline - time.time(),
+                    catch=(Exception,),  # a failing trial is recorded as FAIL; the sweep goes on
+                    callbacks=[on_trial_end],
+                )
         except NoTrialLeft:
             pass
         except KeyboardInterrupt:
@@ -229,6 +234,101 @@ class OptunaBackend(Backend):
         record_constraints(trial, sweep.spec.constraints, metrics)
         tracked.finish("complete", metrics)
         return values[0] if single else values
+
+    def _run_pack(self, study: optuna.Study, objective, deadline: float | None, on_trial_end) -> None:
+        """`pack.slots` trials at once on this worker's base model (objectives/engine/packed.py): asked from
+        the study together (the sampler's handling of running trials applies, e.g. TPE's constant liar), each
+        reporting its own evaluations to the pruner, told when it ends, its slot refilled at once with a newly
+        asked trial, until the queue (n_trials) is empty or the deadline passes."""
+        sweep = self.sweep
+        metric = sweep.metric_names[0]
+        running: list[dict[str, Any]] = []  # by the pack's trial index: the Optuna trial and its record
+
+        def ask() -> dict[str, Any] | None:
+            if (deadline is not None and time.time() >= deadline) or study._stop_flag:
+                return None
+            waits = getattr(study, "waits_for_others", False)
+            if isinstance(study, QueueStudy):
+                study.waits_for_others = False  # waiting here would wait on this pack's own trials
+            try:
+                trial = study.ask()
+            except NoTrialLeft:
+                return None
+            finally:
+                if isinstance(study, QueueStudy):
+                    study.waits_for_others = waits
+            record = TrialRecord.of(trial)
+            record.stamp(WORKER_ID)
+            params = sweep.space.sample(trial)
+            record.started(params, device=self.device)
+            self.listener("trial_start", {"trial": trial, "params": params})
+            # Each trial's heartbeat, as study.optimize keeps one for its trial: workers elsewhere tell a live
+            # pack's trials from those of a dead process.
+            heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
+            heartbeat.start()
+            entry = {"trial": trial, "record": record, "params": params, "history": [], "heartbeat": heartbeat,
+                     "tracked": self.tracker.trial(sweep.study_name, trial.number, params)}
+            running.append(entry)
+            return entry
+
+        def report(index: int, step: int, metrics: dict[str, float]) -> bool:
+            entry = running[index]
+            entry["history"].append({"step": step, **metrics})
+            entry["record"].evaluated(entry["history"])
+            entry["tracked"].log(step, metrics)
+            self.listener("trial_report", {"trial": entry["trial"], "step": step, "metrics": metrics})
+            entry["trial"].report(metrics[metric], step)
+            return entry["trial"].should_prune()
+
+        def ended(index: int, result: dict[str, Any]) -> None:
+            entry = running[index]
+            entry["told"] = True
+            entry["heartbeat"].join()
+            trial, record, tracked = entry["trial"], entry["record"], entry["tracked"]
+            record.set(PACK, {"slot": result["slot"], "slots": sweep.spec.pack.slots})
+            metrics = {k: v for k, v in result.items() if k not in ("pruned", "slot", "duration_s")}
+            metrics["steps"] = float(metrics["steps"])
+            if result["pruned"]:
+                record.ended(duration_s=result["duration_s"])
+                tracked.finish("pruned", metrics)
+                frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            elif not math.isfinite(metrics.get(metric, math.nan)):
+                record.ended(duration_s=result["duration_s"])
+                reason = f"TrialDiverged: final {metric} is {metrics.get(metric)}"
+                self._fail(trial, record, DIVERGED, reason, tracked, metrics)
+                frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                record.completed(metrics, duration_s=result["duration_s"])
+                record_constraints(trial, sweep.spec.constraints, metrics)
+                tracked.finish("complete", metrics)
+                frozen = study.tell(trial, metrics[metric])
+            on_trial_end(study, frozen)
+
+        def next_params() -> dict[str, Any] | None:
+            entry = ask()
+            return entry["params"] if entry is not None else None
+
+        # A pack is an optimize loop of its own: samplers may call `study.stop()` (the grid sampler once its
+        # grid is used up), which Optuna allows only inside `study.optimize`; it then only stops the asking.
+        study._stop_flag, study._thread_local.in_optimize_loop = False, True
+        try:
+            first = [entry for entry in (ask() for _ in range(sweep.spec.pack.slots)) if entry is not None]
+            if not first:
+                raise NoTrialLeft
+            run_packed(objective, [e["params"] for e in first], report=report, next_params=next_params, on_end=ended)
+        except NoTrialLeft:
+            raise
+        except BaseException as exc:  # the pack's running trials end with it: recorded, each re-run per the policy
+            cause = failure_cause(exc) if isinstance(exc, Exception) else INTERRUPTED_CAUSE
+            for entry in running:
+                if not entry.get("told"):
+                    entry["heartbeat"].join()
+                    entry["record"].ended(duration_s=0.0)
+                    self._fail(entry["trial"], entry["record"], cause, _reason(exc), entry["tracked"], {})
+                    study.tell(entry["trial"], state=optuna.trial.TrialState.FAIL)
+            raise
+        finally:
+            study._thread_local.in_optimize_loop = False
 
     def _fail(self, trial: optuna.Trial, record: TrialRecord, cause: str, reason: str, tracked,
               metrics: dict[str, float]) -> None:

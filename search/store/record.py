@@ -60,6 +60,7 @@ OVERRIDES = "overrides"
 RETRY_REASON = "retry_reason"  # on a re-run of a trial lost by its heartbeat: why
 RETRY_REASONS = "retry_reasons"
 SLOT = "slot"
+PACK = "pack"  # a packed trial's place: {slot, slots} (objectives/engine/packed.py)
 ENQUEUED = "enqueued"
 
 # Every trial attribute above: a backend writes no other (the backend contract tests check it).

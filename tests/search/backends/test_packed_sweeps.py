@@ -1,0 +1,103 @@
+"""Packed sweeps (`pack: {slots: K}`, Optuna backend): K study trials trained at once on one base model, each
+reporting to the pruner, told when it ends and replaced at once by a newly asked trial; afterwards each is a
+normal trial: the same eval history as unpacked, one record, best/show/export/train unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import yaml
+
+from search.cli import main
+from search.cli._common import EXIT_BAD_INPUT
+from search.store.storage import load_existing_study
+from search.sweep import load_sweep
+
+# Four configs (a grid), dropout 0: a pack must give each the history it has alone.
+SPACE = {"params": {
+    "learning_rate": {"type": "categorical", "choices": [3e-3, 1e-2]},
+    "lora_r": {"type": "categorical", "choices": [4, 8]},
+    "lr_scheduler_type": {"type": "fixed", "value": "cosine"},
+    "lora_dropout": {"type": "fixed", "value": 0.0},
+    "peft_method": {"type": "fixed", "value": "lora"},
+    "target_modules": {"type": "fixed", "value": "attention"},
+}}
+BUDGET = {"max_steps": 6, "eval_every": 2, "batch_size": 4, "eval_batch_size": 16, "max_seq_length": 64}
+
+
+def _study(path):
+    sweep = load_sweep(path)
+    return load_existing_study(sweep.study_name, sweep.storage_url)
+
+
+def _by_params(study):
+    return {(t.params["learning_rate"], t.params["lora_r"]): t for t in study.trials}
+
+
+def test_a_packed_sweep_gives_every_trial_its_unpacked_history_and_a_normal_record(write_sweep, tmp_path, capsys):
+    common = dict(space=SPACE, sampler={"name": "grid"}, pruner="none", n_trials=4, budget=BUDGET)
+    alone = write_sweep("alone.yaml", **common, study_name="alone", output_dir=str(tmp_path / "alone"))
+    packed = write_sweep("packed.yaml", **common, study_name="packed", pack={"slots": 2},
+                         output_dir=str(tmp_path / "packed"))
+    assert main(["launch", str(alone)]) == 0 and main(["launch", str(packed)]) == 0
+    unpacked, pack = _by_params(_study(alone)), _by_params(_study(packed))
+    assert sorted(pack) == sorted(unpacked) and len(pack) == 4
+    for key, trial in pack.items():
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        got, want = trial.user_attrs["eval_history"], unpacked[key].user_attrs["eval_history"]
+        assert [h["step"] for h in got] == [h["step"] for h in want] == [2, 4, 6]
+        assert [h["eval_loss"] for h in got] == pytest.approx([h["eval_loss"] for h in want], rel=1e-4), key
+        assert trial.value == pytest.approx(unpacked[key].value, rel=1e-4)
+        # One trial record, as any trial: params applied, placement in the pack, its own slot time.
+        assert trial.user_attrs["config"]["lora_r"] == key[1]
+        assert trial.user_attrs["pack"]["slots"] == 2 and trial.user_attrs["pack"]["slot"] in (0, 1)
+        assert trial.user_attrs["duration_s"] > 0
+        assert trial.user_attrs["metrics"]["perplexity"] == pytest.approx(2.718281828 ** trial.value, rel=1e-6)
+    assert sorted(t.user_attrs["pack"]["slot"] for t in pack.values()) == [0, 0, 1, 1]
+    capsys.readouterr()
+
+    # best / show / export / train read it as any trial.
+    study = _study(packed)
+    assert main(["best", "packed", "--storage", load_sweep(packed).storage_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["number"] == study.best_trial.number
+    assert main(["export", str(packed), "--out", str(tmp_path / "winner")]) == 0
+    winner = yaml.safe_load((tmp_path / "winner" / "winner.yaml").read_text())
+    assert winner["params"]["lora_r"] == study.best_trial.params["lora_r"]
+    assert main(["train", str(tmp_path / "winner" / "winner.yaml"), "--set", f"output_dir={tmp_path / 'trained'}"]) == 0
+    record = json.loads((tmp_path / "trained" / "metrics.json").read_text())
+    assert record["reproduction"]["comparable"] and record["reproduction"]["relative_error"] < 0.01, record
+
+
+def test_pruned_slots_are_refilled_until_the_study_holds_n_trials(write_sweep):
+    space = {"params": {**SPACE["params"], "learning_rate": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True},
+                        "lora_r": {"type": "categorical", "choices": [2, 4, 8, 16]}}}
+    path = write_sweep(space=space, sampler={"name": "random"}, n_trials=8, budget=BUDGET, pack={"slots": 3},
+                       pruner={"name": "median", "args": {"n_startup_trials": 2, "n_warmup_steps": 0}})
+    assert main(["launch", str(path)]) == 0
+    trials = _study(path).trials
+    states = [t.state.name for t in trials]
+    assert len(trials) == 8 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
+    for t in trials:
+        assert t.user_attrs["pack"]["slots"] == 3 and t.user_attrs["eval_history"]
+        if t.state.name == "PRUNED":  # stopped at the step the pruner said so, never trained past it
+            assert t.user_attrs["eval_history"][-1]["step"] == max(t.intermediate_values)
+    # A launch again finds nothing owed: the study holds exactly n_trials.
+    assert main(["launch", str(path)]) == 0 and len(_study(path).trials) == 8
+
+
+@pytest.mark.parametrize(("changes", "key", "why"), [
+    ({"space": {"params": {**SPACE["params"], "batch_size": {"type": "categorical", "choices": [4, 8]}}}},
+     "space.params.batch_size", "'batch_size' is searched, and the trials of a pack must share it"),
+    ({"backend": "ray"}, "pack.slots", "the ray backend runs one trial per process"),
+    ({"objective": "sequence_classification", "dataset": {"source": "bundled:support-intents"}, "metric": "f1_macro"},
+     "pack.slots", "packed trials are causal_lm trials"),
+    ({"budget": {**BUDGET, "gradient_accumulation_steps": 2}}, "budget.gradient_accumulation_steps",
+     "packed trials take no budget.gradient_accumulation_steps"),
+])
+def test_what_a_pack_cannot_share_is_refused_when_the_sweep_loads(write_sweep, capsys, changes, key, why):
+    path = write_sweep(**{"space": SPACE, "pack": {"slots": 2}, **changes})
+    assert main(["launch", str(path), "--dry-run"]) == EXIT_BAD_INPUT
+    error = " ".join(capsys.readouterr().err.split())
+    assert f"{key}: {why}" in error, error
