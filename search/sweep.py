@@ -203,13 +203,13 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
         spec = _multi_objective(spec, source)
     check_sampler(spec.sampler, space, source=source, n_objectives=len(directions))
     if spec.pack.slots > 1:
-        _check_pack(spec, space, len(directions), source)
+        _check_pack(spec, space, objective_cls, len(directions), source)
     if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
         check_pruner(spec.pruner, source=source)
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
 
 
-def _check_pack(spec: SweepSpec, space, n_objectives: int, source: str) -> None:
+def _check_pack(spec: SweepSpec, space, objective_cls, n_objectives: int, source: str) -> None:
     """What packed trials need (objectives/engine/packed.py), refused at load with the reason."""
     def refuse(message: str, key: str, value: Any, hint: str) -> None:
         raise ConfigError(message, source=source, key=key, value=value, hint=hint)
@@ -217,7 +217,7 @@ def _check_pack(spec: SweepSpec, space, n_objectives: int, source: str) -> None:
     if not BACKENDS.supports(spec.backend, "packs"):
         refuse(f"the {spec.backend} backend runs one trial per process: it does not pack trials", "pack.slots",
                spec.pack.slots, f"Fix: backend: {', '.join(BACKENDS.having('packs'))}, or pack.slots: 1.")
-    if spec.objective.name != "causal_lm":
+    if objective_cls.task_class.name != "causal_lm":
         refuse("packed trials are causal_lm trials for now (a classifier's head cannot be shared)", "pack.slots",
                spec.pack.slots, "Fix: pack.slots: 1 for this objective.")
     if n_objectives > 1 or spec.metrics[0].name not in ("eval_loss", "perplexity"):

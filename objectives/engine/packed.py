@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -98,12 +99,14 @@ class PackedTrial:
     step: int = 0
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     pruned: bool = False
+    diverged: str | None = None  # why its loss stopped being a number; it then ends at once, failed
     started: float = field(default_factory=time.monotonic)
     duration_s: float | None = None  # its own time in the slot, set when it ends
 
     def result(self) -> dict[str, Any]:
         last = self.history[-1][1] if self.history else {}
-        return {**last, "steps": self.step, "pruned": self.pruned, "slot": self.slot, "duration_s": self.duration_s}
+        return {**last, "steps": self.step, "pruned": self.pruned, "diverged": self.diverged, "slot": self.slot,
+                "duration_s": self.duration_s}
 
 
 class Pack:
@@ -271,7 +274,17 @@ class Pack:
 
         active = [k for k, trial in enumerate(self.slots) if trial is not None]
         losses = self._forward([self._batch(self.slots[k].step) for k in active], active, count_items=True)
-        losses.sum().backward()
+        finite = torch.isfinite(losses.detach())
+        # A slot whose loss is NaN/inf fails its trial alone: its rows never reach the others' (no op mixes
+        # rows), and its loss is left out of the backward so no NaN gradient reaches anything.
+        if finite.any():
+            losses[finite].sum().backward()
+        for i, k in reversed(list(enumerate(active))):
+            if not finite[i]:
+                trial = self.slots[k]
+                trial.diverged = f"training loss became {losses[i].item()} at step {trial.step + 1}"
+                self._end(k)
+                active.pop(i)
         for k in active:
             trial = self.slots[k]
             group = self.optimizer.param_groups[k]
@@ -336,10 +349,19 @@ class Pack:
             trial = self.slots[k]
             metrics = self.objective.clean_metrics({"eval_loss": total / seen})  # + perplexity
             trial.history.append((trial.step, metrics))
+            if not math.isfinite(metrics["eval_loss"]):
+                trial.diverged = f"eval loss became {metrics['eval_loss']} at step {trial.step}"
+                self._end(k)
+                continue
             pruned = bool(self.report(trial.number, trial.step, metrics)) if self.report is not None else False
             if pruned or trial.step >= self.budget.max_steps:
                 trial.pruned = pruned
-                trial.duration_s = time.monotonic() - trial.started
-                if self.on_end is not None:
-                    self.on_end(trial.number, trial.result())
-                self._backfill(k)
+                self._end(k)
+
+    def _end(self, k: int) -> None:
+        """Slot k's trial is over (completed, pruned or diverged): heard by `on_end`, then the slot backfilled."""
+        trial = self.slots[k]
+        trial.duration_s = time.monotonic() - trial.started
+        if self.on_end is not None:
+            self.on_end(trial.number, trial.result())
+        self._backfill(k)

@@ -30,12 +30,15 @@ from ..observers.tracking import make_tracker
 from ..secrets import redact_url, scrub_secrets
 from ..store.queue import NoTrialLeft, QueueStudy, top_up_slots
 from ..store.record import (
+    ATTEMPT,
     DIVERGED,
     EVAL_HISTORY,
     INTERRUPTED_CAUSE,
+    OOM,
     OVERRIDES,
     PACK,
     PREEMPTED,
+    RETRY_CAUSE,
     RETRY_OF,
     STEP,
     STUDY_DEADLINE,
@@ -239,7 +242,17 @@ class OptunaBackend(Backend):
         """`pack.slots` trials at once on this worker's base model (objectives/engine/packed.py): asked from
         the study together (the sampler's handling of running trials applies, e.g. TPE's constant liar), each
         reporting its own evaluations to the pruner, told when it ends, its slot refilled at once with a newly
-        asked trial, until the queue (n_trials) is empty or the deadline passes."""
+        asked trial, until the queue (n_trials) is empty or the deadline passes. A pack out of memory has its
+        trials queued again, unchanged, and the work goes on in packs of half the slots, down to one."""
+        slots = self.sweep.spec.pack.slots
+        while True:
+            try:
+                return self._run_one_pack(study, objective, deadline, on_trial_end, slots)
+            except _PackOutOfMemory:
+                slots = max(1, slots // 2)
+
+    def _run_one_pack(self, study: optuna.Study, objective, deadline: float | None, on_trial_end,
+                      slots: int) -> None:
         sweep = self.sweep
         metric = sweep.metric_names[0]
         running: list[dict[str, Any]] = []  # by the pack's trial index: the Optuna trial and its record
@@ -285,10 +298,14 @@ class OptunaBackend(Backend):
             entry["told"] = True
             entry["heartbeat"].join()
             trial, record, tracked = entry["trial"], entry["record"], entry["tracked"]
-            record.set(PACK, {"slot": result["slot"], "slots": sweep.spec.pack.slots})
-            metrics = {k: v for k, v in result.items() if k not in ("pruned", "slot", "duration_s")}
+            record.set(PACK, {"slot": result["slot"], "slots": slots})
+            metrics = {k: v for k, v in result.items() if k not in ("pruned", "diverged", "slot", "duration_s")}
             metrics["steps"] = float(metrics["steps"])
-            if result["pruned"]:
+            if result["diverged"]:
+                record.ended(duration_s=result["duration_s"])
+                self._fail(trial, record, DIVERGED, f"TrialDiverged: {result['diverged']}", tracked, metrics)
+                frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            elif result["pruned"]:
                 record.ended(duration_s=result["duration_s"])
                 tracked.finish("pruned", metrics)
                 frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -312,7 +329,7 @@ class OptunaBackend(Backend):
         # grid is used up), which Optuna allows only inside `study.optimize`; it then only stops the asking.
         study._stop_flag, study._thread_local.in_optimize_loop = False, True
         try:
-            first = [entry for entry in (ask() for _ in range(sweep.spec.pack.slots)) if entry is not None]
+            first = [entry for entry in (ask() for _ in range(slots)) if entry is not None]
             if not first:
                 raise NoTrialLeft
             run_packed(objective, [e["params"] for e in first], report=report, next_params=next_params, on_end=ended)
@@ -320,12 +337,26 @@ class OptunaBackend(Backend):
             raise
         except BaseException as exc:  # the pack's running trials end with it: recorded, each re-run per the policy
             cause = failure_cause(exc) if isinstance(exc, Exception) else INTERRUPTED_CAUSE
+            halve = cause == OOM and slots > 1 and sweep.spec.retries.halve_batch_on_oom
             for entry in running:
-                if not entry.get("told"):
-                    entry["heartbeat"].join()
-                    entry["record"].ended(duration_s=0.0)
-                    self._fail(entry["trial"], entry["record"], cause, _reason(exc), entry["tracked"], {})
-                    study.tell(entry["trial"], state=optuna.trial.TrialState.FAIL)
+                if entry.get("told"):
+                    continue
+                trial, record = entry["trial"], entry["record"]
+                entry["heartbeat"].join()
+                record.ended(duration_s=0.0)
+                record.set(PACK, {"slot": None, "slots": slots})
+                if halve:  # the same trial again, in a smaller pack: its own batch stays as it is
+                    retry = {RETRY_OF: trial.number, RETRY_CAUSE: OOM, ATTEMPT: trial.user_attrs.get(ATTEMPT, 0),
+                             OVERRIDES: {}}
+                    record.failed(OOM, scrub_secrets(_reason(exc)),
+                                  retry=f"queued again for a pack of {max(1, slots // 2)} slots", requeued=True)
+                    enqueue_retry(study, trial, retry)
+                    entry["tracked"].finish("failed", {}, _reason(exc))
+                else:
+                    self._fail(trial, record, cause, _reason(exc), entry["tracked"], {})
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if halve:
+                raise _PackOutOfMemory from exc
             raise
         finally:
             study._thread_local.in_optimize_loop = False
@@ -389,6 +420,10 @@ class OptunaBackend(Backend):
             number = folder.name.removeprefix("trial-")
             if number.isdigit() and int(number) in finished - awaited:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+class _PackOutOfMemory(Exception):
+    """A pack ran out of memory; its trials are queued again for a pack of half the slots."""
 
 
 def _device(objective) -> str:

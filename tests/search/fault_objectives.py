@@ -49,3 +49,38 @@ class RaisesValueError(CausalLMObjective):
 
     def run_trial(self, params, *args, **kwargs):
         raise ValueError("injected failure: the collator met an unknown column 'foo'")
+
+
+PACK_ROWS_THAT_FIT = 8  # a pack's training forward over more rows than this "does not fit in memory"
+
+
+class PackOutOfMemoryAbove8Rows(CausalLMObjective):
+    """Training forward passes over more than PACK_ROWS_THAT_FIT rows raise torch's OutOfMemoryError: with
+    batch 4, a pack of 4 slots (16 rows) does not fit, one of 2 (8 rows) does."""
+
+    def setup(self) -> None:
+        super().setup()
+
+        def check(module, inputs, kw):
+            ids = kw.get("input_ids", inputs[0] if inputs else None)
+            if module.training and ids is not None and ids.shape[0] > PACK_ROWS_THAT_FIT:
+                raise torch.OutOfMemoryError(f"CUDA out of memory (injected: {ids.shape[0]} rows)")
+
+        self.base_model.register_forward_pre_hook(check, with_kwargs=True)
+
+
+class NaNInSecondSlot(CausalLMObjective):
+    """In a pack's training forward, the LM head's output for the second slot's rows turns NaN, so that
+    slot's real training loss is NaN and the first slot's is untouched."""
+
+    def setup(self) -> None:
+        super().setup()
+        batch = self.budget.batch_size
+
+        def poison(module, inputs, output):
+            if module.training and output.shape[0] >= 2 * batch:
+                output = output.clone()
+                output[batch:2 * batch] = float("nan")
+            return output
+
+        self.base_model.get_output_embeddings().register_forward_hook(poison)

@@ -101,3 +101,40 @@ def test_what_a_pack_cannot_share_is_refused_when_the_sweep_loads(write_sweep, c
     assert main(["launch", str(path), "--dry-run"]) == EXIT_BAD_INPUT
     error = " ".join(capsys.readouterr().err.split())
     assert f"{key}: {why}" in error, error
+
+
+def test_a_slot_whose_loss_is_nan_fails_its_trial_alone_and_is_refilled(write_sweep, tmp_path):
+    path = write_sweep(objective="tests.search.fault_objectives:NaNInSecondSlot", space=SPACE,
+                       sampler={"name": "grid"}, pruner="none", n_trials=4, budget=BUDGET, pack={"slots": 2})
+    assert main(["launch", str(path)]) == 0
+    trials = _study(path).trials
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert failed and complete and all(t.user_attrs["pack"]["slot"] == 1 for t in failed)
+    assert all(t.user_attrs["failure_cause"] == "diverged" and "training loss became nan at step 1"
+               in t.user_attrs["fail_reason"] for t in failed)
+    # The first slot's trials trained on as if alone.
+    alone = write_sweep("alone.yaml", space=SPACE, sampler={"name": "grid"}, pruner="none", n_trials=4,
+                        budget=BUDGET, study_name="alone", output_dir=str(tmp_path / "alone"))
+    assert main(["launch", str(alone)]) == 0
+    unpacked = _by_params(_study(alone))
+    for t in complete:
+        assert t.user_attrs["pack"]["slot"] == 0
+        want = unpacked[(t.params["learning_rate"], t.params["lora_r"])].value
+        assert t.value == pytest.approx(want, rel=1e-4)
+
+
+def test_a_pack_out_of_memory_runs_its_trials_again_in_packs_of_half_the_slots(write_sweep):
+    # (Random, not grid: the grid sampler stops the study once its 4 points have been tried, re-runs or not.)
+    path = write_sweep(objective="tests.search.fault_objectives:PackOutOfMemoryAbove8Rows", space=SPACE,
+                       sampler={"name": "random"}, pruner="none", n_trials=4, budget=BUDGET, pack={"slots": 4})
+    assert main(["launch", str(path)]) == 0
+    trials = _study(path).trials
+    first, reruns = trials[:4], trials[4:]
+    assert all(t.state.name == "FAIL" and t.user_attrs["failure_cause"] == "oom" and t.user_attrs["retried"]
+               and t.user_attrs["pack"]["slots"] == 4 and "pack of 2 slots" in t.user_attrs["retry"] for t in first)
+    assert [t.state.name for t in reruns] == ["COMPLETE"] * 4
+    assert all(t.user_attrs["pack"]["slots"] == 2 and t.user_attrs["retry_cause"] == "oom" for t in reruns)
+    assert sorted(t.user_attrs["retry_of"] for t in reruns) == [0, 1, 2, 3]
+    # The same trials, in smaller packs: the batch is what it was.
+    assert all(t.user_attrs["config"].get("batch_size", 4) == 4 for t in reruns)
