@@ -69,19 +69,22 @@ def pack_problems(slots: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def run_packed(objective, slots: Sequence[Mapping[str, Any]], report: TrialReport | None = None,
                next_params: Callable[[], Mapping[str, Any] | None] | None = None,
-               on_end: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+               on_end: Callable[[int, dict[str, Any]], None] | None = None,
+               on_log: Callable[[int, int, dict[str, float]], None] | None = None) -> list[dict[str, Any]]:
     """Train the trials `slots` (each a trial's params) together, one per slot; returns every trial's result
     (final metrics, `steps`, `pruned`, `slot`, `duration_s`) in the order the trials started.
 
     `report(trial, step, metrics)` hears each trial's evaluation at its own steps; True prunes it. When a trial
     ends, `on_end(trial, result)` hears it, then its slot takes `next_params()` (a new trial, from its step 0),
-    until that is None."""
+    until that is None. `on_log(trial, step, logs)` hears its training logs (train_loss, learning_rate) every
+    `logging_steps`, as Trainer logs a trial's."""
     problems = pack_problems(slots)
     if problems:
         raise ValueError("these trials cannot share a pack: " + "; ".join(problems))
     if objective.base_model is None:
         objective.setup()
-    with Pack(objective, [dict(s) for s in slots], report=report, next_params=next_params, on_end=on_end) as pack:
+    with Pack(objective, [dict(s) for s in slots], report=report, next_params=next_params, on_end=on_end,
+              on_log=on_log) as pack:
         while pack.running():
             pack.step()
     return [trial.result() for trial in pack.trials]
@@ -102,10 +105,14 @@ class PackedTrial:
     diverged: str | None = None  # why its loss stopped being a number; it then ends at once, failed
     started: float = field(default_factory=time.monotonic)
     duration_s: float | None = None  # its own time in the slot, set when it ends
+    since_log: list[float] = field(default_factory=list)  # training losses of the steps since the last log
+    logged: list[float] = field(default_factory=list)  # the logged means since the last evaluation
+    loss_sum: float = 0.0  # over every step: the whole run's mean training loss, as Trainer's train_loss
 
     def result(self) -> dict[str, Any]:
         last = self.history[-1][1] if self.history else {}
-        return {**last, "steps": self.step, "pruned": self.pruned, "diverged": self.diverged, "slot": self.slot,
+        train = {"train_loss": self.loss_sum / self.step} if self.step else {}
+        return {**last, **train, "steps": self.step, "pruned": self.pruned, "diverged": self.diverged, "slot": self.slot,
                 "duration_s": self.duration_s}
 
 
@@ -115,9 +122,11 @@ class Pack:
 
     def __init__(self, objective, first: Sequence[dict[str, Any]], *, report: TrialReport | None = None,
                  next_params: Callable[[], Mapping[str, Any] | None] | None = None,
-                 on_end: Callable[[int, dict[str, Any]], None] | None = None) -> None:
+                 on_end: Callable[[int, dict[str, Any]], None] | None = None,
+                 on_log: Callable[[int, int, dict[str, float]], None] | None = None) -> None:
         self.objective = objective
         self.on_end = on_end
+        self.on_log = on_log
         self.base = objective.base_model
         self.first = list(first)
         self.report = report
@@ -295,13 +304,25 @@ class Pack:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         due = []
-        for k in active:
+        for i, k in enumerate(active):
             trial = self.slots[k]
             trial.step += 1
+            self._log(trial, float(losses[i].detach()))
             if trial.step % self.budget.eval_every == 0 or trial.step == self.budget.max_steps:
                 due.append(k)
         if due:
             self._evaluate(due)
+
+    def _log(self, trial: PackedTrial, loss: float) -> None:
+        """A step's training loss; every logging_steps, their mean logged (as Trainer logs `loss`)."""
+        trial.loss_sum += loss
+        trial.since_log.append(loss)
+        if trial.step % trial.args.logging_steps == 0:
+            mean = sum(trial.since_log) / len(trial.since_log)
+            trial.since_log, trial.logged = [], [*trial.logged, mean]
+            if self.on_log is not None:
+                lr = trial.args.learning_rate * trial.lr_lambda(trial.step)  # the next step's, as Trainer logs it
+                self.on_log(trial.number, trial.step, {"train_loss": mean, "learning_rate": lr})
 
     def _forward(self, batches: list[dict], slots: list[int], *, count_items: bool):
         """Each slot's loss on its batch: the batches padded to one width (and rows), stacked slot-major."""
@@ -348,6 +369,10 @@ class Pack:
         for k, total in zip(due, totals.tolist()):
             trial = self.slots[k]
             metrics = self.objective.clean_metrics({"eval_loss": total / seen})  # + perplexity
+            if trial.logged:  # the train-validation gap, as a trial alone reports it
+                metrics["interval_train_loss"] = sum(trial.logged) / len(trial.logged)
+                metrics["train_eval_gap"] = metrics["eval_loss"] - metrics["interval_train_loss"]
+                trial.logged = []
             trial.history.append((trial.step, metrics))
             if not math.isfinite(metrics["eval_loss"]):
                 trial.diverged = f"eval loss became {metrics['eval_loss']} at step {trial.step}"

@@ -332,7 +332,8 @@ class OptunaBackend(Backend):
             first = [entry for entry in (ask() for _ in range(slots)) if entry is not None]
             if not first:
                 raise NoTrialLeft
-            run_packed(objective, [e["params"] for e in first], report=report, next_params=next_params, on_end=ended)
+            run_packed(objective, [e["params"] for e in first], report=report, next_params=next_params, on_end=ended,
+                       on_log=lambda index, step, logs: running[index]["tracked"].log(step, logs))
         except NoTrialLeft:
             raise
         except BaseException as exc:  # the pack's running trials end with it: recorded, each re-run per the policy

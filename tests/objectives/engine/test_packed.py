@@ -35,10 +35,10 @@ def objective():
     return obj
 
 
-def _alone(objective, params):
+def _alone(objective, params, full: bool = False):
     seen = []
-    objective.run_trial(params, report=lambda step, m: seen.append((step, m["eval_loss"])) or False)
-    return seen
+    final = objective.run_trial(params, report=lambda step, m: seen.append((step, m if full else m["eval_loss"])) or False)
+    return (seen, final) if full else seen
 
 
 def test_every_slot_of_a_pack_has_the_eval_history_of_its_trial_alone(objective):
@@ -114,3 +114,16 @@ def test_params_a_pack_must_share_are_refused():
     assert "batch_size differs between slots (4, 8): a pack shares it" in problems
     assert any("peft_method" in p for p in problems)
     assert pack_problems(SLOTS) == []
+
+
+def test_a_packed_trial_logs_and_reports_the_training_loss_as_a_trial_alone(objective):
+    reported, logs = [], []
+    [result] = run_packed(objective, SLOTS[1:2], report=lambda k, step, m: reported.append((step, m)) or False,
+                          on_log=lambda k, step, entry: logs.append((step, entry)))
+    alone, final = _alone(objective, SLOTS[1], full=True)
+    for (step, got), (_, want) in zip(reported, alone):
+        for name in ("eval_loss", "perplexity", "interval_train_loss", "train_eval_gap"):
+            assert got[name] == pytest.approx(want[name], rel=TOLERANCE), (step, name)
+    assert result["train_loss"] == pytest.approx(final["train_loss"], rel=TOLERANCE)
+    assert [s for s, _ in logs] == [2, 4, 6, 8]  # every logging_steps (here eval_every divides by 2)
+    assert all(set(entry) == {"train_loss", "learning_rate"} for _, entry in logs)

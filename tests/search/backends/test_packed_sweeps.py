@@ -138,3 +138,22 @@ def test_a_pack_out_of_memory_runs_its_trials_again_in_packs_of_half_the_slots(w
     assert sorted(t.user_attrs["retry_of"] for t in reruns) == [0, 1, 2, 3]
     # The same trials, in smaller packs: the batch is what it was.
     assert all(t.user_attrs["config"].get("batch_size", 4) == 4 for t in reruns)
+
+
+def test_every_packed_trial_has_its_own_wandb_run(write_sweep):
+    from search.store import record
+    from tests.search.wandb_records import read_runs
+
+    path = write_sweep(space=SPACE, sampler={"name": "grid"}, pruner="none", n_trials=4, budget=BUDGET,
+                       pack={"slots": 2}, tracking={"wandb": "offline"})
+    assert main(["launch", str(path)]) == 0
+    sweep, study = load_sweep(path), _study(path)
+    runs = {run.name: run for run in read_runs(sweep.output_dir / "wandb") if run.job_type == "trial"}
+    assert sorted(runs) == sorted(f"tiny-trial-{t.number}" for t in study.trials)
+    for trial in study.trials:  # runs open side by side, each with its own trial's config, curve and result
+        run = runs[f"tiny-trial-{trial.number}"]
+        assert {k: run.config[k] for k in record.config_of(trial)} == record.config_of(trial)
+        logged = {row["_step"]: row["eval_loss"] for row in run.history if "eval_loss" in row}
+        assert logged == pytest.approx({h["step"]: h["eval_loss"] for h in trial.user_attrs["eval_history"]})
+        assert any("train_loss" in row for row in run.history)
+        assert run.summary["state"] == "complete" and run.summary["eval_loss"] == pytest.approx(trial.value)
