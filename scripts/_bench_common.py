@@ -153,8 +153,8 @@ def run_side(config: dict[str, Any]) -> dict[str, Any]:
 
     `config`: side ("ftsweep" | "hf" | "bare"), n_trials, seed (the sampler's), budget, dataset,
     pruner; optionally stop_below, timeout (seconds after which no trial starts), and for ftsweep
-    backend ("ray"), storage (a URL; "{workdir}" is the run's temporary directory) and objective
-    (a class path).
+    backend ("ray"), storage (a URL; "{workdir}" is the run's temporary directory), objective
+    (a class path) and pack (slots of packed trials).
     """
     with tempfile.TemporaryDirectory(prefix="ftsweep-bench-") as tmp:
         config_path, result_path = Path(tmp) / "config.json", Path(tmp) / "result.json"
@@ -360,6 +360,7 @@ def _run_ftsweep(config: dict[str, Any], timers: _Timers) -> Any:
         **({"backend": config["backend"]} if config.get("backend") else {}),
         **({"storage": config["storage"].format(workdir=workdir)} if config.get("storage") else {}),
         **({"retries": config["retries"]} if config.get("retries") else {}),
+        **({"pack": {"slots": config["pack"]}} if config.get("pack", 1) > 1 else {}),
     }, sort_keys=False))
     sweep = load_sweep(sweep_file)
     stop_below = config.get("stop_below")

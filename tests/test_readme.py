@@ -38,6 +38,10 @@ def test_yaml_example_is_valid(block, tmp_path):
         from search.settings import RetryPolicy
 
         assert RetryPolicy.model_validate(data["retries"]) == RetryPolicy()  # the README shows the defaults
+    elif "pack" in data:  # packed trials
+        from search.settings import PackSettings
+
+        assert PackSettings.model_validate(data["pack"]).slots > 1
     elif "model" in data or "budget" in data:  # model and budget settings (the memory and speed knobs)
         from objectives import ModelConfig, TrainBudget
 

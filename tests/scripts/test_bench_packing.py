@@ -1,0 +1,19 @@
+"""scripts/bench_packing.py --quick: every K, with and without pruning, gets figures from real packed sweeps."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import load_script
+
+bench = load_script("bench_packing")
+pytestmark = pytest.mark.slow  # 8 fresh-interpreter sweeps (~1 min)
+
+
+def test_quick_run_measures_every_pack_size(capsys, tmp_path):
+    summary = bench.main(["--quick", "--cache", str(tmp_path / "reference.json")])
+    out = capsys.readouterr().out
+    assert set(summary["rows"]) == {f"K={k} {p}" for k in (1, 2, 4, 8) for p in ("median", "none")}
+    for row in summary["rows"].values():
+        assert row["trials_per_hour"] > 0 and row["startup_s"] > 0 and row["peak_rss_mb"] > 0
+        assert row["reached"] == 1  # tolerance 1: the first completed trial reaches the target
+    assert out.strip().splitlines()[-1].startswith(f"packed K={summary['best']} / K=1: trials per hour ")
