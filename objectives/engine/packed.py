@@ -1,8 +1,8 @@
 """Packed trials: K LoRA trials ("slots") trained at once on one copy of the base model.
 
-`run_packed(objective, slots)` trains every slot's adapter in one forward/backward per step: the batch is
-repeated once per slot (objectives/multi_lora.py), the frozen base runs once over all rows, and each slot's
-loss is its own rows' (the model's own loss function, normalized as Trainer normalizes a trial's). What may
+`run_packed(objective, slots)` trains every slot's adapter in one forward/backward per step: the slots'
+batches stacked slot-major (objectives/multi_lora.py), the frozen base run once over all their rows, and each
+slot's loss its own rows' (the model's own loss function, normalized as Trainer normalizes a trial's). What may
 differ between slots: learning rate, scheduler type, warmup, weight decay, max_grad_norm (clipped per slot),
 lora_r (ranks padded to the widest), lora_alpha, lora_dropout (independent masks), use_rslora. Everything else
 must be equal (`pack_problems` says what is not).
@@ -28,12 +28,10 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
