@@ -175,13 +175,7 @@ class OptunaBackend(Backend):
         sweep = self.sweep
         metric = sweep.metric_names[0]
         single = not sweep.multi_objective
-        record = TrialRecord.of(trial)
-        record.stamp(WORKER_ID)  # first: a trial unstamped for long belongs to a dead process
-        params = sweep.space.sample(trial)
-        params.update(trial.user_attrs.get(OVERRIDES, {}))  # a re-run's changes, e.g. the halved batch after OOM
-        record.started(params, device=self.device)
-        self.listener("trial_start", {"trial": trial, "params": params})
-        tracked = self.tracker.trial(sweep.study_name, trial.number, params)
+        params, record, tracked = self._begin(trial)
         trial_dir = self.trial_dir(trial.number)
         # A re-run of a preempted or killed trial goes on from that trial's last checkpoint.
         resume_from, history, trained_before = self._resume_point(trial, params, trial_dir)
@@ -192,16 +186,7 @@ class OptunaBackend(Backend):
         if history:
             record.evaluated(history)
 
-        def report(step: int, metrics: dict[str, float]) -> bool:
-            history.append({"step": step, **metrics})
-            record.evaluated(history)
-            tracked.log(step, metrics)
-            self.listener("trial_report", {"trial": trial, "step": step, "metrics": metrics})
-            if not single:
-                return False  # Optuna neither stores intermediate values nor prunes for several objectives
-            trial.report(metrics[metric], step)
-            return trial.should_prune()
-
+        report = self._reporter(trial, record, tracked, history)
         started = time.monotonic()
         last = lambda: {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}  # noqa: E731
         elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all its runs together)
@@ -270,28 +255,18 @@ class OptunaBackend(Backend):
             finally:
                 if isinstance(study, QueueStudy):
                     study.waits_for_others = waits
-            record = TrialRecord.of(trial)
-            record.stamp(WORKER_ID)
-            params = sweep.space.sample(trial)
-            record.started(params, device=self.device)
-            self.listener("trial_start", {"trial": trial, "params": params})
+            params, record, tracked = self._begin(trial)
             # Each trial's heartbeat, as study.optimize keeps one for its trial: workers elsewhere tell a live
             # pack's trials from those of a dead process.
             heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
             heartbeat.start()
-            entry = {"trial": trial, "record": record, "params": params, "history": [], "heartbeat": heartbeat,
-                     "tracked": self.tracker.trial(sweep.study_name, trial.number, params)}
+            entry = {"trial": trial, "record": record, "params": params, "heartbeat": heartbeat, "tracked": tracked}
+            entry["report"] = self._reporter(trial, record, tracked, [])
             running.append(entry)
             return entry
 
         def report(index: int, step: int, metrics: dict[str, float]) -> bool:
-            entry = running[index]
-            entry["history"].append({"step": step, **metrics})
-            entry["record"].evaluated(entry["history"])
-            entry["tracked"].log(step, metrics)
-            self.listener("trial_report", {"trial": entry["trial"], "step": step, "metrics": metrics})
-            entry["trial"].report(metrics[metric], step)
-            return entry["trial"].should_prune()
+            return running[index]["report"](step, metrics)
 
         def ended(index: int, result: dict[str, Any]) -> None:
             entry = running[index]
@@ -361,6 +336,33 @@ class OptunaBackend(Backend):
             raise
         finally:
             study._thread_local.in_optimize_loop = False
+
+    def _begin(self, trial: optuna.Trial) -> tuple[dict[str, Any], TrialRecord, Any]:
+        """(params, record, tracked run) of a trial starting on this worker: stamped first (a trial unstamped
+        for long belongs to a dead process), sampled, a re-run's changes applied, its start recorded."""
+        record = TrialRecord.of(trial)
+        record.stamp(WORKER_ID)
+        params = self.sweep.space.sample(trial)
+        params.update(trial.user_attrs.get(OVERRIDES, {}))  # a re-run's changes, e.g. the halved batch after OOM
+        record.started(params, device=self.device)
+        self.listener("trial_start", {"trial": trial, "params": params})
+        return params, record, self.tracker.trial(self.sweep.study_name, trial.number, params)
+
+    def _reporter(self, trial: optuna.Trial, record: TrialRecord, tracked, history: list[dict[str, Any]]):
+        """`report(step, metrics) -> prune?` of a trial: recorded, logged, shown, told to the pruner."""
+        metric, single = self.sweep.metric_names[0], not self.sweep.multi_objective
+
+        def report(step: int, metrics: dict[str, float]) -> bool:
+            history.append({"step": step, **metrics})
+            record.evaluated(history)
+            tracked.log(step, metrics)
+            self.listener("trial_report", {"trial": trial, "step": step, "metrics": metrics})
+            if not single:
+                return False  # Optuna neither stores intermediate values nor prunes for several objectives
+            trial.report(metrics[metric], step)
+            return trial.should_prune()
+
+        return report
 
     def _fail(self, trial: optuna.Trial, record: TrialRecord, cause: str, reason: str, tracked,
               metrics: dict[str, float]) -> None:
