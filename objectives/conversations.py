@@ -33,6 +33,14 @@ CHAT_FORMATS = ("messages", "sharegpt")  # always rendered by a chat template
 ROLES = ("system", "user", "assistant", "tool")
 # ShareGPT's speaker names (`from`), as the roles chat templates know.
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant", "bing": "assistant"}
+# ChatML (Qwen's and many instruction-tuned models' format), for tokenizers without a template of their own:
+# `objective.args.chat_template: CHATML`; and the same with TRL's generation markers around each answer.
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHATML_WITH_MARKERS = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% generation %}"
+    "{{ m['content'] }}<|im_end|>\n{% endgeneration %}{% else %}<|im_start|>{{ m['role'] }}\n"
+    "{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 # The Stanford Alpaca prompt (without its preamble), with and without an input.
 ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 ALPACA_PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"

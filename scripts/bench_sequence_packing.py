@@ -35,12 +35,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-CHATML_MARKED = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% generation %}"
-                 "{{ m['content'] }}<|im_end|>\n{% endgeneration %}{% else %}<|im_start|>{{ m['role'] }}\n"
-                 "{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+from objectives.conversations import CHATML, CHATML_WITH_MARKERS  # noqa: E402 (after the path above)
+
 PARAMS = {"learning_rate": 3e-3, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "attention",
           "peft_method": "lora"}
 MODES = {"padded": {}, "padding_free": {"padding_free": True}, "packing": {"packing": True},
@@ -133,11 +129,11 @@ def tokenize_costs(chat_file: Path, repeats: int) -> dict[str, float]:
         by_prefix = [encode_chat(tok, m, CHATML, "prefix") for m in conversations]
         times["prefix masking (hand-written)"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        by_markers = [encode_chat(tok, m, CHATML_MARKED, "markers") for m in conversations]
+        by_markers = [encode_chat(tok, m, CHATML_WITH_MARKERS, "markers") for m in conversations]
         times["generation markers (TRL's path)"].append(time.perf_counter() - start)
         same &= by_prefix == by_markers
         marked = AutoTokenizer.from_pretrained(path)
-        marked.chat_template = CHATML_MARKED
+        marked.chat_template = CHATML_WITH_MARKERS
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
             trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), processing_class=marked,

@@ -12,6 +12,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective, resolve_model_path
 from objectives.conversations import (
+    CHATML,  # the bundled tokenizer has no template of its own
+    CHATML_WITH_MARKERS,
     IGNORE_INDEX,
     detect_format,
     encode_chat,
@@ -25,14 +27,6 @@ from search.store.storage import load_existing_study
 from search.sweep import load_sweep
 
 MODEL = ModelConfig(name_or_path="bundled:tiny-support-lm")
-# ChatML, as Qwen and many instruction-tuned models write it; the bundled tokenizer has no template of its own.
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-# The same with TRL's generation markers around each assistant answer and its end of turn.
-CHATML_MARKED = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<|im_start|>assistant\n{% generation %}"
-                 "{{ m['content'] }}<|im_end|>\n{% endgeneration %}{% else %}<|im_start|>{{ m['role'] }}\n"
-                 "{{ m['content'] }}<|im_end|>\n{% endif %}{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def _turns(i: int) -> list[dict]:
@@ -136,18 +130,18 @@ def test_the_hand_written_masks_equal_trls_and_give_the_same_loss(tmp_path, toke
     rows = rows_of("messages", 12)
     path = resolve_model_path(MODEL)
     tok = AutoTokenizer.from_pretrained(path)
-    tok.chat_template = CHATML_MARKED
+    tok.chat_template = CHATML_WITH_MARKERS
     model = AutoModelForCausalLM.from_pretrained(path)
     trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=Dataset.from_list(rows),
                          args=SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=None,
                                         report_to=[], use_cpu=True))
-    assert training_template(tok, None) == (CHATML_MARKED, "markers")
+    assert training_template(tok, None) == (CHATML_WITH_MARKERS, "markers")
     ours_plain = objective(write_jsonl(tmp_path / "chat.jsonl", rows), chat_template=CHATML).task.prompt_format(tok)
     losses = []
     for row, trl_row in zip(rows, trainer.train_dataset):
         messages = to_messages(row, "messages")
-        by_prefix = encode_chat(tok, messages, CHATML_MARKED, "prefix")
-        assert encode_chat(tok, messages, CHATML_MARKED, "markers") == by_prefix
+        by_prefix = encode_chat(tok, messages, CHATML_WITH_MARKERS, "prefix")
+        assert encode_chat(tok, messages, CHATML_WITH_MARKERS, "markers") == by_prefix
         assert ours_plain.encode(row) == by_prefix  # the plain template (no markers): prefix masking
         assert (trl_row["input_ids"], trl_row["labels"]) == by_prefix
         with torch.no_grad():
