@@ -223,6 +223,9 @@ def _check_pack(spec: SweepSpec, space, objective_cls, n_objectives: int, source
     if n_objectives > 1 or spec.metrics[0].name not in ("eval_loss", "perplexity"):
         refuse("a pack evaluates eval_loss (and perplexity) only", "metric", spec.metrics[0].name,
                "Fix: optimize eval_loss or perplexity, or pack.slots: 1.")
+    if spec.model.quantization is not None:
+        refuse("packed slots wrap full-precision linear layers; a quantized base is not packed yet",
+               "model.quantization", spec.model.quantization.model_dump(), "Fix: remove it, or pack.slots: 1.")
     budget = spec.budget
     for name in ("gradient_accumulation_steps", "packing", "padding_free", "gradient_checkpointing"):
         if getattr(budget, name) not in (1, False):
@@ -232,6 +235,9 @@ def _check_pack(spec: SweepSpec, space, objective_cls, n_objectives: int, source
         if name in PER_SLOT_PARAMS:
             continue
         values = finite_values(param)  # [] for a searched number
+        if name == "peft_method" and len(values) == 1 and values != ["lora"]:
+            refuse("packed slots are LoRA adapters", "space.params.peft_method", values[0],
+                   "Fix: peft_method: {type: fixed, value: lora}, or pack.slots: 1.")
         if len(values) != 1 or (name == "peft_method" and values != ["lora"]):
             refuse(f"'{name}' is searched, and the trials of a pack must share it (slots may differ only in "
                    f"{', '.join(PER_SLOT_PARAMS)})", f"space.params.{name}", getattr(param, "type", param),

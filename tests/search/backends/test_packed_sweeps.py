@@ -95,6 +95,11 @@ def test_pruned_slots_are_refilled_until_the_study_holds_n_trials(write_sweep):
      "pack.slots", "packed trials are causal_lm trials"),
     ({"budget": {**BUDGET, "gradient_accumulation_steps": 2}}, "budget.gradient_accumulation_steps",
      "packed trials take no budget.gradient_accumulation_steps"),
+    ({"space": {"params": {"learning_rate": SPACE["params"]["learning_rate"],
+                           "peft_method": {"type": "fixed", "value": "ia3"}}}},
+     "space.params.peft_method", "packed slots are LoRA adapters"),
+    ({"model": {"name_or_path": "bundled:tiny-support-lm", "quantization": {"bits": 4}}}, "model.quantization",
+     "packed slots wrap full-precision linear layers; a quantized base is not packed yet"),
 ])
 def test_what_a_pack_cannot_share_is_refused_when_the_sweep_loads(write_sweep, capsys, changes, key, why):
     path = write_sweep(**{"space": SPACE, "pack": {"slots": 2}, **changes})
