@@ -21,6 +21,7 @@ as TRL's tool-call path does) -- the tests check both give the same labels where
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -281,7 +282,9 @@ class ConversationFormat:
             turns.insert(0, {"role": "system", "content": self.options.system_prompt})
         return turns
 
+    @functools.cached_property
     def _template(self) -> tuple[str, str]:
+        """(template, masking) for this tokenizer: worked out once, not for every row encoded."""
         given = self.options.chat_template if isinstance(self.options.chat_template, str) else None
         template, masking = training_template(self.tokenizer, given)
         if template is None:
@@ -296,7 +299,7 @@ class ConversationFormat:
         """(input ids, labels) of one row, before truncation; labels -100 outside the answers."""
         tok = self.tokenizer
         if self.uses_chat_template:
-            template, masking = self._template()
+            template, masking = self._template
             return encode_chat(tok, self.messages(row), template, masking, source=self.source)
         prompt_ids = self.prefix_ids() + tok(self.format_prompt(row), add_special_tokens=False)["input_ids"]
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
@@ -309,7 +312,7 @@ class ConversationFormat:
         template's generation prompt; for plain alpaca / prompt-completion rows, the prompt text."""
         if self.uses_chat_template:
             history, _ = last_exchange(self.messages(row))
-            template, _ = self._template()
+            template, _ = self._template
             return self.tokenizer.apply_chat_template(history, tokenize=False, chat_template=template,
                                                       add_generation_prompt=True)
         if self.format == "alpaca":
