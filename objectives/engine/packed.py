@@ -29,13 +29,16 @@ Example:
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..multi_lora import MultiLoRALinear
+from . import checkpoint
 from .trial import adapter_on, sweep_trainer_class
 
 # Params each slot may set for itself; any other param must be equal across a pack.
@@ -43,6 +46,8 @@ PER_SLOT_PARAMS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup
                    "max_grad_norm", "lora_r", "lora_alpha", "lora_alpha_ratio", "lora_dropout", "use_rslora")
 # (trial: its index in the order trials started, step, metrics) -> prune it?
 TrialReport = Callable[[int, int, Mapping[str, float]], bool]
+# (trial: its index in the order trials started) -> a folder (or None)
+TrialFolder = Callable[[int], "str | Path | None"]
 
 
 def pack_problems(slots: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -68,21 +73,30 @@ def pack_problems(slots: Sequence[Mapping[str, Any]]) -> list[str]:
 def run_packed(objective, slots: Sequence[Mapping[str, Any]], report: TrialReport | None = None,
                next_params: Callable[[], Mapping[str, Any] | None] | None = None,
                on_end: Callable[[int, dict[str, Any]], None] | None = None,
-               on_log: Callable[[int, int, dict[str, float]], None] | None = None) -> list[dict[str, Any]]:
+               on_log: Callable[[int, int, dict[str, float]], None] | None = None,
+               trial_dir: TrialFolder | None = None, resume_from: TrialFolder | None = None,
+               checkpoint_interval_s: float = 0.0) -> list[dict[str, Any]]:
     """Train the trials `slots` (each a trial's params) together, one per slot; returns every trial's result
     (final metrics, `steps`, `pruned`, `slot`, `duration_s`) in the order the trials started.
 
     `report(trial, step, metrics)` hears each trial's evaluation at its own steps; True prunes it. When a trial
     ends, `on_end(trial, result)` hears it, then its slot takes `next_params()` (a new trial, from its step 0),
     until that is None. `on_log(trial, step, logs)` hears its training logs (train_loss, learning_rate) every
-    `logging_steps`, as Trainer logs a trial's."""
+    `logging_steps`, as Trainer logs a trial's.
+
+    With `trial_dir(trial)`, each trial writes a resumable checkpoint there after an evaluation it goes on from
+    (once `checkpoint_interval_s` have passed since its last one), the newest kept: `checkpoint-<step>`, a
+    standard PEFT adapter folder plus its optimizer state and progress (`save_slot`). A trial whose
+    `resume_from(trial)` names such a checkpoint goes on from it, exactly (with dropout 0) as if it had never
+    stopped."""
     problems = pack_problems(slots)
     if problems:
         raise ValueError("these trials cannot share a pack: " + "; ".join(problems))
     if objective.base_model is None:
         objective.setup()
     with Pack(objective, [dict(s) for s in slots], report=report, next_params=next_params, on_end=on_end,
-              on_log=on_log) as pack:
+              on_log=on_log, trial_dir=trial_dir, resume_from=resume_from,
+              checkpoint_interval_s=checkpoint_interval_s) as pack:
         while pack.running():
             pack.step()
     return [trial.result() for trial in pack.trials]
@@ -97,12 +111,16 @@ class PackedTrial:
     params: dict[str, Any]
     args: Any  # its TrainingArguments
     lr_lambda: Callable[[int], float]
+    config: Any = None  # its LoraConfig
+    folder: Path | None = None  # where its checkpoints go (None: it writes none)
     step: int = 0
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     pruned: bool = False
     diverged: str | None = None  # why its loss stopped being a number; it then ends at once, failed
     started: float = field(default_factory=time.monotonic)
-    duration_s: float | None = None  # its own time in the slot, set when it ends
+    elapsed_before: float = 0.0  # seconds it trained before the checkpoint it resumed from
+    last_saved: float = field(default_factory=time.monotonic)
+    duration_s: float | None = None  # its own time in slots (all its runs together), set when it ends
     since_log: list[float] = field(default_factory=list)  # training losses of the steps since the last log
     logged: list[float] = field(default_factory=list)  # the logged means since the last evaluation
     loss_sum: float = 0.0  # over every step: the whole run's mean training loss, as Trainer's train_loss
@@ -113,6 +131,23 @@ class PackedTrial:
         return {**last, **train, "steps": self.step, "pruned": self.pruned, "diverged": self.diverged, "slot": self.slot,
                 "duration_s": self.duration_s}
 
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def progress(self) -> dict[str, Any]:
+        """What a checkpoint keeps of its progress besides the weights and the optimizer state."""
+        return {"history": [[step, metrics] for step, metrics in self.history], "loss_sum": self.loss_sum,
+                "since_log": self.since_log, "logged": self.logged}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Its progress as a checkpoint's state (checkpoint_state) holds it."""
+        pack = state["pack"]
+        self.step = int(state["step"])
+        self.history = [(int(step), dict(metrics)) for step, metrics in pack["history"]]
+        self.loss_sum = float(pack["loss_sum"])
+        self.since_log, self.logged = list(pack["since_log"]), list(pack["logged"])
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
+
 
 class Pack:
     """The base model with one LoRA adapter per slot (`MultiLoRALinear` on every layer LoRA targets), the
@@ -121,8 +156,13 @@ class Pack:
     def __init__(self, objective, first: Sequence[dict[str, Any]], *, report: TrialReport | None = None,
                  next_params: Callable[[], Mapping[str, Any] | None] | None = None,
                  on_end: Callable[[int, dict[str, Any]], None] | None = None,
-                 on_log: Callable[[int, int, dict[str, float]], None] | None = None) -> None:
+                 on_log: Callable[[int, int, dict[str, float]], None] | None = None,
+                 trial_dir: TrialFolder | None = None, resume_from: TrialFolder | None = None,
+                 checkpoint_interval_s: float = 0.0) -> None:
         self.objective = objective
+        self.trial_dir = trial_dir
+        self.resume_from = resume_from
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.on_end = on_end
         self.on_log = on_log
         self.base = objective.base_model
@@ -160,9 +200,8 @@ class Pack:
                 self.layers[name] = layer
             self._wrap(True)
             self._start_training()
-            for k, params in enumerate(self.first):
-                self.slots.append(self._new_trial(params, k))
-                self._reset_group(k, self.slots[k])
+            for k, (params, (_, config)) in enumerate(zip(self.first, inits)):
+                self.slots.append(self._new_trial(params, k, config))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -212,7 +251,9 @@ class Pack:
         self.optimizer = optimizer_cls(groups, **kwargs)
         self.base.train()
 
-    def _new_trial(self, params: Mapping[str, Any], slot: int) -> PackedTrial:
+    def _new_trial(self, params: Mapping[str, Any], slot: int, config) -> PackedTrial:
+        """Slot `slot`'s new trial (its adapter already in the slot, as PEFT initialises it), resumed from its
+        checkpoint where `resume_from` names one."""
         import torch
         from transformers import get_scheduler
 
@@ -221,17 +262,85 @@ class Pack:
         probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
         schedule = get_scheduler(args.lr_scheduler_type, optimizer=probe, num_warmup_steps=args.get_warmup_steps(steps),
                                  num_training_steps=steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
-        trial = PackedTrial(len(self.trials), slot, dict(params), args, schedule.lr_lambdas[0])
+        number = len(self.trials)
+        folder = self.trial_dir(number) if self.trial_dir is not None else None
+        trial = PackedTrial(number, slot, dict(params), args, schedule.lr_lambdas[0], config=config,
+                            folder=Path(folder) if folder is not None else None)
         self.trials.append(trial)
+        resume = self.resume_from(number) if self.resume_from is not None else None
+        optimizer_state = self._load_slot(slot, trial, Path(resume)) if resume is not None else None
+        self._reset_group(slot, trial, optimizer_state)
         return trial
 
-    def _reset_group(self, k: int, trial: PackedTrial) -> None:
-        """Slot k's param group holds its current adapter's tensors, with no optimizer state yet."""
+    def _reset_group(self, k: int, trial: PackedTrial, state: list[dict] | None = None) -> None:
+        """Slot k's param group holds its current adapter's tensors, with `state` (a checkpoint's) or no
+        optimizer state yet."""
         group = self.optimizer.param_groups[k]
         for p in group["params"]:
             self.optimizer.state.pop(p, None)
         group["params"] = [p for layer in self.layers.values() for p in layer.slot_parameters(k)]
         group["weight_decay"] = trial.args.weight_decay
+        for p, saved in zip(group["params"], state or []):
+            if saved:
+                self.optimizer.state[p] = {name: value.to(p.device) if hasattr(value, "to") else value
+                                           for name, value in saved.items()}
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _adapter_state(self, k: int) -> dict:
+        """Slot k's adapter as PEFT's state dict of the trial's model names it (`get_peft_model_state_dict`)."""
+        state = {}
+        for name, layer in self.layers.items():
+            a, b = layer.slot_parameters(k)
+            state[f"base_model.model.{name}.lora_A.weight"] = a.detach().contiguous().cpu()
+            state[f"base_model.model.{name}.lora_B.weight"] = b.detach().contiguous().cpu()
+        return state
+
+    def save_slot(self, k: int, folder: str | Path) -> Path:
+        """Slot k's trial as a checkpoint in `folder`: its adapter as a standard PEFT adapter folder
+        (adapter_model.safetensors, adapter_config.json: `PeftModel.from_pretrained` loads it on the base
+        model), its optimizer state (optimizer.pt) and, written last, its step and progress."""
+        import torch
+        from safetensors.torch import save_file
+
+        trial = self.slots[k]
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self._adapter_state(k), str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        trial.config.save_pretrained(str(folder))
+        group = self.optimizer.param_groups[k]
+        torch.save([self.optimizer.state.get(p, {}) for p in group["params"]], folder / "optimizer.pt")
+        return checkpoint.write_checkpoint_state(folder, trial.step, params=trial.params, elapsed_s=trial.elapsed(),
+                                                 pack=trial.progress())
+
+    def _checkpoint(self, k: int) -> None:
+        """After an evaluation the trial goes on from: its checkpoint, once the interval has passed; the older
+        ones removed."""
+        trial = self.slots[k]
+        if trial.folder is None or time.monotonic() - trial.last_saved < self.checkpoint_interval_s:
+            return
+        folder = self.save_slot(k, trial.folder / f"checkpoint-{trial.step}")
+        trial.last_saved = time.monotonic()
+        for old in trial.folder.glob("checkpoint-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _load_slot(self, k: int, trial: PackedTrial, folder: Path) -> list[dict]:
+        """Slot k's adapter and the trial's progress from its checkpoint; returns the optimizer state saved."""
+        import torch
+        from safetensors.torch import load_file
+
+        state = checkpoint.checkpoint_state(folder)
+        if dict(state.get("params", {})) != trial.params or "pack" not in state:
+            raise ValueError(f"{folder} is not a checkpoint of this packed trial (other params, or not a pack's)")
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        for name, layer in self.layers.items():
+            a = weights[f"base_model.model.{name}.lora_A.weight"]
+            b = weights[f"base_model.model.{name}.lora_B.weight"]
+            layer.set_slot(k, a, b, alpha=trial.config.lora_alpha, dropout=trial.config.lora_dropout,
+                           rslora=bool(trial.config.use_rslora))
+        trial.restore(state)
+        return torch.load(folder / "optimizer.pt", weights_only=True)
 
     def _backfill(self, k: int) -> None:
         """Slot k's trial ended: the next trial takes the slot from its own step 0 (or the slot stays empty)."""
@@ -250,8 +359,7 @@ class Pack:
         for name, layer in self.layers.items():
             layer.set_slot(k, *weights[name], alpha=config.lora_alpha, dropout=config.lora_dropout,
                            rslora=bool(config.use_rslora))
-        self.slots[k] = self._new_trial(params, k)
-        self._reset_group(k, self.slots[k])
+        self.slots[k] = self._new_trial(params, k, config)
         self.base.train()
 
     # ---------------------------------------------------------------- one step
@@ -380,11 +488,13 @@ class Pack:
             if pruned or trial.step >= self.budget.max_steps:
                 trial.pruned = pruned
                 self._end(k)
+            else:
+                self._checkpoint(k)
 
     def _end(self, k: int) -> None:
         """Slot k's trial is over (completed, pruned or diverged): heard by `on_end`, then the slot backfilled."""
         trial = self.slots[k]
-        trial.duration_s = time.monotonic() - trial.started
+        trial.duration_s = trial.elapsed()
         if self.on_end is not None:
             self.on_end(trial.number, trial.result())
         self._backfill(k)

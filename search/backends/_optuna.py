@@ -173,19 +173,10 @@ class OptunaBackend(Backend):
 
     def _run_trial(self, trial: optuna.Trial, objective) -> float | list[float]:
         sweep = self.sweep
-        metric = sweep.metric_names[0]
         single = not sweep.multi_objective
         params, record, tracked = self._begin(trial)
         trial_dir = self.trial_dir(trial.number)
-        # A re-run of a preempted or killed trial goes on from that trial's last checkpoint.
-        resume_from, history, trained_before = self._resume_point(trial, params, trial_dir)
-        for entry in history:  # its curve so far, for the pruner and the W&B run
-            if single:
-                trial.report(entry[metric], entry[STEP])
-            tracked.log(entry[STEP], {k: v for k, v in entry.items() if k != STEP})
-        if history:
-            record.evaluated(history)
-
+        resume_from, history, trained_before = self._replay(trial, params, trial_dir, record, tracked)
         report = self._reporter(trial, record, tracked, history)
         started = time.monotonic()
         last = lambda: {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}  # noqa: E731
@@ -260,8 +251,11 @@ class OptunaBackend(Backend):
             # pack's trials from those of a dead process.
             heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
             heartbeat.start()
-            entry = {"trial": trial, "record": record, "params": params, "heartbeat": heartbeat, "tracked": tracked}
-            entry["report"] = self._reporter(trial, record, tracked, [])
+            trial_dir = self.trial_dir(trial.number)
+            resume_from, history = self._replay(trial, params, trial_dir, record, tracked)[:2]
+            entry = {"trial": trial, "record": record, "params": params, "heartbeat": heartbeat, "tracked": tracked,
+                     "dir": trial_dir, "resume": resume_from}
+            entry["report"] = self._reporter(trial, record, tracked, history)
             running.append(entry)
             return entry
 
@@ -294,6 +288,8 @@ class OptunaBackend(Backend):
                 record_constraints(trial, sweep.spec.constraints, metrics)
                 tracked.finish("complete", metrics)
                 frozen = study.tell(trial, metrics[metric])
+            if frozen.state != optuna.trial.TrialState.FAIL:
+                shutil.rmtree(entry["dir"], ignore_errors=True)  # done: nothing will resume it
             on_trial_end(study, frozen)
 
         def next_params() -> dict[str, Any] | None:
@@ -308,7 +304,9 @@ class OptunaBackend(Backend):
             if not first:
                 raise NoTrialLeft
             run_packed(objective, [e["params"] for e in first], report=report, next_params=next_params, on_end=ended,
-                       on_log=lambda index, step, logs: running[index]["tracked"].log(step, logs))
+                       on_log=lambda index, step, logs: running[index]["tracked"].log(step, logs),
+                       trial_dir=lambda index: running[index]["dir"], resume_from=lambda index: running[index]["resume"],
+                       checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s)
         except NoTrialLeft:
             raise
         except BaseException as exc:  # the pack's running trials end with it: recorded, each re-run per the policy
@@ -347,6 +345,19 @@ class OptunaBackend(Backend):
         record.started(params, device=self.device)
         self.listener("trial_start", {"trial": trial, "params": params})
         return params, record, self.tracker.trial(self.sweep.study_name, trial.number, params)
+
+    def _replay(self, trial: optuna.Trial, params: dict[str, Any], trial_dir: Path, record: TrialRecord,
+                tracked) -> tuple[Path | None, list[dict[str, Any]], float]:
+        """`_resume_point` of a starting trial: a re-run of a preempted or killed trial goes on from that trial's
+        last checkpoint, its curve so far reported again to the pruner, the record and the W&B run."""
+        resume_from, history, trained_before = self._resume_point(trial, params, trial_dir)
+        for entry in history:
+            if not self.sweep.multi_objective:
+                trial.report(entry[self.sweep.metric_names[0]], entry[STEP])
+            tracked.log(entry[STEP], {k: v for k, v in entry.items() if k != STEP})
+        if history:
+            record.evaluated(history)
+        return resume_from, history, trained_before
 
     def _reporter(self, trial: optuna.Trial, record: TrialRecord, tracked, history: list[dict[str, Any]]):
         """`report(step, metrics) -> prune?` of a trial: recorded, logged, shown, told to the pruner."""

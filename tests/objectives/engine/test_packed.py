@@ -127,3 +127,60 @@ def test_a_packed_trial_logs_and_reports_the_training_loss_as_a_trial_alone(obje
     assert result["train_loss"] == pytest.approx(final["train_loss"], rel=TOLERANCE)
     assert [s for s, _ in logs] == [2, 4, 6, 8]  # every logging_steps (here eval_every divides by 2)
     assert all(set(entry) == {"train_loss", "learning_rate"} for _, entry in logs)
+
+
+class _Killed(Exception):
+    """Stands for the process dying between two evaluations."""
+
+
+def test_a_packed_trial_resumed_from_its_checkpoint_goes_on_as_if_never_stopped(objective, tmp_path):
+    """Two trials stop mid-pack (trial 0 after its step-6 checkpoint, trial 1 after its step-4 one), then go on in
+    one new pack, in each other's slots: every evaluation and the whole run's train_loss are those of the trial
+    alone, and each checkpoint is a PEFT adapter that loads on the base model as the trial was at that step."""
+    import copy
+
+    from peft import PeftModel
+    from transformers import Trainer, TrainingArguments
+
+    from objectives import latest_checkpoint
+
+    seen: dict[int, list[tuple[int, float]]] = {0: [], 1: []}
+
+    def report(trial, step, metrics):
+        if trial == 1 and step == 6:
+            raise _Killed
+        seen[trial].append((step, metrics["eval_loss"]))
+        return False
+
+    folders = [tmp_path / "trial-0", tmp_path / "trial-1"]
+    with pytest.raises(_Killed):
+        run_packed(objective, SLOTS[:2], report=report, trial_dir=folders.__getitem__, checkpoint_interval_s=0)
+    checkpoints = [latest_checkpoint(folder) for folder in folders]
+    assert [c.name for c in checkpoints] == ["checkpoint-6", "checkpoint-4"]
+    assert [len(list(folder.iterdir())) for folder in folders] == [1, 1]  # the newest only
+
+    # The step-4 checkpoint is the trial's adapter at step 4, as PEFT saves and loads it.
+    model = PeftModel.from_pretrained(copy.deepcopy(objective.base_model), checkpoints[1])
+    args = TrainingArguments(output_dir=str(tmp_path / "eval"), per_device_eval_batch_size=16, report_to=[])
+    loss = Trainer(model=model, args=args, eval_dataset=objective.eval_dataset,
+                   data_collator=objective.collator()).evaluate()["eval_loss"]
+    assert loss == pytest.approx(seen[1][-1][1], rel=TOLERANCE)
+
+    resumed: dict[int, list[tuple[int, float]]] = {0: [], 1: []}
+    results = run_packed(objective, [SLOTS[1], SLOTS[0]], resume_from=[checkpoints[1], checkpoints[0]].__getitem__,
+                         report=lambda trial, step, m: resumed[trial].append((step, m["eval_loss"])) or False)
+    for trial, (params, before, after) in enumerate([(SLOTS[1], seen[1], resumed[0]), (SLOTS[0], seen[0], resumed[1])]):
+        alone, final = _alone(objective, params, full=True)
+        history = before + after
+        assert [s for s, _ in history] == [s for s, _ in alone] == [2, 4, 6, 8], trial
+        assert [v for _, v in history] == pytest.approx([m["eval_loss"] for _, m in alone], rel=TOLERANCE), trial
+        assert results[trial]["steps"] == 8
+        assert results[trial]["train_loss"] == pytest.approx(final["train_loss"], rel=TOLERANCE)
+    assert [s for s, _ in resumed[0]] == [6, 8] and [s for s, _ in resumed[1]] == [8]
+
+
+def test_a_checkpoint_of_other_params_is_refused(objective, tmp_path):
+    run_packed(objective, SLOTS[:1], report=lambda trial, step, m: step == 4, trial_dir=lambda trial: tmp_path,
+               checkpoint_interval_s=0)
+    with pytest.raises(ValueError, match="not a checkpoint of this packed trial"):
+        run_packed(objective, SLOTS[1:2], resume_from=lambda trial: tmp_path / "checkpoint-2")

@@ -5,14 +5,20 @@ normal trial: the same eval history as unpacked, one record, best/show/export/tr
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
+from objectives import checkpoint_state, latest_checkpoint
 from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
-from search.store.storage import load_existing_study
+from search.store.storage import JOURNAL, load_existing_study
 from search.sweep import load_sweep
 
 # Four configs (a grid), dropout 0: a pack must give each the history it has alone.
@@ -162,3 +168,57 @@ def test_every_packed_trial_has_its_own_wandb_run(write_sweep):
         assert logged == pytest.approx({h["step"]: h["eval_loss"] for h in trial.user_attrs["eval_history"]})
         assert any("train_loss" in row for row in run.history)
         assert run.summary["state"] == "complete" and run.summary["eval_loss"] == pytest.approx(trial.value)
+
+
+def _both_slots_past_a_checkpoint(path, proc, timeout: float = 240.0) -> None:
+    """Wait until both trials of the pack run and have evaluated at 12..60 of their 80 steps."""
+    deadline = time.monotonic() + timeout
+    storage = load_sweep(path).storage_url
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep ended early ({proc.returncode}):\n{(path.parent / 'launch.log').read_text()}")
+        if Path(storage.removeprefix(JOURNAL)).exists():
+            try:
+                trials = _study(path).trials
+            except KeyError:  # the study is not created yet
+                trials = []
+            steps = [max(t.intermediate_values, default=0) for t in trials if t.state.name == "RUNNING"]
+            if len(steps) == 2 and all(12 <= s <= 60 for s in steps):
+                return
+        time.sleep(0.2)
+    raise AssertionError("the pack did not get there in time")
+
+
+@pytest.mark.slow  # a subprocess sweep, SIGKILLed mid-pack
+def test_a_killed_pack_reruns_its_trials_from_their_checkpoints_as_if_never_interrupted(write_sweep, tmp_path):
+    changes = dict(space=SPACE, n_trials=2, pack={"slots": 2}, retries={"checkpoint_interval_s": 0},
+                   budget={**BUDGET, "max_steps": 80, "eval_every": 4})
+    reference = write_sweep("reference.yaml", **changes, output_dir=str(tmp_path / "reference"))
+    assert main(["launch", str(reference)]) == 0
+    uninterrupted = _by_params(_study(reference))
+
+    path = write_sweep(**changes)
+    with (tmp_path / "launch.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "search.cli", "launch", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[3])
+    try:
+        _both_slots_past_a_checkpoint(path, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    checkpoints = load_sweep(path).output_dir / "checkpoints" / "tiny"
+    resumed_at = {n: checkpoint_state(latest_checkpoint(checkpoints / f"trial-{n}"))["step"] for n in (0, 1)}
+
+    assert main(["launch", str(path)]) == 0
+    trials = _study(path).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    for retry in trials[2:]:
+        want = uninterrupted[(retry.params["learning_rate"], retry.params["lora_r"])]
+        history, expected = retry.user_attrs["eval_history"], want.user_attrs["eval_history"]
+        assert [h["step"] for h in history] == [h["step"] for h in expected]
+        assert [h["resumed_from"] for h in history if "resumed_from" in h] == [resumed_at[retry.user_attrs["retry_of"]]]
+        assert [h["eval_loss"] for h in history] == pytest.approx([h["eval_loss"] for h in expected], rel=1e-4)
+        assert sorted(retry.intermediate_values) == sorted(want.intermediate_values)  # the pruner saw it all
+        assert retry.value == pytest.approx(want.value, rel=1e-4)
+        assert retry.user_attrs["pack"]["slots"] == 2
+    assert not any(checkpoints.iterdir())  # removed once the trials ended for good
