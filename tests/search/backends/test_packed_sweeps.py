@@ -222,3 +222,18 @@ def test_a_killed_pack_reruns_its_trials_from_their_checkpoints_as_if_never_inte
         assert retry.value == pytest.approx(want.value, rel=1e-4)
         assert retry.user_attrs["pack"]["slots"] == 2
     assert not any(checkpoints.iterdir())  # removed once the trials ended for good
+
+
+@pytest.mark.slow  # worker subprocesses
+def test_each_worker_runs_its_own_pack_and_together_they_stop_at_exactly_n_trials(write_sweep, tmp_path):
+    space = {"params": {**SPACE["params"], "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
+    storage = f"journal:///{tmp_path / 'store' / 'sweeps.journal'}"
+    path = write_sweep(space=space, sampler={"name": "tpe", "args": {"n_startup_trials": 4}}, pruner="none",
+                       n_trials=9, pack={"slots": 2}, budget={**BUDGET, "max_steps": 2, "eval_every": 2})
+    assert main(["launch", str(path), "--storage", storage, "--workers", "2"]) == 0
+    study = load_existing_study("tiny", storage)
+    trials = study.get_trials()
+    assert len(trials) == 9 and all(t.state.name == "COMPLETE" for t in trials)  # no overshoot across the packs
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # two workers, each its own pack
+    assert all(t.user_attrs["pack"]["slots"] == 2 and t.user_attrs["pack"]["slot"] in (0, 1) for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 9
