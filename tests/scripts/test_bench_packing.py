@@ -17,3 +17,9 @@ def test_quick_run_measures_every_pack_size(capsys, tmp_path):
         assert row["trials_per_hour"] > 0 and row["startup_s"] > 0 and row["peak_rss_mb"] > 0
         assert row["reached"] == 1  # tolerance 1: the first completed trial reaches the target
     assert out.strip().splitlines()[-1].startswith(f"packed K={summary['best']} / K=1: trials per hour ")
+
+
+def test_per_trial_times_every_pack_size_against_a_trial_alone(capsys):
+    seconds = bench.main(["--per-trial", "--quick", "--slots", "1,2"])
+    assert set(seconds) == {"alone", "K=1", "K=2"} and all(v and min(v) > 0 for v in seconds.values())
+    assert "| K=2 |" in capsys.readouterr().out
