@@ -19,7 +19,7 @@ from .data_checks import CHECKS, DataReport, Finding, validate_data
 from .engine.callback import COST_METRICS
 from .engine.checkpoint import checkpoint_state, latest_checkpoint
 from .engine.objective import Objective, available_objectives, check_augmentation, get_objective
-from .engine.packed import PER_SLOT_PARAMS, run_packed
+from .engine.packed import PACK_METRICS, PER_SLOT_PARAMS, run_packed
 from .engine.trial import Reporter, TrialDiverged
 from .engine.worker import BASE_MODEL_PARAM
 from .metrics import GENERATION_METRICS, UNCERTAINTY_STRATEGIES, generation_metrics, perplexity, uncertainty
@@ -46,6 +46,7 @@ __all__ = [
     "GENERATION_METRICS",
     "OBJECTIVES",
     "PEFT_METHODS",
+    "PACK_METRICS",
     "PER_SLOT_PARAMS",
     "TASKS",
     "UNCERTAINTY_STRATEGIES",

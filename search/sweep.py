@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from objectives import PER_SLOT_PARAMS, check_augmentation, check_method_params, get_objective
+from objectives import PACK_METRICS, PER_SLOT_PARAMS, check_augmentation, check_method_params, get_objective
 from spaces import ConfigError, SearchSpace, finite_values, from_validation_error, load_yaml, resolve_space
 
 from .components import BACKENDS, check_pruner, check_sampler, prunes
@@ -203,13 +203,13 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
         spec = _multi_objective(spec, source)
     check_sampler(spec.sampler, space, source=source, n_objectives=len(directions))
     if spec.pack.slots > 1:
-        _check_pack(spec, space, objective_cls, len(directions), source)
+        _check_pack(spec, space, objective_cls, source)
     if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
         check_pruner(spec.pruner, source=source)
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
 
 
-def _check_pack(spec: SweepSpec, space, objective_cls, n_objectives: int, source: str) -> None:
+def _check_pack(spec: SweepSpec, space, objective_cls, source: str) -> None:
     """What packed trials need (objectives/engine/packed.py), refused at load with the reason."""
     def refuse(message: str, key: str, value: Any, hint: str) -> None:
         raise ConfigError(message, source=source, key=key, value=value, hint=hint)
@@ -220,9 +220,12 @@ def _check_pack(spec: SweepSpec, space, objective_cls, n_objectives: int, source
     if objective_cls.task_class.name != "causal_lm":
         refuse("packed trials are causal_lm trials for now (a classifier's head cannot be shared)", "pack.slots",
                spec.pack.slots, "Fix: pack.slots: 1 for this objective.")
-    if n_objectives > 1 or spec.metrics[0].name not in ("eval_loss", "perplexity"):
-        refuse("a pack evaluates eval_loss (and perplexity) only", "metric", spec.metrics[0].name,
-               "Fix: optimize eval_loss or perplexity, or pack.slots: 1.")
+    wanted = [("metric", m.name) for m in spec.metrics] + [("record_metrics", n) for n in spec.record_metrics] + [
+        ("constraints", c.metric) for c in spec.constraints]
+    for key, name in wanted:
+        if name not in PACK_METRICS:
+            refuse(f"a packed trial reports {', '.join(PACK_METRICS)}, not {name}", key, name,
+                   "Fix: use those metrics (e.g. metric: [eval_loss, trainable_params]), or pack.slots: 1.")
     if spec.model.quantization is not None:
         refuse("packed slots wrap full-precision linear layers; a quantized base is not packed yet",
                "model.quantization", spec.model.quantization.model_dump(), "Fix: remove it, or pack.slots: 1.")

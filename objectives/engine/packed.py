@@ -39,11 +39,14 @@ from typing import Any
 
 from ..multi_lora import MultiLoRALinear
 from . import checkpoint
+from .callback import COST_METRICS
 from .trial import adapter_on, sweep_trainer_class
 
 # Params each slot may set for itself; any other param must be equal across a pack.
 PER_SLOT_PARAMS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay",
                    "max_grad_norm", "lora_r", "lora_alpha", "lora_alpha_ratio", "lora_dropout", "use_rslora")
+# What each packed trial reports at an evaluation: any of them may be optimized, constrained or recorded.
+PACK_METRICS = ("eval_loss", "perplexity", *COST_METRICS)
 # (trial: its index in the order trials started, step, metrics) -> prune it?
 TrialReport = Callable[[int, int, Mapping[str, float]], bool]
 # (trial: its index in the order trials started) -> a folder (or None)
@@ -174,6 +177,7 @@ class Pack:
         self.slots: list[PackedTrial | None] = []
         self.layers: dict[str, MultiLoRALinear] = {}
         self.batches: dict[int, list[dict]] = {}  # epoch -> the trial's training batches of that epoch
+        self._peak_rss = 0  # bytes, on a CPU: the highest resident memory seen at an evaluation
 
     # ---------------------------------------------------------------- set-up and tear-down
 
@@ -466,15 +470,24 @@ class Pack:
 
         self.base.eval()
         totals, seen = torch.zeros(len(due), dtype=torch.float64), 0
+        started = time.perf_counter()
         with torch.no_grad():
             for batch in self.eval_loader:
                 losses = self._forward([batch] * len(due), due, count_items=False)
                 totals += losses.double().cpu() * batch["input_ids"].shape[0]
                 seen += batch["input_ids"].shape[0]
+        seconds = time.perf_counter() - started
         self.base.train()
+        costs = self._costs()
         for k, total in zip(due, totals.tolist()):
             trial = self.slots[k]
             metrics = self.objective.clean_metrics({"eval_loss": total / seen})  # + perplexity
+            # COST_METRICS as a trial alone reports them: its adapter's size; the process's peak memory (the
+            # pack's); its share of the evaluation time per example.
+            metrics["trainable_params"] = float(sum(p.numel() for layer in self.layers.values()
+                                                    for p in layer.slot_parameters(k)))
+            metrics.update(costs)
+            metrics["latency_ms"] = 1000.0 * seconds / (len(due) * max(seen, 1))
             if trial.logged:  # the train-validation gap, as a trial alone reports it
                 metrics["interval_train_loss"] = sum(trial.logged) / len(trial.logged)
                 metrics["train_eval_gap"] = metrics["eval_loss"] - metrics["interval_train_loss"]
@@ -490,6 +503,17 @@ class Pack:
                 self._end(k)
             else:
                 self._checkpoint(k)
+
+    def _costs(self) -> dict[str, float]:
+        """peak_memory_mb now: torch's peak allocation on a GPU, the process's peak resident memory on a CPU."""
+        import torch
+
+        if torch.cuda.is_available():
+            return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
+        import psutil
+
+        self._peak_rss = max(self._peak_rss, psutil.Process().memory_info().rss)
+        return {"peak_memory_mb": self._peak_rss / 2**20}
 
     def _end(self, k: int) -> None:
         """Slot k's trial is over (completed, pruned or diverged): heard by `on_end`, then the slot backfilled."""

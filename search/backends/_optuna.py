@@ -230,7 +230,6 @@ class OptunaBackend(Backend):
     def _run_one_pack(self, study: optuna.Study, objective, deadline: float | None, on_trial_end,
                       slots: int) -> None:
         sweep = self.sweep
-        metric = sweep.metric_names[0]
         running: list[dict[str, Any]] = []  # by the pack's trial index: the Optuna trial and its record
 
         def ask() -> dict[str, Any] | None:
@@ -270,6 +269,8 @@ class OptunaBackend(Backend):
             record.set(PACK, {"slot": result["slot"], "slots": slots})
             metrics = {k: v for k, v in result.items() if k not in ("pruned", "diverged", "slot", "duration_s")}
             metrics["steps"] = float(metrics["steps"])
+            values = [metrics.get(name, math.nan) for name in sweep.metric_names]
+            bad = next(((name, v) for name, v in zip(sweep.metric_names, values) if not math.isfinite(v)), None)
             if result["diverged"]:
                 record.ended(duration_s=result["duration_s"])
                 self._fail(trial, record, DIVERGED, f"TrialDiverged: {result['diverged']}", tracked, metrics)
@@ -278,16 +279,15 @@ class OptunaBackend(Backend):
                 record.ended(duration_s=result["duration_s"])
                 tracked.finish("pruned", metrics)
                 frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            elif not math.isfinite(metrics.get(metric, math.nan)):
+            elif bad is not None:
                 record.ended(duration_s=result["duration_s"])
-                reason = f"TrialDiverged: final {metric} is {metrics.get(metric)}"
-                self._fail(trial, record, DIVERGED, reason, tracked, metrics)
+                self._fail(trial, record, DIVERGED, f"TrialDiverged: final {bad[0]} is {bad[1]}", tracked, metrics)
                 frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 record.completed(metrics, duration_s=result["duration_s"])
                 record_constraints(trial, sweep.spec.constraints, metrics)
                 tracked.finish("complete", metrics)
-                frozen = study.tell(trial, metrics[metric])
+                frozen = study.tell(trial, values if sweep.multi_objective else values[0])
             if frozen.state != optuna.trial.TrialState.FAIL:
                 shutil.rmtree(entry["dir"], ignore_errors=True)  # done: nothing will resume it
             on_trial_end(study, frozen)

@@ -106,6 +106,9 @@ def test_pruned_slots_are_refilled_until_the_study_holds_n_trials(write_sweep):
      "space.params.peft_method", "packed slots are LoRA adapters"),
     ({"model": {"name_or_path": "bundled:tiny-support-lm", "quantization": {"bits": 4}}}, "model.quantization",
      "packed slots wrap full-precision linear layers; a quantized base is not packed yet"),
+    ({"metric": "bleu"}, "metric", "a packed trial reports eval_loss, perplexity, trainable_params, peak_memory_mb, "
+     "latency_ms, not bleu"),
+    ({"record_metrics": ["rougeL"]}, "record_metrics", "a packed trial reports eval_loss"),
 ])
 def test_what_a_pack_cannot_share_is_refused_when_the_sweep_loads(write_sweep, capsys, changes, key, why):
     path = write_sweep(**{"space": SPACE, "pack": {"slots": 2}, **changes})
@@ -237,3 +240,25 @@ def test_each_worker_runs_its_own_pack_and_together_they_stop_at_exactly_n_trial
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # two workers, each its own pack
     assert all(t.user_attrs["pack"]["slots"] == 2 and t.user_attrs["pack"]["slot"] in (0, 1) for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 9
+
+
+def test_a_multi_objective_packed_sweep_tells_each_trial_all_its_values(write_sweep, tmp_path, capsys):
+    """eval_loss against the adapter's size: each packed trial is told both, the ones it has alone."""
+    common = dict(space=SPACE, sampler={"name": "grid"}, n_trials=4, budget=BUDGET,
+                  metric=[{"name": "eval_loss", "direction": "minimize"},
+                          {"name": "trainable_params", "direction": "minimize"}])
+    packed = write_sweep(**common, pack={"slots": 2})
+    alone = write_sweep("alone.yaml", **common, study_name="alone", output_dir=str(tmp_path / "alone"))
+    assert main(["launch", str(packed)]) == 0 and main(["launch", str(alone)]) == 0
+    unpacked = _by_params(_study(alone))
+    trials = _study(packed).trials
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" and t.user_attrs["pack"]["slots"] == 2 for t in trials)
+    for t in trials:
+        want = unpacked[(t.params["learning_rate"], t.params["lora_r"])]
+        assert t.values[0] == pytest.approx(want.values[0], rel=1e-4)
+        assert t.values[1] == want.values[1]  # the same adapter, parameter for parameter
+    assert {t.values[1] for t in trials} == {want.values[1] for want in unpacked.values()}
+    assert len({t.values[1] for t in trials}) == 2  # r 4 and r 8
+    capsys.readouterr()
+    assert main(["best", "tiny", "--storage", load_sweep(packed).storage_url]) == 0
+    assert "Pareto" in capsys.readouterr().out
