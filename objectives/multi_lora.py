@@ -37,6 +37,12 @@ def linear_dims(base: nn.Module) -> tuple[int, int]:
     raise TypeError(f"MultiLoRALinear wraps linear layers (nn.Linear, Conv1D), not {type(base).__name__}")
 
 
+def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """The adapter's dtype on a base of `base_dtype`: float32 on a half-precision base, as PEFT keeps its LoRA
+    weights (`autocast_adapter_dtype`), so a slot trains as the trial alone does."""
+    return torch.float32 if base_dtype in (torch.float16, torch.bfloat16) else base_dtype
+
+
 class MultiLoRALinear(nn.Module):
     """A frozen linear layer with one LoRA adapter per slot; the input's rows are grouped by slot.
 
@@ -54,10 +60,11 @@ class MultiLoRALinear(nn.Module):
         self.base = base
         self.in_features, self.out_features = linear_dims(base)
         weight = base.weight
+        dtype = adapter_dtype(weight.dtype)
         self.lora_A = nn.ParameterList(
-            nn.Parameter(torch.zeros(r, self.in_features, dtype=weight.dtype, device=weight.device)) for r in ranks)
+            nn.Parameter(torch.zeros(r, self.in_features, dtype=dtype, device=weight.device)) for r in ranks)
         self.lora_B = nn.ParameterList(
-            nn.Parameter(torch.zeros(self.out_features, r, dtype=weight.dtype, device=weight.device)) for r in ranks)
+            nn.Parameter(torch.zeros(self.out_features, r, dtype=dtype, device=weight.device)) for r in ranks)
         self.ranks = list(ranks)
         rslora = list(rslora or [False] * len(ranks))
         self.register_buffer("scaling", torch.tensor(
@@ -79,8 +86,9 @@ class MultiLoRALinear(nn.Module):
                  rslora: bool = False) -> None:
         """Give slot k a new adapter (a backfilled trial): new tensors of its own rank, initialised to `a`, `b`."""
         weight = self.base.weight
-        self.lora_A[k] = nn.Parameter(a.detach().clone().to(device=weight.device, dtype=weight.dtype))
-        self.lora_B[k] = nn.Parameter(b.detach().clone().to(device=weight.device, dtype=weight.dtype))
+        dtype = adapter_dtype(weight.dtype)
+        self.lora_A[k] = nn.Parameter(a.detach().clone().to(device=weight.device, dtype=dtype))
+        self.lora_B[k] = nn.Parameter(b.detach().clone().to(device=weight.device, dtype=dtype))
         r = a.shape[0]
         self.ranks[k] = r
         self.scaling[k] = alpha / (r ** 0.5 if rslora else r)

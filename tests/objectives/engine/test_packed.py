@@ -184,3 +184,15 @@ def test_a_checkpoint_of_other_params_is_refused(objective, tmp_path):
                checkpoint_interval_s=0)
     with pytest.raises(ValueError, match="not a checkpoint of this packed trial"):
         run_packed(objective, SLOTS[1:2], resume_from=lambda trial: tmp_path / "checkpoint-2")
+
+
+def test_on_a_half_precision_base_the_slots_train_in_float32_as_peft_keeps_lora():
+    from peft import LoraConfig, get_peft_model
+
+    base = torch.nn.Sequential(torch.nn.Linear(8, 4)).to(torch.bfloat16)
+    peft_model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(8, 4)).to(torch.bfloat16),
+                                LoraConfig(r=2, target_modules=["0"]))
+    layer = MultiLoRALinear(base[0], ranks=[2, 4], alphas=[4, 8], dropouts=[0.0, 0.0])
+    peft_dtype = peft_model.base_model.model[0].lora_A["default"].weight.dtype
+    assert {p.dtype for p in [*layer.lora_A, *layer.lora_B]} == {peft_dtype} == {torch.float32}
+    assert layer(torch.randn(2 * 3, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
