@@ -92,7 +92,7 @@ class TrialMonitor:
         # Early stopping makes Trainer track a "best" checkpoint, and at the end of train() it deletes
         # every other one when save_total_limit is 1 -- the newest, which a resume needs, included.
         state.best_model_checkpoint = None
-        if self.checkpoints is not None:
+        if self.checkpoints is not None and state.is_world_process_zero:  # one writer: Trainer's own, rank 0
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             checkpoint.write_checkpoint_state(folder, state.global_step, params=self.checkpoints.params,
                                               elapsed_s=self.checkpoints.elapsed(), **self.checkpoints.about)

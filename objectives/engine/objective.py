@@ -71,6 +71,21 @@ class Objective:
         """The objective class of `task_class` (one per pair: the same class every time)."""
         return _bind(cls, task_class)
 
+    def __reduce__(self):
+        """Pickled (to start a distributed trial's rank processes), an objective is what it was made of: it
+        loads its models and data again where it is unpickled, and `setup()` there does so.
+
+        Example:
+            >>> import pickle
+            >>> from objectives import DataConfig, ModelConfig, TrainBudget
+            >>> made = get_objective("causal_lm")(ModelConfig(name_or_path="m"), DataConfig(source="d"), TrainBudget())
+            >>> again = pickle.loads(pickle.dumps(made))
+            >>> type(again) is type(made), again.model_config == made.model_config, again.base_model
+            (True, True, None)
+        """
+        bound = type(self).__dict__.get("_bound")  # a class _bind made: made again by _bind, not imported
+        return _remade, (bound or type(self), self._arguments)
+
     def __init__(
         self,
         model: ModelConfig,
@@ -85,6 +100,10 @@ class Objective:
         target: tuple[str, Direction] = ("eval_loss", "minimize"),
         augmentation: AugmentationSettings | None = None,
     ) -> None:
+        # What it was made of: a pickled objective is made again from it, unset-up (see __reduce__).
+        self._arguments = dict(model=model, data=data, budget=budget, seed=seed, options=options,
+                               output_dir=output_dir, source=source, metrics=metrics, target=target,
+                               augmentation=augmentation)
         self.model_config = model
         self.data_config = data
         self.budget = budget
@@ -437,8 +456,14 @@ def _bind(base: type[Objective], task_class: type[Task]) -> type[Objective]:
         "__doc__": f"The objective of {task_class.__name__} (objectives/engine/objective.py).",
         "__module__": base.__module__,
         "task_class": task_class, "name": task_class.name, "metrics": task_class.metrics,
-        "peft_task_type": task_class.peft_task_type,
+        "peft_task_type": task_class.peft_task_type, "_bound": (base, task_class),
     })
+
+
+def _remade(made_from, arguments: dict[str, Any]) -> Objective:
+    """`Objective.__reduce__`'s maker: the class (or the (base, task class) pair _bind binds) with its arguments."""
+    cls = _bind(*made_from) if isinstance(made_from, tuple) else made_from
+    return cls(**arguments)
 
 
 # ---------------------------------------------------------------- the registry, as objectives

@@ -1,0 +1,108 @@
+"""Distributed trials (objectives/engine/distributed.py): one trial in 2 gloo processes on this CPU has the eval
+history of the trial in one process with the same global batch; a prune reaches every rank; a lost rank fails
+the trial without leaving a process behind, and the next trial starts on a clean group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import optuna
+import psutil
+import pytest
+
+from objectives import DataConfig, ModelConfig, TrainBudget, get_objective
+from objectives.engine.distributed import RankLost, run_distributed_trial
+
+pytestmark = pytest.mark.slow  # rank processes (about 5 s per trial on 2 cores)
+
+BUDGET = {"max_steps": 8, "eval_every": 2, "batch_size": 8, "eval_batch_size": 16, "max_seq_length": 64}
+PARAMS = {"learning_rate": 3e-3, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "attention"}
+
+
+def _objective(batch_size: int):
+    return get_objective("causal_lm")(ModelConfig(name_or_path="bundled:tiny-support-lm"),
+                                      DataConfig(source="bundled:support-qa", max_train_examples=64,
+                                                 max_eval_examples=16),
+                                      TrainBudget(**{**BUDGET, "batch_size": batch_size}), seed=0)
+
+
+def _ranks_left() -> list[psutil.Process]:
+    """Processes below this one other than multiprocessing's own servers (the forkserver, which forks the ranks,
+    and the resource tracker)."""
+    servers = {p.pid for p in psutil.Process().children()
+               if any("forkserver" in part or "resource_tracker" in part for part in p.cmdline())}
+    return [p for p in psutil.Process().children(recursive=True) if p.pid not in servers]
+
+
+@pytest.fixture(scope="module")
+def alone():
+    objective = _objective(BUDGET["batch_size"])
+    seen = []
+    final = objective.run_trial(PARAMS, report=lambda step, m: seen.append((step, m["eval_loss"])) or False)
+    return seen, final
+
+
+def test_two_processes_with_the_same_global_batch_give_the_history_of_one(alone):
+    seen, logs = [], []
+    final = run_distributed_trial(_objective(BUDGET["batch_size"] // 2), PARAMS, world_size=2,
+                                  report=lambda step, m: seen.append((step, m["eval_loss"])) or False,
+                                  on_log=lambda step, entry: logs.append(step))
+    want, want_final = alone
+    assert [s for s, _ in seen] == [s for s, _ in want] == [2, 4, 6, 8]
+    assert [v for _, v in seen] == pytest.approx([v for _, v in want], rel=1e-5)
+    assert final["train_loss"] == pytest.approx(want_final["train_loss"], rel=1e-5)
+    assert logs  # rank 0's training logs reach the caller
+    assert not _ranks_left()
+
+
+def test_a_prune_ends_the_trial_on_every_rank(alone):
+    seen = []
+
+    def report(step, metrics):
+        seen.append(step)
+        return step == 4
+
+    with pytest.raises(optuna.TrialPruned):
+        run_distributed_trial(_objective(4), PARAMS, world_size=2, report=report)
+    assert seen == [2, 4]  # no rank trained on after the prune
+    assert not _ranks_left()
+
+
+def test_a_killed_rank_fails_the_trial_and_the_next_trial_starts_on_a_clean_group(alone):
+    killed = []
+
+    def report(step, metrics):
+        if not killed:
+            ranks = _ranks_left()
+            assert len(ranks) == 2
+            victim = max(ranks, key=lambda p: p.pid)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+        return False
+
+    with pytest.raises(RankLost, match="lost"):
+        run_distributed_trial(_objective(4), PARAMS, world_size=2, report=report, timeout_s=30)
+    assert time.monotonic() - killed[0] < 30  # well before the group's timeout
+    assert not _ranks_left()
+    seen = []
+    run_distributed_trial(_objective(4), PARAMS, world_size=2,
+                          report=lambda step, m: seen.append((step, m["eval_loss"])) or False)
+    assert [v for _, v in seen] == pytest.approx([v for _, v in alone[0]], rel=1e-5)
+
+
+def test_a_hung_rank_fails_the_trial_after_the_group_timeout():
+    stopped = []
+
+    def report(step, metrics):
+        if not stopped:
+            victim = max(_ranks_left(), key=lambda p: p.pid)
+            victim.suspend()  # SIGSTOP: alive, silent -- its peers wait for it in the next collective
+            stopped.append(time.monotonic())
+        return False
+
+    with pytest.raises(RankLost):
+        run_distributed_trial(_objective(4), PARAMS, world_size=2, report=report, timeout_s=5)
+    assert time.monotonic() - stopped[0] < 60
+    assert not _ranks_left()
