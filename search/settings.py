@@ -175,6 +175,23 @@ class PackSettings(_Strict):
                        "dropout; every other param must be fixed.")
 
 
+class ResourceSettings(_Strict):
+    """How much of a machine one trial takes (objectives/engine/distributed.py).
+
+    Example:
+        >>> ResourceSettings(devices_per_trial=4).strategy
+        'ddp'
+    """
+
+    devices_per_trial: int = Field(default=1, ge=1, description="Processes one trial runs in: one per GPU (a worker "
+                                   "with --gpus 0,1,2,3 and 2 here runs 2 trials of 2 GPUs), or CPU processes "
+                                   "(gloo); 1: the trial in the worker's own process.")
+    strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="How the processes share the trial: ddp "
+                                             "(data parallel, each process a copy of the model).")
+    timeout_s: float = Field(default=600.0, gt=0, description="A collective that waits this long fails the trial "
+                             "(a rank died or hung); the retry policy then re-runs it like a preempted trial.")
+
+
 class SweepSpec(_Strict):
     """A validated sweep file. Defaults live here and nowhere else.
 
@@ -215,6 +232,7 @@ class SweepSpec(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
     pack: PackSettings = Field(default_factory=PackSettings)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
     storage: str | None = Field(default=None, description="Optuna storage URL; default the journal file <output_dir>/<study>.journal.")
     study_name: str | None = None
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")

@@ -204,9 +204,34 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
     check_sampler(spec.sampler, space, source=source, n_objectives=len(directions))
     if spec.pack.slots > 1:
         _check_pack(spec, space, objective_cls, source)
+    if spec.resources.devices_per_trial > 1:
+        _check_distributed(spec, source)
     if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
         check_pruner(spec.pruner, source=source)
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
+
+
+def _check_distributed(spec: SweepSpec, source: str) -> None:
+    """What a trial spread over several processes needs (objectives/engine/distributed.py), refused at load."""
+    resources = spec.resources
+    if not BACKENDS.supports(spec.backend, "distributed"):
+        raise ConfigError(f"the {spec.backend} backend runs each trial in one process for now",
+                          source=source, key="resources.devices_per_trial", value=resources.devices_per_trial,
+                          hint=f"Fix: backend: {', '.join(BACKENDS.having('distributed'))}, or devices_per_trial: 1.")
+    if spec.pack.slots > 1:
+        raise ConfigError("a pack trains its slots in one process on one device; a trial over several devices is "
+                          "one trial per process group", source=source, key="pack.slots", value=spec.pack.slots,
+                          hint="Fix: pack.slots: 1 with devices_per_trial > 1, or devices_per_trial: 1 with a pack.")
+    if resources.strategy == "fsdp":
+        raise ConfigError("strategy fsdp is not built yet: distributed trials are data parallel (ddp)",
+                          source=source, key="resources.strategy", value="fsdp",
+                          hint="Fix: strategy: ddp (each process holds the model; LoRA keeps its gradients small).")
+    batch = spec.budget.batch_size
+    if batch % resources.devices_per_trial:
+        raise ConfigError(f"budget.batch_size {batch} does not split over {resources.devices_per_trial} processes: "
+                          "each process trains batch_size / devices_per_trial rows of every step",
+                          source=source, key="budget.batch_size", value=batch,
+                          hint=f"Fix: a multiple of {resources.devices_per_trial}.")
 
 
 def _check_pack(spec: SweepSpec, space, objective_cls, source: str) -> None:

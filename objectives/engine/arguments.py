@@ -80,10 +80,19 @@ def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: 
 
 
 def training_arguments(kwargs: Mapping[str, Any], dtype):
-    """`TrainingArguments(**kwargs)` with this machine's device and mixed-precision flags for `dtype`."""
+    """`TrainingArguments(**kwargs)` with this machine's device and mixed-precision flags for `dtype`. In a
+    process group of N (a distributed trial), `per_device_train_batch_size` is the trial's batch / N: the
+    trial's global batch stays what its budget and params say, as on one process."""
     import torch
     from transformers import TrainingArguments
 
+    kwargs = dict(kwargs)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    if world > 1 and "per_device_train_batch_size" in kwargs:
+        batch = int(kwargs["per_device_train_batch_size"])
+        if batch % world:
+            raise ValueError(f"batch size {batch} does not split over {world} processes")
+        kwargs["per_device_train_batch_size"] = batch // world
     on_gpu = torch.cuda.is_available()
     return TrainingArguments(**kwargs, use_cpu=not on_gpu, bf16=on_gpu and dtype == torch.bfloat16,
                              fp16=on_gpu and dtype == torch.float16)

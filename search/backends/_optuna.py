@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 
-from objectives import TrialDiverged, checkpoint_state, latest_checkpoint, run_packed
+from objectives import TrialDiverged, checkpoint_state, latest_checkpoint, run_distributed_trial, run_packed
 from spaces import ConfigError
 
 from ..components import build_pruner, build_sampler
@@ -88,8 +88,15 @@ class OptunaBackend(Backend):
         sweep = self.sweep
         objective = sweep.make_objective()
         self.listener("setup", {"model": sweep.spec.model.name_or_path})
-        objective.setup()  # bad data or a bad model fail here, before the study is touched
-        self.device = _device(objective)
+        per_trial = sweep.spec.resources.devices_per_trial
+        self.trial_devices = None
+        if per_trial > 1:
+            # Each trial's ranks load the model themselves: none here, on a device they need.
+            self.trial_devices = _trial_devices(per_trial, source=sweep.source)
+            objective.check_sources()
+        else:
+            objective.setup()  # bad data or a bad model fail here, before the study is touched
+        self.device = _device(objective) + (f", {per_trial} processes per trial" if per_trial > 1 else "")
         sweep.output_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = make_tracker(sweep.spec.tracking, sweep.output_dir,
                                     say=lambda text: self.listener("note", {"text": text}))
@@ -181,10 +188,18 @@ class OptunaBackend(Backend):
         started = time.monotonic()
         last = lambda: {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}  # noqa: E731
         elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all its runs together)
+        resources = sweep.spec.resources
         try:
-            metrics = objective.run_trial(params, report, trial_dir, on_log=tracked.log, checkpoints=True,
-                                          checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s,
-                                          resume_from=resume_from)
+            if resources.devices_per_trial > 1:  # one trial, a process group of its own (engine/distributed.py)
+                metrics = run_distributed_trial(
+                    sweep.make_objective(), params, report, trial_dir, world_size=resources.devices_per_trial,
+                    devices=self.trial_devices, on_log=tracked.log, checkpoints=True,
+                    checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s, resume_from=resume_from,
+                    timeout_s=resources.timeout_s)
+            else:
+                metrics = objective.run_trial(params, report, trial_dir, on_log=tracked.log, checkpoints=True,
+                                              checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s,
+                                              resume_from=resume_from)
         except optuna.TrialPruned:
             record.ended(duration_s=elapsed())
             tracked.finish("pruned", last())
@@ -438,6 +453,22 @@ class OptunaBackend(Backend):
 
 class _PackOutOfMemory(Exception):
     """A pack ran out of memory; its trials are queued again for a pack of half the slots."""
+
+
+def _trial_devices(devices_per_trial: int, *, source: str | None = None) -> list[str] | None:
+    """The GPU ids this worker's distributed trials use (its CUDA_VISIBLE_DEVICES, or every GPU), None on CPUs."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = [d.strip() for d in visible.split(",") if d.strip()] if visible else [
+        str(i) for i in range(torch.cuda.device_count())]
+    if len(devices) < devices_per_trial:
+        raise ConfigError(f"this worker has {len(devices)} GPU(s) ({','.join(devices)}), fewer than "
+                          f"devices_per_trial", source=source, key="resources.devices_per_trial",
+                          value=devices_per_trial, hint="Fix: fewer devices per trial, or a worker with more GPUs.")
+    return devices[:devices_per_trial]
 
 
 def _device(objective) -> str:

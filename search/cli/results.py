@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from objectives import COST_METRICS
@@ -89,7 +90,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     console.print(f"Trial [bold]{details['number']}[/]: {details['state']}, value {value}, {duration}")
     _print_accepted(console, accepted_lines(study))
     if details["fail_reason"]:
-        console.print(f"[red]Failure:[/] {details['fail_reason']}", markup=True)
+        console.print(f"[red]Failure:[/] {escape(details['fail_reason'])}", markup=True)
     if details["constraints"]:
         console.print("Constraints (<= 0 is satisfied): " + ", ".join(
             f"{k}: {format_value(v)}" for k, v in details["constraints"].items()))

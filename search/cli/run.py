@@ -42,6 +42,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
         sweep.spec = sweep.spec.model_copy(update={"storage": storage})
     sweep.enqueue = [_enqueued_params(ref) for ref in args.enqueue]
     gpus = _gpu_list(args.gpus) if args.gpus is not None else None
+    if gpus:
+        gpus = _gpu_groups(gpus, sweep.spec.resources.devices_per_trial)
     n_workers = len(gpus) if gpus else args.workers
     if n_workers is not None:
         _check_workers(sweep, n_workers)
@@ -97,6 +99,24 @@ def _gpu_list(text: str) -> list[str]:
         raise ConfigError("--gpus takes distinct device ids separated by commas", key="--gpus", value=text,
                           hint="Fix: e.g. --gpus 0,1,2,3 (one worker process per GPU)")
     return gpus
+
+
+def _gpu_groups(gpus: list[str], per_trial: int) -> list[str]:
+    """One worker per `per_trial` GPUs (resources.devices_per_trial): ["0,1", "2,3"] for 0,1,2,3 and 2 per trial."""
+    if per_trial == 1:
+        return gpus
+    if len(gpus) < per_trial:
+        raise ConfigError(f"--gpus gives {len(gpus)} GPU(s), fewer than one trial takes", key="resources.devices_per_trial",
+                          value=per_trial, hint=f"Fix: --gpus with at least {per_trial} ids, or devices_per_trial "
+                          f"<= {len(gpus)}.")
+    if len(gpus) % per_trial:
+        usable = len(gpus) - len(gpus) % per_trial
+        raise ConfigError(
+            f"--gpus gives {len(gpus)} GPUs, not a multiple of devices_per_trial: {usable // per_trial} trial(s) "
+            f"would run at once and GPU(s) {','.join(gpus[usable:])} would stay idle", key="resources.devices_per_trial",
+            value=per_trial, hint=f"Fix: --gpus {','.join(gpus[:usable])}, or a devices_per_trial that divides "
+            f"{len(gpus)}.")
+    return [",".join(gpus[i:i + per_trial]) for i in range(0, len(gpus), per_trial)]
 
 
 def _check_workers(sweep, n_workers: int) -> None:

@@ -20,9 +20,10 @@ from .samplers import SAMPLERS, build_sampler, check_sampler
 BACKENDS: Registry = Registry("backend", key="backend")
 # Capabilities: multi_objective (several metrics: a Pareto front), workers (`--workers N`/`--gpus` worker
 # processes joining one study), optuna_pruners (prunes with the Optuna pruner itself; other backends
-# map the pruner to their own schedulers when they run), packs (`pack.slots` > 1: packed trials).
+# map the pruner to their own schedulers when they run), packs (`pack.slots` > 1: packed trials), distributed
+# (`resources.devices_per_trial` > 1: a trial as a torch.distributed job).
 BACKENDS.register("optuna", "search.backends._optuna:OptunaBackend", multi_objective=True, workers=True,
-                  optuna_pruners=True, packs=True)
+                  optuna_pruners=True, packs=True, distributed=True)
 BACKENDS.register("ray", "search.backends._ray:RayBackend")
 
 __all__ = ["BACKENDS", "PRUNERS", "SAMPLERS", "build_pruner", "build_sampler", "check_pruner", "check_sampler",

@@ -7,6 +7,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..results.tables import SHORT_NAMES, format_value
@@ -108,14 +109,15 @@ class SweepProgress:
 
     def _line(self, trial) -> str:
         style = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(trial.state.name, "white")
-        params = ", ".join(f"{SHORT_NAMES.get(k, k)}={format_value(v)}" for k, v in trial.params.items())
+        params = escape(", ".join(f"{SHORT_NAMES.get(k, k)}={format_value(v)}" for k, v in trial.params.items()))
         if trial.state == TrialState.COMPLETE:
             outcome = ", ".join(f"{name}={format_value(v)}" for name, v in zip(self.metric_names, trial.values))
         elif trial.state == TrialState.PRUNED:
             step = max(trial.intermediate_values) if trial.intermediate_values else 0
             outcome = f"at step {step} ({format_value(trial.intermediate_values.get(step))})"
         else:
-            outcome = trial.user_attrs.get("fail_reason", "failed")
+            # Escaped: a reason is an exception's text, and e.g. gloo's ("[.../pair.cc:537] Read error") reads as markup.
+            outcome = escape(trial.user_attrs.get("fail_reason", "failed"))
         # The trial's own training time (all its runs, from where it ran), not Optuna's ask-to-tell
         # span, which under Ray includes the time a trial waited for a worker.
         seconds = trial.user_attrs.get(DURATION)

@@ -22,7 +22,7 @@ from typing import Any
 
 import optuna
 
-from objectives import TrialDiverged
+from objectives import RankLost, TrialDiverged
 
 from ..settings import RetryPolicy
 from .record import ATTEMPT, CONFIG, DIVERGED, ERROR, OOM, OVERRIDES, PREEMPTED, RETRY_CAUSE, RETRY_OF
@@ -51,6 +51,8 @@ def failure_cause(exc: BaseException) -> str:
     """
     if isinstance(exc, TrialDiverged):
         return DIVERGED
+    if isinstance(exc, RankLost):  # a distributed trial's process died or hung: as if its node were preempted
+        return PREEMPTED
     if is_out_of_memory(exc):
         return OOM
     return ERROR

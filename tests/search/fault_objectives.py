@@ -84,3 +84,19 @@ class NaNInSecondSlot(CausalLMObjective):
             return output
 
         self.base_model.get_output_embeddings().register_forward_hook(poison)
+
+
+class RankOneDiesOnce(CausalLMObjective):
+    """In a distributed trial, rank 1 is SIGKILLed at its trial's start the first time (a marker file in the
+    sweep's output folder remembers it), as when a node is lost; every later trial trains normally."""
+
+    def run_trial(self, params, *args, **kwargs):
+        import os
+        import signal
+        from pathlib import Path
+
+        marker = Path(self.output_dir) / "rank-1-died"
+        if os.environ.get("RANK") == "1" and not marker.exists():
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().run_trial(params, *args, **kwargs)

@@ -21,11 +21,11 @@ BUDGET = {"max_steps": 8, "eval_every": 2, "batch_size": 8, "eval_batch_size": 1
 PARAMS = {"learning_rate": 3e-3, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "attention"}
 
 
-def _objective(batch_size: int):
+def _objective():
     return get_objective("causal_lm")(ModelConfig(name_or_path="bundled:tiny-support-lm"),
                                       DataConfig(source="bundled:support-qa", max_train_examples=64,
                                                  max_eval_examples=16),
-                                      TrainBudget(**{**BUDGET, "batch_size": batch_size}), seed=0)
+                                      TrainBudget(**BUDGET), seed=0)
 
 
 def _ranks_left() -> list[psutil.Process]:
@@ -38,15 +38,16 @@ def _ranks_left() -> list[psutil.Process]:
 
 @pytest.fixture(scope="module")
 def alone():
-    objective = _objective(BUDGET["batch_size"])
+    objective = _objective()
     seen = []
     final = objective.run_trial(PARAMS, report=lambda step, m: seen.append((step, m["eval_loss"])) or False)
     return seen, final
 
 
 def test_two_processes_with_the_same_global_batch_give_the_history_of_one(alone):
+    """batch_size is the trial's global batch: 4 rows per process here."""
     seen, logs = [], []
-    final = run_distributed_trial(_objective(BUDGET["batch_size"] // 2), PARAMS, world_size=2,
+    final = run_distributed_trial(_objective(), PARAMS, world_size=2,
                                   report=lambda step, m: seen.append((step, m["eval_loss"])) or False,
                                   on_log=lambda step, entry: logs.append(step))
     want, want_final = alone
@@ -65,7 +66,7 @@ def test_a_prune_ends_the_trial_on_every_rank(alone):
         return step == 4
 
     with pytest.raises(optuna.TrialPruned):
-        run_distributed_trial(_objective(4), PARAMS, world_size=2, report=report)
+        run_distributed_trial(_objective(), PARAMS, world_size=2, report=report)
     assert seen == [2, 4]  # no rank trained on after the prune
     assert not _ranks_left()
 
@@ -83,11 +84,11 @@ def test_a_killed_rank_fails_the_trial_and_the_next_trial_starts_on_a_clean_grou
         return False
 
     with pytest.raises(RankLost, match="lost"):
-        run_distributed_trial(_objective(4), PARAMS, world_size=2, report=report, timeout_s=30)
+        run_distributed_trial(_objective(), PARAMS, world_size=2, report=report, timeout_s=30)
     assert time.monotonic() - killed[0] < 30  # well before the group's timeout
     assert not _ranks_left()
     seen = []
-    run_distributed_trial(_objective(4), PARAMS, world_size=2,
+    run_distributed_trial(_objective(), PARAMS, world_size=2,
                           report=lambda step, m: seen.append((step, m["eval_loss"])) or False)
     assert [v for _, v in seen] == pytest.approx([v for _, v in alone[0]], rel=1e-5)
 
@@ -103,6 +104,6 @@ def test_a_hung_rank_fails_the_trial_after_the_group_timeout():
         return False
 
     with pytest.raises(RankLost):
-        run_distributed_trial(_objective(4), PARAMS, world_size=2, report=report, timeout_s=5)
+        run_distributed_trial(_objective(), PARAMS, world_size=2, report=report, timeout_s=5)
     assert time.monotonic() - stopped[0] < 60
     assert not _ranks_left()

@@ -1,0 +1,89 @@
+"""Distributed sweeps (`resources: {devices_per_trial: G}`, Optuna backend): each trial a process group of G
+processes (gloo on this CPU) that gives it the history it has in one process with the same global batch; the
+worker records and logs it once; a lost rank fails the trial, which the retry policy re-runs; what cannot be
+spread over processes is refused when the sweep loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.cli import main
+from search.cli._common import EXIT_BAD_INPUT
+from search.store.storage import load_existing_study
+from search.sweep import load_sweep
+
+SPACE = {"params": {
+    "learning_rate": {"type": "categorical", "choices": [3e-3, 1e-2]},
+    "lora_r": {"type": "fixed", "value": 4},
+    "lora_dropout": {"type": "fixed", "value": 0.0},
+    "target_modules": {"type": "fixed", "value": "attention"},
+}}
+BUDGET = {"max_steps": 6, "eval_every": 2, "batch_size": 8, "eval_batch_size": 16, "max_seq_length": 64}
+DISTRIBUTED = {"devices_per_trial": 2}
+
+
+def _study(path):
+    sweep = load_sweep(path)
+    return load_existing_study(sweep.study_name, sweep.storage_url)
+
+
+@pytest.mark.slow  # rank processes
+def test_a_distributed_sweep_gives_each_trial_its_one_process_history_and_one_wandb_run(write_sweep, tmp_path):
+    from tests.search.wandb_records import read_runs
+
+    common = dict(space=SPACE, sampler={"name": "grid"}, pruner="none", n_trials=2, budget=BUDGET)
+    spread = write_sweep(**common, resources=DISTRIBUTED, tracking={"wandb": "offline"})
+    alone = write_sweep("alone.yaml", **common, study_name="alone", output_dir=str(tmp_path / "alone"))
+    assert main(["launch", str(spread)]) == 0 and main(["launch", str(alone)]) == 0
+    one = {t.params["learning_rate"]: t for t in _study(alone).trials}
+    trials = _study(spread).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    for t in trials:
+        want = one[t.params["learning_rate"]]
+        assert [h["step"] for h in t.user_attrs["eval_history"]] == [2, 4, 6]
+        assert [h["eval_loss"] for h in t.user_attrs["eval_history"]] == pytest.approx(
+            [h["eval_loss"] for h in want.user_attrs["eval_history"]], rel=1e-5)
+        assert sorted(t.intermediate_values) == [2, 4, 6]  # the pruner heard every evaluation
+        assert "2 processes per trial" in t.user_attrs["device"]
+    runs = [run for run in read_runs(load_sweep(spread).output_dir / "wandb") if run.job_type == "trial"]
+    assert sorted(run.name for run in runs) == ["tiny-trial-0", "tiny-trial-1"]  # once per trial, not per rank
+
+
+@pytest.mark.slow  # rank processes
+def test_a_lost_rank_fails_its_trial_which_is_rerun_on_a_clean_group(write_sweep):
+    # (Random, not grid: the grid sampler stops the study once its points have been tried, re-runs or not.)
+    path = write_sweep(objective="tests.search.fault_objectives:RankOneDiesOnce", space=SPACE,
+                       sampler={"name": "random"}, pruner="none", n_trials=2, budget=BUDGET, resources=DISTRIBUTED)
+    assert main(["launch", str(path)]) == 0
+    trials = _study(path).trials
+    lost, *others = trials
+    assert lost.state.name == "FAIL" and lost.user_attrs["failure_cause"] == "preempted"
+    assert "a rank of the distributed trial was lost" in lost.user_attrs["fail_reason"]
+    retry = next(t for t in others if t.user_attrs.get("retry_of") == lost.number)
+    assert retry.state.name == "COMPLETE" and retry.params == lost.params
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+
+
+@pytest.mark.parametrize(("changes", "key", "why"), [
+    ({"pack": {"slots": 2}}, "pack.slots", "a pack trains its slots in one process on one device"),
+    ({"backend": "ray"}, "resources.devices_per_trial", "the ray backend runs each trial in one process for now"),
+    ({"resources": {**DISTRIBUTED, "strategy": "fsdp"}}, "resources.strategy", "strategy fsdp is not built yet"),
+    ({"budget": {**BUDGET, "batch_size": 5}}, "budget.batch_size", "budget.batch_size 5 does not split over 2"),
+])
+def test_what_cannot_be_spread_over_processes_is_refused_when_the_sweep_loads(write_sweep, capsys, changes, key, why):
+    path = write_sweep(**{"space": SPACE, "resources": DISTRIBUTED, **changes})
+    assert main(["launch", str(path), "--dry-run"]) == EXIT_BAD_INPUT
+    error = " ".join(capsys.readouterr().err.split())
+    assert f"{key}: {why}" in error, error
+
+
+@pytest.mark.parametrize(("gpus", "per_trial", "why"), [
+    ("0", 2, "--gpus gives 1 GPU(s), fewer than one trial takes"),
+    ("0,1,2", 2, "1 trial(s) would run at once and GPU(s) 2 would stay idle"),
+])
+def test_gpus_that_do_not_fit_the_trials_are_refused_saying_what_would_run(write_sweep, capsys, gpus, per_trial, why):
+    path = write_sweep(space=SPACE, resources={"devices_per_trial": per_trial})
+    assert main(["launch", str(path), "--gpus", gpus]) == EXIT_BAD_INPUT
+    error = " ".join(capsys.readouterr().err.split())
+    assert why in error, error
+    assert not (path.parent / "runs").exists()  # refused before anything was created
