@@ -107,3 +107,30 @@ def test_a_hung_rank_fails_the_trial_after_the_group_timeout():
         run_distributed_trial(_objective(), PARAMS, world_size=2, report=report, timeout_s=5)
     assert time.monotonic() - stopped[0] < 60
     assert not _ranks_left()
+
+
+class _Stopped(Exception):
+    """Stands for the worker being stopped between two evaluations."""
+
+
+def test_a_distributed_trial_resumes_from_rank_0s_checkpoint_on_every_rank(alone, tmp_path):
+    from objectives import latest_checkpoint
+
+    seen = []
+
+    def report(step, metrics):
+        if step == 6:
+            raise _Stopped
+        seen.append((step, metrics["eval_loss"]))
+        return False
+
+    with pytest.raises(_Stopped):
+        run_distributed_trial(_objective(), PARAMS, report, tmp_path, world_size=2, checkpoints=True,
+                              checkpoint_interval_s=0)
+    assert not _ranks_left()
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint.name == "checkpoint-4"
+    run_distributed_trial(_objective(), PARAMS, lambda step, m: seen.append((step, m["eval_loss"])) or False,
+                          tmp_path, world_size=2, checkpoints=True, resume_from=checkpoint)
+    assert [s for s, _ in seen] == [2, 4, 6, 8]
+    assert [v for _, v in seen] == pytest.approx([v for _, v in alone[0]], rel=1e-5)

@@ -87,3 +87,48 @@ def test_gpus_that_do_not_fit_the_trials_are_refused_saying_what_would_run(write
     error = " ".join(capsys.readouterr().err.split())
     assert why in error, error
     assert not (path.parent / "runs").exists()  # refused before anything was created
+
+
+@pytest.mark.slow  # a subprocess sweep, SIGKILLed mid-trial
+def test_a_killed_worker_leaves_no_rank_behind_and_its_trial_resumes_from_rank_0s_checkpoint(write_sweep, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    from objectives import checkpoint_state, latest_checkpoint
+
+    changes = dict(space={"params": {**SPACE["params"], "learning_rate": {"type": "fixed", "value": 3e-3}}},
+                   n_trials=1, pruner="none", retries={"checkpoint_interval_s": 0},
+                   budget={**BUDGET, "max_steps": 60, "eval_every": 4})
+    reference = write_sweep("reference.yaml", **changes, output_dir=str(tmp_path / "reference"))
+    assert main(["launch", str(reference)]) == 0
+    [uninterrupted] = _study(reference).trials
+
+    path = write_sweep(**changes, resources=DISTRIBUTED)
+    with (tmp_path / "launch.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "search.cli", "launch", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[3])
+    checkpoints = load_sweep(path).output_dir / "checkpoints" / "tiny" / "trial-0"
+    deadline = time.monotonic() + 240
+    while latest_checkpoint(checkpoints) is None or checkpoint_state(latest_checkpoint(checkpoints))["step"] < 12:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "launch.log").read_text()[-2000:]
+        time.sleep(0.2)
+    below = psutil.Process(proc.pid).children(recursive=True)
+    assert len(below) >= 3  # the forkserver and the two ranks (and multiprocessing's resource tracker)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(below, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]  # every rank died with the worker
+    resumed_at = checkpoint_state(latest_checkpoint(checkpoints))["step"]
+
+    assert main(["launch", str(path)]) == 0
+    killed, retry = _study(path).trials
+    assert killed.state.name == "FAIL" and retry.state.name == "COMPLETE" and retry.user_attrs["retry_of"] == 0
+    history = retry.user_attrs["eval_history"]
+    assert [h["resumed_from"] for h in history if "resumed_from" in h] == [resumed_at]
+    assert [h["eval_loss"] for h in history] == pytest.approx(
+        [h["eval_loss"] for h in uninterrupted.user_attrs["eval_history"]], rel=1e-5)
