@@ -387,14 +387,19 @@ def _trial_records(study, spawned: float) -> list[dict[str, Any]]:
 
 def _objective(config: dict[str, Any]):
     """ftsweep's causal_lm objective for the config's data and budget, set up (data tokenized)."""
+    objective = _objective_unset(config)
+    objective.setup()
+    return objective
+
+
+def _objective_unset(config: dict[str, Any]):
+    """The same objective, not set up (for a distributed trial: each rank sets up its own)."""
     from objectives import DataConfig, ModelConfig, TrainBudget, get_objective
 
-    objective = get_objective("causal_lm")(
+    return get_objective("causal_lm")(
         ModelConfig(name_or_path=MODEL), DataConfig(**config["dataset"]), TrainBudget(**config["budget"]),
         seed=config.get("data_seed", DATA_SEED),
     )
-    objective.setup()
-    return objective
 
 
 def _run_ftsweep(config: dict[str, Any], timers: _Timers) -> Any:

@@ -87,6 +87,12 @@ def training_arguments(kwargs: Mapping[str, Any], dtype):
     from transformers import TrainingArguments
 
     kwargs = dict(kwargs)
+    if torch.distributed.is_initialized():
+        # Every trainable tensor (the adapter) gets a gradient each step, and the buffers (e.g. rotary tables)
+        # never change: DDP need not search the graph for unused parameters nor re-broadcast buffers every
+        # forward, which Trainer's defaults do (docs/benchmarks.md: the distributed path's overhead).
+        kwargs.setdefault("ddp_find_unused_parameters", False)
+        kwargs.setdefault("ddp_broadcast_buffers", False)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     if world > 1 and "per_device_train_batch_size" in kwargs:
         batch = int(kwargs["per_device_train_batch_size"])

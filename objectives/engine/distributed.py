@@ -64,7 +64,10 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
     context = _context()
     to_rank0, from_caller = context.Pipe()
     port = _free_port()
-    options = {"trial_dir": str(trial_dir) if trial_dir is not None else None, "checkpoints": checkpoints,
+    import torch
+
+    options = {"threads": max(1, torch.get_num_threads() // world_size),  # this worker's CPU share, split
+               "trial_dir": str(trial_dir) if trial_dir is not None else None, "checkpoints": checkpoints,
                "checkpoint_interval_s": checkpoint_interval_s, "timeout_s": timeout_s,
                "resume_from": str(resume_from) if resume_from is not None else None}
     ranks = [context.Process(target=_rank_main, name=f"ftsweep-rank-{rank}", daemon=True,
@@ -193,8 +196,10 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
     import torch.distributed as dist
 
     backend = "nccl" if devices and torch.cuda.is_available() else "gloo"
-    if backend == "gloo":  # the ranks share this machine's cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    # The worker's CPU threads, shared by its ranks. Set in the environment too: accelerate otherwise sets one
+    # thread per physical core / ranks when OMP_NUM_THREADS is unset (a single thread on a 2-vCPU machine).
+    os.environ["OMP_NUM_THREADS"] = str(options["threads"])
+    torch.set_num_threads(options["threads"])
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=options["timeout_s"]))
 
