@@ -5,6 +5,8 @@ spread over processes is refused when the sweep loads."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from search.cli import main
@@ -47,6 +49,11 @@ def test_a_distributed_sweep_gives_each_trial_its_one_process_history_and_one_wa
         assert "2 processes per trial" in t.user_attrs["device"]
     runs = [run for run in read_runs(load_sweep(spread).output_dir / "wandb") if run.job_type == "trial"]
     assert sorted(run.name for run in runs) == ["tiny-trial-0", "tiny-trial-1"]  # once per trial, not per rank
+    # export + train reproduce the best trial in one process, with the same global batch.
+    assert main(["export", str(spread), "--out", str(tmp_path / "winner")]) == 0
+    assert main(["train", str(tmp_path / "winner" / "winner.yaml"), "--set", f"output_dir={tmp_path / 'trained'}"]) == 0
+    record = json.loads((tmp_path / "trained" / "metrics.json").read_text())
+    assert record["reproduction"]["comparable"] and record["reproduction"]["relative_error"] < 1e-4, record
 
 
 @pytest.mark.slow  # rank processes
