@@ -187,7 +187,8 @@ class ResourceSettings(_Strict):
                                    "with --gpus 0,1,2,3 and 2 here runs 2 trials of 2 GPUs), or CPU processes "
                                    "(gloo); 1: the trial in the worker's own process.")
     strategy: Literal["ddp", "fsdp"] = Field(default="ddp", description="How the processes share the trial: ddp "
-                                             "(data parallel, each process a copy of the model).")
+                                             "(data parallel, each process a copy of the model) or fsdp (the model "
+                                             "sharded over them: FSDP2 with PEFT's auto-wrap policy).")
     timeout_s: float = Field(default=600.0, gt=0, description="A collective that waits this long fails the trial "
                              "(a rank died or hung); the retry policy then re-runs it like a preempted trial.")
 

@@ -206,6 +206,10 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
         _check_pack(spec, space, objective_cls, source)
     if spec.resources.devices_per_trial > 1:
         _check_distributed(spec, source)
+    elif spec.resources.strategy == "fsdp":
+        raise ConfigError("strategy fsdp shards a trial over its processes, and devices_per_trial is 1",
+                          source=source, key="resources.strategy", value="fsdp",
+                          hint="Fix: resources.devices_per_trial: 2 or more, or remove strategy.")
     if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
         check_pruner(spec.pruner, source=source)
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
@@ -222,10 +226,11 @@ def _check_distributed(spec: SweepSpec, source: str) -> None:
         raise ConfigError("a pack trains its slots in one process on one device; a trial over several devices is "
                           "one trial per process group", source=source, key="pack.slots", value=spec.pack.slots,
                           hint="Fix: pack.slots: 1 with devices_per_trial > 1, or devices_per_trial: 1 with a pack.")
-    if resources.strategy == "fsdp":
-        raise ConfigError("strategy fsdp is not built yet: distributed trials are data parallel (ddp)",
-                          source=source, key="resources.strategy", value="fsdp",
-                          hint="Fix: strategy: ddp (each process holds the model; LoRA keeps its gradients small).")
+    if resources.strategy == "fsdp" and spec.model.quantization is not None:
+        raise ConfigError("FSDP shards the base model's weights, and a bitsandbytes-quantized base stores them "
+                          "as packed integers that FSDP cannot shard with the rest", source=source,
+                          key="resources.strategy", value="fsdp",
+                          hint="Fix: strategy: ddp with a quantized base (each process holds it), or no quantization.")
     batch = spec.budget.batch_size
     if batch % resources.devices_per_trial:
         raise ConfigError(f"budget.batch_size {batch} does not split over {resources.devices_per_trial} processes: "

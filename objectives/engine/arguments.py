@@ -79,10 +79,11 @@ def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: 
     return kwargs
 
 
-def training_arguments(kwargs: Mapping[str, Any], dtype):
+def training_arguments(kwargs: Mapping[str, Any], dtype, *, strategy: str = "ddp"):
     """`TrainingArguments(**kwargs)` with this machine's device and mixed-precision flags for `dtype`. In a
     process group of N (a distributed trial), `per_device_train_batch_size` is the trial's batch / N: the
-    trial's global batch stays what its budget and params say, as on one process."""
+    trial's global batch stays what its budget and params say, as on one process; `strategy` "fsdp" shards
+    the model over the group (else DDP)."""
     import torch
     from transformers import TrainingArguments
 
@@ -93,6 +94,11 @@ def training_arguments(kwargs: Mapping[str, Any], dtype):
         # forward, which Trainer's defaults do (docs/benchmarks.md: the distributed path's overhead).
         kwargs.setdefault("ddp_find_unused_parameters", False)
         kwargs.setdefault("ddp_broadcast_buffers", False)
+        if strategy == "fsdp":
+            # FSDP2 (`fully_shard`), which runs on CPUs (gloo) as on GPUs; Trainer wraps a PEFT model with PEFT's
+            # own auto-wrap policy, so the frozen base is sharded and the adapter trains.
+            kwargs.setdefault("fsdp", "full_shard auto_wrap")
+            kwargs.setdefault("fsdp_config", {"version": 2})
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     if world > 1 and "per_device_train_batch_size" in kwargs:
         batch = int(kwargs["per_device_train_batch_size"])

@@ -1,8 +1,9 @@
-"""Trials bigger than one device: one trial as a `torch.distributed` job of G rank processes (DDP).
+"""Trials bigger than one device: one trial as a `torch.distributed` job of G rank processes (DDP or FSDP).
 
 `run_distributed_trial(objective, params, report, world_size=G)` starts G processes on this machine, each
 joining one process group (gloo on CPUs, NCCL on GPUs, on loopback) and running the same
-`Objective.run_trial`: transformers' Trainer sees `WORLD_SIZE` and trains data-parallel, each rank on
+`Objective.run_trial`: transformers' Trainer sees `WORLD_SIZE` and trains data-parallel (with `strategy="fsdp"`,
+the model sharded over the ranks: FSDP2 with PEFT's auto-wrap policy), each rank on
 its shard of every global batch (`budget.batch_size` / G rows), gradients averaged, tokens counted across
 ranks, evaluation gathered. So a G-process trial with the same global batch has the eval history of the
 trial in one process (tests/objectives/engine/test_distributed.py).
@@ -55,10 +56,12 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
                           devices: Sequence[str] | None = None,
                           on_log: Callable[[int, dict[str, float]], None] | None = None,
                           checkpoints: bool = False, checkpoint_interval_s: float = 0.0,
-                          resume_from: str | Path | None = None, timeout_s: float = 600.0) -> dict[str, float]:
+                          resume_from: str | Path | None = None, timeout_s: float = 600.0,
+                          strategy: str = "ddp") -> dict[str, float]:
     """One trial of `objective` (an Objective not set up here: each rank sets up its own) in `world_size`
     processes; arguments and result as `Objective.run_trial`. `devices`: the GPU ids the trial's ranks use,
-    one per rank (None: CPUs). Raises optuna.TrialPruned, TrialDiverged, RankLost, or a rank's error."""
+    one per rank (None: CPUs); `strategy`: "ddp" (a model copy per rank) or "fsdp" (sharded, FSDP2). Raises
+    optuna.TrialPruned, TrialDiverged, RankLost, or a rank's error."""
     import optuna
 
     context = _context()
@@ -66,7 +69,7 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
     port = _free_port()
     import torch
 
-    options = {"threads": max(1, torch.get_num_threads() // world_size),  # this worker's CPU share, split
+    options = {"strategy": strategy, "threads": max(1, torch.get_num_threads() // world_size),  # CPU share, split
                "trial_dir": str(trial_dir) if trial_dir is not None else None, "checkpoints": checkpoints,
                "checkpoint_interval_s": checkpoint_interval_s, "timeout_s": timeout_s,
                "resume_from": str(resume_from) if resume_from is not None else None}
@@ -217,6 +220,7 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
 
     outcome: tuple[str, Any]
     try:
+        objective.strategy = options["strategy"]
         objective.setup()
         final = objective.run_trial(params, report, options["trial_dir"], on_log=on_log,
                                     checkpoints=options["checkpoints"],

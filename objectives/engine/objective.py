@@ -104,6 +104,9 @@ class Objective:
         self._arguments = dict(model=model, data=data, budget=budget, seed=seed, options=options,
                                output_dir=output_dir, source=source, metrics=metrics, target=target,
                                augmentation=augmentation)
+        # How a trial's processes share the model when it runs as a process group (engine/distributed.py sets
+        # it in each rank): "ddp", a copy per process; "fsdp", sharded (FSDP2 through Trainer).
+        self.strategy = "ddp"
         self.model_config = model
         self.data_config = data
         self.budget = budget
@@ -296,7 +299,7 @@ class Objective:
 
     def training_arguments(self, params: Mapping[str, Any], output_dir: str):
         """`TrainingArguments` for one trial: the budget, fixed engine settings, then the trial's params."""
-        return training_arguments(self.training_kwargs(params, output_dir), self.torch_dtype())
+        return training_arguments(self.training_kwargs(params, output_dir), self.torch_dtype(), strategy=self.strategy)
 
     def training_data(self, params: Mapping[str, Any], *, train_dataset=None, merge_validation: bool = False):
         """(training rows, Trainer class, collator) of one trial: augmented when its `aug_*` params say

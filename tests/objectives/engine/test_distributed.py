@@ -44,10 +44,11 @@ def alone():
     return seen, final
 
 
-def test_two_processes_with_the_same_global_batch_give_the_history_of_one(alone):
-    """batch_size is the trial's global batch: 4 rows per process here."""
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_with_the_same_global_batch_give_the_history_of_one(alone, strategy):
+    """batch_size is the trial's global batch: 4 rows per process here; fsdp shards the model over both."""
     seen, logs = [], []
-    final = run_distributed_trial(_objective(), PARAMS, world_size=2,
+    final = run_distributed_trial(_objective(), PARAMS, world_size=2, strategy=strategy,
                                   report=lambda step, m: seen.append((step, m["eval_loss"])) or False,
                                   on_log=lambda step, entry: logs.append(step))
     want, want_final = alone
@@ -113,7 +114,8 @@ class _Stopped(Exception):
     """Stands for the worker being stopped between two evaluations."""
 
 
-def test_a_distributed_trial_resumes_from_rank_0s_checkpoint_on_every_rank(alone, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_distributed_trial_resumes_from_rank_0s_checkpoint_on_every_rank(alone, tmp_path, strategy):
     from objectives import latest_checkpoint
 
     seen = []
@@ -126,11 +128,11 @@ def test_a_distributed_trial_resumes_from_rank_0s_checkpoint_on_every_rank(alone
 
     with pytest.raises(_Stopped):
         run_distributed_trial(_objective(), PARAMS, report, tmp_path, world_size=2, checkpoints=True,
-                              checkpoint_interval_s=0)
+                              checkpoint_interval_s=0, strategy=strategy)
     assert not _ranks_left()
     checkpoint = latest_checkpoint(tmp_path)
     assert checkpoint.name == "checkpoint-4"
     run_distributed_trial(_objective(), PARAMS, lambda step, m: seen.append((step, m["eval_loss"])) or False,
-                          tmp_path, world_size=2, checkpoints=True, resume_from=checkpoint)
+                          tmp_path, world_size=2, checkpoints=True, resume_from=checkpoint, strategy=strategy)
     assert [s for s, _ in seen] == [2, 4, 6, 8]
     assert [v for _, v in seen] == pytest.approx([v for _, v in alone[0]], rel=1e-5)

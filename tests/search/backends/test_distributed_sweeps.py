@@ -30,11 +30,13 @@ def _study(path):
 
 
 @pytest.mark.slow  # rank processes
-def test_a_distributed_sweep_gives_each_trial_its_one_process_history_and_one_wandb_run(write_sweep, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_distributed_sweep_gives_each_trial_its_one_process_history_and_one_wandb_run(write_sweep, tmp_path,
+                                                                                        strategy):
     from tests.search.wandb_records import read_runs
 
     common = dict(space=SPACE, sampler={"name": "grid"}, pruner="none", n_trials=2, budget=BUDGET)
-    spread = write_sweep(**common, resources=DISTRIBUTED, tracking={"wandb": "offline"})
+    spread = write_sweep(**common, resources={**DISTRIBUTED, "strategy": strategy}, tracking={"wandb": "offline"})
     alone = write_sweep("alone.yaml", **common, study_name="alone", output_dir=str(tmp_path / "alone"))
     assert main(["launch", str(spread)]) == 0 and main(["launch", str(alone)]) == 0
     one = {t.params["learning_rate"]: t for t in _study(alone).trials}
@@ -74,7 +76,11 @@ def test_a_lost_rank_fails_its_trial_which_is_rerun_on_a_clean_group(write_sweep
 @pytest.mark.parametrize(("changes", "key", "why"), [
     ({"pack": {"slots": 2}}, "pack.slots", "a pack trains its slots in one process on one device"),
     ({"backend": "ray"}, "resources.devices_per_trial", "the ray backend runs each trial in one process for now"),
-    ({"resources": {**DISTRIBUTED, "strategy": "fsdp"}}, "resources.strategy", "strategy fsdp is not built yet"),
+    ({"resources": {**DISTRIBUTED, "strategy": "fsdp"},
+      "model": {"name_or_path": "bundled:tiny-support-lm", "quantization": {"bits": 4}}}, "resources.strategy",
+     "FSDP shards the base model's weights, and a bitsandbytes-quantized base stores them as packed integers"),
+    ({"resources": {"strategy": "fsdp"}}, "resources.strategy",
+     "strategy fsdp shards a trial over its processes, and devices_per_trial is 1"),
     ({"budget": {**BUDGET, "batch_size": 5}}, "budget.batch_size", "budget.batch_size 5 does not split over 2"),
 ])
 def test_what_cannot_be_spread_over_processes_is_refused_when_the_sweep_loads(write_sweep, capsys, changes, key, why):
