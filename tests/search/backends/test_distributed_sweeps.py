@@ -102,34 +102,48 @@ def test_gpus_that_do_not_fit_the_trials_are_refused_saying_what_would_run(write
     assert not (path.parent / "runs").exists()  # refused before anything was created
 
 
+def _launch(path, log_path, **popen):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with log_path.open("w") as log:
+        return subprocess.Popen([sys.executable, "-m", "search.cli", "launch", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[3], **popen)
+
+
+def _wait_for_checkpoint(checkpoints, proc, log_path, step: int, timeout: float = 240.0) -> None:
+    import time
+
+    from objectives import checkpoint_state, latest_checkpoint
+
+    deadline = time.monotonic() + timeout
+    while latest_checkpoint(checkpoints) is None or checkpoint_state(latest_checkpoint(checkpoints))["step"] < step:
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-2000:]
+        time.sleep(0.2)
+
+
+LONG = dict(space={"params": {**SPACE["params"], "learning_rate": {"type": "fixed", "value": 3e-3}}},
+            n_trials=1, pruner="none", retries={"checkpoint_interval_s": 0},
+            budget={**BUDGET, "max_steps": 60, "eval_every": 4})
+
+
 @pytest.mark.slow  # a subprocess sweep, SIGKILLed mid-trial
 def test_a_killed_worker_leaves_no_rank_behind_and_its_trial_resumes_from_rank_0s_checkpoint(write_sweep, tmp_path):
     import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
 
     import psutil
 
     from objectives import checkpoint_state, latest_checkpoint
 
-    changes = dict(space={"params": {**SPACE["params"], "learning_rate": {"type": "fixed", "value": 3e-3}}},
-                   n_trials=1, pruner="none", retries={"checkpoint_interval_s": 0},
-                   budget={**BUDGET, "max_steps": 60, "eval_every": 4})
-    reference = write_sweep("reference.yaml", **changes, output_dir=str(tmp_path / "reference"))
+    reference = write_sweep("reference.yaml", **LONG, output_dir=str(tmp_path / "reference"))
     assert main(["launch", str(reference)]) == 0
     [uninterrupted] = _study(reference).trials
 
-    path = write_sweep(**changes, resources=DISTRIBUTED)
-    with (tmp_path / "launch.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "search.cli", "launch", str(path)], stdout=log,
-                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[3])
+    path = write_sweep(**LONG, resources=DISTRIBUTED)
+    proc = _launch(path, tmp_path / "launch.log")
     checkpoints = load_sweep(path).output_dir / "checkpoints" / "tiny" / "trial-0"
-    deadline = time.monotonic() + 240
-    while latest_checkpoint(checkpoints) is None or checkpoint_state(latest_checkpoint(checkpoints))["step"] < 12:
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "launch.log").read_text()[-2000:]
-        time.sleep(0.2)
+    _wait_for_checkpoint(checkpoints, proc, tmp_path / "launch.log", step=12)
     below = psutil.Process(proc.pid).children(recursive=True)
     assert len(below) >= 3  # the forkserver and the two ranks (and multiprocessing's resource tracker)
     proc.send_signal(signal.SIGKILL)
@@ -145,3 +159,27 @@ def test_a_killed_worker_leaves_no_rank_behind_and_its_trial_resumes_from_rank_0
     assert [h["resumed_from"] for h in history if "resumed_from" in h] == [resumed_at]
     assert [h["eval_loss"] for h in history] == pytest.approx(
         [h["eval_loss"] for h in uninterrupted.user_attrs["eval_history"]], rel=1e-5)
+
+
+@pytest.mark.slow  # a subprocess sweep, interrupted mid-trial
+def test_ctrl_c_stops_every_rank_and_the_next_launch_finishes_the_trial(write_sweep, tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    path = write_sweep(**LONG, resources=DISTRIBUTED)
+    proc = _launch(path, tmp_path / "launch.log", start_new_session=True)  # its own process group, as a terminal's
+    _wait_for_checkpoint(load_sweep(path).output_dir / "checkpoints" / "tiny" / "trial-0", proc,
+                         tmp_path / "launch.log", step=8)
+    below = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the launcher, its forkserver and the ranks all get SIGINT
+    assert proc.wait(timeout=60) == 130, (tmp_path / "launch.log").read_text()[-2000:]
+    gone, alive = psutil.wait_procs(below, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    interrupted, queued = _study(path).trials
+    assert interrupted.state.name == "FAIL" and interrupted.user_attrs["failure_cause"] == "interrupted"
+    assert queued.state.name == "WAITING"  # queued again, to go on from its checkpoint
+    assert main(["launch", str(path)]) == 0
+    interrupted, rerun = _study(path).trials
+    assert rerun.state.name == "COMPLETE" and any("resumed_from" in h for h in rerun.user_attrs["eval_history"])
