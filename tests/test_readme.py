@@ -38,6 +38,10 @@ def test_yaml_example_is_valid(block, tmp_path):
         from search.settings import RetryPolicy
 
         assert RetryPolicy.model_validate(data["retries"]) == RetryPolicy()  # the README shows the defaults
+    elif "resources" in data:  # trials across several devices
+        from search.settings import ResourceSettings
+
+        assert ResourceSettings.model_validate(data["resources"]).devices_per_trial > 1
     elif "pack" in data:  # packed trials
         from search.settings import PackSettings
 
