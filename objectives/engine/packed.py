@@ -39,7 +39,7 @@ from typing import Any
 
 from ..multi_lora import MultiLoRALinear
 from . import checkpoint
-from .callback import COST_METRICS
+from .callback import COST_METRICS, CostMeter
 from .trial import adapter_on, sweep_trainer_class
 
 # Params each slot may set for itself; any other param must be equal across a pack.
@@ -177,7 +177,7 @@ class Pack:
         self.slots: list[PackedTrial | None] = []
         self.layers: dict[str, MultiLoRALinear] = {}
         self.batches: dict[int, list[dict]] = {}  # epoch -> the trial's training batches of that epoch
-        self._peak_rss = 0  # bytes, on a CPU: the highest resident memory seen at an evaluation
+        self.costs = CostMeter()  # the pack's peak memory and evaluation speed, as a trial alone measures its own
 
     # ---------------------------------------------------------------- set-up and tear-down
 
@@ -254,6 +254,7 @@ class Pack:
                    "weight_decay": 0.0} for k in range(len(self.first))]
         self.optimizer = optimizer_cls(groups, **kwargs)
         self.base.train()
+        self.costs.start(None)
 
     def _new_trial(self, params: Mapping[str, Any], slot: int, config) -> PackedTrial:
         """Slot `slot`'s new trial (its adapter already in the slot, as PEFT initialises it), resumed from its
@@ -478,16 +479,15 @@ class Pack:
                 seen += batch["input_ids"].shape[0]
         seconds = time.perf_counter() - started
         self.base.train()
-        costs = self._costs()
+        # COST_METRICS as a trial alone reports them: the process's peak memory (the pack's); each trial's share
+        # of the evaluation time per example; below, its own adapter's size.
+        costs = self.costs.metrics(None, {"eval_samples_per_second": len(due) * seen / max(seconds, 1e-9)})
         for k, total in zip(due, totals.tolist()):
             trial = self.slots[k]
             metrics = self.objective.clean_metrics({"eval_loss": total / seen})  # + perplexity
-            # COST_METRICS as a trial alone reports them: its adapter's size; the process's peak memory (the
-            # pack's); its share of the evaluation time per example.
             metrics["trainable_params"] = float(sum(p.numel() for layer in self.layers.values()
                                                     for p in layer.slot_parameters(k)))
             metrics.update(costs)
-            metrics["latency_ms"] = 1000.0 * seconds / (len(due) * max(seen, 1))
             if trial.logged:  # the train-validation gap, as a trial alone reports it
                 metrics["interval_train_loss"] = sum(trial.logged) / len(trial.logged)
                 metrics["train_eval_gap"] = metrics["eval_loss"] - metrics["interval_train_loss"]
@@ -503,17 +503,6 @@ class Pack:
                 self._end(k)
             else:
                 self._checkpoint(k)
-
-    def _costs(self) -> dict[str, float]:
-        """peak_memory_mb now: torch's peak allocation on a GPU, the process's peak resident memory on a CPU."""
-        import torch
-
-        if torch.cuda.is_available():
-            return {"peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
-        import psutil
-
-        self._peak_rss = max(self._peak_rss, psutil.Process().memory_info().rss)
-        return {"peak_memory_mb": self._peak_rss / 2**20}
 
     def _end(self, k: int) -> None:
         """Slot k's trial is over (completed, pruned or diverged): heard by `on_end`, then the slot backfilled."""
