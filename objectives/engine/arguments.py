@@ -99,12 +99,12 @@ def training_arguments(kwargs: Mapping[str, Any], dtype, *, strategy: str = "ddp
             # own auto-wrap policy, so the frozen base is sharded and the adapter trains.
             kwargs.setdefault("fsdp", "full_shard auto_wrap")
             kwargs.setdefault("fsdp_config", {"version": 2})
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    if world > 1 and "per_device_train_batch_size" in kwargs:
-        batch = int(kwargs["per_device_train_batch_size"])
-        if batch % world:
-            raise ValueError(f"batch size {batch} does not split over {world} processes")
-        kwargs["per_device_train_batch_size"] = batch // world
+        world = torch.distributed.get_world_size()
+        if "per_device_train_batch_size" in kwargs:  # (a re-run's halved batch may not split: said here)
+            batch = int(kwargs["per_device_train_batch_size"])
+            if batch % world:
+                raise ValueError(f"batch size {batch} does not split over {world} processes")
+            kwargs["per_device_train_batch_size"] = batch // world
     on_gpu = torch.cuda.is_available()
     return TrainingArguments(**kwargs, use_cpu=not on_gpu, bf16=on_gpu and dtype == torch.bfloat16,
                              fp16=on_gpu and dtype == torch.float16)
