@@ -19,7 +19,7 @@ from .data_checks import CHECKS, DataReport, Finding, validate_data
 from .engine.callback import COST_METRICS
 from .engine.checkpoint import checkpoint_state, latest_checkpoint
 from .engine.objective import Objective, available_objectives, check_augmentation, get_objective
-from .engine.distributed import RankLost, run_distributed_trial
+from .engine.distributed import RankLost, group_failed, run_distributed_trial
 from .engine.packed import PACK_METRICS, PER_SLOT_PARAMS, run_packed
 from .engine.trial import Reporter, TrialDiverged
 from .engine.worker import BASE_MODEL_PARAM
@@ -49,6 +49,7 @@ __all__ = [
     "PEFT_METHODS",
     "PACK_METRICS",
     "RankLost",
+    "group_failed",
     "PER_SLOT_PARAMS",
     "TASKS",
     "UNCERTAINTY_STRATEGIES",

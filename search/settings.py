@@ -153,8 +153,10 @@ class RayConfig(_Strict):
     address: str | None = Field(default=None, description="An existing cluster (else RAY_ADDRESS, else a local Ray).")
     num_cpus: int | None = Field(default=None, gt=0, description="CPUs of a local Ray (default: all).")
     num_gpus: float | None = Field(default=None, ge=0, description="GPUs of a local Ray (default: detected).")
-    cpus_per_trial: float = Field(default=1, gt=0)
-    gpus_per_trial: float = Field(default=0, ge=0, description="0.5 puts two trials on each GPU.")
+    cpus_per_trial: float = Field(default=1, gt=0, description="A trial over several devices: the whole trial's, "
+                                  "split over its Ray Train workers.")
+    gpus_per_trial: float = Field(default=0, ge=0, description="0.5 puts two trials on each GPU; a trial over "
+                                  "several devices takes devices_per_trial (one GPU a worker).")
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     max_failures: int = Field(default=0, ge=0, description="Ray retries of a trial that raised (from its last checkpoint).")
     checkpoints_to_keep: int | None = Field(

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from objectives import PACK_METRICS, PER_SLOT_PARAMS, check_augmentation, check_method_params, get_objective
 from spaces import ConfigError, SearchSpace, finite_values, from_validation_error, load_yaml, resolve_space
 
-from .components import BACKENDS, check_pruner, check_sampler, prunes
+from .components import BACKENDS, PRUNERS, check_pruner, check_sampler, prunes
 from .settings import ComponentSpec, RunSpec, SweepSpec
 from .store.storage import default_storage_url
 
@@ -222,6 +222,10 @@ def _check_distributed(spec: SweepSpec, source: str) -> None:
         raise ConfigError(f"the {spec.backend} backend runs each trial in one process for now",
                           source=source, key="resources.devices_per_trial", value=resources.devices_per_trial,
                           hint=f"Fix: backend: {', '.join(BACKENDS.having('distributed'))}, or devices_per_trial: 1.")
+    if spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt":
+        raise ConfigError("PBT clones trials through Tune's checkpoints, and a trial over several devices keeps its "
+                          "checkpoints in its Ray Train run", source=source, key="pruner.name", value=spec.pruner.name,
+                          hint="Fix: another pruner (asha, median, hyperband), or devices_per_trial: 1 with pbt.")
     if spec.pack.slots > 1:
         raise ConfigError("a pack trains its slots in one process on one device; a trial over several devices is "
                           "one trial per process group", source=source, key="pack.slots", value=spec.pack.slots,

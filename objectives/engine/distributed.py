@@ -172,7 +172,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _group_failed(exc: BaseException) -> bool:
+def group_failed(exc: BaseException) -> bool:
     """Whether `exc` is the process group failing (a peer gone, a collective timed out), not the trial itself:
     torch raises DistError for some, and gloo a plain RuntimeError from its transport for others."""
     import torch.distributed as dist
@@ -229,7 +229,7 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
         outcome = ("diverged", str(exc))
     except Exception as exc:  # noqa: BLE001 - the caller fails the trial with this rank's reason
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if _group_failed(exc):  # a peer died or the group timed out: lost, not this trial's own error
+        if group_failed(exc):  # a peer died or the group timed out: lost, not this trial's own error
             outcome = ("lost", f"rank {rank}: the process group failed ({type(exc).__name__}: {first})")
         else:
             traceback.print_exc()

@@ -33,17 +33,30 @@ from spaces import ConfigError
 
 from ..components import PRUNERS, build_sampler
 from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
-from ..store.record import ERROR, RETRY_REASONS, TrialRecord, record_constraints, record_sweep, state_counts
+from ..store.record import (
+    ERROR,
+    RETRY_REASONS,
+    TrialRecord,
+    record_constraints,
+    record_sweep,
+    state_counts,
+)
 from ..store.recovery import mark_interrupted
 from ..store.retries import failure_cause
 from ..store.storage import WORKER_ID, prepare_storage
 from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
 from .ray_schedulers import PBT_MUTABLE, ray_scheduler
+from .ray_train import (
+    DONE_KEY,
+    TRAIN_LOGS,
+    distributed_trainable,
+    release_workers,
+    train_settings,
+)
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
-DONE_KEY = "ftsweep_done"  # set on a trial's last result: it ran its whole budget
-TRAIN_LOGS = "ftsweep_train_logs"  # JSON [[step, {train_loss, learning_rate, grad_norm}], ...] since the last report
+DRIVER_CPUS = 0.01  # a distributed trial's Tune actor only drives its Ray Train run (ray_train.py)
 
 
 def _import_ray():
@@ -353,15 +366,39 @@ class StudyCallback(_Callback):
         self.recorder.result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        release_workers(trial.last_result)  # a distributed trial's (ray_train.py)
         self.recorder.complete(trial.trial_id, trial.last_result)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.recorder.retried(trial.trial_id, _error_text(_trial_error(trial)))
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        release_workers(trial.last_result)
         error = _trial_error(trial)
         self.recorder.complete(trial.trial_id, trial.last_result, error=_error_text(error),
                                cause=failure_cause(error) if error is not None else ERROR)
+
+
+def _trials_that_fit(cluster: dict[str, float], ray_options, *, source: str) -> int:
+    """How many distributed trials the cluster holds at once, by what one trial's workers and its driver take;
+    ConfigError when not even one fits (Ray Train would wait for the resources forever)."""
+    cpus = ray_options.cpus_per_trial + DRIVER_CPUS
+    fits = {"CPU": (cluster.get("CPU", 0.0), cpus)}
+    if ray_options.gpus_per_trial > 0:
+        fits["GPU"] = (cluster.get("GPU", 0.0), ray_options.gpus_per_trial)
+    counts = {kind: int(have / need + 1e-9) for kind, (have, need) in fits.items()}
+    short = [kind for kind, count in counts.items() if count == 0]
+    if short:
+        kind = short[0]
+        have, need = fits[kind]
+        key = "ray.cpus_per_trial" if kind == "CPU" else "ray.gpus_per_trial"
+        taken = f"{need:g} {kind}" + (f" ({ray_options.cpus_per_trial:g} for its Ray Train workers, {DRIVER_CPUS:g} for "
+                                      "its Tune driver)" if kind == "CPU" else "")
+        raise ConfigError(f"one trial takes {taken} and the Ray cluster has {have:g}",
+                          source=source, key=key, value=getattr(ray_options, key.split(".")[1]),
+                          hint=f"Fix: a smaller {key} (it is the whole trial's, split over its workers), or a "
+                               "bigger cluster.")
+    return min(counts.values())
 
 
 def _trial_error(trial) -> BaseException | None:
@@ -420,6 +457,12 @@ class RayBackend(Backend):
 
         # Bad pruner settings fail before the study exists.
         scheduler = self.scheduler or ray_scheduler(spec, spec.budget, metric, mode, space, source=sweep.source)
+        workers = spec.resources.devices_per_trial
+        if workers > 1 and spec.ray.gpus_per_trial not in (0, workers):
+            raise ConfigError(f"a trial over {workers} devices is {workers} Ray Train workers of one GPU each (NCCL "
+                              "takes one process per GPU)", source=sweep.source, key="ray.gpus_per_trial",
+                              value=spec.ray.gpus_per_trial,
+                              hint=f"Fix: ray.gpus_per_trial: {workers} (or 0: CPU workers, gloo).")
         if pbt and spec.n_trials is None:
             raise ConfigError("PBT trains a fixed population: set n_trials (its size)", key="n_trials",
                               source=sweep.source)
@@ -466,9 +509,19 @@ class RayBackend(Backend):
             address = ray_options.address or os.environ.get("RAY_ADDRESS")
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                      **({} if address else {"num_cpus": ray_options.num_cpus, "num_gpus": ray_options.num_gpus}))
-        trainable_fn = tune.with_parameters(trainable, payload=sweep.to_payload())
-        trainable_fn = tune.with_resources(trainable_fn, {"cpu": ray_options.cpus_per_trial,
-                                                          "gpu": ray_options.gpus_per_trial})
+        distributed = spec.resources.devices_per_trial > 1
+        if distributed:
+            # The Tune trial only drives its Ray Train run, whose workers hold the trial's CPUs and GPUs
+            # (ray_train.py). Tune cannot see those, so it is told how many trials fit the cluster at once.
+            trainable_fn = tune.with_resources(tune.with_parameters(distributed_trainable, settings=train_settings(sweep)),
+                                               {"cpu": DRIVER_CPUS})
+            fit = _trials_that_fit(ray.cluster_resources(), ray_options, source=sweep.source)
+            concurrent = min(ray_options.max_concurrent_trials or fit, fit)
+        else:
+            trainable_fn = tune.with_parameters(trainable, payload=sweep.to_payload())
+            trainable_fn = tune.with_resources(trainable_fn, {"cpu": ray_options.cpus_per_trial,
+                                                              "gpu": ray_options.gpus_per_trial})
+            concurrent = ray_options.max_concurrent_trials
         # Checkpoints hold the adapter only; Ray deletes all but the newest `num_to_keep` per trial.
         # PBT keeps a few more: a trial it clones from must still have the checkpoint it chose.
         keep = ray_options.checkpoints_to_keep or (4 if pbt else 1)
@@ -482,8 +535,10 @@ class RayBackend(Backend):
         )
         tune_config = tune.TuneConfig(
             search_alg=search, scheduler=scheduler,
-            num_samples=-1 if remaining is None else remaining, max_concurrent_trials=ray_options.max_concurrent_trials,
-            time_budget_s=spec.timeout, reuse_actors=True,
+            num_samples=-1 if remaining is None else remaining, max_concurrent_trials=concurrent,
+            # A reused actor would keep a stopped trial's Train run alive; a distributed trial's actor is
+            # only its driver, so a fresh one costs nothing.
+            time_budget_s=spec.timeout, reuse_actors=not distributed,
         )
         self.listener("note", {"text": f"Ray: {ray.cluster_resources()} · Ray results in {sweep.output_dir / 'ray'}"})
         # Not Tuner.restore: a restored searcher only knows trials up to its last checkpoint, so trials

@@ -24,7 +24,7 @@ BACKENDS: Registry = Registry("backend", key="backend")
 # (`resources.devices_per_trial` > 1: a trial as a torch.distributed job).
 BACKENDS.register("optuna", "search.backends._optuna:OptunaBackend", multi_objective=True, workers=True,
                   optuna_pruners=True, packs=True, distributed=True)
-BACKENDS.register("ray", "search.backends._ray:RayBackend")
+BACKENDS.register("ray", "search.backends._ray:RayBackend", distributed=True)
 
 __all__ = ["BACKENDS", "PRUNERS", "SAMPLERS", "build_pruner", "build_sampler", "check_pruner", "check_sampler",
            "prunes"]

@@ -100,3 +100,28 @@ class RankOneDiesOnce(CausalLMObjective):
             marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         return super().run_trial(params, *args, **kwargs)
+
+
+class RankOneDiesOnceAfterStep4(CausalLMObjective):
+    """In a distributed trial, rank 1 is SIGKILLed the first time 5 s after its step-4 evaluation was reported
+    (with its checkpoint), as when a node is lost between evaluations: the re-run must go on from there. (The
+    5 s let Ray Train, which polls its workers every 2 s, register that report first, as it has the time to
+    between the evaluations of a real trial.)"""
+
+    def run_trial(self, params, report=None, *args, **kwargs):
+        import os
+        import signal
+        import time
+        from pathlib import Path
+
+        marker = Path(self.output_dir) / "rank-1-died"
+
+        def report_then_die(step, metrics):
+            decision = report(step, metrics)
+            if step == 4 and os.environ.get("RANK") == "1" and not marker.exists():
+                time.sleep(5)
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return decision
+
+        return super().run_trial(params, report_then_die if report is not None else None, *args, **kwargs)

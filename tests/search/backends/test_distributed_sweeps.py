@@ -75,7 +75,8 @@ def test_a_lost_rank_fails_its_trial_which_is_rerun_on_a_clean_group(write_sweep
 
 @pytest.mark.parametrize(("changes", "key", "why"), [
     ({"pack": {"slots": 2}}, "pack.slots", "a pack trains its slots in one process on one device"),
-    ({"backend": "ray"}, "resources.devices_per_trial", "the ray backend runs each trial in one process for now"),
+    ({"backend": "ray", "pruner": {"name": "pbt"}, "n_trials": 4}, "pruner.name",
+     "PBT clones trials through Tune's checkpoints, and a trial over several devices keeps its checkpoints"),
     ({"resources": {**DISTRIBUTED, "strategy": "fsdp"},
       "model": {"name_or_path": "bundled:tiny-support-lm", "quantization": {"bits": 4}}}, "resources.strategy",
      "FSDP shards the base model's weights, and a bitsandbytes-quantized base stores them as packed integers"),
