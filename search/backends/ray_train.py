@@ -103,7 +103,7 @@ def trial_failure(exc) -> BaseException:
     import ray.exceptions
 
     own = []
-    for rank, failure in sorted(exc.worker_failures.items()):
+    for _, failure in sorted(exc.worker_failures.items()):  # rank order: rank 0 first
         while isinstance(failure, ray.exceptions.RayTaskError) and failure.cause is not None:
             failure = failure.cause
         lost = isinstance(failure, ray.exceptions.RayActorError) or type(failure).__name__ == "WorkerHealthCheckFailedError"
