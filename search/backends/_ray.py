@@ -33,27 +33,15 @@ from spaces import ConfigError
 
 from ..components import PRUNERS, build_sampler
 from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
-from ..store.record import (
-    ERROR,
-    RETRY_REASONS,
-    TrialRecord,
-    record_constraints,
-    record_sweep,
-    state_counts,
-)
+from ..store.record import ERROR, RETRY_REASONS, TrialRecord, record_constraints, record_sweep, state_counts
 from ..store.recovery import mark_interrupted
 from ..store.retries import failure_cause
 from ..store.storage import WORKER_ID, prepare_storage
 from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
 from .ray_schedulers import PBT_MUTABLE, ray_scheduler
-from .ray_train import (
-    DONE_KEY,
-    TRAIN_LOGS,
-    distributed_trainable,
-    release_workers,
-    train_settings,
-)
+from .ray_train import (DONE_KEY, TRAIN_LOGS, distributed_trainable, local_copy, placement_here, release_workers,
+                        train_settings)
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
 DRIVER_CPUS = 0.01  # a distributed trial's Tune actor only drives its Ray Train run (ray_train.py)
@@ -97,25 +85,19 @@ def trainable(config: dict[str, Any], payload: str) -> None:
     trial's checkpoint (adapter, optimizer, schedule, RNG states, data position: never the base model).
     A trial Ray restarts -- a retry after a failure, a paused trial resumed, PBT cloning another trial
     -- continues from its checkpoint exactly as if it had not stopped (objectives/engine/checkpoint.py)."""
-    import ray
     from ray import tune
 
     objective = _worker_objective(payload)
     started = time.monotonic()  # after set-up, as the Optuna backend times a trial
     params = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
-    # Where this trial ran, so the study shows placement: node, GPUs Ray assigned, devices it could see.
-    # JSON text: Tune flattens nested dicts in results.
-    placement = json.dumps({"node_id": ray.get_runtime_context().get_node_id(),
-                            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
+    # Where this trial ran, so the study shows placement. JSON text: Tune flattens nested dicts in results.
+    placement = json.dumps(placement_here())
     trial_id = tune.get_context().get_trial_id()
     previous = tune.get_checkpoint()
     resume_dir = None
     resumed_from, cloned_from, trained_before = 0, None, 0.0
     if previous is not None:
-        with previous.as_directory() as directory:  # a local copy: the original may live on another node
-            resume_dir = tempfile.mkdtemp(prefix="ftsweep-resume-")
-            shutil.copytree(directory, resume_dir, dirs_exist_ok=True)
+        resume_dir = local_copy(previous)
         state = objective.checkpoint_state(resume_dir)
         resumed_from, trained_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
         if state.get("ray_trial_id") not in (None, trial_id):

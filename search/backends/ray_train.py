@@ -66,6 +66,22 @@ def train_settings(sweep: Sweep) -> dict[str, Any]:
     }
 
 
+def local_copy(checkpoint) -> str:
+    """A Ray checkpoint copied into a new local folder (the original may live on another node)."""
+    with checkpoint.as_directory() as directory:
+        copy = tempfile.mkdtemp(prefix="ftsweep-resume-")
+        shutil.copytree(directory, copy, dirs_exist_ok=True)
+    return copy
+
+
+def placement_here() -> dict[str, Any]:
+    """Where this Ray worker runs: its node, the GPUs Ray assigned it, the devices it can see."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+
 def distributed_trainable(config: dict[str, Any], settings: dict[str, Any]) -> None:
     """One Tune trial as a Ray Train run of `settings["workers"]` workers (see the module docstring)."""
     import ray.train
@@ -126,11 +142,7 @@ def release_workers(result: dict[str, Any] | None) -> None:
     does nothing."""
     import ray
     from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import (
-        PlacementGroup,
-        placement_group_table,
-        remove_placement_group,
-    )
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
     group_id = (result or {}).get(TRAIN_GROUP)
     if not group_id or not ray.is_initialized():
@@ -185,17 +197,13 @@ def _rank_loop(config: dict[str, Any]) -> None:
     resume_dir, resumed_from, trained_before = None, 0, 0.0
     previous = ray.train.get_checkpoint()
     if previous is not None:
-        with previous.as_directory() as directory:  # a local copy: the original may live on another node
-            resume_dir = tempfile.mkdtemp(prefix="ftsweep-resume-")
-            shutil.copytree(directory, resume_dir, dirs_exist_ok=True)
+        resume_dir = local_copy(previous)
         state = objective.checkpoint_state(resume_dir)
         resumed_from, trained_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
         params = state.get("params", params)
-    # Where every rank ran (node, GPUs Ray assigned): the study shows the trial's whole placement.
-    here = {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+    # Where every rank ran: the study shows the trial's whole placement.
     ranks: list[Any] = [None] * context.get_world_size()
-    dist.all_gather_object(ranks, here)
+    dist.all_gather_object(ranks, placement_here())
     common = {"placement": json.dumps({**ranks[0], "ranks": ranks}), "resumed_from": resumed_from,
               "params": json.dumps(params), TRAIN_GROUP: ray.util.get_current_placement_group().id.hex()}
     staged: dict[str, Any] = {"train_logs": []}

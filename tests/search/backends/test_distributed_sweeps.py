@@ -13,15 +13,8 @@ from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
 from search.store.storage import load_existing_study
 from search.sweep import load_sweep
+from tests.search.distributed_sweeps import BUDGET, DISTRIBUTED, SPACE
 
-SPACE = {"params": {
-    "learning_rate": {"type": "categorical", "choices": [3e-3, 1e-2]},
-    "lora_r": {"type": "fixed", "value": 4},
-    "lora_dropout": {"type": "fixed", "value": 0.0},
-    "target_modules": {"type": "fixed", "value": "attention"},
-}}
-BUDGET = {"max_steps": 6, "eval_every": 2, "batch_size": 8, "eval_batch_size": 16, "max_seq_length": 64}
-DISTRIBUTED = {"devices_per_trial": 2}
 
 
 def _study(path):

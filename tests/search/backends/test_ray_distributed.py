@@ -18,20 +18,14 @@ from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
 from search.store.storage import open_storage
 from search.sweep import load_sweep
+from tests.search.distributed_sweeps import BUDGET, DISTRIBUTED, SPACE
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 
-SPACE = {"params": {
-    "learning_rate": {"type": "categorical", "choices": [3e-3, 1e-2]},
-    "lora_r": {"type": "fixed", "value": 4},
-    "lora_dropout": {"type": "fixed", "value": 0.0},
-    "target_modules": {"type": "fixed", "value": "attention"},
-}}
-BUDGET = {"max_steps": 6, "eval_every": 2, "batch_size": 8, "eval_batch_size": 16, "max_seq_length": 64}
 COMMON = dict(backend="ray", space=SPACE, sampler={"name": "random"}, pruner="none", budget=BUDGET,
-              resources={"devices_per_trial": 2})
+              resources=DISTRIBUTED)
 
 
 def _study(sweep) -> optuna.Study:
