@@ -232,7 +232,9 @@ def test_each_worker_runs_its_own_pack_and_together_they_stop_at_exactly_n_trial
     space = {"params": {**SPACE["params"], "learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}
     storage = f"journal:///{tmp_path / 'store' / 'sweeps.journal'}"
     path = write_sweep(space=space, sampler={"name": "tpe", "args": {"n_startup_trials": 4}}, pruner="none",
-                       n_trials=9, pack={"slots": 2}, budget={**BUDGET, "max_steps": 2, "eval_every": 2})
+                       # 60 steps a trial (about 1 s): at 2 steps (0.1 s) one worker once ran all 9 before the
+                       # other had set up, on 2 busy cores.
+                       n_trials=9, pack={"slots": 2}, budget={**BUDGET, "max_steps": 60, "eval_every": 30})
     assert main(["launch", str(path), "--storage", storage, "--workers", "2"]) == 0
     study = load_existing_study("tiny", storage)
     trials = study.get_trials()
