@@ -20,8 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
 from .ray_schedulers import PBT_MUTABLE, ray_scheduler
 from .ray_train import (DONE_KEY, TRAIN_LOGS, distributed_trainable, local_copy, placement_here, release_workers,
-                        train_settings)
+                        run_and_report, train_settings)
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
 DRIVER_CPUS = 0.01  # a distributed trial's Tune actor only drives its Ray Train run (ray_train.py)
@@ -107,37 +105,14 @@ def trainable(config: dict[str, Any], payload: str) -> None:
         params = {**state.get("params", params), **{k: v for k, v in params.items() if k in PBT_MUTABLE}}
     common = {"placement": placement, "resumed_from": resumed_from, "params": json.dumps(params),
               **({"cloned_from": cloned_from} if cloned_from else {})}
-    staged: dict[str, Any] = {"train_logs": []}
-    elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all this trial's runs)
 
-    def on_checkpoint(step: int, folder: Path) -> None:
-        staged["dir"] = str(folder)
+    def send(result: dict[str, Any], saved: str | None) -> None:
+        # Ray copies the checkpoint into the experiment folder (its storage) and drops the oldest ones; a
+        # scheduler's stop is a SystemExit inside tune.report.
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
 
-    def on_log(step: int, logs: dict[str, float]) -> None:
-        staged["train_logs"].append([step, logs])  # for the driver's W&B run, with the next report
-
-    def logs_so_far() -> str:
-        logs, staged["train_logs"] = staged["train_logs"], []
-        return json.dumps(logs)
-
-    def report(step: int, metrics: dict[str, float]) -> bool:
-        saved = staged.pop("dir", None)
-        # Ray copies the checkpoint into the experiment folder (its storage) and drops the oldest ones.
-        tune.report({**metrics, "step": step, TRAIN_LOGS: logs_so_far(), "elapsed_s": elapsed(), **common},
-                    checkpoint=tune.Checkpoint.from_directory(saved) if saved else None)
-        return False  # Ray's scheduler stops trials itself (SystemExit inside tune.report)
-
-    trial_dir = tempfile.mkdtemp(prefix="ftsweep-trial-")
-    try:
-        metrics = objective.run_trial(params, report, trial_dir, checkpoints=True, on_checkpoint=on_checkpoint,
-                                      checkpoint_about={"ray_trial_id": trial_id}, on_log=on_log,
-                                      resume_from=resume_dir)
-    finally:
-        shutil.rmtree(trial_dir, ignore_errors=True)
-        if resume_dir:
-            shutil.rmtree(resume_dir, ignore_errors=True)
-    tune.report({**metrics, "step": int(metrics["steps"]), DONE_KEY: True, TRAIN_LOGS: logs_so_far(),
-                 "elapsed_s": elapsed(), "duration_s": elapsed(), **common})
+    run_and_report(objective, params, send, common=common, trial_id=trial_id, resume_dir=resume_dir,
+                   started=started, trained_before=trained_before)
 
 
 # ------------------------------------------------------------------------------------ driver side
@@ -491,7 +466,7 @@ class RayBackend(Backend):
             address = ray_options.address or os.environ.get("RAY_ADDRESS")
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                      **({} if address else {"num_cpus": ray_options.num_cpus, "num_gpus": ray_options.num_gpus}))
-        distributed = spec.resources.devices_per_trial > 1
+        distributed = workers > 1
         if distributed:
             # The Tune trial only drives its Ray Train run, whose workers hold the trial's CPUs and GPUs
             # (ray_train.py). Tune cannot see those, so it is told how many trials fit the cluster at once.

@@ -206,34 +206,49 @@ def _rank_loop(config: dict[str, Any]) -> None:
     dist.all_gather_object(ranks, placement_here())
     common = {"placement": json.dumps({**ranks[0], "ranks": ranks}), "resumed_from": resumed_from,
               "params": json.dumps(params), TRAIN_GROUP: ray.util.get_current_placement_group().id.hex()}
+
+    def send(result: dict[str, Any], saved: str | None) -> None:  # every rank: ray.train.report is a barrier
+        ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(saved) if saved else None)
+
+    # Rank 0 alone keeps the training logs: the driver reads rank 0's results.
+    run_and_report(objective, params, send, common=common, trial_id=config["trial_id"], resume_dir=resume_dir,
+                   started=started, trained_before=trained_before, keep_logs=rank == 0)
+
+
+def run_and_report(objective, params: dict[str, Any], send, *, common: dict[str, Any], trial_id: str,
+                   resume_dir: str | None, started: float, trained_before: float, keep_logs: bool = True) -> None:
+    """Train `params` in this Ray worker, from `resume_dir` when given, and `send(result, checkpoint_dir)` each
+    evaluation with the checkpoint written for it (None when none was), then the last result: the results
+    `StudyRecorder` reads, with `common` in each. Both kinds of Ray trial run through this (`_ray.trainable`
+    with `tune.report`, `_rank_loop` with `ray.train.report`); Ray's scheduler stops a trial itself. The
+    trial's temporary folders, `resume_dir` included, are removed."""
     staged: dict[str, Any] = {"train_logs": []}
     elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all this trial's runs)
 
-    def on_checkpoint(step: int, folder: Path) -> None:  # rank 0 only: the checkpoint's one writer
+    def on_checkpoint(step: int, folder: Path) -> None:  # (heard on rank 0 only: the checkpoint's one writer)
         staged["dir"] = str(folder)
 
     def on_log(step: int, logs: dict[str, float]) -> None:
-        if rank == 0:
-            staged["train_logs"].append([step, logs])
+        if keep_logs:
+            staged["train_logs"].append([step, logs])  # for the driver's W&B run, with the next report
 
     def logs_so_far() -> str:
         logs, staged["train_logs"] = staged["train_logs"], []
         return json.dumps(logs)
 
     def report(step: int, metrics: dict[str, float]) -> bool:
-        saved = staged.pop("dir", None)
-        ray.train.report({**metrics, "step": step, TRAIN_LOGS: logs_so_far(), "elapsed_s": elapsed(), **common},
-                         checkpoint=ray.train.Checkpoint.from_directory(saved) if saved else None)
-        return False  # Ray's scheduler stops trials itself: it ends the Tune actor, and every worker with it
+        send({**metrics, "step": step, TRAIN_LOGS: logs_so_far(), "elapsed_s": elapsed(), **common},
+             staged.pop("dir", None))
+        return False
 
     trial_dir = tempfile.mkdtemp(prefix="ftsweep-trial-")
     try:
         metrics = objective.run_trial(params, report, trial_dir, checkpoints=True, on_checkpoint=on_checkpoint,
-                                      checkpoint_about={"ray_trial_id": config["trial_id"]}, on_log=on_log,
+                                      checkpoint_about={"ray_trial_id": trial_id}, on_log=on_log,
                                       resume_from=resume_dir)
-        ray.train.report({**metrics, "step": int(metrics["steps"]), DONE_KEY: True, TRAIN_LOGS: logs_so_far(),
-                          "elapsed_s": elapsed(), "duration_s": elapsed(), **common})
     finally:
         shutil.rmtree(trial_dir, ignore_errors=True)
         if resume_dir:
             shutil.rmtree(resume_dir, ignore_errors=True)
+    send({**metrics, "step": int(metrics["steps"]), DONE_KEY: True, TRAIN_LOGS: logs_so_far(),
+          "elapsed_s": elapsed(), "duration_s": elapsed(), **common}, None)
