@@ -73,6 +73,28 @@ class Architecture:
         # Read once per architecture: the loaded model when there is one, else an empty-weights copy.
         return peft_methods.linear_modules(self.loaded if self.loaded is not None else self.skeleton())
 
+    def quantized_layers(self) -> dict[tuple[int, int], list[str]]:
+        """{(in_features, out_features): names} of the layers `model.quantization` turns into bitsandbytes
+        layers: every linear layer (nn.Linear, GPT-2's Conv1D) but those transformers keeps in full precision
+        (its own `get_keys_to_not_convert`: the output head, tied and last weights)."""
+        import torch
+        from transformers.pytorch_utils import Conv1D
+        from transformers.quantizers.base import get_keys_to_not_convert
+
+        model = self.skeleton()
+        kept = get_keys_to_not_convert(model)
+        layers: dict[tuple[int, int], list[str]] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, Conv1D):
+                shape = tuple(module.weight.shape)  # Conv1D stores (in_features, out_features)
+            elif type(module) is torch.nn.Linear:
+                shape = (module.in_features, module.out_features)
+            else:
+                continue
+            if not any(name == key or name.startswith(f"{key}.") or name.endswith(key) for key in kept):
+                layers.setdefault(shape, []).append(name)
+        return layers
+
     def adapter_target(self) -> peft_methods.AdapterTarget:
         return peft_methods.AdapterTarget(
             task_type=self.task.peft_task_type, model_type=self.model_type(), model_path=self.path,

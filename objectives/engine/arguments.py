@@ -10,12 +10,30 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from spaces import ConfigError
 
 from ..settings import Direction, ModelConfig, TrainBudget
+
+
+class _KernelHubNotice(logging.Filter):
+    """Drops bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" warning.
+
+    bitsandbytes >= 0.50 on a CPU with AVX512-BF16 fetches a fused 4-bit inference kernel from the Hugging Face
+    Hub when it is imported -- and PEFT imports it in every process, quantized sweep or not -- and warns where it
+    cannot (offline, as trials run). ftsweep never runs that kernel (`keep_quantized_layers_trainable`), so the
+    warning would tell a user nothing to act on. Installed when `objectives` is imported, before PEFT is.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kernels-community" not in str(record.msg)
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_KernelHubNotice())
 
 # Space parameter name -> the TrainingArguments field it sets. Everything here is a hyperparameter of
 # the optimisation itself; fields the engine owns (output_dir, max_steps, eval_steps...) are not.
@@ -65,10 +83,11 @@ def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: 
         data_seed=seed,
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        # transformers' own recipe: non-reentrant checkpointing, and the input-grad hook PEFT's frozen
-        # embeddings need (activation_checkpointing_enable registers it for input_ids models).
-        gradient_checkpointing=budget.gradient_checkpointing,
     )
+    # transformers' own recipe: non-reentrant checkpointing, and the input-grad hook PEFT's frozen embeddings
+    # need (activation_checkpointing_enable registers it for input_ids models). transformers 5.25 renamed the
+    # argument (the old name warns); the name this transformers takes.
+    kwargs[_checkpointing_argument()] = budget.gradient_checkpointing
     if budget.early_stopping_patience is not None:
         # What transformers' EarlyStoppingCallback watches.
         metric, direction = target
@@ -77,6 +96,16 @@ def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: 
         if name in TRAINING_ARGUMENT_PARAMS:
             kwargs[TRAINING_ARGUMENT_PARAMS[name]] = value
     return kwargs
+
+
+@functools.cache
+def _checkpointing_argument() -> str:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    fields = {field.name for field in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 def training_arguments(kwargs: Mapping[str, Any], dtype, *, strategy: str = "ddp"):
@@ -89,16 +118,16 @@ def training_arguments(kwargs: Mapping[str, Any], dtype, *, strategy: str = "ddp
 
     kwargs = dict(kwargs)
     if torch.distributed.is_initialized():
-        # Every trainable tensor (the adapter) gets a gradient each step, and the buffers (e.g. rotary tables)
-        # never change: DDP need not search the graph for unused parameters nor re-broadcast buffers every
-        # forward, which Trainer's defaults do (docs/benchmarks.md: the distributed path's overhead).
+        # Every trainable tensor (the adapter) gets a gradient each step: DDP need not search the graph for
+        # unused parameters, which Trainer's default does (docs/benchmarks.md: the distributed path's overhead).
+        # (Its buffer broadcast at each forward stays: `ddp_broadcast_buffers` is deprecated by torch 2.13's DDP,
+        # and the replacement cannot be passed through Trainer; it costs ~1 ms a step at 2 CPU ranks.)
         kwargs.setdefault("ddp_find_unused_parameters", False)
-        kwargs.setdefault("ddp_broadcast_buffers", False)
         if strategy == "fsdp":
-            # FSDP2 (`fully_shard`), which runs on CPUs (gloo) as on GPUs; Trainer wraps a PEFT model with PEFT's
-            # own auto-wrap policy, so the frozen base is sharded and the adapter trains.
-            kwargs.setdefault("fsdp", "full_shard auto_wrap")
-            kwargs.setdefault("fsdp_config", {"version": 2})
+            # FSDP2 (`fully_shard`) with full sharding, which runs on CPUs (gloo) as on GPUs; Trainer wraps a PEFT
+            # model with PEFT's own auto-wrap policy, so the frozen base is sharded and the adapter trains.
+            kwargs.setdefault("fsdp", True)
+            kwargs.setdefault("fsdp_config", {"version": 2, "reshard_after_forward": True})
         world = torch.distributed.get_world_size()
         if "per_device_train_batch_size" in kwargs:  # (a re-run's halved batch may not split: said here)
             batch = int(kwargs["per_device_train_batch_size"])
@@ -147,9 +176,12 @@ def quantization_config(model: ModelConfig):
                               bnb_4bit_use_double_quant=settings.double_quant, bnb_4bit_compute_dtype=compute)
 
 
-def check_quantization(model: ModelConfig, *, source: str | None = None) -> None:
-    """Refuse `model.quantization` where bitsandbytes is missing or cannot run it on this machine's device:
-    a quantized layer's forward and backward are tried on a 64x64 layer (milliseconds).
+def check_quantization(model: ModelConfig, layers: Mapping[tuple[int, int], Sequence[str]] | None = None, *,
+                       source: str | None = None) -> None:
+    """Refuse `model.quantization` where bitsandbytes is missing or cannot run the model's quantized layers on
+    this machine's device: one quantized layer of each shape in `layers` ((in_features, out_features) -> the
+    names of the model's layers of that shape; default one 64x64 layer) is run as a trial runs it -- a training
+    step (forward and backward), then an evaluation (eval mode, no gradients) -- in milliseconds per shape.
 
     Example:
         >>> from objectives import ModelConfig
@@ -167,20 +199,43 @@ def check_quantization(model: ModelConfig, *, source: str | None = None) -> None
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        if settings.bits == 4:
-            layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.float32,
-                                      quant_type=settings.quant_type).to(device)
-        else:
-            layer = bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False).to(device)
-        x = torch.randn(2, 64, device=device, requires_grad=True)
-        layer(x).sum().backward()
-    except Exception as exc:  # noqa: BLE001 - whatever bitsandbytes raises, the launch must say why
-        raise ConfigError(
-            f"bitsandbytes {getattr(bnb, '__version__', '?')} cannot run a {settings.bits}-bit layer on {device} here "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})", source=source, key=key,
-            hint="Fix: install a bitsandbytes build for this device (0.45+ runs 4-bit on CPU), or remove "
-            "model.quantization.") from exc
+    for (inputs, outputs), names in sorted((layers or {(64, 64): ["a 64x64 layer"]}).items()):
+        try:
+            if settings.bits == 4:
+                layer = bnb.nn.Linear4bit(inputs, outputs, bias=False, compute_dtype=torch.float32,
+                                          compress_statistics=settings.double_quant,
+                                          quant_type=settings.quant_type).to(device)
+            else:
+                layer = bnb.nn.Linear8bitLt(inputs, outputs, bias=False, has_fp16_weights=False).to(device)
+            keep_quantized_layers_trainable(layer)
+            layer(torch.randn(2, inputs, device=device, requires_grad=True)).sum().backward()
+            layer.eval()
+            with torch.no_grad():
+                layer(torch.randn(2, inputs, device=device))
+        except Exception as exc:  # noqa: BLE001 - whatever bitsandbytes raises, the launch must say why
+            shown = ", ".join(list(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            raise ConfigError(
+                f"bitsandbytes {getattr(bnb, '__version__', '?')} cannot run this model's {settings.bits}-bit "
+                f"{inputs}->{outputs} layers on {device} here ({shown}): {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}", source=source, key=key,
+                hint="Fix: install a bitsandbytes build for this device (0.45+ runs 4-bit on CPU), or remove "
+                "model.quantization.") from exc
+
+
+def keep_quantized_layers_trainable(model) -> None:
+    """Keep `model`'s 4-bit layers in the layout they train in, through evaluations too.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks a `Linear4bit` weight for its fused inference kernel the
+    first time the layer runs in eval mode without gradients -- a trial's first evaluation -- and keeps it
+    repacked: the training steps after it then run through that kernel, which has no backward (PyTorch warns
+    of "silently incorrect behavior"), and the repacking itself needs out_features divisible by 32. A trial
+    alternates training and evaluation, so its layers keep the general kernels (any shape, with gradients).
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False  # bitsandbytes' own switch for that repacking
 
 
 def _dtype(name: str):

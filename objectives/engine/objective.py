@@ -201,11 +201,12 @@ class Objective:
                 architecture = self.architecture(name)
                 architecture.check_peft_methods(space)
                 architecture.check_dropouts(space)
+                if self.model_config.quantization is not None:
+                    check_quantization(self.model_config, architecture.quantized_layers(), source=self.source)
             except ConfigError as exc:
                 if name != self.model_config.name_or_path and f"base_model {name}" not in exc.message:
                     exc.message = f"with base_model {name}: {exc.message}"  # str(exc) reads it anew
                 raise
-        check_quantization(self.model_config, source=self.source)
         self.task.check_space(space)
 
     def model_choices(self, space) -> list[str]:

@@ -20,7 +20,7 @@ from ..augmentation import Augmenter
 from ..settings import AugmentationSettings, ModelConfig
 from ..sources import Splits, from_pretrained, load_splits, resolve_model_path
 from ..tasks.base import Task, Tokenized
-from .arguments import quantization_config, torch_dtype
+from .arguments import keep_quantized_layers_trainable, quantization_config, torch_dtype
 
 BASE_MODEL_PARAM = "base_model"  # the space parameter that picks the base model a trial fine-tunes
 AUGMENTED_KEPT = 4  # augmented training sets kept in memory (least recently used dropped first)
@@ -113,6 +113,7 @@ class Worker:
                 # PEFT's QLoRA preparation: every base weight frozen, norms and head in fp32 for stable
                 # training. Activation checkpointing stays a budget setting (TrainingArguments), per trial.
                 model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+                keep_quantized_layers_trainable(model)
             if getattr(model.config, "pad_token_id", None) is None:
                 model.config.pad_token_id = tokenizer.pad_token_id
             model.eval()

@@ -190,6 +190,68 @@ def test_a_qlora_sweep_is_exported_with_its_quantization_and_reproduced_by_train
     assert record["metrics"]["eval_loss"] == pytest.approx(best.value, rel=0.01)
 
 
+def test_a_qlora_trial_keeps_its_layers_trainable_where_bitsandbytes_would_repack_them_for_inference(monkeypatch):
+    """On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for its inference kernel at the first no-grad
+    eval-mode forward (which needs out_features % 32 == 0: the tiny model's 172-wide MLP is not) and trains on through
+    that kernel, which has no backward. This machine may lack the instruction set: the layers are told they have it
+    (bitsandbytes reads `has_avx512bf16` when each layer is built), and the repacking is Python, so it runs here."""
+    import bitsandbytes as bnb
+    import bitsandbytes.nn.modules
+
+    monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+    objective = _objective(QLORA)
+    layers = [m for m in objective.base_model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert any(layer.out_features % 32 for layer in layers)
+    history, final = _history(objective)  # train, evaluate, train on: three evaluations
+    assert [step for step, _ in history] == [2, 4, 6] and history[-1][1] < history[0][1]
+    assert not any(getattr(layer.weight.quant_state, "packing_format_for_cpu", False) for layer in layers)
+
+
+def test_bitsandbytes_kernel_hub_warning_is_not_shown_and_its_other_warnings_are(caplog):
+    """bitsandbytes 0.50 on an AVX512-BF16 CPU warns at import (PEFT imports it, quantized sweep or not) when the
+    Hub kernel it would fetch is out of reach; ftsweep never runs that kernel. The record as bitsandbytes logs it."""
+    import logging
+
+    import objectives  # noqa: F401 - installs the filter, before PEFT imports bitsandbytes
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                       "`pip install kernels` and the kernels >= 0.11.1", OSError("Hugging Face Hub is in offline mode"))
+        logger.warning("Register pytorch bitsandbytes kernels for XPU")
+    assert [record.getMessage() for record in caplog.records] == ["Register pytorch bitsandbytes kernels for XPU"]
+
+
+def test_the_launch_lists_the_models_quantized_layers_by_shape():
+    objective = get_objective("causal_lm")(QLORA, TASK_DATA["causal_lm"], TrainBudget(**BUDGET), seed=0)
+    layers = objective.architecture().quantized_layers()
+    assert sorted(layers) == [(64, 32), (64, 64), (64, 172), (172, 64)]  # k/v, q/o, gate/up, down
+    assert layers[(172, 64)] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert not any("lm_head" in name for names in layers.values() for name in names)  # kept full precision
+
+
+def test_a_layer_shape_the_quantized_kernel_cannot_take_is_refused_at_launch(write_sweep, monkeypatch, capsys):
+    """Where a kernel cannot take a layer's shape (bitsandbytes 0.50's CPU inference repacking asserts on an output
+    width not divisible by 32), the launch says which layers and stops before any trial: simulated here by a
+    4-bit layer whose eval-mode forward raises that assertion for such widths."""
+    import bitsandbytes as bnb
+
+    forward = bnb.nn.Linear4bit.forward
+
+    def strict_kernel(self, x):
+        if not self.training and self.out_features % 32:
+            raise AssertionError("N must be divisible by block_n")
+        return forward(self, x)
+
+    monkeypatch.setattr(bnb.nn.Linear4bit, "forward", strict_kernel)
+    path = write_sweep(model={"name_or_path": "bundled:tiny-support-lm", "quantization": {"bits": 4}})
+    assert main(["launch", str(path)]) == EXIT_BAD_INPUT
+    error = " ".join(capsys.readouterr().err.split())
+    assert "model.quantization: bitsandbytes" in error and "4-bit 64->172 layers on cpu" in error, error
+    assert "model.layers.0.mlp.gate_proj" in error and "N must be divisible by block_n" in error
+    assert not (path.parent / "runs").exists()  # nothing was written
+
+
 def test_qlora_where_bitsandbytes_is_missing_is_refused_with_the_install_line(write_sweep, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # what `import bitsandbytes` meets where it is absent
     path = write_sweep(model={"name_or_path": "bundled:tiny-support-lm", "quantization": {"bits": 4}})
