@@ -193,6 +193,9 @@ class ResourceSettings(_Strict):
                                              "sharded over them: FSDP2 with PEFT's auto-wrap policy).")
     timeout_s: float = Field(default=600.0, gt=0, description="A collective that waits this long fails the trial "
                              "(a rank died or hung); the retry policy then re-runs it like a preempted trial.")
+    deadlock_after_s: float = Field(default=60.0, gt=0, description="Every rank waiting in a collective, using no "
+                                    "CPU, for this long fails the trial at once (they wait on each other: a "
+                                    "deadlock), retried as timeout_s is. CPU ranks (gloo); on GPUs timeout_s applies.")
 
 
 class SweepSpec(_Strict):

@@ -157,6 +157,37 @@ class TrialMonitor:
             control.should_training_stop = True
 
 
+def rank_agreement() -> list:
+    """[RankAgreement()] in a process group of several ranks (a distributed trial), else []."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return []
+    return [_agreement_class()()]
+
+
+@functools.cache
+def _agreement_class() -> type:
+    import torch.distributed as dist
+    from transformers import TrainerCallback
+
+    class RankAgreement(TrainerCallback):
+        """At every evaluation, every rank of a distributed trial takes rank 0's save and stop decisions.
+
+        Saving a checkpoint runs collectives (Trainer gathers the FLOP count, FSDP the weights), so ranks that
+        decide differently wait on different collectives for ever. Each rank decides alone on its own clock
+        (`Checkpointing.due`: the checkpoint interval) and its own callbacks (early stopping): Trainer's last
+        callback makes the decision rank 0's, before Trainer acts on it (it saves right after evaluating).
+        """
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            decisions = [control.should_save, control.should_training_stop]
+            dist.broadcast_object_list(decisions, src=0)
+            control.should_save, control.should_training_stop = decisions
+
+    return RankAgreement
+
+
 @functools.cache
 def _callback_class() -> type:
     from transformers import TrainerCallback

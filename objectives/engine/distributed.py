@@ -13,10 +13,21 @@ and waits for its prune/continue answer, which rank 0 then broadcasts to every r
 so all ranks stop at the same evaluation -- the way optuna-integration's `TorchDistributedTrial` shares rank
 0's `should_prune`, without the storage in every rank. Only the caller records and logs (W&B once per trial).
 
+Every rank must run the same collectives in the same order, or they wait on each other for ever. So whatever
+a rank decides alone that leads to collectives is decided once: prune (rank 0's report, broadcast) and, at
+every evaluation, save and stop (`callback.RankAgreement`: rank 0's decisions, broadcast) -- a checkpoint's
+save gathers across ranks, and each rank timed `checkpoint_interval_s` on its own clock.
+
 A rank that dies ends the trial: the caller stops every rank (no process group left hanging, nothing left
-running: each rank also dies with its parent) and raises `RankLost`; a hung collective fails after
-`timeout_s` (the process group's own timeout), and then the same. Checkpoints are rank 0's, as Trainer
-writes them; a re-run resumes from them on every rank.
+running: each rank also dies with its parent) and raises `RankLost`. Ranks that deadlock do too, after
+`deadlock_after_s`: each rank's watchdog thread publishes whether its main thread waits inside a collective
+(a frame in torch.distributed or DDP, or autograd's backward, where DDP waits for its gradient all-reduce)
+while the process uses no CPU; when every rank has waited so for that long, none can be computing, so none
+will ever answer the others -- a trial merely slow between evaluations computes, or waits elsewhere (data,
+a checkpoint write, the caller's prune decision), and is never taken for one. On GPUs (NCCL) a waiting rank
+spins or returns at once, so this rarely fires there: NCCL's own watchdog and `timeout_s` (the process
+group's timeout, for a hung collective) cover it. Checkpoints are rank 0's, as Trainer writes them; a re-run
+resumes from them on every rank.
 
 Example (2 processes on CPU, gloo):
 
@@ -32,6 +43,8 @@ import datetime
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -41,8 +54,9 @@ from typing import Any
 from .trial import Reporter, TrialDiverged
 
 # What every rank imports before its trial: the forkserver imports it once per worker, so a rank starts in
-# about a second instead of an interpreter's ~6 s on 2 CPU cores.
-_PRELOAD = ["torch", "transformers", "transformers.trainer", "peft", "datasets", "objectives"]
+# about a second instead of an interpreter's ~6 s on 2 CPU cores. `objectives` first: it quiets upstream
+# noise that importing PEFT would print (objectives.engine.arguments).
+_PRELOAD = ["objectives", "torch", "transformers", "transformers.trainer", "peft", "datasets"]
 _FORKSERVER = None
 
 
@@ -57,16 +71,19 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
                           on_log: Callable[[int, dict[str, float]], None] | None = None,
                           checkpoints: bool = False, checkpoint_interval_s: float = 0.0,
                           resume_from: str | Path | None = None, timeout_s: float = 600.0,
-                          strategy: str = "ddp") -> dict[str, float]:
+                          strategy: str = "ddp", deadlock_after_s: float = 60.0) -> dict[str, float]:
     """One trial of `objective` (an Objective not set up here: each rank sets up its own) in `world_size`
     processes; arguments and result as `Objective.run_trial`. `devices`: the GPU ids the trial's ranks use,
-    one per rank (None: CPUs); `strategy`: "ddp" (a model copy per rank) or "fsdp" (sharded, FSDP2). Raises
-    optuna.TrialPruned, TrialDiverged, RankLost, or a rank's error."""
+    one per rank (None: CPUs); `strategy`: "ddp" (a model copy per rank) or "fsdp" (sharded, FSDP2);
+    `timeout_s`: the process group's timeout; `deadlock_after_s`: how long every rank may wait in a collective,
+    using no CPU, before the trial is failed (see the module's docstring). Raises optuna.TrialPruned,
+    TrialDiverged, RankLost, or a rank's error."""
     import optuna
     import torch
 
     context = _context()
     to_rank0, from_caller = context.Pipe()
+    board = WaitBoard(context, world_size)
     port = _free_port()
     options = {"strategy": strategy, "threads": max(1, torch.get_num_threads() // world_size),  # CPU share, split
                "trial_dir": str(trial_dir) if trial_dir is not None else None, "checkpoints": checkpoints,
@@ -74,15 +91,16 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
                "resume_from": str(resume_from) if resume_from is not None else None}
     ranks = [context.Process(target=_rank_main, name=f"ftsweep-rank-{rank}", daemon=True,
                              args=(rank, world_size, port, list(devices or []), objective, dict(params), options,
-                                   from_caller if rank == 0 else None))
+                                   from_caller if rank == 0 else None, board))
              for rank in range(world_size)]
     for process in ranks:
         process.start()
     from_caller.close()  # the ranks hold their ends: a dead rank 0 shows as end of file here
+    outcome = None
     try:
-        outcome = _serve(to_rank0, ranks, report, on_log)
+        outcome = _serve(to_rank0, ranks, report, on_log, board, deadlock_after_s)
     finally:
-        _stop(ranks)
+        _stop(ranks, finishing=outcome is not None)
         to_rank0.close()
     kind, payload = outcome
     if kind == "pruned":
@@ -96,10 +114,15 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
     return payload
 
 
-def _serve(conn, ranks, report, on_log) -> tuple[str, Any]:
-    """Answer rank 0 until it sends the trial's outcome; RankLost when a rank dies first. (A rank that hangs
-    is caught by the process group's timeout: its peers' next collective fails and they exit.)"""
+def _serve(conn, ranks, report, on_log, board: WaitBoard, deadlock_after_s: float) -> tuple[str, Any]:
+    """Answer rank 0 until it sends the trial's outcome; RankLost when a rank dies first, or when every rank
+    has waited in a collective for `deadlock_after_s`. (A rank that hangs elsewhere is caught by the process
+    group's timeout: its peers' next collective fails and they exit.)"""
     while True:
+        stuck = board.deadlocked(deadlock_after_s)
+        if stuck is not None:
+            raise RankLost(f"the ranks deadlocked: each waited in a collective for {deadlock_after_s:g} s or more, "
+                           f"using no CPU ({stuck})")
         if conn.poll(0.2):
             try:
                 kind, *payload = conn.recv()
@@ -121,6 +144,75 @@ def _serve(conn, ranks, report, on_log) -> tuple[str, Any]:
             raise RankLost(_lost(ranks))  # (rank 0's last word, when it sent one, is read first)
 
 
+class WaitBoard:
+    """Where each rank of a trial waits in a collective, and since when: written by each rank's watchdog thread,
+    read by the caller (shared memory: one timestamp and one short text per rank)."""
+
+    SLOT = 200  # bytes of text per rank
+
+    def __init__(self, context, world_size: int) -> None:
+        self.world_size = world_size
+        self.since = context.Array("d", world_size, lock=False)  # time.monotonic() it started waiting; 0: not
+        self.where = context.Array("c", world_size * self.SLOT, lock=False)
+
+    def publish(self, rank: int, since: float, where: str) -> None:
+        self.where[rank * self.SLOT:(rank + 1) * self.SLOT] = where.encode()[:self.SLOT].ljust(self.SLOT, b"\0")
+        self.since[rank] = since
+
+    def deadlocked(self, after_s: float) -> str | None:
+        """Each rank's wait ("rank 0: ...; rank 1: ...") when every rank has waited `after_s` or more, else None."""
+        since = list(self.since)
+        if not all(since) or time.monotonic() - max(since) < after_s:
+            return None
+        texts = [bytes(self.where[r * self.SLOT:(r + 1) * self.SLOT]).rstrip(b"\0").decode(errors="replace")
+                 for r in range(self.world_size)]
+        return "; ".join(f"rank {rank}: {text}" for rank, text in enumerate(texts))
+
+    def watch(self, rank: int, interval_s: float = 1.0) -> None:
+        """Start this rank's watchdog: every `interval_s`, whether the main thread waits in a collective with the
+        process using (almost) no CPU -- under 5 % of a core -- and since when."""
+        main = threading.main_thread().ident
+
+        def run() -> None:
+            since, last_where, last_cpu = 0.0, "", time.process_time()
+            while True:
+                time.sleep(interval_s)
+                cpu = time.process_time()
+                frame = sys._current_frames().get(main)
+                where = collective_wait(frame)
+                del frame
+                if where is None or cpu - last_cpu > 0.05 * interval_s:
+                    since = 0.0  # computing, or waiting elsewhere (data, a checkpoint write, the caller)
+                elif where != last_where or not since:
+                    since = time.monotonic()  # a new wait (the last one ended)
+                last_where, last_cpu = where or "", cpu
+                self.publish(rank, since, where or "")
+
+        threading.Thread(target=run, name="ftsweep-rank-watchdog", daemon=True).start()
+
+
+def collective_wait(frame) -> str | None:
+    """Where the thread whose innermost frame is `frame` waits in a collective -- e.g. "all_gather, from
+    _get_num_items_in_batch (transformers/trainer.py:2387)" -- or None. Waiting in one: the innermost Python frame
+    is torch.distributed's (c10d's collectives, FSDP's waits) or DDP's, or autograd's backward (where DDP waits
+    for its gradient all-reduce -- or computes, which the watchdog tells apart by the CPU the process uses)."""
+    if frame is None:
+        return None
+    path = frame.f_code.co_filename.replace("\\", "/")
+    if frame.f_code.co_name == "_engine_run_backward":
+        collective = "backward (DDP's gradient all-reduce)"
+    elif "/torch/distributed/" in path or path.endswith("/torch/nn/parallel/distributed.py"):
+        collective = frame.f_code.co_name
+    else:
+        return None
+    while frame is not None:  # the first caller outside torch and accelerate says which step of the trial
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if "/torch/" not in path and "/accelerate/" not in path:
+            return f"{collective}, from {frame.f_code.co_name} ({'/'.join(path.split('/')[-2:])}:{frame.f_lineno})"
+        frame = frame.f_back
+    return collective
+
+
 def _lost(ranks) -> str:
     states = []
     for rank, process in enumerate(ranks):
@@ -134,8 +226,14 @@ def _lost(ranks) -> str:
     return "a rank of the distributed trial was lost (" + ", ".join(states) + ")"
 
 
-def _stop(ranks, grace_s: float = 5.0) -> None:
-    """Every rank ended: SIGTERM, then SIGKILL after `grace_s`."""
+def _stop(ranks, grace_s: float = 5.0, *, finishing: bool = False) -> None:
+    """Every rank ended: SIGTERM, then SIGKILL after `grace_s`. `finishing`: rank 0 sent the outcome, so the
+    ranks are leaving the group and exiting; they get `grace_s` to do so first (a terminated rank skips its exit
+    handlers, and multiprocessing then warns of the semaphores it leaked, tqdm's lock among them)."""
+    if finishing:
+        deadline = time.monotonic() + grace_s
+        for process in ranks:
+            process.join(max(0.0, deadline - time.monotonic()))
     for process in ranks:
         if process.exitcode is None:
             process.terminate()
@@ -183,7 +281,7 @@ def group_failed(exc: BaseException) -> bool:
 
 
 def _rank_main(rank: int, world_size: int, port: int, devices: list[str], objective, params: dict,
-               options: dict, conn) -> None:
+               options: dict, conn, board: WaitBoard) -> None:
     """One rank: join the group, set up the objective, run the trial; rank 0 relays to the caller."""
     _die_with_parent()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
@@ -201,6 +299,7 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
     torch.set_num_threads(options["threads"])
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=options["timeout_s"]))
+    board.watch(rank)
 
     def report(step: int, metrics: dict[str, float]) -> bool:
         decision = [False]

@@ -21,7 +21,7 @@ from typing import Any
 from .. import augmentation, regularization
 from .arguments import early_stopping
 from . import checkpoint
-from .callback import Checkpointing, reporting_callback
+from .callback import Checkpointing, rank_agreement, reporting_callback
 from .worker import BASE_MODEL_PARAM
 
 # Raised by transformers 5.x's own internals (Trainer, get_peft_model), not by anything a user can change.
@@ -103,7 +103,8 @@ def run_trial(
                 eval_dataset=objective.eval_dataset,
                 data_collator=collator,
                 compute_metrics=objective.task.compute_metrics(objective.tokenized_data.state, "validation"),
-                callbacks=[callback, *early_stopping(budget)],  # ours first: it adds the metrics early stopping reads
+                # Ours first: it adds the metrics early stopping reads; the ranks' agreement last, on what all decided.
+                callbacks=[callback, *early_stopping(budget), *rank_agreement()],
             )
             # With tqdm disabled, Trainer prints every log dict; the backend's progress display says enough.
             trainer.remove_callback(PrinterCallback)

@@ -195,7 +195,8 @@ class OptunaBackend(Backend):
                     sweep.make_objective(), params, report, trial_dir, world_size=resources.devices_per_trial,
                     devices=self.trial_devices, on_log=tracked.log, checkpoints=True,
                     checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s, resume_from=resume_from,
-                    timeout_s=resources.timeout_s, strategy=resources.strategy)
+                    timeout_s=resources.timeout_s, strategy=resources.strategy,
+                    deadlock_after_s=resources.deadlock_after_s)
             else:
                 metrics = objective.run_trial(params, report, trial_dir, on_log=tracked.log, checkpoints=True,
                                               checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s,

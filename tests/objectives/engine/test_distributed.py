@@ -110,6 +110,45 @@ def test_a_hung_rank_fails_the_trial_after_the_group_timeout():
     assert not _ranks_left()
 
 
+def _fault(name: str):
+    from tests.objectives.engine import rank_faults
+
+    return getattr(rank_faults, name)(ModelConfig(name_or_path="bundled:tiny-support-lm"),
+                                      DataConfig(source="bundled:support-qa", max_train_examples=64,
+                                                 max_eval_examples=16),
+                                      TrainBudget(**BUDGET), seed=0)
+
+
+def test_ranks_that_would_checkpoint_differently_take_rank_0s_decision(alone, tmp_path):
+    """A checkpoint's save runs collectives (Trainer gathers the FLOP count): a rank saving alone would wait for
+    ever. Rank 0 checkpoints at every evaluation here and rank 1 at none; every rank does as rank 0 says."""
+    seen = []
+    run_distributed_trial(_fault("DisagreeingCheckpoints"), PARAMS, lambda step, m: seen.append(m["eval_loss"]) or False,
+                          tmp_path, world_size=2, checkpoints=True, deadlock_after_s=10)
+    assert seen == pytest.approx([v for _, v in alone[0]], rel=1e-5)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-6"]  # the newest kept; none at the end
+    assert not _ranks_left()
+
+
+def test_ranks_waiting_on_different_collectives_fail_the_trial_as_deadlocked():
+    started = time.monotonic()
+    with pytest.raises(RankLost, match="deadlocked") as raised:
+        run_distributed_trial(_fault("Rank1WaitsForAMessage"), PARAMS, world_size=2, deadlock_after_s=5)
+    assert time.monotonic() - started < 60  # the group's own timeout (600 s) would have taken ten minutes
+    assert "rank 1: recv" in str(raised.value) and "rank 0: " in str(raised.value)
+    assert not _ranks_left()
+
+
+def test_a_rank_slow_outside_any_collective_is_not_taken_for_a_deadlock(alone):
+    """Rank 0 waits in the step's all-reduce for longer than deadlock_after_s, but rank 1 is busy elsewhere."""
+    from tests.objectives.engine.rank_faults import SLOW_STEP_S
+
+    seen = []
+    run_distributed_trial(_fault("Rank1SlowStep"), PARAMS, lambda step, m: seen.append(m["eval_loss"]) or False,
+                          world_size=2, deadlock_after_s=SLOW_STEP_S / 3)
+    assert seen == pytest.approx([v for _, v in alone[0]], rel=1e-5)
+
+
 class _Stopped(Exception):
     """Stands for the worker being stopped between two evaluations."""
 
