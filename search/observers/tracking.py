@@ -152,6 +152,15 @@ class WandbSweepTracker(SweepTracker):
 
     def sweep_end(self, study, output_dir: Path) -> None:
         self._guard("sweep run", self._sweep_run, study, output_dir)
+        self._guard("teardown", self._close)
+
+    def _close(self) -> None:
+        # `finish()` only tells W&B's service that a run ended: the service writes the rest of its offline file
+        # and closes it afterwards. Tearing the service down waits for every run of this process to be closed,
+        # so the sweep's runs are complete on disk (for `wandb sync`, or a reader) when the sweep returns. A run
+        # the caller still has open (a notebook's own `wandb.init`) keeps the service, and W&B's exit hook closes it.
+        if self.wandb.run is None:
+            self.wandb.teardown()
 
     def _sweep_run(self, study, output_dir: Path) -> None:
         wandb = self.wandb
@@ -180,7 +189,8 @@ class WandbSweepTracker(SweepTracker):
         with tempfile.TemporaryDirectory(prefix="ftsweep-best-") as tmp:
             export(study, Path(tmp) / "best")
             artifact = self.wandb.Artifact(f"{study.study_name}-best-config", type="config")
-            artifact.add_dir(str(Path(tmp) / "best"))
+            for path in sorted((Path(tmp) / "best").iterdir()):  # add_dir would print a progress line
+                artifact.add_file(str(path))
             run.log_artifact(artifact)
 
     def _log_report(self, run, study, output_dir: Path) -> None:

@@ -166,7 +166,9 @@ def test_every_trial_has_one_wandb_run_with_its_config_and_curve(parity_sweep):
     trial_runs = {run.name: run for run in runs if run.job_type == "trial"}
     trials = study.get_trials()
     assert len(trials) >= 4 and sorted(trial_runs) == sorted(f"tiny-trial-{t.number}" for t in trials)
-    assert [run.job_type for run in runs].count("sweep") == 1
+    [sweep_run] = [run for run in runs if run.job_type == "sweep"]
+    # Complete on disk when the sweep returned (W&B's service writes a run's file after finish() returns).
+    assert sweep_run.exit_code == 0 and sweep_run.summary["best_trial"] in {t.number for t in trials}
     for trial in trials:
         run = trial_runs[f"tiny-trial-{trial.number}"]
         assert run.group == "tiny"
