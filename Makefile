@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c $(LOCK) pip setuptools
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -c $(LOCK) --build-constraint $(LOCK) -e ".[test]"
+	# -qq: errors only; -q would print setuptools' note on every editable install of a flat layout.
+	$(BIN)/python -m pip install -qq -c $(LOCK) --build-constraint $(LOCK) -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
