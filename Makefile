@@ -49,9 +49,10 @@ test-latest:
 	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
 	# TORCH again, or the eager upgrade would take the newest torch: on PyPI a CUDA build (GBs of nvidia wheels).
 	$(LATEST)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]" "$(TORCH)"
-	$(LATEST)/bin/python -m pip freeze --all --exclude-editable > $(LATEST)/versions.txt
 	$(LATEST)/bin/lint-imports
 	HF_HUB_OFFLINE=1 $(LATEST)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+	# Written once the tests passed: `make lock` has nothing to take from a failed run.
+	$(LATEST)/bin/python -m pip freeze --all --exclude-editable > $(LATEST)/versions.txt
 
 # The lock from the venv `make test-latest` built and passed: every installed version, pinned.
 # Local version labels (torch's +cpu) are dropped: `torch==2.13.0` admits the CPU build that TORCH installs.
