@@ -21,11 +21,12 @@ BUDGET = {"max_steps": 8, "eval_every": 2, "batch_size": 8, "eval_batch_size": 1
 PARAMS = {"learning_rate": 3e-3, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": "attention"}
 
 
-def _objective():
-    return get_objective("causal_lm")(ModelConfig(name_or_path="bundled:tiny-support-lm"),
-                                      DataConfig(source="bundled:support-qa", max_train_examples=64,
-                                                 max_eval_examples=16),
-                                      TrainBudget(**BUDGET), seed=0)
+def _objective(cls=None):
+    """The causal LM objective of these tests (or `cls`, one of its subclasses with a fault injected)."""
+    return (cls or get_objective("causal_lm"))(ModelConfig(name_or_path="bundled:tiny-support-lm"),
+                                                DataConfig(source="bundled:support-qa", max_train_examples=64,
+                                                           max_eval_examples=16),
+                                                TrainBudget(**BUDGET), seed=0)
 
 
 def _ranks_left() -> list[psutil.Process]:
@@ -113,10 +114,7 @@ def test_a_hung_rank_fails_the_trial_after_the_group_timeout():
 def _fault(name: str):
     from tests.objectives.engine import rank_faults
 
-    return getattr(rank_faults, name)(ModelConfig(name_or_path="bundled:tiny-support-lm"),
-                                      DataConfig(source="bundled:support-qa", max_train_examples=64,
-                                                 max_eval_examples=16),
-                                      TrainBudget(**BUDGET), seed=0)
+    return _objective(getattr(rank_faults, name))
 
 
 def test_ranks_that_would_checkpoint_differently_take_rank_0s_decision(alone, tmp_path):
