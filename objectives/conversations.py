@@ -321,6 +321,25 @@ class ConversationFormat:
             return template.format(instruction=row["instruction"], input=extra)
         return row["prompt"]  # TRL's prompt-completion: the prompt, then the completion, nothing between
 
+    def answer_ids(self, row: Mapping[str, Any], answer: str) -> list[int]:
+        """The ids training puts after `row`'s prompt were `answer` its last answer: with a chat template, what
+        the template renders after its generation prompt (the answer, then the end of the turn); else the
+        answer and eos."""
+        tok = self.tokenizer
+        if not self.uses_chat_template:
+            return tok(answer, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if tok.eos_token_id is not None else [])
+        history, _ = last_exchange(self.messages(row))
+        template, _ = self._template
+        prompt = self.format_prompt(row)
+        full = tok.apply_chat_template([*history, {"role": "assistant", "content": answer}], tokenize=False,
+                                       chat_template=template)
+        if not full.startswith(prompt):
+            raise ConfigError(
+                "the chat template renders the conversation differently once the answer follows, so an answer "
+                "cannot be scored after its prompt", source=self.source, key="objective.args.chat_template",
+                hint="Fix: use a template whose generation prompt is a prefix of the whole conversation (most are).")
+        return tok(full[len(prompt):], add_special_tokens=False)["input_ids"]
+
     def reference(self, row: Mapping[str, Any]) -> str:
         """The last answer: what generation metrics compare the model's answer with."""
         if self.uses_chat_template or self.format in CHAT_FORMATS:

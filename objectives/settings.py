@@ -18,6 +18,19 @@ Direction = Literal["minimize", "maximize"]
 DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "prompt_response"]
 
 
+def customized(settings: BaseModel, name: str) -> bool:
+    """Whether a setting holds other than its default. Not `model_fields_set`: a sweep recorded on its study
+    (and a winner.yaml written from it) sets every field, so a field's being set says nothing there.
+
+    Example:
+        >>> customized(DataConfig(source="d", prompt_column="question"), "prompt_column")
+        True
+        >>> customized(DataConfig.model_validate(DataConfig(source="d").model_dump()), "prompt_column")
+        False
+    """
+    return getattr(settings, name) != type(settings).model_fields[name].default
+
+
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo such as `max_step` must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -194,7 +207,28 @@ class ObjectiveOptions(_Strict):
     generation_samples: int = Field(
         default=16, gt=0, description="causal_lm: validation examples decoded (greedy) for BLEU/ROUGE/METEOR at each evaluation.",
     )
-    max_new_tokens: int = Field(default=32, gt=0, description="causal_lm: longest generated response for those metrics.")
+    max_new_tokens: int = Field(default=32, gt=0, description="causal_lm: longest generated response for those "
+                                "metrics and exact_match (decoding stops earlier at the end of the turn).")
+    answer_pattern: str | None = Field(
+        default=None, description="causal_lm answer metrics: a regex that extracts the answer from a response and "
+        "from its reference (its first group, else the whole match), e.g. 'The answer is (\\w+)'. A response it "
+        "does not match counts as wrong; every reference must match.",
+    )
+    choices: list[str] | None = Field(
+        default=None, description="causal_lm choice_accuracy / choice_nll: the answers every row chooses from, "
+        "e.g. [positive, negative]. Default: inferred when the training and validation answers take at most "
+        "10 distinct values (the launch line says so).",
+    )
+    eval_samples: int | None = Field(
+        default=None, gt=0, description="causal_lm answer metrics (exact_match, choice_*): the validation rows "
+        "they are computed on, a fixed subset drawn with the sweep seed (the same rows in every trial). "
+        "Default: every validation row (at most dataset.max_eval_examples).",
+    )
+    task_metrics_every: int = Field(
+        default=1, gt=0, description="Compute the metrics beyond the loss (answer and generation metrics) at every "
+        "k-th evaluation only; the final evaluation always has them. A pruner on such a metric decides at those "
+        "evaluations.",
+    )
     max_cached_models: int | None = Field(
         default=None, gt=0, description="With base_model searched: models kept loaded per worker (default: as "
         "many as memory allows, least recently used dropped first).",
@@ -207,6 +241,32 @@ class ObjectiveOptions(_Strict):
     num_threads: int | None = Field(
         default=None, gt=0, description="torch CPU threads per worker; default: torch's own choice."
     )
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        import re
+
+        if value is None:
+            return value
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"answer_pattern is not a regular expression ({exc})") from None
+        if compiled.groups > 1:
+            raise ValueError("answer_pattern may have one group, the answer (use (?:...) for the others)")
+        return value
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct_choices(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if len({v.strip().casefold() for v in value}) != len(value) or len(value) < 2:
+            raise ValueError("choices must be at least two answers, distinct once case and surrounding spaces are ignored")
+        if any(not v.strip() for v in value):
+            raise ValueError("choices must not be empty strings")
+        return value
 
     @field_validator("prompt_template")
     @classmethod

@@ -29,7 +29,7 @@ hyperparameters actually change the outcome, which is what a sweep needs.
 Usage::
 
     python scripts/build_demo_assets.py [--out objectives/assets] [--seed 0]
-                                        [--pretrain-steps N] [--only data|groups|model|gpt2|all]
+                                        [--pretrain-steps N] [--only data|groups|routing|model|gpt2|all]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ DEFAULT_OUT = REPO_ROOT / "objectives" / "assets"
 QA_FILE = "datasets/support_qa.jsonl"
 INTENTS_FILE = "datasets/support_intents.jsonl"
 GROUPS_FILE = "datasets/support_intents_groups.jsonl"
+ROUTING_FILE = "datasets/support_routing.jsonl"
 MODEL_DIR = "models/tiny-support-lm"
 GPT2_DIR = "models/tiny-support-gpt2"
 
@@ -561,6 +562,30 @@ def generate_intents(seed: int = DEFAULT_SEED, n: int = N_INTENTS) -> list[dict]
     """`n` classification records with unique texts: {"text", "label"} (label = intent name)."""
     records = _unique_draws(_rng(seed, "intents"), n, key="prompt")
     return [{"text": r["prompt"], "label": r["intent"]} for r in records]
+
+
+# ---------------------------------------------------------------------------
+# 2a. Routing as chat: the intents' messages, answered with the team that takes them
+# ---------------------------------------------------------------------------
+# The same texts as the intents, as `messages` rows whose assistant turn names one of four teams in a
+# fixed sentence. The team is one word of the reply, so a trial can lower the loss by learning the
+# sentence while routing badly: the data of the answer metrics (choice_accuracy with an answer_pattern).
+
+TEAMS = {
+    "billing": ["gift_card_balance", "invoice", "payment_failed", "promo_code", "refund_status", "subscription_cancel"],
+    "shipping": ["change_address", "delivery_missed", "order_status", "shipping_time", "track_parcel"],
+    "returns": ["cancel_order", "damaged_item", "return_label", "size_exchange", "warranty"],
+    "account": ["account_delete", "contact_human", "password_reset", "store_hours"],
+}
+ROUTING_REPLY = "I have passed your message to our {team} team."
+
+
+def generate_routing(intents: list[dict]) -> list[dict]:
+    """The intent records as chat: {"messages": [user: text, assistant: ROUTING_REPLY with the intent's team]}."""
+    team_of = {intent: team for team, members in TEAMS.items() for intent in members}
+    return [{"messages": [{"role": "user", "content": r["text"]},
+                          {"role": "assistant", "content": ROUTING_REPLY.format(team=team_of[r["label"]])}]}
+            for r in intents]
 
 
 # ---------------------------------------------------------------------------
@@ -1148,7 +1173,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output directory (default: objectives/assets)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS)
-    parser.add_argument("--only", choices=["data", "groups", "model", "gpt2", "all"], default="all")
+    parser.add_argument("--only", choices=["data", "groups", "routing", "model", "gpt2", "all"], default="all")
     args = parser.parse_args(argv)
     if args.pretrain_steps < 1:
         parser.error("--pretrain-steps must be at least 1")
@@ -1192,6 +1217,17 @@ def main(argv: list[str] | None = None) -> dict:
             "records": len(grouped),
             "group_column": GROUP_COLUMN,
             "group_counts": {g: sum(r[GROUP_COLUMN] == g for r in grouped) for g in CUSTOMER_GROUPS},
+        }
+
+    if args.only in ("routing", "all"):
+        routing = generate_routing(intents)
+        write_jsonl(out / ROUTING_FILE, routing)
+        manifest["routing_dataset"] = {
+            "command": command,
+            "records": len(routing),
+            "reply": ROUTING_REPLY,
+            "teams": {team: sum(ROUTING_REPLY.format(team=team) == r["messages"][1]["content"] for r in routing)
+                      for team in TEAMS},
         }
 
     if args.only in ("model", "all"):

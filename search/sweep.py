@@ -95,6 +95,19 @@ class Sweep:
             return self.spec.storage
         return default_storage_url(self.output_dir, self.study_name)
 
+    def plan_metrics(self, objective=None):
+        """Check the task metrics against the data (a ConfigError before any trial when it cannot give them),
+        and keep what the check settled (e.g. choices inferred from the answers) in the sweep's
+        `objective.args`, so every worker, `export` and `train` score the same; returns the task's plan
+        (its `line()` says what is scored) or None."""
+        plan = (objective or self.make_objective()).plan_metrics()
+        resolved = plan.resolved_args() if plan is not None else {}
+        if resolved:
+            spec = self.spec
+            args = spec.objective.args.model_copy(update=resolved)
+            self.spec = spec.model_copy(update={"objective": spec.objective.model_copy(update={"args": args})})
+        return plan
+
     def to_payload(self) -> str:
         """The resolved sweep as JSON, to rebuild it in another process (a Ray worker)."""
         return json.dumps({"spec": self.spec.model_dump(mode="json"), "source": self.source}, sort_keys=True)
@@ -212,6 +225,8 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
                           hint="Fix: resources.devices_per_trial: 2 or more, or remove strategy.")
     if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
         check_pruner(spec.pruner, source=source)
+    else:
+        _check_every_report(spec, objective_cls, source)
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
 
 
@@ -241,6 +256,17 @@ def _check_distributed(spec: SweepSpec, source: str) -> None:
                           "each process trains batch_size / devices_per_trial rows of every step",
                           source=source, key="budget.batch_size", value=batch,
                           hint=f"Fix: a multiple of {resources.devices_per_trial}.")
+
+
+def _check_every_report(spec: SweepSpec, objective_cls, source: str) -> None:
+    """A backend whose schedulers read the metric in every report (Ray) needs it at every evaluation."""
+    every, metric = spec.objective.args.task_metrics_every, spec.metrics[0].name
+    if every > 1 and metric in objective_cls.task_class.periodic_metrics:
+        raise ConfigError(
+            f"{metric} is computed at every {every}th evaluation only, and the {spec.backend} backend's schedulers "
+            "read the metric in every report", source=source, key="objective.args.task_metrics_every", value=every,
+            hint=f"Fix: task_metrics_every: 1 (and budget.eval_every larger, to evaluate less often), or backend: "
+            f"{', '.join(BACKENDS.having('optuna_pruners'))}.")
 
 
 def _check_pack(spec: SweepSpec, space, objective_cls, source: str) -> None:

@@ -119,7 +119,7 @@ class TrialMonitor:
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         clean = self.objective.clean_metrics(metrics or {})
-        clean.update(self.objective.evaluation_extras(kwargs["model"]))
+        clean.update(self.objective.evaluation_extras(kwargs["model"], state.global_step))
         clean.update(self.costs.metrics(kwargs["model"], metrics or {}))
         if self.train_losses and "eval_loss" in clean:
             # Overfitting indicator: validation loss minus the mean training loss of the steps since the

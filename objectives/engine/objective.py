@@ -25,7 +25,7 @@ from spaces import ConfigError, finite_values
 from .. import augmentation, peft_methods, regularization
 from ..metrics import perplexity
 from ..settings import AugmentationSettings, DataConfig, Direction, ModelConfig, ObjectiveOptions, TrainBudget
-from ..sources import local_data_file, resolve_model_path
+from ..sources import load_splits, local_data_file, resolve_model_path
 from ..tasks import TASKS
 from ..tasks.base import Task, Tokenized
 from . import checkpoint, trial
@@ -322,10 +322,36 @@ class Objective:
             metrics["perplexity"] = perplexity(metrics["eval_loss"])
         return metrics
 
-    def evaluation_extras(self, model) -> dict[str, float]:
-        """Metrics computed beside Trainer's evaluation at every evaluation (e.g. generation metrics
-        from greedy decoding); only those in `requested_metrics` are computed."""
+    def evaluation_extras(self, model, step: int | None = None) -> dict[str, float]:
+        """Metrics computed beside Trainer's evaluation (answer metrics, generation metrics from greedy
+        decoding); only those in `requested_metrics`, and at `step` only when `task_metrics_due(step)`."""
+        if step is not None and not self.task_metrics_due(step):
+            return {}
         return self.task.evaluation_extras(model, self.tokenizer, self.tokenized_data.state, self.requested_metrics)
+
+    def task_metrics_due(self, step: int) -> bool:
+        """Whether the evaluation at `step` computes the task's periodic metrics: every
+        `objective.args.task_metrics_every`-th evaluation (counted in steps, so a resumed trial keeps the
+        rhythm), and the final one.
+
+        Example:
+            >>> from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
+            >>> objective = get_objective("causal_lm")(ModelConfig(name_or_path="m"), DataConfig(source="d"),
+            ...     TrainBudget(max_steps=50, eval_every=10), options=ObjectiveOptions(task_metrics_every=2))
+            >>> [step for step in (10, 20, 30, 40, 50) if objective.task_metrics_due(step)]
+            [20, 40, 50]
+        """
+        every = self.options.task_metrics_every
+        return every == 1 or step >= self.budget.max_steps or (step // self.budget.eval_every) % every == 0
+
+    def plan_metrics(self):
+        """What the requested task metrics will score, checked on the raw splits before any trial (a
+        ConfigError when the data cannot give them): the task's plan (`line()`, `resolved_args()`) or None."""
+        if not self.requested_metrics & self.task_class.periodic_metrics:
+            return None
+        splits = self.worker.splits or load_splits(self.data_config, seed=self.seed, columns=self.required_columns(),
+                                                   source=self.source)
+        return self.task.plan_metrics(self.requested_metrics, splits.train, splits.validation)
 
     def run_trial(
         self,
@@ -447,6 +473,11 @@ class Objective:
                        if k.startswith("test_") and not k.endswith(("_runtime", "_per_second"))}
             if "test_loss" in metrics:
                 metrics["test_perplexity"] = perplexity(metrics["test_loss"])
+            # Answer and generation metrics on every test row (the validation ones scored a sample).
+            wanted = sorted(self.requested_metrics & self.task_class.periodic_metrics)
+            if wanted and self.worker.splits is not None and self.worker.splits.test is not None:
+                scored = self.task.evaluate_generation(model, self.tokenizer, self.worker.splits.test, wanted)
+                metrics.update({f"test_{name}": value for name, value in scored.items()})
             return metrics
 
         return self.run_trial(params, trial_dir=output_dir, merge_validation=merge_validation,

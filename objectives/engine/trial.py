@@ -127,6 +127,9 @@ def run_trial(
                 if callback.diverged:
                     raise TrialDiverged(callback.diverged)
             final = dict(callback.history[-1][1])
+            if not objective.task_metrics_due(last_step):
+                # Stopped early between two evaluations with task metrics: the result has them all the same.
+                final.update(objective.evaluation_extras(model))
             if train_loss is not None:
                 final["train_loss"] = train_loss
             final["steps"] = float(last_step)

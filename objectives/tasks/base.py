@@ -90,6 +90,9 @@ class Task(ABC):
     # PEFT hands prefix tuning's `past_key_values` to this task's models through **kwargs (causal LMs),
     # so their forward need not name the argument.
     prefix_in_kwargs: ClassVar[bool] = False
+    # Metrics computed beside Trainer's (decoding, scoring answers): at every `objective.args.task_metrics_every`-th
+    # evaluation and the final one only, so a report may lack them.
+    periodic_metrics: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, data: DataConfig, *, options: ObjectiveOptions | None = None,
                  budget: TrainBudget | None = None, source: str | None = None, seed: int = 0) -> None:
@@ -174,6 +177,12 @@ class Task(ABC):
         return rows, trainer_cls, collator
 
     # ---------------------------------------------------------------- evaluation beyond Trainer's
+
+    def plan_metrics(self, requested, train, validation):
+        """Check, on the raw splits and before any trial, that the metrics in `requested` can be computed
+        on this data; return what they will score (an object with `line()`, said at launch, and
+        `resolved_args()`, the `objective.args` it settled, e.g. inferred choices), or None."""
+        return None
 
     def evaluation_extras(self, model, tokenizer, state: Any, requested: set[str]) -> dict[str, float]:
         """Metrics computed beside Trainer's at every evaluation (only those in `requested` need computing)."""

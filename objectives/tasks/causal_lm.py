@@ -3,16 +3,22 @@
 The loss covers the response tokens only (prompt tokens get label -100): the model is scored on
 answering, not on re-typing the question.
 
-Metrics: eval_loss and perplexity = exp(eval_loss), at every evaluation. Generation metrics (bleu,
+Metrics: eval_loss and perplexity = exp(eval_loss), at every evaluation. Answer metrics (exact_match,
+choice_accuracy, choice_nll; objectives/answers.py) grade the answer itself on the validation rows
+(`objective.args.eval_samples` of them, the same in every trial). Generation metrics (bleu,
 rouge1, rouge2, rougeL, meteor; objectives/metrics.py) score what the model actually answers: the
 first `objective.args.generation_samples` validation prompts are greedy-decoded (up to
 `max_new_tokens`) and compared with their responses. Decoding costs far more than the loss, so
 they are computed only when the sweep asks for them (`metrics=` of the objective), and they need
 `pip install 'ftsweep[generation]'` (METEOR also NLTK's WordNet data), checked when the sweep loads.
+Answer and generation metrics are computed at every `objective.args.task_metrics_every`-th evaluation
+and at the final one.
 """
 
 from __future__ import annotations
 
+import random
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,11 +27,61 @@ from typing import Any, ClassVar
 
 from spaces import ConfigError
 
-from ..conversations import CHAT_FORMATS, IGNORE_INDEX, ConversationFormat, detect_format
+from ..answers import (
+    ANSWER_METRICS,
+    CHOICE_METRICS,
+    MAX_INFERRED_CHOICES,
+    AnswerRow,
+    AnswerScores,
+    choice_scores,
+    mean_scores,
+    choice_texts,
+    exact_match_scores,
+    extract_answer,
+    infer_choices,
+    normalize_answer,
+    sequence_logliks,
+)
+from ..conversations import CHAT_FORMATS, IGNORE_INDEX, ConversationFormat, detect_format, last_exchange
 from ..metrics import GENERATION_METRICS, INSTALL, generation_metric_problem, generation_metrics, uncertainty
-from ..settings import Direction
+from ..settings import Direction, customized
 from ..sources import source_columns
 from .base import DataProfile, Scored, Task, Tokenized
+
+
+@dataclass(frozen=True)
+class AnswerPlan:
+    """What the answer metrics of a sweep score, as checked at launch (`CausalLMTask.check_answer_metrics`)."""
+
+    metrics: tuple[str, ...]
+    choices: tuple[str, ...] | None  # None: no choice metric requested
+    inferred: bool  # the choices were inferred from the answers (not objective.args.choices)
+    rows: int  # validation rows scored at each evaluation
+    of: int  # validation rows holding an answer
+    seed: int | None  # the seed that drew the rows (None: all of them)
+    pattern: str | None
+
+    def resolved_args(self) -> dict[str, Any]:
+        """The `objective.args` this plan settled: inferred choices, so every worker, `export` and `train`
+        score the same choices whatever data they read."""
+        return {"choices": list(self.choices)} if self.inferred and self.choices else {}
+
+    def line(self) -> str:
+        """The launch line: which metrics, on which rows, over which choices.
+
+        Example:
+            >>> AnswerPlan(("choice_accuracy",), ("negative", "positive"), True, 64, 120, 0, None).line()
+            'choice_accuracy on 64 of 120 validation rows (drawn with seed 0), over 2 choices inferred from the answers: negative, positive'
+        """
+        rows = f"{self.rows} of {self.of} validation rows (drawn with seed {self.seed})" if self.seed is not None \
+            else f"all {self.rows} validation rows"
+        text = f"{', '.join(self.metrics)} on {rows}"
+        if self.pattern:
+            text += f", the answer found by {self.pattern!r}"
+        if self.choices:
+            how = "inferred from the answers" if self.inferred else "of objective.args.choices"
+            text += f", over {len(self.choices)} choices {how}: {', '.join(self.choices)}"
+        return text
 
 
 @dataclass(frozen=True)
@@ -34,6 +90,10 @@ class CausalLMState:
 
     # (formatted prompt, reference response) of the validation rows decoded for generation metrics.
     generation_sample: tuple[tuple[str, str], ...] = ()
+    # The validation rows answer metrics score (objective.args.eval_samples of them, seeded), and the
+    # choices of choice_accuracy / choice_nll (given, or inferred from the answers; () when neither).
+    answer_rows: tuple[AnswerRow, ...] = ()
+    choices: tuple[str, ...] = ()
 
 
 class CausalLMTask(Task):
@@ -53,10 +113,12 @@ class CausalLMTask(Task):
     metrics: ClassVar[dict[str, Direction]] = {
         "eval_loss": "minimize",
         "perplexity": "minimize",
+        **ANSWER_METRICS,
         **{metric: "maximize" for metric in GENERATION_METRICS},
     }
     peft_task_type = "CAUSAL_LM"
     prediction_field = "predicted_response"
+    periodic_metrics = frozenset({*ANSWER_METRICS, *GENERATION_METRICS})
     prefix_in_kwargs = True
 
     @classmethod
@@ -84,8 +146,8 @@ class CausalLMTask(Task):
         prompt_response whenever the sweep names its prompt template or columns."""
         if self.data.format != "auto":
             return self.data.format
-        named = {"prompt_column", "response_column"} & self.data.model_fields_set
-        if named or "prompt_template" in self.options.model_fields_set:
+        named = any(customized(self.data, name) for name in ("prompt_column", "response_column"))
+        if named or customized(self.options, "prompt_template"):
             return "prompt_response"
         try:
             return detect_format(source_columns(self.data, self.source))
@@ -173,7 +235,11 @@ class CausalLMTask(Task):
             return encoded.filter(lambda row: any(label != IGNORE_INDEX for label in row["labels"]))
 
         train_ids, eval_ids = encode_split(train), encode_split(validation)
-        state = CausalLMState(tuple(self._answerable(tokenizer, validation, limit=self.options.generation_samples)))
+        choices = self.resolve_choices(train, validation) or ()
+        state = CausalLMState(tuple(self._answerable(tokenizer, validation, limit=self.options.generation_samples)),
+                              answer_rows=tuple(self.answer_rows(tokenizer, validation, sample=self.options.eval_samples,
+                                                                 choices=choices)),
+                              choices=choices)
         test_ids = encode_split(test) if test is not None else None
         for split_name, split in (("training", train_ids), ("validation", eval_ids)):
             if len(split) == 0:
@@ -230,33 +296,179 @@ class CausalLMTask(Task):
     def _answerable(self, tokenizer, rows, *, limit: int | None = None) -> list[tuple[str, str]]:
         """(formatted prompt, reference response) of the first `limit` rows whose prompt leaves room
         for a response within max_seq_length: the rows eval_loss is computed on."""
+        return [(prompt, reference) for _, prompt, reference in self._fitting(tokenizer, rows, limit=limit)]
+
+    def _fitting(self, tokenizer, rows, *, limit: int | None = None, indices=None):
+        """(row index, formatted prompt, reference) of the rows (those in `indices`, else the first
+        `limit`) whose prompt leaves room for a response within max_seq_length."""
         fmt = self.prompt_format(tokenizer)
         prefix = len(fmt.prefix_ids())
-        pairs = []
-        for row in rows:
-            if limit is not None and len(pairs) == limit:
-                break
+        chosen = range(len(rows)) if indices is None else indices
+        for i in chosen:
+            if limit is not None and limit <= 0:
+                return
+            row = rows[i]
             text = fmt.format_prompt(row)
             if prefix + len(tokenizer(text, add_special_tokens=False)["input_ids"]) < self.budget.max_seq_length:
-                pairs.append((text, fmt.reference(row)))
-        return pairs
+                if limit is not None:
+                    limit -= 1
+                yield i, text, fmt.reference(row)
+
+    # ---------------------------------------------------------------- answer metrics (objectives/answers.py)
+
+    def resolve_choices(self, *splits) -> tuple[str, ...] | None:
+        """`objective.args.choices`, else the choices the answers of `splits` take (None when they are
+        free text: more than MAX_INFERRED_CHOICES distinct answers)."""
+        if self.options.choices:
+            return tuple(self.options.choices)
+        fmt = self.prompt_format(None)
+        return infer_choices([fmt.reference(row) for split in splits if split is not None for row in split],
+                             self.options.answer_pattern)
+
+    def answer_rows(self, tokenizer, rows, *, sample: int | None = None,
+                    choices: Sequence[str] | None = None) -> list[AnswerRow]:
+        """The rows answer metrics score, encoded as training encodes them: of those whose prompt fits
+        max_seq_length and whose reference holds an answer, `sample` drawn with the sweep seed (all
+        when None), in split order."""
+        pattern = self.options.answer_pattern
+        fmt = self.prompt_format(tokenizer)
+        fitting = [(i, prompt, reference) for i, prompt, reference in self._fitting(tokenizer, rows)
+                   if normalize_answer(reference, pattern)]
+        if sample is not None and sample < len(fitting):
+            fitting = sorted(random.Random(self.seed).sample(fitting, sample))
+        keys = [normalize_answer(choice) for choice in choices or ()]
+        encoded = []
+        for i, prompt, reference in fitting:
+            answer = normalize_answer(reference, pattern)
+            choice_ids = tuple(tuple(fmt.answer_ids(rows[i], text)) for text in choice_texts(reference, choices, pattern)) \
+                if choices else ()
+            encoded.append(AnswerRow(
+                index=i, prompt_ids=tuple(fmt.prefix_ids() + tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+                reference=reference, answer=answer, reference_ids=tuple(fmt.answer_ids(rows[i], reference)),
+                choice_ids=choice_ids,
+                correct=keys.index(answer) if answer in keys else None))
+        return encoded
+
+    def plan_metrics(self, requested, train, validation) -> AnswerPlan | None:
+        """What the answer metrics in `requested` will score, checked on the raw splits before any trial:
+        the answer pattern matches every validation reference; choice metrics have choices (given, or
+        inferred from the training and validation answers) and every validation answer is one of them.
+        None when no answer metric is requested."""
+        wanted = [m for m in ANSWER_METRICS if m in set(requested)]
+        if not wanted:
+            return None
+        fmt = self.prompt_format(None)
+        pattern = self.options.answer_pattern
+        references = [fmt.reference(row) for row in validation]
+        if pattern is not None:
+            missed = [i for i, ref in enumerate(references) if normalize_answer(ref, pattern) is None]
+            if missed:
+                raise ConfigError(
+                    f"the answer pattern matches {len(references) - len(missed)} of {len(references)} validation "
+                    f"references (row {missed[0]}: {references[missed[0]][:80]!r} has no match)", source=self.source,
+                    key="objective.args.answer_pattern", value=pattern,
+                    hint="Fix: a pattern that finds the answer in every reference (its first group, else the whole "
+                    "match), or none: the whole answer is then compared.")
+        choices, inferred = None, False
+        if set(wanted) & set(CHOICE_METRICS):
+            choices = self.resolve_choices(train, validation)
+            inferred = not self.options.choices
+            if choices is None:
+                distinct = sorted({a for a in (extract_answer(fmt.reference(r), pattern) for s in (train, validation)
+                                                for r in s) if a}, key=str.casefold)
+                raise ConfigError(
+                    f"{', '.join(m for m in wanted if m in CHOICE_METRICS)} needs the answers' choices, and the "
+                    f"answers take {len(distinct)} distinct values (e.g. {', '.join(map(repr, distinct[:3]))}): "
+                    f"free text, not 2 to {MAX_INFERRED_CHOICES} choices", source=self.source,
+                    key="objective.args.choices", hint="Fix: list the choices in objective.args.choices (with "
+                    "answer_pattern if the answer is part of a longer reference), or optimize exact_match instead.")
+            keys = {normalize_answer(c) for c in choices}
+            outside = [i for i, ref in enumerate(references) if normalize_answer(ref, pattern) not in keys]
+            if outside:
+                raise ConfigError(
+                    f"{len(outside)} of {len(references)} validation answers are none of the choices (row "
+                    f"{outside[0]}: {extract_answer(references[outside[0]], pattern)!r})", source=self.source,
+                    key="objective.args.choices", value=list(choices),
+                    hint="Fix: list every answer the data uses (case and surrounding punctuation are ignored), or "
+                    "leave choices out to infer them.")
+        rows = sum(1 for ref in references if normalize_answer(ref, pattern))
+        scored = min(rows, self.options.eval_samples or rows)
+        return AnswerPlan(metrics=tuple(wanted), choices=tuple(choices) if choices else None, inferred=inferred,
+                          rows=scored, of=rows, seed=self.seed if scored < rows else None, pattern=pattern)
+
+    def answer_scores(self, model, tokenizer, rows: Sequence[AnswerRow], wanted) -> AnswerScores | None:
+        """The answer metrics in `wanted` of `model` on encoded `rows`, with each row's own score; None
+        when none is wanted. exact_match decodes (greedy, to the end of the turn); the choice metrics take
+        one batched forward pass over every row's choices (rows already encoded with their choices)."""
+        wanted = [m for m in ANSWER_METRICS if m in set(wanted)]
+        if not wanted or not rows:
+            return None
+        per_example: dict[str, list[float]] = {}
+        if "exact_match" in wanted:
+            stop_ids, stop_strings = self.end_of_turn(tokenizer, rows[0])
+            responses = self._generate(model, tokenizer, [list(row.prompt_ids) for row in rows], stop_ids=stop_ids,
+                                       stop_strings=stop_strings)
+            per_example["exact_match"] = exact_match_scores(rows, responses, self.options.answer_pattern)
+        if set(wanted) & set(CHOICE_METRICS) and rows[0].choice_ids:
+            pairs = [(list(row.prompt_ids), list(ids)) for row in rows for ids in row.choice_ids]
+            logliks = sequence_logliks(model, pairs, batch_size=self.budget.eval_batch_size,
+                                       pad_token_id=tokenizer.pad_token_id, same_length=_needs_unpadded_batches(model))
+            width = len(rows[0].choice_ids)
+            scores = choice_scores([logliks[i * width:(i + 1) * width] for i in range(len(rows))],
+                                   [row.correct for row in rows])
+            per_example.update({m: scores[m] for m in CHOICE_METRICS if m in wanted})
+        return AnswerScores(mean_scores(per_example), per_example, [row.index for row in rows])
+
+    @staticmethod
+    def end_of_turn(tokenizer, row: AnswerRow) -> tuple[list[int], list[str]]:
+        """What ends an answer, read off how training encodes `row`'s: (eos and the special tokens after
+        the answer, e.g. <|im_end|>; the text after it when the template writes its end of turn as plain
+        text, e.g. a ChatML template on a tokenizer without ChatML's tokens).
+
+        Example:
+            >>> from transformers import AutoTokenizer
+            >>> from objectives import ModelConfig, resolve_model_path
+            >>> tok = AutoTokenizer.from_pretrained(resolve_model_path(ModelConfig(name_or_path="bundled:tiny-support-lm")))
+            >>> row = AnswerRow(0, (), "yes", "yes", tuple(tok("yes<|im_end|>\\n", add_special_tokens=False)["input_ids"]))
+            >>> CausalLMTask.end_of_turn(tok, row)
+            ([2], ['<|im_end|>'])
+        """
+        ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        special = set(tokenizer.all_special_ids)
+        ids += [t for t in row.reference_ids if t in special]
+        text = tokenizer.decode([t for t in row.reference_ids if t not in special])
+        at = text.find(row.reference)
+        tail = text[at + len(row.reference):].strip() if at >= 0 else ""
+        return list(dict.fromkeys(ids)), [tail] if tail else []
 
     def evaluation_extras(self, model, tokenizer, state: CausalLMState, requested: set[str]) -> dict[str, float]:
-        """The requested generation metrics of `model`'s greedy answers to the validation sample;
-        {} when none is requested (nothing is decoded)."""
-        if not set(requested) & set(GENERATION_METRICS) or not state.generation_sample:
-            return {}
-        prompts, references = zip(*state.generation_sample)
-        return generation_metrics(self.generate_responses(model, tokenizer, prompts), references, requested)
+        """The requested answer metrics of `model` on the validation rows answer metrics score, and the
+        requested generation metrics of its greedy answers to the generation sample; {} when none is
+        requested (nothing is decoded)."""
+        extras: dict[str, float] = {}
+        scores = self.answer_scores(model, tokenizer, state.answer_rows, requested)
+        if scores is not None:
+            extras.update(scores.metrics)
+        if set(requested) & set(GENERATION_METRICS) and state.generation_sample:
+            prompts, references = zip(*state.generation_sample)
+            extras.update(generation_metrics(self.generate_responses(model, tokenizer, prompts), references, requested))
+        return extras
 
     def evaluate_generation(self, model, tokenizer, rows, wanted: Sequence[str]) -> dict[str, float]:
-        """BLEU/ROUGE/METEOR (those in `wanted`) of greedy answers to the prompts of raw `rows`."""
+        """The answer metrics and BLEU/ROUGE/METEOR (those in `wanted`) of `model` on raw `rows` (every row
+        whose prompt fits; `train`'s test split, `gate`'s held-out rows)."""
+        metrics: dict[str, float] = {}
+        if set(wanted) & set(ANSWER_METRICS):
+            choices = self.resolve_choices(rows) if set(wanted) & set(CHOICE_METRICS) else None
+            scores = self.answer_scores(model, tokenizer, self.answer_rows(tokenizer, rows, choices=choices), wanted)
+            if scores is not None:
+                metrics.update(scores.metrics)
         asked = [m for m in wanted if m in GENERATION_METRICS]
         pairs = self._answerable(tokenizer, rows) if asked else []
-        if not pairs:
-            return {}
-        prompts, references = zip(*pairs)
-        return generation_metrics(self.generate_responses(model, tokenizer, prompts), references, asked)
+        if pairs:
+            prompts, references = zip(*pairs)
+            metrics.update(generation_metrics(self.generate_responses(model, tokenizer, prompts), references, asked))
+        return metrics
 
     def generate_responses(self, model, tokenizer, prompts: Sequence[str]) -> list[str]:
         """Greedy answers of `model` (base or PEFT-wrapped, prompt-learning methods included) to
@@ -275,15 +487,22 @@ class CausalLMTask(Task):
             >>> len(answers), isinstance(answers[0], str)
             (1, True)
         """
+        prefix = self.prompt_format(tokenizer).prefix_ids()
+        encoded = [prefix + tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+        return self._generate(model, tokenizer, encoded)
+
+    def _generate(self, model, tokenizer, encoded: Sequence[list[int]], *, stop_ids: Sequence[int] | None = None,
+                  stop_strings: Sequence[str] = ()) -> list[str]:
+        """Greedy answers to encoded prompts, batched with left padding (the KV cache on), each stopping at
+        the first of `stop_ids` (default: eos) or `stop_strings`, or after max_new_tokens."""
         import torch
 
         tok = tokenizer
-        prefix = self.prompt_format(tok).prefix_ids()
         pad = tok.pad_token_id
-        encoded = [prefix + tok(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
         device = next(model.parameters()).device
         answers: list[str] = [""] * len(encoded)
         modes = {module: module.training for module in model.modules()}
+        stop = list(stop_ids) if stop_ids else None
         model.eval()  # no dropout while decoding
         try:
             with torch.no_grad(), warnings.catch_warnings():
@@ -291,16 +510,23 @@ class CausalLMTask(Task):
                 warnings.filterwarnings("ignore", message="Position ids are not supported")
                 for batch in _batches(encoded, self.budget.eval_batch_size, same_length=_needs_unpadded_batches(model)):
                     width = max(len(encoded[i]) for i in batch)
-                    input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in batch],
+                    input_ids = torch.tensor([[pad] * (width - len(encoded[i])) + list(encoded[i]) for i in batch],
                                              device=device)
                     attention_mask = torch.tensor(
                         [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch], device=device)
                     output = model.generate(
-                        input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                        input_ids=input_ids, attention_mask=attention_mask, do_sample=False, use_cache=True,
                         max_new_tokens=self.options.max_new_tokens, pad_token_id=pad,
+                        **({"eos_token_id": stop} if stop else {}),
+                        **({"stop_strings": list(stop_strings), "tokenizer": tok} if stop_strings else {}),
                     )
                     # generate() returns prompt + answer; the prompt is `width` tokens in every row.
-                    for i, text in zip(batch, tok.batch_decode(output[:, width:], skip_special_tokens=True)):
+                    for i, ids in zip(batch, output[:, width:].tolist()):
+                        if stop:
+                            ids = ids[:next((k for k, t in enumerate(ids) if t in stop), len(ids))]
+                        text = tok.decode(ids, skip_special_tokens=True)
+                        for end in stop_strings:
+                            text = text.split(end, 1)[0]
                         answers[i] = text.strip()
         finally:
             for module, training in modes.items():
@@ -445,7 +671,7 @@ class PromptFormat:
 
     def template(self) -> str:
         """The prompt template in use: `{prompt}` alone with a chat template, unless one is given."""
-        if self.options.chat_template and "prompt_template" not in self.options.model_fields_set:
+        if self.options.chat_template and not customized(self.options, "prompt_template"):
             return "{prompt}"
         return self.options.prompt_template
 
@@ -488,6 +714,10 @@ class PromptFormat:
         """(input ids, labels) of one row before truncation: labels -100 over the prompt."""
         prompt_ids, response_ids = self.encode_example(row)
         return prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids
+
+    def answer_ids(self, row, answer: str) -> list[int]:
+        """The ids training puts after `row`'s prompt were `answer` its response (eos or end of turn included)."""
+        return self.encode_example({**row, self.data_config.response_column: answer})[1]
 
     def encode_example(self, row) -> tuple[list[int], list[int]]:
         """(prompt ids, response ids) of one row, before truncation.

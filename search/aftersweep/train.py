@@ -44,7 +44,10 @@ def train_run(run: RunSpec, objective_cls, *, source: str | None = None, force: 
     if (out / "adapter").exists() and not force:
         raise ConfigError("this run's output already holds an adapter", key="output_dir", value=str(out),
                           hint="Fix: --set output_dir=ANOTHER_DIR, or pass --force.")
-    objective = run_objective(run, objective_cls, source=source, output_dir=out)
+    # The metrics the sweep computed (its target, recorded ones, answer metrics), now on the test split too.
+    computed = {*run.provenance.get("metrics", {}), *str(run.provenance.get("metric") or "").split(", ")}
+    objective = run_objective(run, objective_cls, source=source, output_dir=out,
+                              metrics=sorted(computed & set(objective_cls.available_metrics())))
     objective.setup()
     metrics = objective.fit(run.params, out, merge_validation=run.merge_validation)
     record: dict[str, Any] = {

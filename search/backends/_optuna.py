@@ -384,8 +384,10 @@ class OptunaBackend(Backend):
             record.evaluated(history)
             tracked.log(step, metrics)
             self.listener("trial_report", {"trial": trial, "step": step, "metrics": metrics})
-            if not single:
-                return False  # Optuna neither stores intermediate values nor prunes for several objectives
+            if not single or metric not in metrics:
+                # Optuna neither stores intermediate values nor prunes for several objectives; a metric computed
+                # every k-th evaluation (objective.args.task_metrics_every) is decided on where it is.
+                return False
             trial.report(metrics[metric], step)
             return trial.should_prune()
 

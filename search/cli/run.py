@@ -53,6 +53,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     objective = sweep.make_objective()
     objective.check_space(sweep.space)
     _check_data(sweep, objective, console)
+    _plan_metrics(sweep, objective, console)
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
 
@@ -91,6 +92,13 @@ def _check_data(sweep, objective, console: Console) -> None:
                           hint=first.fix or "Fix: see `ftsweep validate-data SWEEP` for the full report.")
     sweep.accepted_findings = [{"check": f.check, "message": f.message, "split": f.split, "count": f.count}
                                for f in report.accepted]
+
+
+def _plan_metrics(sweep, objective, console: Console) -> None:
+    """Check the task metrics against the data and say what they will score (`Sweep.plan_metrics`)."""
+    plan = sweep.plan_metrics(objective)
+    if plan is not None:
+        console.print(f"Task metrics: {plan.line()}")
 
 
 def _gpu_list(text: str) -> list[str]:

@@ -283,10 +283,14 @@ def _plots(study: optuna.Study, importances: dict[str, float] | None, importance
               lambda vis: vis.plot_pareto_front(study, target_names=names), pareto_why),
         _Plot("optimization_history", f"Optimization history{of}",
               lambda vis: vis.plot_optimization_history(study, target=target, target_name=metric), no_complete),
-        _Plot("intermediate_values", "Learning curves (intermediate values; pruned trials stop early)",
-              lambda vis: vis.plot_intermediate_values(study),
+        _Plot("intermediate_values", f"Learning curves: {metric} at each evaluation (pruned trials dashed, "
+              "ending in a cross; the winner in red)",
+              lambda vis: _learning_curves(study, metric, vis),
               None if curves else ("multi-objective trials keep no intermediate values" if multi
                                    else "no trial reported an intermediate value")),
+        _Plot("loss_vs_metric", f"eval_loss against {metric}, every trial's last evaluation (pruned trials "
+              "hollow; the winner in red): does the loss track what the sweep picks by?",
+              lambda vis: _loss_against_metric(study, metric, vis), _loss_against_why(study, metric)),
         _Plot("param_importances", f"Parameter importances{of}",
               lambda vis: vis.plot_param_importances(study, evaluator=evaluator, target=target, target_name=metric),
               importance_error),
@@ -298,7 +302,124 @@ def _plots(study: optuna.Study, importances: dict[str, float] | None, importance
               lambda vis: vis.plot_contour(study, params=list(CONTOUR_PARAMS), target=target, target_name=metric),
               no_complete or contour_why),
     ]
-    return [plot for plot in plots if multi or plot.name != "pareto_front"]
+    # The loss against the metric is drawn for single-metric sweeps that pick by another metric than the loss.
+    loss_plot = not multi and metric != "eval_loss" and record.STUDY_SWEEP in study.user_attrs  # ftsweep's: losses recorded
+    return [plot for plot in plots if (multi or plot.name != "pareto_front") and (loss_plot or plot.name != "loss_vs_metric")]
+
+
+def _last_evaluations(study: optuna.Study, metric: str) -> list[tuple[FrozenTrial, dict[str, float]]]:
+    """Each completed or pruned trial with the last evaluation that has `metric` (its final metrics when complete)."""
+    found = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        final = trial.user_attrs.get(record.METRICS) or {}
+        if trial.state != TrialState.COMPLETE or metric not in final:
+            final = next((e for e in reversed(trial.user_attrs.get(record.EVAL_HISTORY) or []) if metric in e), {})
+        if metric in final and "eval_loss" in final:
+            found.append((trial, final))
+    return found
+
+
+def _loss_against_why(study: optuna.Study, metric: str) -> str | None:
+    if len(_last_evaluations(study, metric)) < 2:
+        return f"fewer than 2 trials recorded both eval_loss and {metric}"
+    return None
+
+
+def _winner(study: optuna.Study) -> int | None:
+    best = top_trials(study, 1)
+    return best[0].number if best and len(study.directions) == 1 else None
+
+
+def _loss_against_metric(study: optuna.Study, metric: str, vis) -> Any:
+    """A scatter of eval_loss (x) against the sweep's metric (y), one point per trial, with Spearman's rho."""
+    from scipy.stats import spearmanr
+
+    points = _last_evaluations(study, metric)
+    winner = _winner(study)
+    rho = spearmanr([m["eval_loss"] for _, m in points], [m[metric] for _, m in points]).statistic
+    title = f"eval_loss against {metric} (Spearman {rho:+.2f} over {len(points)} trials)"
+    groups = {
+        "complete": [(t, m) for t, m in points if t.state == TrialState.COMPLETE and t.number != winner],
+        "pruned": [(t, m) for t, m in points if t.state == TrialState.PRUNED],
+        f"winner (trial {winner})": [(t, m) for t, m in points if t.number == winner],
+    }
+    styles = {"complete": ("#4c78a8", True), "pruned": ("#999999", False)}
+    if vis.__name__.endswith("matplotlib"):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, members in groups.items():
+            if not members:
+                continue
+            color, filled = styles.get(label, ("#d62728", True))
+            ax.scatter([m["eval_loss"] for _, m in members], [m[metric] for _, m in members], label=label,
+                       s=60 if label.startswith("winner") else 30, edgecolors=color,
+                       facecolors=color if filled else "none")
+            for trial, m in members:
+                ax.annotate(str(trial.number), (m["eval_loss"], m[metric]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xlabel("eval_loss (lower is better)")
+        ax.set_ylabel(metric)
+        ax.set_title(title)
+        ax.legend()
+        return ax
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for label, members in groups.items():
+        if members:
+            color, filled = styles.get(label, ("#d62728", True))
+            fig.add_trace(go.Scatter(
+                x=[m["eval_loss"] for _, m in members], y=[m[metric] for _, m in members], mode="markers", name=label,
+                text=[f"trial {t.number}" for t, _ in members],
+                marker={"color": color if filled else "rgba(0,0,0,0)", "line": {"color": color, "width": 1.5},
+                        "size": 12 if label.startswith("winner") else 8}))
+    fig.update_layout(title=title, xaxis_title="eval_loss (lower is better)", yaxis_title=metric)
+    return fig
+
+
+def _learning_curves(study: optuna.Study, metric: str, vis) -> Any:
+    """The sweep's metric at each evaluation of every trial (what the pruner saw), pruned trials dashed and
+    ending in a cross, the winner in red."""
+    winner = _winner(study)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values and t.state != TrialState.FAIL]
+    title = f"{metric} at each evaluation"
+    if vis.__name__.endswith("matplotlib"):
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        said_pruned = False
+        for trial in trials:
+            steps = sorted(trial.intermediate_values)
+            values = [trial.intermediate_values[s] for s in steps]
+            pruned = trial.state == TrialState.PRUNED
+            color = "#d62728" if trial.number == winner else ("#999999" if pruned else "#4c78a8")
+            ax.plot(steps, values, linestyle="--" if pruned else "-", color=color, marker="o", markersize=3,
+                    linewidth=2.2 if trial.number == winner else 1, alpha=1 if trial.number == winner else 0.7,
+                    label=f"winner (trial {winner})" if trial.number == winner else None)
+            if pruned:
+                ax.plot(steps[-1:], values[-1:], marker="x", color=color, markersize=8, linestyle="none",
+                        label=None if said_pruned else "pruned (stopped here)")
+                said_pruned = True
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.set_title(title)
+        if winner is not None or said_pruned:
+            ax.legend()
+        return ax
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        pruned = trial.state == TrialState.PRUNED
+        color = "#d62728" if trial.number == winner else ("#999999" if pruned else "#4c78a8")
+        fig.add_trace(go.Scatter(
+            x=steps, y=[trial.intermediate_values[s] for s in steps], mode="lines+markers",
+            name=f"trial {trial.number}" + (" (pruned)" if pruned else " (winner)" if trial.number == winner else ""),
+            line={"color": color, "dash": "dash" if pruned else "solid", "width": 3 if trial.number == winner else 1}))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=metric)
+    return fig
 
 
 def _save_png(plt, result: Any, path: Path) -> None:

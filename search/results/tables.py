@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datetime as dt
@@ -40,6 +40,7 @@ class TrialRow:
     duration_s: float | None
     fail_reason: str | None
     values: list[float] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # the final evaluation's, every metric computed
 
 
 def trial_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
@@ -58,6 +59,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
         number=trial.number, state=trial.state.name, value=value,
         params=record.config_of(trial), steps=steps, duration_s=duration,
         fail_reason=fail_reason(trial), values=list(trial.values) if complete and multi else None,
+        metrics=dict(trial.user_attrs.get(record.METRICS) or {}),
     )
 
 
@@ -96,6 +98,12 @@ def render_top_table(study: optuna.Study, *, k: int = 10, title: str | None = No
     table.add_column("#", justify="right")
     for name in names:
         table.add_column(name, justify="right")
+    # The loss and the recorded metrics beside what is optimized: whether the loss tracks what the user picks by.
+    recorded = (study.user_attrs.get(record.STUDY_SWEEP) or {}).get("record_metrics") or []
+    beside = [m for m in dict.fromkeys([*recorded, "eval_loss"])
+              if m not in names and any(m in row.metrics for row in rows)]
+    for name in beside:
+        table.add_column(name, justify="right", style="dim")
     searched = sorted({name for row in rows for name in row.params if name in _searched(study)})
     for name in searched:
         table.add_column(SHORT_NAMES.get(name, name), justify="right")
@@ -107,6 +115,7 @@ def render_top_table(study: optuna.Study, *, k: int = 10, title: str | None = No
     for row in rows:
         table.add_row(
             str(row.number), *([format_value(v) for v in row.values] if multi else [format_value(row.value)]),
+            *[format_value(row.metrics.get(name, "—")) for name in beside],
             *[format_value(row.params.get(name, "—")) for name in searched],
             str(row.steps or "—"), f"{row.duration_s:.1f}s" if row.duration_s else "—",
             *(["yes" if is_feasible(trials[row.number]) else "[red]no[/]"] if constraints else []),
@@ -182,7 +191,7 @@ def best_rows(study: optuna.Study, k: int = 10) -> list[dict[str, Any]]:
 
 def _row_dict(row: TrialRow) -> dict[str, Any]:
     data = {"number": row.number, "state": row.state.lower(), "value": row.value, "params": row.params,
-            "steps": row.steps, "duration_s": row.duration_s}
+            "steps": row.steps, "duration_s": row.duration_s, "metrics": row.metrics}
     if row.values is not None:
         data["values"] = row.values
     return data

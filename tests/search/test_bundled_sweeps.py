@@ -36,7 +36,7 @@ def _json(capsys, *argv):
 
 def test_every_bundled_sweep_the_readme_launches_is_tested_here():
     launched = set(re.findall(r"ftsweep launch (\w[\w-]*)", README.read_text())) & set(bundled_sweeps())
-    tested = {"demo", "intents", "generation", "pareto", "models", "fairness", "augmented"}
+    tested = {"demo", "intents", "generation", "pareto", "models", "fairness", "augmented", "routing"}
     assert launched <= tested and set(bundled_sweeps()) <= tested
 
 
@@ -48,6 +48,14 @@ def test_intents_reports_accuracy_precision_recall_and_f1(tmp_path, capsys):
                  "f1_micro"):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert best["value"] == metrics["f1_macro"]
+
+
+def test_routing_picks_the_winner_by_choice_accuracy_and_records_the_loss_beside_it(tmp_path, capsys):
+    study = _launch("routing", tmp_path, "n_trials=2", "objective.args.eval_samples=16")
+    best = _json(capsys, "best", str(study), "--json")[0]
+    metrics = _json(capsys, "show", str(study), str(best["number"]), "--json")["metrics"]
+    assert best["value"] == metrics["choice_accuracy"] and 0.0 <= metrics["choice_accuracy"] <= 1.0
+    assert metrics["eval_loss"] > 0 and 0.0 <= metrics["exact_match"] <= 1.0 and metrics["choice_nll"] > 0
 
 
 def test_generation_records_bleu_and_rouge(tmp_path, capsys):

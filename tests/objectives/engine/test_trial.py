@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from objectives import COST_METRICS, GENERATION_METRICS, TASKS, TrialDiverged, get_objective
+from objectives import COST_METRICS, TASKS, TrialDiverged, get_objective
 from tests.objectives.task_examples import BUDGET, MODEL, TASK_DATA
 
 PARAMS = {"learning_rate": 3e-3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.01,
@@ -34,10 +34,11 @@ def test_trial_runs_real_steps_and_reports_each_evaluation(objective):
     metrics = objective.run_trial(PARAMS, report=lambda step, m: reports.append((step, m)) or False)
     assert metrics["steps"] == BUDGET.max_steps
     assert [step for step, _ in reports] == [2, 4]
-    # Generation metrics are decoded only when a sweep asks for them (tests/objectives/tasks/test_causal_lm.py).
-    for name in [*(n for n in objective.metrics if n not in GENERATION_METRICS), *COST_METRICS]:
+    # Generation and answer metrics are computed only when a sweep asks for them (tests/objectives/tasks/
+    # test_causal_lm.py, tests/objectives/test_answers.py).
+    for name in [*(n for n in objective.metrics if n not in objective.task_class.periodic_metrics), *COST_METRICS]:
         assert math.isfinite(metrics[name]), name
-    assert not set(GENERATION_METRICS) & set(metrics)
+    assert not objective.task_class.periodic_metrics & set(metrics)
     assert metrics["eval_loss"] == pytest.approx(reports[-1][1]["eval_loss"])
     if "accuracy" in objective.metrics:
         assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["f1_macro"] <= 1.0

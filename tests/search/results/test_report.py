@@ -199,7 +199,9 @@ def test_pruned_trials_are_in_the_learning_curves(reports, studies):
     page = reports["quick"].html.read_text(encoding="utf-8")
     block = page[page.index('id="plotly-intermediate_values"'):page.index('id="plotly-param_importances"')]
     for number in pruned:
-        assert f'"name":"Trial{number}"' in block
+        assert f'"name":"trial {number} (pruned)"' in block
+    winner = studies["quick"].best_trial.number
+    assert f'"name":"trial {winner} (winner)"' in block
 
 
 def test_failed_trials_and_their_reasons_are_reported(reports, studies):
