@@ -22,6 +22,7 @@ from .engine.objective import Objective, available_objectives, check_augmentatio
 from .engine.distributed import RankLost, group_failed, run_distributed_trial
 from .engine.packed import PACK_METRICS, PER_SLOT_PARAMS, run_packed
 from .engine.trial import Reporter, TrialDiverged
+from .harness import Harness, is_harness_metric
 from .engine.worker import BASE_MODEL_PARAM
 from .metrics import GENERATION_METRICS, UNCERTAINTY_STRATEGIES, generation_metrics, perplexity, uncertainty
 from .peft_methods import PEFT_METHODS, check_method_params
@@ -29,6 +30,7 @@ from .settings import (
     AugmentationSettings,
     DataConfig,
     Direction,
+    EvaluationSettings,
     ModelConfig,
     ObjectiveOptions,
     QuantizationSettings,
@@ -56,8 +58,10 @@ __all__ = [
     "AugmentationSettings",
     "DataConfig",
     "DataReport",
+    "EvaluationSettings",
     "Direction",
     "Finding",
+    "Harness",
     "ModelConfig",
     "Objective",
     "ObjectiveOptions",
@@ -75,6 +79,7 @@ __all__ = [
     "check_method_params",
     "generation_metrics",
     "get_objective",
+    "is_harness_metric",
     "load_splits",
     "perplexity",
     "resolve_model_path",

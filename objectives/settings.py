@@ -284,6 +284,32 @@ class ObjectiveOptions(_Strict):
         return value
 
 
+# ---------------------------------------------------------------- evaluation (the sweep's `evaluation:`)
+
+
+class EvaluationSettings(_Strict):
+    """lm-evaluation-harness tasks run on each trial's live adapter model (objectives/harness.py): their
+    metrics are `lm_eval:TASK/METRIC`, e.g. `lm_eval:my_qa/exact_match`, usable as the sweep's metric, a
+    recorded metric or a constraint. Needs `pip install 'ftsweep[lmeval]'`.
+
+    Example:
+        >>> EvaluationSettings(tasks=["my_qa"], include_path="eval_tasks", limit=50).every
+        0
+    """
+
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names: built-in ones (their data comes "
+                             "from the hub, or its cache) or those defined in include_path.")
+    include_path: str | None = Field(default=None, description="A folder of your own lm-eval task YAMLs (relative "
+                                     "to where ftsweep runs); local data as `dataset_path: json` with "
+                                     "`dataset_kwargs: {data_files: ...}`.")
+    limit: int | None = Field(default=None, gt=0, description="Rows per task (lm-eval's first N); default all.")
+    every: int = Field(default=0, ge=0, description="0: at the final evaluation only; k: also at every k-th "
+                       "evaluation (a pruner on an lm_eval metric decides there).")
+    num_fewshot: int | None = Field(default=None, ge=0, description="Few-shot examples per prompt (default: each "
+                                    "task's own).")
+    batch_size: int | None = Field(default=None, gt=0, description="Default: budget.eval_batch_size.")
+
+
 # ---------------------------------------------------------------- augmentation (the sweep's `augmentation:`)
 
 

@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from objectives.settings import AugmentationSettings, DataConfig, ModelConfig, ObjectiveOptions, TrainBudget
+from objectives.settings import (
+    AugmentationSettings,
+    DataConfig,
+    EvaluationSettings,
+    ModelConfig,
+    ObjectiveOptions,
+    TrainBudget,
+)
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -232,6 +239,10 @@ class SweepSpec(_Strict):
         default=None, description="Fixed augmentation settings (synonym table, translation models); the space's "
         "aug_* params decide per trial how much.",
     )
+    evaluation: EvaluationSettings | None = Field(
+        default=None, description="lm-evaluation-harness tasks run on each trial's model; their metrics are "
+        "lm_eval:TASK/METRIC (objectives/harness.py).",
+    )
     seed: int = 0
     backend: str = "optuna"
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -306,6 +317,9 @@ class RunSpec(_Strict):
     )
     augmentation: AugmentationSettings | None = Field(
         default=None, description="The sweep's augmentation settings, for the params' aug_* values.",
+    )
+    evaluation: EvaluationSettings | None = Field(
+        default=None, description="The sweep's lm-evaluation-harness tasks, run on the final model too.",
     )
     output_dir: str | None = Field(default=None, description="Default: runs/<name>.")
     provenance: dict[str, Any] = Field(default_factory=dict, description="Where the values came from; not used to train.")

@@ -27,7 +27,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from objectives import PACK_METRICS, PER_SLOT_PARAMS, check_augmentation, check_method_params, get_objective
+from objectives import (
+    PACK_METRICS,
+    PER_SLOT_PARAMS,
+    check_augmentation,
+    check_method_params,
+    get_objective,
+    is_harness_metric,
+)
 from spaces import ConfigError, SearchSpace, finite_values, from_validation_error, load_yaml, resolve_space
 
 from .components import BACKENDS, PRUNERS, check_pruner, check_sampler, prunes
@@ -98,15 +105,15 @@ class Sweep:
     def plan_metrics(self, objective=None):
         """Check the task metrics against the data (a ConfigError before any trial when it cannot give them),
         and keep what the check settled (e.g. choices inferred from the answers) in the sweep's
-        `objective.args`, so every worker, `export` and `train` score the same; returns the task's plan
-        (its `line()` says what is scored) or None."""
-        plan = (objective or self.make_objective()).plan_metrics()
-        resolved = plan.resolved_args() if plan is not None else {}
+        `objective.args`, so every worker, `export` and `train` score the same; returns the plans (the
+        task's, the lm-eval evaluation's; each `line()` says what is scored)."""
+        plans = (objective or self.make_objective()).plan_metrics()
+        resolved = {k: v for plan in plans for k, v in plan.resolved_args().items()}
         if resolved:
             spec = self.spec
             args = spec.objective.args.model_copy(update=resolved)
             self.spec = spec.model_copy(update={"objective": spec.objective.model_copy(update={"args": args})})
-        return plan
+        return plans
 
     def to_payload(self) -> str:
         """The resolved sweep as JSON, to rebuild it in another process (a Ray worker)."""
@@ -124,6 +131,7 @@ class Sweep:
             spec.model, spec.dataset, spec.budget, seed=spec.seed, options=spec.objective.args,
             output_dir=self.output_dir, source=self.source, metrics=self.requested_metrics,
             target=(self.metric_names[0], self.directions[0]), augmentation=spec.augmentation,
+            evaluation=spec.evaluation,
         )
 
 
@@ -225,6 +233,7 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
                           hint="Fix: resources.devices_per_trial: 2 or more, or remove strategy.")
     if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
         check_pruner(spec.pruner, source=source)
+        _check_per_example_pruner(spec, objective_cls, source)
     else:
         _check_every_report(spec, objective_cls, source)
     return Sweep(spec=spec, space=space, objective_cls=objective_cls, directions=directions, source=source)
@@ -258,9 +267,28 @@ def _check_distributed(spec: SweepSpec, source: str) -> None:
                           hint=f"Fix: a multiple of {resources.devices_per_trial}.")
 
 
+def _check_per_example_pruner(spec: SweepSpec, objective_cls, source: str) -> None:
+    """A pruner that compares trials row by row needs a metric scored row by row."""
+    if not (spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("per_example")):
+        return
+    metric, per_row = spec.metrics[0].name, sorted(objective_cls.task_class.per_example_metrics)
+    if metric not in per_row:
+        raise ConfigError(f"the {spec.pruner.name} pruner compares trials row by row, and {metric} is one number "
+                          "per evaluation", source=source, key="metric.name", value=metric,
+                          allowed=per_row or None, hint="Fix: optimize one of these metrics, or another pruner "
+                          "(median, percentile, wilcoxon...).")
+
+
 def _check_every_report(spec: SweepSpec, objective_cls, source: str) -> None:
     """A backend whose schedulers read the metric in every report (Ray) needs it at every evaluation."""
     every, metric = spec.objective.args.task_metrics_every, spec.metrics[0].name
+    if is_harness_metric(metric) and spec.evaluation.every != 1:
+        raise ConfigError(
+            f"{metric} is computed at {'the final evaluation only' if not spec.evaluation.every else f'every {spec.evaluation.every}th evaluation only'}, "
+            f"and the {spec.backend} backend's schedulers read the metric in every report", source=source,
+            key="evaluation.every", value=spec.evaluation.every,
+            hint=f"Fix: evaluation.every: 1 (and budget.eval_every larger, to evaluate less often), or backend: "
+            f"{', '.join(BACKENDS.having('optuna_pruners'))}.")
     if every > 1 and metric in objective_cls.task_class.periodic_metrics:
         raise ConfigError(
             f"{metric} is computed at every {every}th evaluation only, and the {spec.backend} backend's schedulers "
@@ -286,6 +314,9 @@ def _check_pack(spec: SweepSpec, space, objective_cls, source: str) -> None:
         if name not in PACK_METRICS:
             refuse(f"a packed trial reports {', '.join(PACK_METRICS)}, not {name}", key, name,
                    "Fix: use those metrics (e.g. metric: [eval_loss, trainable_params]), or pack.slots: 1.")
+    if spec.evaluation is not None:
+        refuse("lm-eval tasks run on one trial's model, and a pack's slots share one model", "evaluation",
+               spec.evaluation.tasks, "Fix: remove evaluation:, or pack.slots: 1.")
     if spec.model.quantization is not None:
         refuse("packed slots wrap full-precision linear layers; a quantized base is not packed yet",
                "model.quantization", spec.model.quantization.model_dump(), "Fix: remove it, or pack.slots: 1.")
@@ -320,12 +351,13 @@ def _check_metrics(spec: SweepSpec, objective_cls, source: str) -> list[str]:
     directions = []
     for i, m in enumerate(metrics):
         key = f"metric.{i}.name" if many else "metric.name"
-        natural = objective_cls.check_metric(m.name, source=source, key=key)
+        natural = objective_cls.check_metric(m.name, source=source, key=key, evaluation=spec.evaluation)
         directions.append(m.direction or natural)
     for i, name in enumerate(spec.record_metrics):
-        objective_cls.check_metric(name, source=source, key=f"record_metrics.{i}")
+        objective_cls.check_metric(name, source=source, key=f"record_metrics.{i}", evaluation=spec.evaluation)
     for i, constraint in enumerate(spec.constraints):
-        objective_cls.check_metric(constraint.metric, source=source, key=f"constraints.{i}.metric")
+        objective_cls.check_metric(constraint.metric, source=source, key=f"constraints.{i}.metric",
+                                   evaluation=spec.evaluation)
     keys = {name: (f"metric.{i}.name" if many else "metric.name") for i, name in enumerate(names)}
     keys.update({name: f"record_metrics.{i}" for i, name in enumerate(spec.record_metrics) if name not in keys})
     keys.update({c.metric: f"constraints.{i}.metric" for i, c in enumerate(spec.constraints) if c.metric not in keys})
@@ -423,7 +455,8 @@ def run_objective(run: RunSpec, objective_cls, *, source: str | None = None, out
         ['prompt']
     """
     return objective_cls(run.model, run.dataset, budget or run.budget, seed=run.seed, options=run.objective.args,
-                         augmentation=run.augmentation, output_dir=output_dir, source=source, metrics=metrics)
+                         augmentation=run.augmentation, output_dir=output_dir, source=source, metrics=metrics,
+                         evaluation=run.evaluation)
 
 
 def sweep_from_study(study, storage_url: str) -> Sweep:

@@ -51,6 +51,11 @@ def test_yaml_example_is_valid(block, tmp_path):
 
         ModelConfig.model_validate(data["model"])
         TrainBudget.model_validate(data["budget"])
+    elif "pruner" in data:  # a pruner's settings
+        from search.components import check_pruner
+        from search.settings import ComponentSpec
+
+        check_pruner(ComponentSpec.model_validate(data["pruner"]))
     elif "dataset" in data:  # a `dataset:` section
         from objectives import DataConfig
 

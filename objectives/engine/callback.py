@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..settings import Direction
+from .. import scores
 from . import checkpoint
 
 # What a trial costs, measured at every evaluation of every task: natural targets of a second
@@ -23,10 +24,11 @@ COST_METRICS: dict[str, Direction] = {
 }
 
 
-def reporting_callback(objective, report, on_log=None, *, on_evaluate=None, checkpoints=None):
+def reporting_callback(objective, report, on_log=None, *, on_evaluate=None, checkpoints=None, scores_dir=None):
     """A `TrainerCallback` that sends every evaluation to `report` and stops training when it says
     prune or the loss is NaN (see `TrialMonitor`)."""
-    return _callback_class()(objective, report, on_log, on_evaluate=on_evaluate, checkpoints=checkpoints)
+    return _callback_class()(objective, report, on_log, on_evaluate=on_evaluate, checkpoints=checkpoints,
+                             scores_dir=scores_dir)
 
 
 class Checkpointing:
@@ -60,8 +62,10 @@ class TrialMonitor:
     True to prune.
     """
 
-    def __init__(self, objective, report, on_log=None, *, on_evaluate=None, checkpoints=None) -> None:
+    def __init__(self, objective, report, on_log=None, *, on_evaluate=None, checkpoints=None,
+                 scores_dir=None) -> None:
         self.objective = objective
+        self.scores_dir = scores_dir  # where each evaluation's per-example scores go (scores.py)
         self.report = report
         self.on_evaluate_hook = on_evaluate  # (step, model): sees the model at each evaluation
         self.checkpoints: Checkpointing | None = checkpoints
@@ -120,6 +124,9 @@ class TrialMonitor:
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         clean = self.objective.clean_metrics(metrics or {})
         clean.update(self.objective.evaluation_extras(kwargs["model"], state.global_step))
+        if self.scores_dir is not None and self.objective.per_example and state.is_world_process_zero:
+            # Before the report: a paired pruner deciding on this evaluation reads them.
+            scores.write_scores(self.scores_dir, state.global_step, self.objective.per_example)
         clean.update(self.costs.metrics(kwargs["model"], metrics or {}))
         if self.train_losses and "eval_loss" in clean:
             # Overfitting indicator: validation loss minus the mean training loss of the steps since the

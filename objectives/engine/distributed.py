@@ -71,7 +71,8 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
                           on_log: Callable[[int, dict[str, float]], None] | None = None,
                           checkpoints: bool = False, checkpoint_interval_s: float = 0.0,
                           resume_from: str | Path | None = None, timeout_s: float = 600.0,
-                          strategy: str = "ddp", deadlock_after_s: float = 60.0) -> dict[str, float]:
+                          strategy: str = "ddp", deadlock_after_s: float = 60.0,
+                          scores_dir: str | Path | None = None) -> dict[str, float]:
     """One trial of `objective` (an Objective not set up here: each rank sets up its own) in `world_size`
     processes; arguments and result as `Objective.run_trial`. `devices`: the GPU ids the trial's ranks use,
     one per rank (None: CPUs); `strategy`: "ddp" (a model copy per rank) or "fsdp" (sharded, FSDP2);
@@ -88,7 +89,8 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
     options = {"strategy": strategy, "threads": max(1, torch.get_num_threads() // world_size),  # CPU share, split
                "trial_dir": str(trial_dir) if trial_dir is not None else None, "checkpoints": checkpoints,
                "checkpoint_interval_s": checkpoint_interval_s, "timeout_s": timeout_s,
-               "resume_from": str(resume_from) if resume_from is not None else None}
+               "resume_from": str(resume_from) if resume_from is not None else None,
+               "scores_dir": str(scores_dir) if scores_dir is not None else None}
     ranks = [context.Process(target=_rank_main, name=f"ftsweep-rank-{rank}", daemon=True,
                              args=(rank, world_size, port, list(devices or []), objective, dict(params), options,
                                    from_caller if rank == 0 else None, board))
@@ -320,7 +322,7 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
         final = objective.run_trial(params, report, options["trial_dir"], on_log=on_log,
                                     checkpoints=options["checkpoints"],
                                     checkpoint_interval_s=options["checkpoint_interval_s"],
-                                    resume_from=options["resume_from"])
+                                    resume_from=options["resume_from"], scores_dir=options["scores_dir"])
         outcome = ("done", final)
     except optuna.TrialPruned as exc:
         outcome = ("pruned", str(exc))

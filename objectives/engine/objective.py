@@ -24,7 +24,15 @@ from spaces import ConfigError, finite_values
 
 from .. import augmentation, peft_methods, regularization
 from ..metrics import perplexity
-from ..settings import AugmentationSettings, DataConfig, Direction, ModelConfig, ObjectiveOptions, TrainBudget
+from ..settings import (
+    AugmentationSettings,
+    DataConfig,
+    Direction,
+    EvaluationSettings,
+    ModelConfig,
+    ObjectiveOptions,
+    TrainBudget,
+)
 from ..sources import load_splits, local_data_file, resolve_model_path
 from ..tasks import TASKS
 from ..tasks.base import Task, Tokenized
@@ -37,6 +45,8 @@ from .arguments import (
     training_arguments,
     training_kwargs,
 )
+from ..harness import Harness, is_harness_metric
+from ..harness import check_metric as harness_direction
 from .callback import COST_METRICS
 from .trial import Reporter
 from .worker import BASE_MODEL_PARAM, Worker
@@ -99,11 +109,12 @@ class Objective:
         metrics: Iterable[str] | None = None,
         target: tuple[str, Direction] = ("eval_loss", "minimize"),
         augmentation: AugmentationSettings | None = None,
+        evaluation: EvaluationSettings | None = None,
     ) -> None:
         # What it was made of: a pickled objective is made again from it, unset-up (see __reduce__).
         self._arguments = dict(model=model, data=data, budget=budget, seed=seed, options=options,
                                output_dir=output_dir, source=source, metrics=metrics, target=target,
-                               augmentation=augmentation)
+                               augmentation=augmentation, evaluation=evaluation)
         # How a trial's processes share the model when it runs as a process group (engine/distributed.py sets
         # it in each rank): "ddp", a copy per process; "fsdp", sharded (FSDP2 through Trainer).
         self.strategy = "ddp"
@@ -119,6 +130,10 @@ class Objective:
         # The sweep's (first) optimized metric and its direction: what early stopping within a trial watches.
         self.target = target
         self.augmentation = augmentation  # the sweep's fixed `augmentation:`; the aug_* params are per trial
+        # The last evaluation's per-example scores: metric -> {"rows": [...], "scores": [...]} (answer metrics).
+        self.per_example: dict[str, dict[str, list]] = {}
+        # The sweep's lm-eval tasks (`evaluation:`), loaded at their first run in this worker.
+        self.harness = Harness(evaluation, batch_size=budget.eval_batch_size, source=source) if evaluation else None
         self.task = self.task_class(data, options=self.options, budget=budget, source=source, seed=seed)
         self.worker = Worker(self.task, model, seed=seed, max_cached_models=self.options.max_cached_models,
                              augmentation=augmentation, source=source)
@@ -160,8 +175,12 @@ class Objective:
         return {**cls.task_class.available_metrics(), **COST_METRICS}
 
     @classmethod
-    def check_metric(cls, metric: str, *, source: str | None = None, key: str = "metric.name") -> Direction:
-        """The metric's natural direction, or a ConfigError listing what the objective reports."""
+    def check_metric(cls, metric: str, *, source: str | None = None, key: str = "metric.name",
+                     evaluation: EvaluationSettings | None = None) -> Direction:
+        """The metric's natural direction, or a ConfigError listing what the objective reports; an
+        `lm_eval:TASK/METRIC` is checked against the sweep's `evaluation:` (objectives/harness.py)."""
+        if is_harness_metric(metric):
+            return harness_direction(metric, evaluation, source=source, key=key)
         available = cls.available_metrics()
         if metric not in available:
             raise ConfigError(
@@ -325,9 +344,20 @@ class Objective:
     def evaluation_extras(self, model, step: int | None = None) -> dict[str, float]:
         """Metrics computed beside Trainer's evaluation (answer metrics, generation metrics from greedy
         decoding); only those in `requested_metrics`, and at `step` only when `task_metrics_due(step)`."""
-        if step is not None and not self.task_metrics_due(step):
-            return {}
-        return self.task.evaluation_extras(model, self.tokenizer, self.tokenized_data.state, self.requested_metrics)
+        extras: dict[str, float] = {}
+        self.per_example = {}
+        if step is None or self.task_metrics_due(step):
+            metrics, self.per_example = self.task.evaluation_details(model, self.tokenizer, self.tokenized_data.state,
+                                                                     self.requested_metrics)
+            extras.update(metrics)
+        if self.harness is not None and (step is None or self.harness_due(step)):
+            extras.update(self.harness.evaluate(model, self.tokenizer))
+        return extras
+
+    def harness_due(self, step: int) -> bool:
+        """Whether the evaluation at `step` runs the lm-eval tasks: the final one, and every `evaluation.every`-th."""
+        every = self.harness.settings.every if self.harness is not None else 0
+        return step >= self.budget.max_steps or bool(every and (step // self.budget.eval_every) % every == 0)
 
     def task_metrics_due(self, step: int) -> bool:
         """Whether the evaluation at `step` computes the task's periodic metrics: every
@@ -344,14 +374,21 @@ class Objective:
         every = self.options.task_metrics_every
         return every == 1 or step >= self.budget.max_steps or (step // self.budget.eval_every) % every == 0
 
-    def plan_metrics(self):
-        """What the requested task metrics will score, checked on the raw splits before any trial (a
-        ConfigError when the data cannot give them): the task's plan (`line()`, `resolved_args()`) or None."""
-        if not self.requested_metrics & self.task_class.periodic_metrics:
-            return None
-        splits = self.worker.splits or load_splits(self.data_config, seed=self.seed, columns=self.required_columns(),
-                                                   source=self.source)
-        return self.task.plan_metrics(self.requested_metrics, splits.train, splits.validation)
+    def plan_metrics(self) -> list:
+        """What the metrics beyond the loss will score, checked before any trial (a ConfigError when the
+        data cannot give them): the task's plan, on the raw splits, and the lm-eval tasks', their data
+        loaded; each with `line()` (said at launch) and `resolved_args()`."""
+        plans = []
+        if self.requested_metrics & self.task_class.periodic_metrics:
+            splits = self.worker.splits or load_splits(self.data_config, seed=self.seed,
+                                                       columns=self.required_columns(), source=self.source)
+            plan = self.task.plan_metrics(self.requested_metrics, splits.train, splits.validation)
+            if plan is not None:
+                plans.append(plan)
+        if self.harness is not None:
+            plans.append(self.harness.plan(self.requested_metrics, max_steps=self.budget.max_steps,
+                                           eval_every=self.budget.eval_every))
+        return plans
 
     def run_trial(
         self,
@@ -370,6 +407,7 @@ class Objective:
         keep_checkpoints: int = 1,
         checkpoint_interval_s: float = 0.0,
         resume_from: str | Path | None = None,
+        scores_dir: str | Path | None = None,
     ) -> dict[str, float]:
         """Fine-tune once with `params`; return the final evaluation's metrics.
 
@@ -388,12 +426,17 @@ class Objective:
         hears of each before that evaluation is reported (then every evaluation has one). `resume_from` (a checkpoint folder, e.g.
         `latest_checkpoint(trial_dir)`) continues a trial exactly where the checkpoint left it:
         adapter, optimizer, schedule, RNG states and data position.
+
+        Per-example scores: with `scores_dir`, each evaluation that scores rows one by one (answer metrics)
+        writes them there (`scores.write_scores`: step-S.json, the same rows in every trial), for paired
+        comparisons between trials (the `paired` pruner).
         """
         return trial.run_trial(self, params, report, trial_dir, train_dataset=train_dataset,
                                merge_validation=merge_validation, after_training=after_training, on_log=on_log,
                                on_evaluate=on_evaluate, checkpoints=checkpoints, on_checkpoint=on_checkpoint,
                                checkpoint_about=checkpoint_about, keep_checkpoints=keep_checkpoints,
-                               checkpoint_interval_s=checkpoint_interval_s, resume_from=resume_from)
+                               checkpoint_interval_s=checkpoint_interval_s, resume_from=resume_from,
+                               scores_dir=scores_dir)
 
     def evaluate(self, model, dataset, *, split: str = "test") -> dict[str, float]:
         """Evaluate `model` (e.g. a trained PEFT model on this objective's base model) on tokenized

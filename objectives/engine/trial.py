@@ -52,6 +52,7 @@ def run_trial(
     keep_checkpoints: int = 1,
     checkpoint_interval_s: float = 0.0,
     resume_from: str | Path | None = None,
+    scores_dir: str | Path | None = None,
 ) -> dict[str, float]:
     """One trial of `objective` (an `Objective`): see `Objective.run_trial`."""
     import optuna
@@ -85,7 +86,7 @@ def run_trial(
                     retune=saved is not None and dict(saved.get("params", params)) != dict(params),
                     min_interval_s=checkpoint_interval_s)
             callback = reporting_callback(objective, report, on_log, on_evaluate=on_evaluate,
-                                          checkpoints=checkpointing)
+                                          checkpoints=checkpointing, scores_dir=scores_dir)
             if trial_dir is None:
                 tmp = tempfile.TemporaryDirectory(prefix="ftsweep-trial-")
                 trial_dir = tmp.name
@@ -127,8 +128,10 @@ def run_trial(
                 if callback.diverged:
                     raise TrialDiverged(callback.diverged)
             final = dict(callback.history[-1][1])
-            if not objective.task_metrics_due(last_step):
-                # Stopped early between two evaluations with task metrics: the result has them all the same.
+            if set(objective.requested_metrics) - set(final) or (
+                    objective.harness is not None and not objective.harness_due(last_step)):
+                # Stopped early between two evaluations that compute the task's or lm-eval's metrics: the result
+                # has them all the same.
                 final.update(objective.evaluation_extras(model))
             if train_loss is not None:
                 final["train_loss"] = train_loss

@@ -93,6 +93,9 @@ class Task(ABC):
     # Metrics computed beside Trainer's (decoding, scoring answers): at every `objective.args.task_metrics_every`-th
     # evaluation and the final one only, so a report may lack them.
     periodic_metrics: ClassVar[frozenset[str]] = frozenset()
+    # Metrics that score each row on its own and keep the per-row scores (`evaluation_details`): what a paired
+    # comparison between trials (the `paired` pruner) needs.
+    per_example_metrics: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, data: DataConfig, *, options: ObjectiveOptions | None = None,
                  budget: TrainBudget | None = None, source: str | None = None, seed: int = 0) -> None:
@@ -187,6 +190,12 @@ class Task(ABC):
     def evaluation_extras(self, model, tokenizer, state: Any, requested: set[str]) -> dict[str, float]:
         """Metrics computed beside Trainer's at every evaluation (only those in `requested` need computing)."""
         return {}
+
+    def evaluation_details(self, model, tokenizer, state: Any,
+                           requested: set[str]) -> tuple[dict[str, float], dict[str, dict[str, list]]]:
+        """`evaluation_extras`, and the per-example scores behind those that score rows one by one:
+        metric -> {"rows": row indices in the split, "scores": one value per row} (none by default)."""
+        return self.evaluation_extras(model, tokenizer, state, requested), {}
 
     def evaluate_generation(self, model, tokenizer, rows, wanted: Sequence[str]) -> dict[str, float]:
         """The generation metrics in `wanted` of `model`'s answers to raw `rows` (gate's test rows)."""

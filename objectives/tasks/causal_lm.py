@@ -71,11 +71,11 @@ class AnswerPlan:
 
         Example:
             >>> AnswerPlan(("choice_accuracy",), ("negative", "positive"), True, 64, 120, 0, None).line()
-            'choice_accuracy on 64 of 120 validation rows (drawn with seed 0), over 2 choices inferred from the answers: negative, positive'
+            'Task metrics: choice_accuracy on 64 of 120 validation rows (drawn with seed 0), over 2 choices inferred from the answers: negative, positive'
         """
         rows = f"{self.rows} of {self.of} validation rows (drawn with seed {self.seed})" if self.seed is not None \
             else f"all {self.rows} validation rows"
-        text = f"{', '.join(self.metrics)} on {rows}"
+        text = f"Task metrics: {', '.join(self.metrics)} on {rows}"
         if self.pattern:
             text += f", the answer found by {self.pattern!r}"
         if self.choices:
@@ -119,6 +119,7 @@ class CausalLMTask(Task):
     peft_task_type = "CAUSAL_LM"
     prediction_field = "predicted_response"
     periodic_metrics = frozenset({*ANSWER_METRICS, *GENERATION_METRICS})
+    per_example_metrics = frozenset(ANSWER_METRICS)
     prefix_in_kwargs = True
 
     @classmethod
@@ -445,14 +446,20 @@ class CausalLMTask(Task):
         """The requested answer metrics of `model` on the validation rows answer metrics score, and the
         requested generation metrics of its greedy answers to the generation sample; {} when none is
         requested (nothing is decoded)."""
+        return self.evaluation_details(model, tokenizer, state, requested)[0]
+
+    def evaluation_details(self, model, tokenizer, state: CausalLMState, requested: set[str]):
+        """`evaluation_extras`, with each answer metric's per-row scores."""
         extras: dict[str, float] = {}
+        per_example: dict[str, dict[str, list]] = {}
         scores = self.answer_scores(model, tokenizer, state.answer_rows, requested)
         if scores is not None:
             extras.update(scores.metrics)
+            per_example = {name: {"rows": scores.rows, "scores": values} for name, values in scores.per_example.items()}
         if set(requested) & set(GENERATION_METRICS) and state.generation_sample:
             prompts, references = zip(*state.generation_sample)
             extras.update(generation_metrics(self.generate_responses(model, tokenizer, prompts), references, requested))
-        return extras
+        return extras, per_example
 
     def evaluate_generation(self, model, tokenizer, rows, wanted: Sequence[str]) -> dict[str, float]:
         """The answer metrics and BLEU/ROUGE/METEOR (those in `wanted`) of `model` on raw `rows` (every row

@@ -132,7 +132,8 @@ class OptunaBackend(Backend):
         # (Optuna's TPE defaults to constant_liar: workers treat each other's running trials as bad
         # results and spread out rather than all sampling near the current best.)
         sampler = build_sampler(spec.sampler, sweep.space, seed=seed, source=sweep.source)
-        pruner = build_pruner(spec.pruner, budget=spec.budget, source=sweep.source)
+        pruner = build_pruner(spec.pruner, budget=spec.budget, source=sweep.source, scores_dir=self.scores_root,
+                              metric=sweep.metric_names[0])
         study_cls = QueueStudy if spec.n_trials is not None else optuna.Study
         extra = dict(waits_for_others=shared, deadline=deadline,
                      on_idle=lambda s: recover_interrupted(s, policy)) if spec.n_trials is not None else {}
@@ -196,11 +197,12 @@ class OptunaBackend(Backend):
                     devices=self.trial_devices, on_log=tracked.log, checkpoints=True,
                     checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s, resume_from=resume_from,
                     timeout_s=resources.timeout_s, strategy=resources.strategy,
-                    deadlock_after_s=resources.deadlock_after_s)
+                    deadlock_after_s=resources.deadlock_after_s, scores_dir=self.scores_root / f"trial-{trial.number}")
             else:
                 metrics = objective.run_trial(params, report, trial_dir, on_log=tracked.log, checkpoints=True,
                                               checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s,
-                                              resume_from=resume_from)
+                                              resume_from=resume_from,
+                                              scores_dir=self.scores_root / f"trial-{trial.number}")
         except optuna.TrialPruned:
             record.ended(duration_s=elapsed())
             tracked.finish("pruned", last())
@@ -403,6 +405,11 @@ class OptunaBackend(Backend):
         else:
             shutil.rmtree(self.trial_dir(trial.number), ignore_errors=True)
         tracked.finish("failed", metrics, reason)
+
+    @property
+    def scores_root(self) -> Path:
+        """Where each trial keeps its evaluations' per-example scores (trial-N/step-S.json), kept after it ends."""
+        return self.sweep.output_dir / "scores" / self.sweep.study_name
 
     def trial_dir(self, number: int) -> Path:
         """Where trial `number` keeps its checkpoints while it runs (removed when it ends for good)."""

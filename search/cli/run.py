@@ -96,9 +96,8 @@ def _check_data(sweep, objective, console: Console) -> None:
 
 def _plan_metrics(sweep, objective, console: Console) -> None:
     """Check the task metrics against the data and say what they will score (`Sweep.plan_metrics`)."""
-    plan = sweep.plan_metrics(objective)
-    if plan is not None:
-        console.print(f"Task metrics: {plan.line()}")
+    for plan in sweep.plan_metrics(objective):
+        console.print(plan.line())
 
 
 def _gpu_list(text: str) -> list[str]:

@@ -9,6 +9,7 @@
 | hyperband          | HyperbandPruner         | successive halving over several brackets                          |
 | patient            | PatientPruner           | the wrapped pruner says so *and* no improvement for `patience` evals (`args.wrapped: {name, args}`) |
 | wilcoxon           | WilcoxonPruner          | a Wilcoxon signed-rank test says it is worse than the best trial   |
+| paired             | PairedPruner (ours)     | its per-example scores at this step are significantly worse than the best trial's (paired_pruner.py) |
 | threshold          | ThresholdPruner         | its value leaves [lower, upper]                                   |
 
 Steps are optimizer steps, so resources (hyperband/successive halving) default to the budget:
@@ -27,7 +28,8 @@ from ._build import construct
 PRUNERS: Registry = Registry("pruner", key="pruner.name")
 # Capabilities: optuna (an Optuna pruner the optuna backend builds), ray (the Ray Tune scheduler the
 # ray backend maps it to: search/backends/ray_schedulers.py), budget_resources (min/max resource default to the
-# trial budget's eval_every/max_steps), wraps (takes another pruner as `args.wrapped`).
+# trial budget's eval_every/max_steps), wraps (takes another pruner as `args.wrapped`), per_example (reads the
+# trials' per-example scores: the backend passes where they are and the sweep's metric).
 PRUNERS.register("none", "optuna.pruners:NopPruner", aliases=("nop",), optuna=True, ray="none")
 PRUNERS.register("median", "optuna.pruners:MedianPruner", optuna=True, ray="median")
 PRUNERS.register("percentile", "optuna.pruners:PercentilePruner", optuna=True)
@@ -38,6 +40,7 @@ PRUNERS.register("hyperband", "optuna.pruners:HyperbandPruner", optuna=True, ray
 PRUNERS.register("patient", "optuna.pruners:PatientPruner", optuna=True, wraps=True)
 PRUNERS.register("wilcoxon", "optuna.pruners:WilcoxonPruner", optuna=True)
 PRUNERS.register("threshold", "optuna.pruners:ThresholdPruner", optuna=True)
+PRUNERS.register("paired", "search.components.paired_pruner:PairedPruner", optuna=True, per_example=True)
 PRUNERS.register("pbt", "ray.tune.schedulers:PopulationBasedTraining", ray="pbt")  # Ray only: no Optuna pruner
 
 
@@ -46,7 +49,8 @@ def prunes(name: str) -> bool:
     return PRUNERS.canonical(name) != "none"
 
 
-def build_pruner(spec, *, budget=None, source: str | None = None, key: str = "pruner"):
+def build_pruner(spec, *, budget=None, source: str | None = None, key: str = "pruner", scores_dir=None,
+                 metric: str | None = None):
     """An Optuna pruner for a `ComponentSpec` (name + args).
 
     Example:
@@ -79,6 +83,8 @@ def build_pruner(spec, *, budget=None, source: str | None = None, key: str = "pr
         extra["min_resource"] = budget.eval_every
     if budget is not None and "max" in resources:
         extra["max_resource"] = budget.max_steps
+    if entry.capabilities.get("per_example"):
+        extra.update(scores_dir=scores_dir, metric=metric)
     return construct(key, name, entry.load(), args, source=source, extra=extra)
 
 

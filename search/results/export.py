@@ -85,6 +85,7 @@ def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpe
         budget=record["budget"],
         seed=record.get("seed", 0),
         augmentation=record.get("augmentation"),
+        evaluation=record.get("evaluation"),
         provenance={
             "study": study.study_name,
             "trial": trial.number,
