@@ -123,7 +123,12 @@ class TrialMonitor:
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         clean = self.objective.clean_metrics(metrics or {})
-        clean.update(self.objective.evaluation_extras(kwargs["model"], state.global_step))
+        started = time.perf_counter()
+        extras = self.objective.evaluation_extras(kwargs["model"], state.global_step)
+        if extras:
+            # What the metrics beyond the loss cost this evaluation (answer metrics, decoding, lm-eval tasks).
+            clean["task_metrics_s"] = time.perf_counter() - started
+        clean.update(extras)
         if self.scores_dir is not None and self.objective.per_example and state.is_world_process_zero:
             # Before the report: a paired pruner deciding on this evaluation reads them.
             scores.write_scores(self.scores_dir, state.global_step, self.objective.per_example)

@@ -9,7 +9,7 @@
 | hyperband          | HyperbandPruner         | successive halving over several brackets                          |
 | patient            | PatientPruner           | the wrapped pruner says so *and* no improvement for `patience` evals (`args.wrapped: {name, args}`) |
 | wilcoxon           | WilcoxonPruner          | a Wilcoxon signed-rank test says it is worse than the best trial   |
-| paired             | PairedPruner (ours)     | its per-example scores at this step are significantly worse than the best trial's (paired_pruner.py) |
+| paired             | PairedPruner (ours)     | its per-example scores at this step are significantly worse than the median (or best) trial's (paired_pruner.py) |
 | threshold          | ThresholdPruner         | its value leaves [lower, upper]                                   |
 
 Steps are optimizer steps, so resources (hyperband/successive halving) default to the budget:

@@ -172,6 +172,8 @@ def test_task_metrics_every_k_evaluations_and_always_at_the_end(tmp_path):
     final = objective.run_trial({"learning_rate": 0.01, "lora_r": 4},
                                 report=lambda step, metrics: reports.append((step, metrics)) or False)
     assert [(step, "choice_accuracy" in m) for step, m in reports] == [(2, False), (4, True), (6, True)]
+    # What scoring the answers cost, where it ran.
+    assert [(step, m.get("task_metrics_s", 0) > 0) for step, m in reports] == [(2, False), (4, True), (6, True)]
     assert final["choice_accuracy"] == reports[-1][1]["choice_accuracy"]
     assert all("eval_loss" in m for _, m in reports)
 

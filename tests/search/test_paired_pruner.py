@@ -61,7 +61,8 @@ def test_a_sweep_keeps_per_example_scores_and_prunes_only_on_a_significant_paire
         # Trials that learn the task and trials that barely move: the paired test has differences to find.
         space={"params": {"learning_rate": {"type": "categorical", "choices": [1.0e-5, 0.05]},
                           "lora_r": {"type": "fixed", "value": 8}}},
-        metric="choice_accuracy", pruner={"name": "paired", "args": {"p_threshold": 0.2, "n_startup_trials": 1}},
+        metric="choice_accuracy",
+        pruner={"name": "paired", "args": {"p_threshold": 0.2, "n_startup_trials": 1, "against": "best"}},
         n_trials=6, budget={"max_steps": 24, "eval_every": 8, "batch_size": 16, "eval_batch_size": 32,
                             "max_seq_length": 64})
     assert main(["launch", str(path)]) == 0
@@ -92,3 +93,15 @@ def test_the_paired_pruner_needs_a_metric_scored_row_by_row(write_sweep, capsys)
     assert main(["launch", str(path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "pruner compares trials row by row, and eval_loss is one number" in err and "choice_accuracy" in err
+
+
+@pytest.mark.parametrize(("against", "pruned"), [("median", False), ("best", True)])
+def test_against_the_median_trial_a_trial_close_to_it_is_kept(tmp_path, against, pruned):
+    rows = 40
+    scores = {0: [1.0] * 36 + [0.0] * 4,  # 90 %
+              1: [1.0] * 20 + [0.0] * 20,  # 50 %: the median of the three before the last
+              2: [1.0] * 16 + [0.0] * 24,  # 40 %
+              3: [1.0] * 19 + [0.0] * 21}  # 47.5 %: one row behind the median trial, far behind the best
+    assert all(len(s) == rows for s in scores.values())
+    pruner = PairedPruner(scores_dir=tmp_path, metric="choice_accuracy", n_startup_trials=1, against=against)
+    assert _study_with(tmp_path, scores, pruner=pruner)[3][0] is pruned
