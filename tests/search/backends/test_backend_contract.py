@@ -120,6 +120,23 @@ def test_every_backend_writes_the_same_record_of_a_complete_trial(write_sweep, b
         assert record.config_of(trial) == attrs[record.CONFIG]
 
 
+def test_every_backend_picks_by_answer_accuracy_with_the_loss_recorded_beside_it(write_sweep, backend):
+    from search.sweep import find_sweep_file
+
+    import yaml
+
+    routing = yaml.safe_load(find_sweep_file("routing").read_text())
+    study = _run(write_sweep, backend, n_trials=2, metric="choice_accuracy", record_metrics=["exact_match"],
+                 objective=routing["objective"], dataset={"source": "bundled:support-routing",
+                                                          "max_train_examples": 64, "max_eval_examples": 12})
+    for trial in study.get_trials():
+        metrics = trial.user_attrs[record.METRICS]
+        assert trial.value == metrics["choice_accuracy"] and metrics["choice_accuracy"] in {k / 12 for k in range(13)}
+        assert 0.0 <= metrics["exact_match"] <= 1.0 and metrics["eval_loss"] > 0
+        assert all("choice_accuracy" in e for e in trial.user_attrs[record.EVAL_HISTORY])
+    assert study.best_value == max(t.value for t in study.get_trials())
+
+
 def test_every_backend_writes_the_same_record_of_a_failed_trial(write_sweep, backend):
     study = _run(write_sweep, backend, n_trials=1, objective="tests.search.fault_objectives:NaNLoss")
     [trial] = study.get_trials()
