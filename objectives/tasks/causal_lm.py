@@ -18,7 +18,6 @@ and at the final one.
 from __future__ import annotations
 
 import random
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from ..answers import (
     normalize_answer,
     sequence_logliks,
 )
-from ..conversations import CHAT_FORMATS, IGNORE_INDEX, ConversationFormat, detect_format, last_exchange
+from ..conversations import CHAT_FORMATS, IGNORE_INDEX, ConversationFormat, detect_format
 from ..metrics import GENERATION_METRICS, INSTALL, generation_metric_problem, generation_metrics, uncertainty
 from ..settings import Direction, customized
 from ..sources import source_columns
@@ -51,7 +50,7 @@ from .base import DataProfile, Scored, Task, Tokenized
 
 @dataclass(frozen=True)
 class AnswerPlan:
-    """What the answer metrics of a sweep score, as checked at launch (`CausalLMTask.check_answer_metrics`)."""
+    """What the answer metrics of a sweep score, as checked at launch (`CausalLMTask.plan_metrics`)."""
 
     metrics: tuple[str, ...]
     choices: tuple[str, ...] | None  # None: no choice metric requested
@@ -94,6 +93,10 @@ class CausalLMState:
     # choices of choice_accuracy / choice_nll (given, or inferred from the answers; () when neither).
     answer_rows: tuple[AnswerRow, ...] = ()
     choices: tuple[str, ...] = ()
+
+
+# Rows per split the choices of choice_accuracy are inferred from (objective.args.choices not given).
+INFERENCE_ROWS = 5000
 
 
 class CausalLMTask(Task):
@@ -299,13 +302,12 @@ class CausalLMTask(Task):
         for a response within max_seq_length: the rows eval_loss is computed on."""
         return [(prompt, reference) for _, prompt, reference in self._fitting(tokenizer, rows, limit=limit)]
 
-    def _fitting(self, tokenizer, rows, *, limit: int | None = None, indices=None):
-        """(row index, formatted prompt, reference) of the rows (those in `indices`, else the first
-        `limit`) whose prompt leaves room for a response within max_seq_length."""
+    def _fitting(self, tokenizer, rows, *, limit: int | None = None):
+        """(row index, formatted prompt, reference) of the first `limit` rows (all when None) whose prompt
+        leaves room for a response within max_seq_length."""
         fmt = self.prompt_format(tokenizer)
         prefix = len(fmt.prefix_ids())
-        chosen = range(len(rows)) if indices is None else indices
-        for i in chosen:
+        for i in range(len(rows)):
             if limit is not None and limit <= 0:
                 return
             row = rows[i]
@@ -323,8 +325,10 @@ class CausalLMTask(Task):
         if self.options.choices:
             return tuple(self.options.choices)
         fmt = self.prompt_format(None)
-        return infer_choices([fmt.reference(row) for split in splits if split is not None for row in split],
-                             self.options.answer_pattern)
+        # A fixed answer set shows in a few thousand rows; reading every row of a large training set would not
+        # change the choices, only the set-up time.
+        rows = [row for split in splits if split is not None for row in _first(split, INFERENCE_ROWS)]
+        return infer_choices([fmt.reference(row) for row in rows], self.options.answer_pattern)
 
     def answer_rows(self, tokenizer, rows, *, sample: int | None = None,
                     choices: Sequence[str] | None = None) -> list[AnswerRow]:
@@ -376,7 +380,7 @@ class CausalLMTask(Task):
             inferred = not self.options.choices
             if choices is None:
                 distinct = sorted({a for a in (extract_answer(fmt.reference(r), pattern) for s in (train, validation)
-                                                for r in s) if a}, key=str.casefold)
+                                                for r in _first(s, INFERENCE_ROWS)) if a}, key=str.casefold)
                 raise ConfigError(
                     f"{', '.join(m for m in wanted if m in CHOICE_METRICS)} needs the answers' choices, and the "
                     f"answers take {len(distinct)} distinct values (e.g. {', '.join(map(repr, distinct[:3]))}): "
@@ -629,6 +633,11 @@ def check_padding_free(model, *, key: str = "budget.padding_free", source: str |
         f"{model.config.model_type} models cannot train on padding-free batches here ({why})", source=source,
         key=key, value=True,
         hint="Fix: set budget.padding_free and budget.packing to false for this model (padded batches).")
+
+
+def _first(rows, n: int):
+    """The first `n` rows of a datasets.Dataset or a list."""
+    return rows.select(range(min(n, len(rows)))) if hasattr(rows, "select") else rows[:n]
 
 
 def _needs_unpadded_batches(model) -> bool:
