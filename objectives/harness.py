@@ -190,6 +190,11 @@ class Harness:
     def evaluate(self, model, tokenizer) -> dict[str, float]:
         """Every task's metrics of `model` (a PEFT model as it is, or any causal LM), its train/eval modes
         left as found."""
+        return self.evaluate_details(model, tokenizer)[0]
+
+    def evaluate_details(self, model, tokenizer) -> tuple[dict[str, float], dict[str, dict[str, list]]]:
+        """`evaluate`, and each metric's per-document scores (lm-eval's samples): metric -> {"rows": doc ids,
+        "scores": one value per document}, for paired comparisons between trials (the same documents in each)."""
         from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
 
@@ -198,7 +203,7 @@ class Harness:
             with _quiet():
                 lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
                 results = evaluate(lm, self.tasks(), limit=self.settings.limit, bootstrap_iters=0,
-                                   verbosity="ERROR")
+                                   verbosity="ERROR", log_samples=True)
         finally:
             for module, training in modes.items():
                 module.train(training)
@@ -207,7 +212,17 @@ class Harness:
             for key, value in values.items():
                 if "," in key and "_stderr" not in key and isinstance(value, (int, float)):
                     metrics[metric_name(task_name, key)] = float(value)
-        return metrics
+        per_example: dict[str, dict[str, list]] = {}
+        for task_name, samples in (results or {}).get("samples", {}).items():
+            for sample in samples:
+                for metric in sample.get("metrics", ()):
+                    value = sample.get(metric)
+                    if isinstance(value, (int, float)):  # corpus-level metrics keep tuples per document: no pairing
+                        name = metric_name(task_name, f"{metric},{sample.get('filter', 'none')}")
+                        entry = per_example.setdefault(name, {"rows": [], "scores": []})
+                        entry["rows"].append(int(sample["doc_id"]))
+                        entry["scores"].append(float(value))
+        return metrics, per_example
 
 
 class HarnessPlan:

@@ -272,11 +272,11 @@ def _check_per_example_pruner(spec: SweepSpec, objective_cls, source: str) -> No
     if not (spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("per_example")):
         return
     metric, per_row = spec.metrics[0].name, sorted(objective_cls.task_class.per_example_metrics)
-    if metric not in per_row:
+    if metric not in per_row and not is_harness_metric(metric):  # lm-eval keeps each document's score too
         raise ConfigError(f"the {spec.pruner.name} pruner compares trials row by row, and {metric} is one number "
                           "per evaluation", source=source, key="metric.name", value=metric,
-                          allowed=per_row or None, hint="Fix: optimize one of these metrics, or another pruner "
-                          "(median, percentile, wilcoxon...).")
+                          allowed=[*per_row, "lm_eval:TASK/METRIC"] if per_row else None,
+                          hint="Fix: optimize one of these metrics, or another pruner (median, percentile, wilcoxon...).")
 
 
 def _check_every_report(spec: SweepSpec, objective_cls, source: str) -> None:

@@ -136,3 +136,18 @@ def test_a_hub_task_while_offline_is_refused_with_the_way_out(write_sweep, task_
     err = " ".join(capsys.readouterr().err.split())
     assert "evaluation.tasks.0" in err and "lm-eval task 'hub_qa' could not read its data" in err
     assert "offline" in err and "dataset_path: json" in err
+
+
+def test_each_documents_score_is_kept_and_the_paired_pruner_reads_it(write_sweep, task_dir, tmp_path):
+    from objectives.scores import read_scores
+
+    path = _sweep(write_sweep, task_dir, n_trials=3, pruner={"name": "paired", "args": {"n_startup_trials": 1}})
+    assert main(["launch", str(path)]) == 0
+    study = _study(path)
+    for trial in study.trials:
+        for step, value in trial.intermediate_values.items():
+            scores = read_scores(tmp_path / "runs" / "scores" / "tiny" / f"trial-{trial.number}", step)
+            mc = scores["lm_eval:routing_mc/acc"]
+            assert mc["rows"] == list(range(20))  # lm-eval's first 20 documents, in every trial
+            assert sum(mc["scores"]) / 20 == pytest.approx(value)
+            assert len(scores["lm_eval:routing_gen/exact_match"]["scores"]) == 20
