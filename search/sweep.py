@@ -281,20 +281,20 @@ def _check_per_example_pruner(spec: SweepSpec, objective_cls, source: str) -> No
 
 def _check_every_report(spec: SweepSpec, objective_cls, source: str) -> None:
     """A backend whose schedulers read the metric in every report (Ray) needs it at every evaluation."""
-    every, metric = spec.objective.args.task_metrics_every, spec.metrics[0].name
-    if is_harness_metric(metric) and spec.evaluation.every != 1:
+    metric = spec.metrics[0].name
+    if is_harness_metric(metric):
+        key, every = "evaluation.every", spec.evaluation.every  # 0: the final evaluation only
+    elif metric in objective_cls.task_class.periodic_metrics:
+        key, every = "objective.args.task_metrics_every", spec.objective.args.task_metrics_every
+    else:
+        return
+    if every != 1:
+        when = "the final evaluation only" if not every else f"one evaluation in {every} only"
         raise ConfigError(
-            f"{metric} is computed at {'the final evaluation only' if not spec.evaluation.every else f'every {spec.evaluation.every}th evaluation only'}, "
-            f"and the {spec.backend} backend's schedulers read the metric in every report", source=source,
-            key="evaluation.every", value=spec.evaluation.every,
-            hint=f"Fix: evaluation.every: 1 (and budget.eval_every larger, to evaluate less often), or backend: "
-            f"{', '.join(BACKENDS.having('optuna_pruners'))}.")
-    if every > 1 and metric in objective_cls.task_class.periodic_metrics:
-        raise ConfigError(
-            f"{metric} is computed at every {every}th evaluation only, and the {spec.backend} backend's schedulers "
-            "read the metric in every report", source=source, key="objective.args.task_metrics_every", value=every,
-            hint=f"Fix: task_metrics_every: 1 (and budget.eval_every larger, to evaluate less often), or backend: "
-            f"{', '.join(BACKENDS.having('optuna_pruners'))}.")
+            f"{metric} is computed at {when}, and the {spec.backend} backend's schedulers read the metric in every "
+            "report", source=source, key=key, value=every,
+            hint=f"Fix: {key.rpartition('.')[2]}: 1 (and budget.eval_every larger, to evaluate less often), or "
+            f"backend: {', '.join(BACKENDS.having('optuna_pruners'))}.")
 
 
 def _check_pack(spec: SweepSpec, space, objective_cls, source: str) -> None:

@@ -358,7 +358,11 @@ class Objective:
 
     def harness_due(self, step: int) -> bool:
         """Whether the evaluation at `step` runs the lm-eval tasks: the final one, and every `evaluation.every`-th."""
-        every = self.harness.settings.every if self.harness is not None else 0
+        return self._due(step, self.harness.settings.every if self.harness is not None else 0)
+
+    def _due(self, step: int, every: int) -> bool:
+        """The final evaluation, and every `every`-th one (counted in steps: a resumed trial keeps the rhythm;
+        0: the final one only)."""
         return step >= self.budget.max_steps or bool(every and (step // self.budget.eval_every) % every == 0)
 
     def task_metrics_due(self, step: int) -> bool:
@@ -373,8 +377,7 @@ class Objective:
             >>> [step for step in (10, 20, 30, 40, 50) if objective.task_metrics_due(step)]
             [20, 40, 50]
         """
-        every = self.options.task_metrics_every
-        return every == 1 or step >= self.budget.max_steps or (step // self.budget.eval_every) % every == 0
+        return self._due(step, self.options.task_metrics_every)
 
     def plan_metrics(self) -> list:
         """What the metrics beyond the loss will score, checked before any trial (a ConfigError when the

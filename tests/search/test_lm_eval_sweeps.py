@@ -151,3 +151,10 @@ def test_each_documents_score_is_kept_and_the_paired_pruner_reads_it(write_sweep
             assert mc["rows"] == list(range(20))  # lm-eval's first 20 documents, in every trial
             assert sum(mc["scores"]) / 20 == pytest.approx(value)
             assert len(scores["lm_eval:routing_gen/exact_match"]["scores"]) == 20
+
+
+def test_ray_refuses_an_lm_eval_metric_it_would_not_find_in_every_report(write_sweep, task_dir, capsys):
+    path = _sweep(write_sweep, task_dir, backend="ray", evaluation={"every": 0})
+    assert main(["launch", str(path), "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "evaluation.every" in err and "computed at the final evaluation only" in err and "every report" in err
