@@ -128,7 +128,7 @@ def run_trial(
                 if callback.diverged:
                     raise TrialDiverged(callback.diverged)
             final = dict(callback.history[-1][1])
-            if set(objective.requested_metrics) - set(final) or (
+            if (objective.requested_metrics & objective.task_class.periodic_metrics) - set(final) or (
                     objective.harness is not None and not objective.harness_due(last_step)):
                 # Stopped early between two evaluations that compute the task's or lm-eval's metrics: the result
                 # has them all the same.
