@@ -94,8 +94,9 @@ class Harness:
 
     Example:
         >>> harness = Harness(EvaluationSettings(tasks=["routing_mc"], include_path="eval_tasks", limit=8))
-        >>> sorted(harness.evaluate(model, tokenizer))  # doctest: +SKIP
-        ['lm_eval:routing_mc/acc']
+        >>> metrics, per_document = harness.evaluate(model, tokenizer)  # doctest: +SKIP
+        >>> sorted(metrics), len(per_document["lm_eval:routing_mc/acc"]["scores"])  # doctest: +SKIP
+        (['lm_eval:routing_mc/acc'], 8)
     """
 
     def __init__(self, settings: EvaluationSettings, *, batch_size: int = 32, source: str | None = None) -> None:
@@ -164,18 +165,13 @@ class Harness:
     def plan(self, wanted, *, max_steps: int, eval_every: int) -> HarnessPlan:
         """Load every task (its data) and check that the lm_eval metrics in `wanted` are among the ones they
         report: what the evaluation will run, for the launch line."""
-        return HarnessPlan(self.check(wanted), self.settings, max_steps=max_steps, eval_every=eval_every)
-
-    def check(self, wanted, *, key: str = "metric") -> list[str]:
-        """Load every task (its data) and check that the lm_eval metrics in `wanted` are among the ones it
-        reports; returns every metric the evaluation will report."""
         reported = self.metric_names()
         for name in wanted:
             if is_harness_metric(name) and name not in reported:
                 task = parse_metric(name)[0]
                 raise ConfigError(f"lm-eval task '{task}' does not report this metric", source=self.source,
-                                  key=key, value=name, allowed=[m for m in reported if parse_metric(m)[0] == task])
-        return reported
+                                  key="metric", value=name, allowed=[m for m in reported if parse_metric(m)[0] == task])
+        return HarnessPlan(reported, self.settings, max_steps=max_steps, eval_every=eval_every)
 
     def metric_names(self) -> list[str]:
         """`lm_eval:TASK/METRIC` of every metric the tasks report (their metric_list, with each filter)."""
@@ -187,14 +183,10 @@ class Harness:
                 names += [metric_name(task_name, f"{metric},{f}") for f in filters]
         return names
 
-    def evaluate(self, model, tokenizer) -> dict[str, float]:
-        """Every task's metrics of `model` (a PEFT model as it is, or any causal LM), its train/eval modes
-        left as found."""
-        return self.evaluate_details(model, tokenizer)[0]
-
-    def evaluate_details(self, model, tokenizer) -> tuple[dict[str, float], dict[str, dict[str, list]]]:
-        """`evaluate`, and each metric's per-document scores (lm-eval's samples): metric -> {"rows": doc ids,
-        "scores": one value per document}, for paired comparisons between trials (the same documents in each)."""
+    def evaluate(self, model, tokenizer) -> tuple[dict[str, float], dict[str, dict[str, list]]]:
+        """Every task's metrics of `model` (a PEFT model as it is, or any causal LM; its train/eval modes left as
+        found), and each metric's per-document scores (lm-eval's samples): metric -> {"rows": doc ids, "scores":
+        one value per document}, for paired comparisons between trials (the same documents in each)."""
         from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
 

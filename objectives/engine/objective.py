@@ -351,7 +351,7 @@ class Objective:
                                                                      self.requested_metrics)
             extras.update(metrics)
         if self.harness is not None and (step is None or self.harness_due(step)):
-            metrics, per_example = self.harness.evaluate_details(model, self.tokenizer)
+            metrics, per_example = self.harness.evaluate(model, self.tokenizer)
             extras.update(metrics)
             self.per_example.update(per_example)
         return extras

@@ -300,22 +300,23 @@ class CausalLMTask(Task):
     def _answerable(self, tokenizer, rows, *, limit: int | None = None) -> list[tuple[str, str]]:
         """(formatted prompt, reference response) of the first `limit` rows whose prompt leaves room
         for a response within max_seq_length: the rows eval_loss is computed on."""
-        return [(prompt, reference) for _, prompt, reference in self._fitting(tokenizer, rows, limit=limit)]
+        return [(prompt, reference) for _, prompt, _, reference in self._fitting(tokenizer, rows, limit=limit)]
 
     def _fitting(self, tokenizer, rows, *, limit: int | None = None):
-        """(row index, formatted prompt, reference) of the first `limit` rows (all when None) whose prompt
-        leaves room for a response within max_seq_length."""
+        """(row index, formatted prompt, its ids as training feeds them, reference) of the first `limit` rows
+        (all when None) whose prompt leaves room for a response within max_seq_length."""
         fmt = self.prompt_format(tokenizer)
-        prefix = len(fmt.prefix_ids())
+        prefix = fmt.prefix_ids()
         for i in range(len(rows)):
             if limit is not None and limit <= 0:
                 return
             row = rows[i]
             text = fmt.format_prompt(row)
-            if prefix + len(tokenizer(text, add_special_tokens=False)["input_ids"]) < self.budget.max_seq_length:
+            ids = prefix + tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) < self.budget.max_seq_length:
                 if limit is not None:
                     limit -= 1
-                yield i, text, fmt.reference(row)
+                yield i, text, ids, fmt.reference(row)
 
     # ---------------------------------------------------------------- answer metrics (objectives/answers.py)
 
@@ -337,18 +338,17 @@ class CausalLMTask(Task):
         when None), in split order."""
         pattern = self.options.answer_pattern
         fmt = self.prompt_format(tokenizer)
-        fitting = [(i, prompt, reference) for i, prompt, reference in self._fitting(tokenizer, rows)
-                   if normalize_answer(reference, pattern)]
+        fitting = [(i, ids, reference, answer) for i, _, ids, reference in self._fitting(tokenizer, rows)
+                   if (answer := normalize_answer(reference, pattern))]
         if sample is not None and sample < len(fitting):
             fitting = sorted(random.Random(self.seed).sample(fitting, sample))
         keys = [normalize_answer(choice) for choice in choices or ()]
         encoded = []
-        for i, prompt, reference in fitting:
-            answer = normalize_answer(reference, pattern)
+        for i, ids, reference, answer in fitting:
             choice_ids = tuple(tuple(fmt.answer_ids(rows[i], text)) for text in choice_texts(reference, choices, pattern)) \
                 if choices else ()
             encoded.append(AnswerRow(
-                index=i, prompt_ids=tuple(fmt.prefix_ids() + tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+                index=i, prompt_ids=tuple(ids),
                 reference=reference, answer=answer, reference_ids=tuple(fmt.answer_ids(rows[i], reference)),
                 choice_ids=choice_ids,
                 correct=keys.index(answer) if answer in keys else None))
@@ -365,8 +365,9 @@ class CausalLMTask(Task):
         fmt = self.prompt_format(None)
         pattern = self.options.answer_pattern
         references = [fmt.reference(row) for row in validation]
+        answers = [normalize_answer(ref, pattern) for ref in references]
         if pattern is not None:
-            missed = [i for i, ref in enumerate(references) if normalize_answer(ref, pattern) is None]
+            missed = [i for i, answer in enumerate(answers) if answer is None]
             if missed:
                 raise ConfigError(
                     f"the answer pattern matches {len(references) - len(missed)} of {len(references)} validation "
@@ -388,7 +389,7 @@ class CausalLMTask(Task):
                     key="objective.args.choices", hint="Fix: list the choices in objective.args.choices (with "
                     "answer_pattern if the answer is part of a longer reference), or optimize exact_match instead.")
             keys = {normalize_answer(c) for c in choices}
-            outside = [i for i, ref in enumerate(references) if normalize_answer(ref, pattern) not in keys]
+            outside = [i for i, answer in enumerate(answers) if answer not in keys]
             if outside:
                 raise ConfigError(
                     f"{len(outside)} of {len(references)} validation answers are none of the choices (row "
@@ -396,7 +397,7 @@ class CausalLMTask(Task):
                     key="objective.args.choices", value=list(choices),
                     hint="Fix: list every answer the data uses (case and surrounding punctuation are ignored), or "
                     "leave choices out to infer them.")
-        rows = sum(1 for ref in references if normalize_answer(ref, pattern))
+        rows = sum(1 for answer in answers if answer)
         scored = min(rows, self.options.eval_samples or rows)
         return AnswerPlan(metrics=tuple(wanted), choices=tuple(choices) if choices else None, inferred=inferred,
                           rows=scored, of=rows, seed=self.seed if scored < rows else None, pattern=pattern)
