@@ -37,7 +37,7 @@ from objectives import (
 )
 from spaces import ConfigError, SearchSpace, finite_values, from_validation_error, load_yaml, resolve_space
 
-from .components import BACKENDS, PRUNERS, check_pruner, check_sampler, prunes
+from .components import BACKENDS, PRUNERS, check_pruner, check_sampler, pauses, prunes
 from .settings import ComponentSpec, RunSpec, SweepSpec
 from .store.storage import default_storage_url
 
@@ -227,10 +227,16 @@ def _resolve(spec: SweepSpec, source: str) -> Sweep:
         _check_pack(spec, space, objective_cls, source)
     if spec.resources.devices_per_trial > 1:
         _check_distributed(spec, source)
+        if spec.resources.strategy == "fsdp" and "loraplus_lr_ratio" in space.names:
+            raise ConfigError("FSDP builds the optimizer over its sharded parameters itself, and LoRA+ hands Trainer "
+                              "one built beforehand", source=source, key="space.params.loraplus_lr_ratio",
+                              hint="Fix: strategy: ddp with LoRA+, or remove loraplus_lr_ratio.")
     elif spec.resources.strategy == "fsdp":
         raise ConfigError("strategy fsdp shards a trial over its processes, and devices_per_trial is 1",
                           source=source, key="resources.strategy", value="fsdp",
                           hint="Fix: resources.devices_per_trial: 2 or more, or remove strategy.")
+    if pauses(spec.pruner.name):
+        _check_pausing(spec, len(directions), source)
     if BACKENDS.supports(spec.backend, "optuna_pruners"):  # others map the pruner to their schedulers when they run
         check_pruner(spec.pruner, source=source)
         _check_per_example_pruner(spec, objective_cls, source)
@@ -265,6 +271,25 @@ def _check_distributed(spec: SweepSpec, source: str) -> None:
                           "each process trains batch_size / devices_per_trial rows of every step",
                           source=source, key="budget.batch_size", value=batch,
                           hint=f"Fix: a multiple of {resources.devices_per_trial}.")
+
+
+def _check_pausing(spec: SweepSpec, n_objectives: int, source: str) -> None:
+    """A scheduler that pauses and resumes trials (search/components/schedulers.py) needs what it runs on."""
+    name = spec.pruner.name
+    if not BACKENDS.supports(spec.backend, "optuna_pruners"):
+        raise ConfigError(f"the {name} scheduler pauses trials in the study and resumes them from ftsweep's "
+                          f"checkpoints, which the {spec.backend} backend does not run: its trials live in Ray Tune's "
+                          "own scheduler", source=source, key="pruner.name", value=name,
+                          hint="Fix: backend: optuna, or on Ray its own pausing scheduler, pruner: pbt (Tune's "
+                          "PopulationBasedTraining pauses trials and resumes them from their checkpoints).")
+    if spec.n_trials is None:
+        raise ConfigError(f"the {name} scheduler decides between resuming a paused trial and starting a new one "
+                          "within a number of trials", source=source, key="n_trials",
+                          hint="Fix: set n_trials (timeout may stay, as a deadline).")
+    if n_objectives > 1:
+        raise ConfigError(f"the {name} scheduler ranks trials by one metric, and this sweep has {n_objectives}",
+                          source=source, key="pruner.name", value=name,
+                          hint="Fix: one metric (the others as constraints or recorded metrics), or pruner: none.")
 
 
 def _check_per_example_pruner(spec: SweepSpec, objective_cls, source: str) -> None:
@@ -326,6 +351,9 @@ def _check_pack(spec: SweepSpec, space, objective_cls, source: str) -> None:
             refuse(f"packed trials take no budget.{name}", f"budget.{name}", getattr(budget, name),
                    f"Fix: remove budget.{name}, or pack.slots: 1.")
     for name, param in space.params().items():
+        if name == "loraplus_lr_ratio":
+            refuse("a pack trains its slots with one plain AdamW, and LoRA+ needs its own parameter groups",
+                   f"space.params.{name}", getattr(param, "type", param), "Fix: remove it, or pack.slots: 1.")
         if name in PER_SLOT_PARAMS:
             continue
         values = finite_values(param)  # [] for a searched number

@@ -55,6 +55,24 @@ TRAINING_ARGUMENT_PARAMS: dict[str, str] = {
     "gradient_accumulation_steps": "gradient_accumulation_steps",
 }
 
+# Params that shape the optimizer rather than TrainingArguments.
+OPTIMIZER_PARAMS: dict[str, str] = {
+    # LoRA+ (Hayou et al., 2024): lora_B trains at ratio x the learning rate of lora_A (PEFT's
+    # create_loraplus_optimizer); the paper's best ratios on LLM fine-tunes were around 2^4.
+    "loraplus_lr_ratio": "LoRA+: lora_B's learning rate = ratio x learning_rate (peft.optimizers.create_loraplus_optimizer)",
+}
+
+
+def loraplus_optimizer(model, args, ratio: float):
+    """AdamW with LoRA+'s parameter groups (PEFT's `create_loraplus_optimizer`), set as `args` (TrainingArguments)
+    sets Trainer's own: learning rate, weight decay, betas and epsilon."""
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=args.learning_rate, loraplus_lr_ratio=float(ratio),
+                                     loraplus_weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
+                                     eps=args.adam_epsilon)
+
 
 def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: str, *, seed: int,
                     target: tuple[str, Direction] = ("eval_loss", "minimize")) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from ..settings import Direction
 from .. import scores
 from . import checkpoint
 
+PAUSE = "pause"  # what a report returns to pause the trial (trial.py's Reporter)
+
 # What a trial costs, measured at every evaluation of every task: natural targets of a second
 # objective or a constraint ("maximize F1, minimize latency").
 COST_METRICS: dict[str, Direction] = {
@@ -73,6 +75,7 @@ class TrialMonitor:
         self.log_sink = on_log  # training logs (loss, learning rate) for trackers
         self.history: list[tuple[int, dict[str, float]]] = []
         self.pruned_at: int | None = None
+        self.paused_at: int | None = None  # the backend paused it here: the checkpoint of this step is kept
         self.diverged: str | None = None
         self.costs = CostMeter()
         self.train_losses: list[float] = []  # logged since the previous evaluation
@@ -164,9 +167,16 @@ class TrialMonitor:
     def _report(self, step: int, metrics: dict[str, float], control) -> None:
         # The pruner hears every evaluation, but a trial that has trained its whole budget completes:
         # stopping it now would save nothing and would hide a finished result.
-        if self.report is not None and self.report(step, metrics) and step < self.objective.budget.max_steps:
+        decision = self.report(step, metrics) if self.report is not None else False
+        if not decision or step >= self.objective.budget.max_steps:
+            return
+        control.should_training_stop = True
+        if decision == PAUSE and self.checkpoints is not None:
+            # Paused: this step's checkpoint is written whatever the interval (Trainer saves after this event).
+            self.paused_at = step
+            control.should_save = True
+        else:
             self.pruned_at = step
-            control.should_training_stop = True
 
 
 def rank_agreement() -> list:

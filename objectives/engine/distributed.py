@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .trial import Reporter, TrialDiverged
+from .trial import Reporter, TrialDiverged, TrialPaused
 
 # What every rank imports before its trial: the forkserver imports it once per worker, so a rank starts in
 # about a second instead of an interpreter's ~6 s on 2 CPU cores. `objectives` first: it quiets upstream
@@ -78,7 +78,7 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
     one per rank (None: CPUs); `strategy`: "ddp" (a model copy per rank) or "fsdp" (sharded, FSDP2);
     `timeout_s`: the process group's timeout; `deadlock_after_s`: how long every rank may wait in a collective,
     using no CPU, before the trial is failed (see the module's docstring). Raises optuna.TrialPruned,
-    TrialDiverged, RankLost, or a rank's error."""
+    TrialPaused, TrialDiverged, RankLost, or a rank's error."""
     import optuna
     import torch
 
@@ -107,6 +107,8 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
     kind, payload = outcome
     if kind == "pruned":
         raise optuna.TrialPruned(payload)
+    if kind == "paused":
+        raise TrialPaused(payload)
     if kind == "diverged":
         raise TrialDiverged(payload)
     if kind == "error":
@@ -133,7 +135,7 @@ def _serve(conn, ranks, report, on_log, board: WaitBoard, deadlock_after_s: floa
             if kind == "eval":
                 step, metrics = payload
                 try:
-                    conn.send(bool(report(step, metrics)) if report is not None else False)
+                    conn.send((report(step, metrics) or False) if report is not None else False)  # True, False or PAUSE
                 except OSError:  # rank 0 died while the backend decided
                     raise RankLost(_lost(ranks)) from None
             elif kind == "log":
@@ -308,8 +310,8 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
         if rank == 0:
             conn.send(("eval", step, metrics))
             decision[0] = conn.recv()
-        dist.broadcast_object_list(decision, src=0)  # every rank stops at the same evaluation
-        return bool(decision[0])
+        dist.broadcast_object_list(decision, src=0)  # every rank stops (or pauses) at the same evaluation
+        return decision[0]
 
     def on_log(step: int, logs: dict[str, float]) -> None:
         if rank == 0:
@@ -326,6 +328,8 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
         outcome = ("done", final)
     except optuna.TrialPruned as exc:
         outcome = ("pruned", str(exc))
+    except TrialPaused as exc:
+        outcome = ("paused", exc.step)
     except TrialDiverged as exc:
         outcome = ("diverged", str(exc))
     except Exception as exc:  # noqa: BLE001 - the caller fails the trial with this rank's reason

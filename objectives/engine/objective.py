@@ -39,6 +39,7 @@ from ..tasks.base import Task, Tokenized
 from . import checkpoint, trial
 from .architecture import Architecture
 from .arguments import (
+    OPTIMIZER_PARAMS,
     TRAINING_ARGUMENT_PARAMS,
     check_quantization,
     torch_dtype,
@@ -144,6 +145,7 @@ class Objective:
     def accepted_params(cls) -> dict[str, str]:
         """Every space parameter name this objective applies, with where it goes."""
         accepted = {k: f"TrainingArguments.{v}" for k, v in TRAINING_ARGUMENT_PARAMS.items()}
+        accepted.update(OPTIMIZER_PARAMS)
         accepted.update(peft_methods.accepted_params())
         accepted.update({name: "base model dropout (objectives/regularization.py)" for name in regularization.DROPOUT_PARAMS})
         accepted[BASE_MODEL_PARAM] = "the model the trial fine-tunes (a path, hub id or bundled:NAME)"
@@ -416,7 +418,8 @@ class Objective:
     ) -> dict[str, float]:
         """Fine-tune once with `params`; return the final evaluation's metrics.
 
-        Raises `optuna.TrialPruned` when `report` asked to stop, `TrialDiverged` on a NaN/inf loss.
+        Raises `optuna.TrialPruned` when `report` asked to stop, `TrialPaused` when it returned PAUSE (with
+        `checkpoints`: that step's checkpoint is kept in `trial_dir`), `TrialDiverged` on a NaN/inf loss.
         Whatever happens, the base model is left exactly as it was found. `train_dataset` replaces
         the training split, `merge_validation` trains on the validation rows too; `after_training(
         peft_model, trainer)` runs before the adapter is removed (to save it, or evaluate elsewhere)

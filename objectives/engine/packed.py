@@ -39,7 +39,7 @@ from typing import Any
 
 from ..multi_lora import MultiLoRALinear
 from . import checkpoint
-from .callback import COST_METRICS, CostMeter
+from .callback import COST_METRICS, PAUSE, CostMeter
 from .trial import adapter_on, sweep_trainer_class
 
 # Params each slot may set for itself; any other param must be equal across a pack.
@@ -47,8 +47,8 @@ PER_SLOT_PARAMS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup
                    "max_grad_norm", "lora_r", "lora_alpha", "lora_alpha_ratio", "lora_dropout", "use_rslora")
 # What each packed trial reports at an evaluation: any of them may be optimized, constrained or recorded.
 PACK_METRICS = ("eval_loss", "perplexity", *COST_METRICS)
-# (trial: its index in the order trials started, step, metrics) -> prune it?
-TrialReport = Callable[[int, int, Mapping[str, float]], bool]
+# (trial: its index in the order trials started, step, metrics) -> prune it (True), pause it (PAUSE) or go on?
+TrialReport = Callable[[int, int, Mapping[str, float]], "bool | str"]
 # (trial: its index in the order trials started) -> a folder (or None)
 TrialFolder = Callable[[int], "str | Path | None"]
 
@@ -62,6 +62,8 @@ def pack_problems(slots: Sequence[Mapping[str, Any]]) -> list[str]:
         ['batch_size differs between slots (8, 16): a pack shares it']
     """
     problems = []
+    if any("loraplus_lr_ratio" in s for s in slots):
+        problems.append("loraplus_lr_ratio: a pack trains its slots with one plain AdamW")
     methods = {str(s.get("peft_method", "lora")) for s in slots}
     if methods != {"lora"}:
         problems.append(f"peft_method {sorted(methods)}: packed slots are LoRA adapters")
@@ -80,9 +82,10 @@ def run_packed(objective, slots: Sequence[Mapping[str, Any]], report: TrialRepor
                trial_dir: TrialFolder | None = None, resume_from: TrialFolder | None = None,
                checkpoint_interval_s: float = 0.0) -> list[dict[str, Any]]:
     """Train the trials `slots` (each a trial's params) together, one per slot; returns every trial's result
-    (final metrics, `steps`, `pruned`, `slot`, `duration_s`) in the order the trials started.
+    (final metrics, `steps`, `pruned`, `paused`, `slot`, `duration_s`) in the order the trials started.
 
-    `report(trial, step, metrics)` hears each trial's evaluation at its own steps; True prunes it. When a trial
+    `report(trial, step, metrics)` hears each trial's evaluation at its own steps; True prunes it, PAUSE pauses
+    it (with `trial_dir`: that step's checkpoint is written whatever the interval, and the trial ends `paused`). When a trial
     ends, `on_end(trial, result)` hears it, then its slot takes `next_params()` (a new trial, from its step 0),
     until that is None. `on_log(trial, step, logs)` hears its training logs (train_loss, learning_rate) every
     `logging_steps`, as Trainer logs a trial's.
@@ -119,6 +122,7 @@ class PackedTrial:
     step: int = 0
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     pruned: bool = False
+    paused: bool = False  # ended by a PAUSE: its checkpoint at `step` is in `folder`
     diverged: str | None = None  # why its loss stopped being a number; it then ends at once, failed
     started: float = field(default_factory=time.monotonic)
     elapsed_before: float = 0.0  # seconds it trained before the checkpoint it resumed from
@@ -131,7 +135,8 @@ class PackedTrial:
     def result(self) -> dict[str, Any]:
         last = self.history[-1][1] if self.history else {}
         train = {"train_loss": self.loss_sum / self.step} if self.step else {}
-        return {**last, **train, "steps": self.step, "pruned": self.pruned, "diverged": self.diverged, "slot": self.slot,
+        return {**last, **train, "steps": self.step, "pruned": self.pruned, "paused": self.paused,
+                "diverged": self.diverged, "slot": self.slot,
                 "duration_s": self.duration_s}
 
     def elapsed(self) -> float:
@@ -318,11 +323,11 @@ class Pack:
         return checkpoint.write_checkpoint_state(folder, trial.step, params=trial.params, elapsed_s=trial.elapsed(),
                                                  pack=trial.progress())
 
-    def _checkpoint(self, k: int) -> None:
-        """After an evaluation the trial goes on from: its checkpoint, once the interval has passed; the older
-        ones removed."""
+    def _checkpoint(self, k: int, *, forced: bool = False) -> None:
+        """After an evaluation the trial goes on from: its checkpoint, once the interval has passed (`forced`:
+        at once, a paused trial's); the older ones removed."""
         trial = self.slots[k]
-        if trial.folder is None or time.monotonic() - trial.last_saved < self.checkpoint_interval_s:
+        if trial.folder is None or (not forced and time.monotonic() - trial.last_saved < self.checkpoint_interval_s):
             return
         folder = self.save_slot(k, trial.folder / f"checkpoint-{trial.step}")
         trial.last_saved = time.monotonic()
@@ -497,9 +502,15 @@ class Pack:
                 trial.diverged = f"eval loss became {metrics['eval_loss']} at step {trial.step}"
                 self._end(k)
                 continue
-            pruned = bool(self.report(trial.number, trial.step, metrics)) if self.report is not None else False
-            if pruned or trial.step >= self.budget.max_steps:
-                trial.pruned = pruned
+            decision = (self.report(trial.number, trial.step, metrics) or False) if self.report is not None else False
+            if trial.step >= self.budget.max_steps:
+                self._end(k)
+            elif decision == PAUSE and trial.folder is not None:
+                self._checkpoint(k, forced=True)
+                trial.paused = True
+                self._end(k)
+            elif decision:
+                trial.pruned = True
                 self._end(k)
             else:
                 self._checkpoint(k)

@@ -19,20 +19,35 @@ from pathlib import Path
 from typing import Any
 
 from .. import augmentation, regularization
-from .arguments import early_stopping
+from .arguments import early_stopping, loraplus_optimizer
 from . import checkpoint
-from .callback import Checkpointing, rank_agreement, reporting_callback
+from .callback import PAUSE, Checkpointing, rank_agreement, reporting_callback
 from .worker import BASE_MODEL_PARAM
 
 # Raised by transformers 5.x's own internals (Trainer, get_peft_model), not by anything a user can change.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
-# `report(step, metrics)` returns True when the backend wants the trial stopped (pruned).
-Reporter = Callable[[int, dict[str, float]], bool]
+# `report(step, metrics)` returns True when the backend wants the trial stopped (pruned), PAUSE when it wants
+# the trial paused: checkpointed at that step and stopped, to be resumed exactly later (or never).
+Reporter = Callable[[int, dict[str, float]], "bool | str"]
 
 
 class TrialDiverged(RuntimeError):
     """The loss became NaN or infinite: the trial fails, and retrying the same params would too."""
+
+
+class TrialPaused(Exception):
+    """The backend paused the trial at `step` (its report returned PAUSE): a complete checkpoint of that step is
+    in the trial's folder, and `run_trial(resume_from=)` on it continues as if the trial had never stopped.
+
+    Example:
+        >>> TrialPaused(20).step
+        20
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"paused at step {step}")
+        self.step = int(step)
 
 
 def run_trial(
@@ -97,9 +112,13 @@ def run_trial(
                 args.save_total_limit = keep_checkpoints
             train, trainer_cls, collator = objective.training_data(params, train_dataset=train_dataset,
                                                                    merge_validation=merge_validation)
+            # LoRA+ (a `loraplus_lr_ratio` param): lora_B in its own parameter group; Trainer builds the schedule.
+            optimizer = loraplus_optimizer(model, args, params["loraplus_lr_ratio"]) \
+                if "loraplus_lr_ratio" in params else None
             trainer = trainer_cls(
                 model=model,
                 args=args,
+                optimizers=(optimizer, None),
                 train_dataset=train,
                 eval_dataset=objective.eval_dataset,
                 data_collator=collator,
@@ -121,6 +140,8 @@ def run_trial(
                 raise TrialDiverged(callback.diverged)
             if callback.pruned_at is not None:
                 raise optuna.TrialPruned(f"pruned at step {callback.pruned_at}")
+            if callback.paused_at is not None:
+                raise TrialPaused(callback.paused_at)
             last_step = trainer.state.global_step if start_step < budget.max_steps else start_step
             if not callback.history or callback.history[-1][0] != last_step:
                 # max_steps is not a multiple of eval_every: evaluate the final weights too.

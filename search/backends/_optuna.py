@@ -22,12 +22,21 @@ from typing import Any
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 
-from objectives import TrialDiverged, checkpoint_state, latest_checkpoint, run_distributed_trial, run_packed
+from objectives import (
+    PAUSE,
+    TrialDiverged,
+    TrialPaused,
+    checkpoint_state,
+    latest_checkpoint,
+    run_distributed_trial,
+    run_packed,
+)
 from spaces import ConfigError
 
 from ..components import build_pruner, build_sampler
 from ..observers.tracking import make_tracker
 from ..secrets import redact_url, scrub_secrets
+from ..store.pausing import mark_paused, park, should_pause
 from ..store.queue import NoTrialLeft, QueueStudy, top_up_slots
 from ..store.record import (
     ATTEMPT,
@@ -37,6 +46,7 @@ from ..store.record import (
     OOM,
     OVERRIDES,
     PACK,
+    PAUSED_AT,
     PREEMPTED,
     RETRY_CAUSE,
     RETRY_OF,
@@ -140,6 +150,8 @@ class OptunaBackend(Backend):
         study = study_cls(study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner, **extra)
 
         def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if trial.state == optuna.trial.TrialState.PRUNED and PAUSED_AT in trial.user_attrs:
+                park(study, trial)  # told PRUNED first: a worker killed in between leaves it ended, not doubled
             outcome.ran += 1
             self.listener("trial_end", {"study": study, "trial": trial})
 
@@ -182,6 +194,8 @@ class OptunaBackend(Backend):
     def _run_trial(self, trial: optuna.Trial, objective) -> float | list[float]:
         sweep = self.sweep
         single = not sweep.multi_objective
+        if trial._trial_id in getattr(trial.study, "ending", ()):
+            self._end_paused(trial)
         params, record, tracked = self._begin(trial)
         trial_dir = self.trial_dir(trial.number)
         resume_from, history, trained_before = self._replay(trial, params, trial_dir, record, tracked)
@@ -208,6 +222,11 @@ class OptunaBackend(Backend):
             tracked.finish("pruned", last())
             shutil.rmtree(trial_dir, ignore_errors=True)
             raise
+        except TrialPaused as exc:  # its checkpoint stays: told PRUNED, then its continuation queued (on_trial_end)
+            record.ended(duration_s=elapsed())
+            mark_paused(trial, exc.step)
+            tracked.finish("paused", last())
+            raise optuna.TrialPruned(str(exc)) from None
         except KeyboardInterrupt as exc:
             record.ended(duration_s=elapsed())
             if isinstance(exc, WorkerPreempted):
@@ -258,6 +277,12 @@ class OptunaBackend(Backend):
                 study.waits_for_others = False  # waiting here would wait on this pack's own trials
             try:
                 trial = study.ask()
+                while trial._trial_id in getattr(study, "ending", ()):  # a paused trial to end, not to run
+                    try:
+                        self._end_paused(trial)
+                    except optuna.TrialPruned:
+                        on_trial_end(study, study.tell(trial, state=optuna.trial.TrialState.PRUNED))
+                    trial = study.ask()
             except NoTrialLeft:
                 return None
             finally:
@@ -285,7 +310,8 @@ class OptunaBackend(Backend):
             entry["heartbeat"].join()
             trial, record, tracked = entry["trial"], entry["record"], entry["tracked"]
             record.set(PACK, {"slot": result["slot"], "slots": slots})
-            metrics = {k: v for k, v in result.items() if k not in ("pruned", "diverged", "slot", "duration_s")}
+            metrics = {k: v for k, v in result.items()
+                       if k not in ("pruned", "paused", "diverged", "slot", "duration_s")}
             metrics["steps"] = float(metrics["steps"])
             values = [metrics.get(name, math.nan) for name in sweep.metric_names]
             bad = next(((name, v) for name, v in zip(sweep.metric_names, values) if not math.isfinite(v)), None)
@@ -293,6 +319,11 @@ class OptunaBackend(Backend):
                 record.ended(duration_s=result["duration_s"])
                 self._fail(trial, record, DIVERGED, f"TrialDiverged: {result['diverged']}", tracked, metrics)
                 frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            elif result["paused"]:
+                record.ended(duration_s=result["duration_s"])
+                mark_paused(trial, result["steps"])
+                tracked.finish("paused", metrics)
+                frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # continuation queued: on_trial_end
             elif result["pruned"]:
                 record.ended(duration_s=result["duration_s"])
                 tracked.finish("pruned", metrics)
@@ -306,7 +337,7 @@ class OptunaBackend(Backend):
                 record_constraints(trial, sweep.spec.constraints, metrics)
                 tracked.finish("complete", metrics)
                 frozen = study.tell(trial, values if sweep.multi_objective else values[0])
-            if frozen.state != optuna.trial.TrialState.FAIL:
+            if frozen.state != optuna.trial.TrialState.FAIL and not result["paused"]:
                 shutil.rmtree(entry["dir"], ignore_errors=True)  # done: nothing will resume it
             on_trial_end(study, frozen)
 
@@ -364,6 +395,18 @@ class OptunaBackend(Backend):
         self.listener("trial_start", {"trial": trial, "params": params})
         return params, record, self.tracker.trial(self.sweep.study_name, trial.number, params)
 
+    def _end_paused(self, trial: optuna.Trial) -> None:
+        """End a paused trial's continuation without training: its curve replayed (the study keeps the pair's
+        curve on the trial that counts), its checkpoint removed; raises TrialPruned, to be told PRUNED."""
+        params, record, tracked = self._begin(trial)
+        trial_dir = self.trial_dir(trial.number)
+        _, history, trained = self._replay(trial, params, trial_dir, record, tracked)
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        record.ended(duration_s=trained)
+        step = history[-1][STEP] if history else 0
+        tracked.finish("pruned", {k: v for k, v in (history[-1] if history else {}).items() if k != STEP})
+        raise optuna.TrialPruned(f"paused at step {step} and ended: no scheduler promoted it")
+
     def _replay(self, trial: optuna.Trial, params: dict[str, Any], trial_dir: Path, record: TrialRecord,
                 tracked) -> tuple[Path | None, list[dict[str, Any]], float]:
         """`_resume_point` of a starting trial: a re-run of a preempted or killed trial goes on from that trial's
@@ -391,7 +434,9 @@ class OptunaBackend(Backend):
                 # every k-th evaluation (objective.args.task_metrics_every) is decided on where it is.
                 return False
             trial.report(metrics[metric], step)
-            return trial.should_prune()
+            if trial.should_prune():
+                return True
+            return PAUSE if should_pause(trial.study, trial._trial_id, step) else False  # a pausing scheduler's call
 
         return report
 

@@ -9,6 +9,7 @@ package (run, results, winners, data, gate, presets) with its arguments next to 
     ftsweep show STUDY TRIAL       # one trial: params, learning curve, metrics, failure reason
     ftsweep importance STUDY       # parameter importances (Optuna's evaluators)
     ftsweep report STUDY --out DIR # PNG plots + one offline HTML page
+    ftsweep replay STUDY [--seeds N] [--strategy tpe+asha_promote ...]  # which pruner next time, simulated
     ftsweep dashboard STORAGE      # optuna-dashboard on 127.0.0.1
     ftsweep export STUDY [--trial N | --top K] --out DIR
     ftsweep train winner.yaml [--set key.path=value ...]
@@ -48,6 +49,7 @@ for _name, _target in (
     ("show", "search.cli.results:SHOW"),
     ("importance", "search.cli.results:IMPORTANCE"),
     ("report", "search.cli.results:REPORT"),
+    ("replay", "search.cli.replay:REPLAY"),
     ("dashboard", "search.cli.results:DASHBOARD"),
     ("export", "search.cli.winners:EXPORT"),
     ("train", "search.cli.winners:TRAIN"),

@@ -20,6 +20,7 @@ from ..results.tables import (
     best_rows,
     format_value,
     get_trial,
+    paused_line,
     render_top_table,
     study_status,
     trial_details,
@@ -46,6 +47,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         console.print(f"Best {status['metric']}: " + (f"{format_value(best['value'])} (trial {best['number']})"
                                                       if best else "— (no completed trial yet)"))
+    if paused_line(study):
+        console.print(f"[cyan]{paused_line(study)}[/]")
     rate = status["trials_per_hour"]
     console.print(f"Elapsed {status['elapsed_s'] / 60:.1f} min, "
                   f"{format_value(rate) if rate else '—'} finished trials per hour")
@@ -71,7 +74,10 @@ def cmd_best(args: argparse.Namespace) -> int:
     if not rows:
         raise ConfigError("the study has no completed trial yet", key="study", value=study.study_name,
                           hint="Check progress with `ftsweep status`.")
-    _common.console().print(render_top_table(study, k=args.top))
+    console = _common.console()
+    console.print(render_top_table(study, k=args.top))
+    if paused_line(study):
+        console.print(f"[cyan]{paused_line(study)}[/]")
     return 0
 
 

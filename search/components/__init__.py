@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from spaces import Registry
 
-from .pruners import PRUNERS, build_pruner, check_pruner, prunes
+from .pruners import PRUNERS, build_pruner, check_pruner, pauses, prunes
 from .samplers import SAMPLERS, build_sampler, check_sampler
 
 BACKENDS: Registry = Registry("backend", key="backend")
@@ -26,5 +26,5 @@ BACKENDS.register("optuna", "search.backends._optuna:OptunaBackend", multi_objec
                   optuna_pruners=True, packs=True, distributed=True)
 BACKENDS.register("ray", "search.backends._ray:RayBackend", distributed=True)
 
-__all__ = ["BACKENDS", "PRUNERS", "SAMPLERS", "build_pruner", "build_sampler", "check_pruner", "check_sampler",
+__all__ = ["BACKENDS", "PRUNERS", "SAMPLERS", "build_pruner", "build_sampler", "check_pruner", "check_sampler", "pauses",
            "prunes"]

@@ -11,6 +11,12 @@
 | wilcoxon           | WilcoxonPruner          | a Wilcoxon signed-rank test says it is worse than the best trial   |
 | paired             | PairedPruner (ours)     | its per-example scores at this step are significantly worse than the median (or best) trial's (paired_pruner.py) |
 | threshold          | ThresholdPruner         | its value leaves [lower, upper]                                   |
+| asha_promote       | AshaScheduler (ours)    | never: pauses it at each rung, resumes the top 1/reduction_factor (schedulers.py) |
+| hyperband_promote  | HyperbandScheduler (ours)| never: asha_promote in Hyperband's brackets                      |
+| curve_promote      | CurveScheduler (ours)   | never: asha_promote ranked by predicted final values (the study's curves) |
+
+`asha` is Optuna's successive halving (it stops trials; on Ray, Ray's ASHA); the `*_promote` schedulers pause
+trials instead and resume them exactly from their checkpoints (search/store/pausing.py): Optuna backend only.
 
 Steps are optimizer steps, so resources (hyperband/successive halving) default to the budget:
 `min_resource = budget.eval_every`, `max_resource = budget.max_steps` when not given.
@@ -42,6 +48,19 @@ PRUNERS.register("wilcoxon", "optuna.pruners:WilcoxonPruner", optuna=True)
 PRUNERS.register("threshold", "optuna.pruners:ThresholdPruner", optuna=True)
 PRUNERS.register("paired", "search.components.paired_pruner:PairedPruner", optuna=True, per_example=True)
 PRUNERS.register("pbt", "ray.tune.schedulers:PopulationBasedTraining", ray="pbt")  # Ray only: no Optuna pruner
+# pauses: pauses and resumes trials through the study (search/store/pausing.py), so the Optuna backend only;
+# budget_steps: min_steps / max_steps / eval_every default to the trial budget's.
+PRUNERS.register("asha_promote", "search.components.schedulers:AshaScheduler", optuna=True, pauses=True,
+                 budget_steps=True)
+PRUNERS.register("hyperband_promote", "search.components.schedulers:HyperbandScheduler", optuna=True, pauses=True,
+                 budget_steps=True)
+PRUNERS.register("curve_promote", "search.components.schedulers:CurveScheduler", optuna=True, pauses=True,
+                 budget_steps=True)
+
+
+def pauses(name: str) -> bool:
+    """Whether the pruner named `name` pauses and resumes trials (a `*_promote` scheduler)."""
+    return name in PRUNERS and bool(PRUNERS.capabilities(name).get("pauses"))
 
 
 def prunes(name: str) -> bool:
@@ -83,6 +102,8 @@ def build_pruner(spec, *, budget=None, source: str | None = None, key: str = "pr
         extra["min_resource"] = budget.eval_every
     if budget is not None and "max" in resources:
         extra["max_resource"] = budget.max_steps
+    if budget is not None and entry.capabilities.get("budget_steps"):
+        extra.update(min_steps=budget.eval_every, max_steps=budget.max_steps, eval_every=budget.eval_every)
     if entry.capabilities.get("per_example"):
         extra.update(scores_dir=scores_dir, metric=metric)
     return construct(key, name, entry.load(), args, source=source, extra=extra)

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..results.tables import SHORT_NAMES, format_value
-from ..store.record import DURATION, counts_toward_budget, superseded_numbers
+from ..store.record import DURATION, PAUSED_AT, counts_toward_budget, superseded_numbers
 
 
 class SweepProgress:
@@ -85,6 +85,10 @@ class SweepProgress:
 
     def _on_trial_end(self, study, trial) -> None:
         state = trial.state
+        paused = state == TrialState.PRUNED and PAUSED_AT in trial.user_attrs
+        if paused:  # its continuation counts when it ends (search/store/pausing.py)
+            self.console.print(self._line(trial))
+            return
         if state == TrialState.PRUNED:
             self.counts["pruned"] += 1
         elif state == TrialState.FAIL and counts_toward_budget(trial):
@@ -115,6 +119,8 @@ class SweepProgress:
         elif trial.state == TrialState.PRUNED:
             step = max(trial.intermediate_values) if trial.intermediate_values else 0
             outcome = f"at step {step} ({format_value(trial.intermediate_values.get(step))})"
+            if PAUSED_AT in trial.user_attrs:
+                style, outcome = "cyan", f"{outcome}, checkpoint kept"
         else:
             # Escaped: a reason is an exception's text, and e.g. gloo's ("[.../pair.cc:537] Read error") reads as markup.
             outcome = escape(trial.user_attrs.get("fail_reason", "failed"))
@@ -123,4 +129,5 @@ class SweepProgress:
         seconds = trial.user_attrs.get(DURATION)
         if seconds is None:
             seconds = trial.duration.total_seconds() if trial.duration else 0.0
-        return f"  trial {trial.number:>3} [{style}]{trial.state.name.lower():<8}[/] {outcome}  [dim]{params}  {seconds:.1f}s[/]"
+        state = "paused" if trial.state == TrialState.PRUNED and PAUSED_AT in trial.user_attrs else trial.state.name.lower()
+        return f"  trial {trial.number:>3} [{style}]{state:<8}[/] {outcome}  [dim]{params}  {seconds:.1f}s[/]"

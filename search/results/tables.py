@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from spaces import ConfigError
 
 from ..store import record
+from ..store.pausing import paused_trials
 from ..store.record import is_feasible
 
 # Long parameter names shortened in tables, so a top-trials table fits a terminal.
@@ -134,7 +135,7 @@ def _states(study: optuna.Study) -> dict[str, int]:
     counts = record.state_counts(study.get_trials(deepcopy=False))
     return {label: counts.get(state, 0) for state, label in (
         ("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"), ("running", "running"),
-        ("waiting", "waiting"))}
+        ("waiting", "waiting"), ("paused", "paused"), ("resumed", "resumed"))}
 
 
 def study_status(study: optuna.Study) -> dict[str, Any]:
@@ -142,7 +143,7 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
 
     Example:
         >>> study_status(study)["counts"]
-        {'complete': 2, 'pruned': 0, 'failed': 0, 'running': 0, 'waiting': 0}
+        {'complete': 2, 'pruned': 0, 'failed': 0, 'running': 0, 'waiting': 0, 'paused': 0, 'resumed': 0}
     """
     trials = study.get_trials(deepcopy=False)
     counts = _states(study)
@@ -170,7 +171,25 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
         "elapsed_s": elapsed,
         "trials_per_hour": finished / (elapsed / 3600) if elapsed > 0 else None,
         "accepted_findings": study.user_attrs.get(record.STUDY_ACCEPTED, []),
+        "paused": [{"number": p.origin.number, "step": p.step} for p in paused_trials(study)],
     }
+
+
+def paused_line(study: optuna.Study) -> str | None:
+    """What waits to be resumed (a pausing scheduler's paused trials, search/store/pausing.py), best first, or None.
+
+    Example:
+        >>> paused_line(study) is None  # the doctest study ran without a pausing scheduler
+        True
+    """
+    paused = paused_trials(study)
+    if not paused:
+        return None
+    sign = -1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1
+    ranked = sorted(paused, key=lambda p: sign * p.origin.intermediate_values.get(p.step, float("inf")))
+    shown = ", ".join(f"#{p.origin.number} at step {p.step} ({format_value(p.origin.intermediate_values.get(p.step))})"
+                      for p in ranked[:5])
+    return f"{len(paused)} paused trial(s) may still be resumed: {shown}{' …' if len(paused) > 5 else ''}"
 
 
 def accepted_lines(study: optuna.Study) -> list[str]:

@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from spaces import ConfigError
 
 from ..secrets import redact_url
+from .pausing import claim, is_continuation, paused_trials, promotion
 from .record import SLOT, finished_count
 
 SQLITE_ALTERNATIVES = (
@@ -71,6 +72,11 @@ class QueueStudy(optuna.Study):
 
     `waits_for_others`: while trials of other workers run, wait (polling every `poll_s`) for one of
     them to be re-queued after its worker died, instead of leaving; `deadline` (epoch s) ends the wait.
+
+    Paused trials (search/store/pausing.py): their continuations are popped only when the study's pruner, a
+    pausing scheduler, promotes one (`pausing.promotion`), and a promotion comes before any new
+    trial. Once nothing runs and nothing else is queued, the paused trials left are popped one by one to be
+    ended (their ids in `ending`: the backend records each PRUNED at the step it reached, without training).
     """
 
     def __init__(self, *args: Any, waits_for_others: bool = True, poll_s: float = 2.0,
@@ -80,15 +86,20 @@ class QueueStudy(optuna.Study):
         self.poll_s = poll_s
         self.deadline = deadline
         self.on_idle = on_idle  # called while waiting: recover trials of dead workers on this host
+        self.ending: set[int] = set()  # ids of paused trials popped to be ended, not run
 
     def _pop_waiting_trial_id(self) -> int | None:
         while True:
-            trial_id = super()._pop_waiting_trial_id()
+            trial_id = self._pop_next()
             if trial_id is not None:
                 return trial_id
-            if not self.waits_for_others or (self.deadline is not None and time.time() >= self.deadline):
-                raise NoTrialLeft
-            if not self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            late = self.deadline is not None and time.time() >= self.deadline
+            running = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+            if not running and not late:
+                trial_id = self._pop_paused_to_end()
+                if trial_id is not None:
+                    return trial_id
+            if not self.waits_for_others or late or not running:
                 raise NoTrialLeft
             time.sleep(self.poll_s)
             # Optuna's optimize loop fails stale trials only before each ask; this wait is inside one.
@@ -98,3 +109,27 @@ class QueueStudy(optuna.Study):
                     fail_stale_trials(self)
             if self.on_idle is not None:
                 self.on_idle(self)
+
+    def _pop_next(self) -> int | None:
+        """A promoted paused trial if the scheduler promotes one, else the oldest queued trial."""
+        waiting = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        if any(is_continuation(t) for t in waiting):
+            paused = paused_trials(self, self._storage.get_all_trials(self._study_id, deepcopy=False))
+            while paused:
+                pick = promotion(self, paused)
+                if pick is None:
+                    break
+                if claim(self, pick.trial_id):
+                    return pick.trial_id
+                paused = [p for p in paused if p.trial_id != pick.trial_id]  # another worker promoted it first
+        for trial in waiting:
+            if not is_continuation(trial) and claim(self, trial._trial_id):
+                return trial._trial_id
+        return None
+
+    def _pop_paused_to_end(self) -> int | None:
+        for paused in paused_trials(self):
+            if claim(self, paused.trial_id):
+                self.ending.add(paused.trial_id)
+                return paused.trial_id
+        return None

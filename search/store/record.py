@@ -27,6 +27,7 @@ evaluation step) and state:
 | retry_reasons  | Ray restarted it            | the errors it was restarted after (`ray.max_failures`)      |
 | slot           | a place is queued           | a WAITING trial holding one of the n_trials places           |
 | enqueued       | `--enqueue` queued it       | True                                                         |
+| paused_at      | a scheduler paused it       | the step of the checkpoint it keeps (search/store/pausing.py) |
 
 The study itself holds the sweep (`record_sweep`).
 """
@@ -62,14 +63,16 @@ RETRY_REASONS = "retry_reasons"
 SLOT = "slot"
 PACK = "pack"  # a packed trial's place: {slot, slots} (objectives/engine/packed.py)
 ENQUEUED = "enqueued"
+PAUSED_AT = "paused_at"  # a paused trial: PRUNED at this step, its checkpoint kept for its continuation
 
 # Every trial attribute above: a backend writes no other (the backend contract tests check it).
 TRIAL_KEYS = frozenset({CONFIG, WORKER, DEVICE, PLACEMENT, EVAL_HISTORY, METRICS, DURATION, CONSTRAINTS, FAIL_REASON,
                         FAILURE_CAUSE, RETRY, RETRIED, INTERRUPTED, RETRY_OF, RETRY_CAUSE, ATTEMPT, OVERRIDES,
-                        RETRY_REASON, RETRY_REASONS, SLOT, ENQUEUED})
+                        RETRY_REASON, RETRY_REASONS, SLOT, ENQUEUED, PACK, PAUSED_AT})
 
 # What `failure_cause` says (what each means for a re-run: search/store/retries.py).
 PREEMPTED, INTERRUPTED_CAUSE, OOM, DIVERGED, ERROR = "preempted", "interrupted", "oom", "diverged", "error"
+PAUSED = "paused"  # the retry_cause of a paused trial's continuation (search/store/pausing.py)
 
 # Study user attributes.
 STUDY_SWEEP = "sweep"  # the sweep settings, without the storage URL
@@ -205,10 +208,13 @@ def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial, superseded: Collection[int] = ()) -> bool:
-    """Finished trials count toward n_trials, except a failed one that runs again: its re-run counts
-    instead. `superseded` are numbers of trials some `retry_of` points at (see `superseded_numbers`)."""
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+    """Finished trials count toward n_trials, except a failed one that runs again and a paused one (pruned by a
+    pausing scheduler) with a continuation: the re-run or continuation counts instead. `superseded` are numbers of
+    trials some `retry_of` points at (see `superseded_numbers`)."""
+    if trial.state == TrialState.COMPLETE:
         return True
+    if trial.state == TrialState.PRUNED:
+        return not (PAUSED_AT in trial.user_attrs and trial.number in superseded)
     if trial.state != TrialState.FAIL:
         return False
     attrs = trial.user_attrs
@@ -227,7 +233,21 @@ def finished_count(trials) -> int:
 
 
 def state_counts(trials) -> dict[str, int]:
-    """{state name in lower case: count} for the states present, e.g. {'complete': 3, 'pruned': 1}."""
-    names = [t.state.name.lower() for t in trials]
-    return {state.name.lower(): names.count(state.name.lower()) for state in TrialState
-            if state.name.lower() in names}
+    """{state: count} for the states present, e.g. {'complete': 3, 'pruned': 1}: Optuna's states in lower case,
+    and for pausing schedulers `paused` (a trial paused and not yet resumed or ended) and `resumed` (a paused trial
+    whose continuation has started: that continuation is counted by its own state, the pair once)."""
+    names = [trial_state(t, trials) for t in trials]
+    return {name: names.count(name) for name in dict.fromkeys(
+        [*(state.name.lower() for state in TrialState), "paused", "resumed"]) if name in names}
+
+
+def trial_state(trial, trials) -> str:
+    """`trial`'s state as `state_counts` counts it; '' for a paused trial's queued continuation (the paused
+    trial stands for the pair)."""
+    if trial.state == TrialState.WAITING and trial.user_attrs.get(RETRY_CAUSE) == PAUSED:
+        return ""
+    if trial.state == TrialState.PRUNED and PAUSED_AT in trial.user_attrs:
+        continuation = next((t for t in trials if t.user_attrs.get(RETRY_OF) == trial.number), None)
+        if continuation is not None:
+            return "paused" if continuation.state == TrialState.WAITING else "resumed"
+    return trial.state.name.lower()

@@ -196,3 +196,29 @@ def test_on_a_half_precision_base_the_slots_train_in_float32_as_peft_keeps_lora(
     peft_dtype = peft_model.base_model.model[0].lora_A["default"].weight.dtype
     assert {p.dtype for p in [*layer.lora_A, *layer.lora_B]} == {peft_dtype} == {torch.float32}
     assert layer(torch.randn(2 * 3, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_a_paused_packed_trial_ends_with_its_checkpoint_and_its_slot_is_backfilled(objective, tmp_path):
+    """PAUSE from a packed trial's report: its checkpoint of that step is written whatever the interval, it ends
+    `paused` (not pruned), the next trial takes its slot, and resumed it finishes as the trial alone."""
+    from objectives import PAUSE, latest_checkpoint
+
+    seen: dict[int, list[tuple[int, float]]] = {0: [], 1: [], 2: []}
+    queue = [SLOTS[2]]
+
+    def report(trial, step, metrics):
+        seen[trial].append((step, metrics["eval_loss"]))
+        return PAUSE if (trial, step) == (0, 4) else False
+
+    folders = [tmp_path / f"trial-{k}" for k in range(3)]
+    results = run_packed(objective, SLOTS[:2], report=report, next_params=lambda: queue.pop() if queue else None,
+                         trial_dir=folders.__getitem__, checkpoint_interval_s=3600)
+    assert results[0]["paused"] and not results[0]["pruned"] and results[0]["steps"] == 4
+    assert not results[1]["paused"] and results[1]["steps"] == 8 and results[2]["steps"] == 8  # backfilled
+    assert latest_checkpoint(folders[0]).name == "checkpoint-4"
+    resumed: list[tuple[int, float]] = []
+    run_packed(objective, SLOTS[:1], resume_from=lambda trial: latest_checkpoint(folders[0]),
+               report=lambda trial, step, m: resumed.append((step, m["eval_loss"])) or False)
+    alone = _alone(objective, SLOTS[0])
+    assert [s for s, _ in seen[0] + resumed] == [s for s, _ in alone] == [2, 4, 6, 8]
+    assert [v for _, v in seen[0] + resumed] == pytest.approx([v for _, v in alone], rel=TOLERANCE)

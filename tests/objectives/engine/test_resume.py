@@ -133,3 +133,45 @@ def test_resumed_with_a_new_learning_rate_the_schedule_follows_it(objective, tmp
     # From the resume on, the learning rate is the new run's, step for step.
     assert [round(x["learning_rate"], 12) for x in logged] == [round(x["learning_rate"], 12)
                                                                for x in reference[-len(logged):]]
+
+
+def test_a_paused_trial_keeps_the_checkpoint_of_its_step_and_resumes_exactly(objective, tmp_path):
+    """PAUSE from the report: the checkpoint of that evaluation's step is written although the checkpoint interval
+    has not passed, the trial ends with TrialPaused(step), and its resume ends as the uninterrupted run."""
+    from objectives import PAUSE, TrialPaused
+
+    uninterrupted, final = _history(objective)
+    seen = []
+    with pytest.raises(TrialPaused) as paused:
+        objective.run_trial(PARAMS, lambda s, m: seen.append((s, dict(m))) or (PAUSE if s == 6 else False), tmp_path,
+                            checkpoints=True, checkpoint_interval_s=3600)
+    assert paused.value.step == 6 and [s for s, _ in seen] == [2, 4, 6]
+    checkpoint = latest_checkpoint(tmp_path)
+    assert checkpoint.name == "checkpoint-6"  # the only one: the interval skipped those of steps 2 and 4
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-6"]
+    resumed, resumed_final = _history(objective, resume_from=checkpoint)
+    _assert_same(seen + resumed, uninterrupted)
+    assert resumed_final["train_loss"] == pytest.approx(final["train_loss"], rel=TOLERANCE)
+
+
+def test_lora_plus_trains_b_faster_and_resumes_exactly(objective, tmp_path):
+    """`loraplus_lr_ratio` (PEFT's create_loraplus_optimizer): another run than plain LoRA, and its optimizer's
+    groups -- lora_B at ratio x the learning rate -- survive a checkpoint, so a resume ends as the uninterrupted run."""
+    from objectives.engine.arguments import loraplus_optimizer
+
+    params = {**PARAMS, "loraplus_lr_ratio": 16.0}
+    plain, _ = _history(objective)
+    uninterrupted, final = _history(objective, params)
+    assert uninterrupted[-1][1]["eval_loss"] != pytest.approx(plain[-1][1]["eval_loss"], rel=1e-4)
+    first = _interrupted_at(objective, 4, tmp_path, params)
+    resumed, _ = _history(objective, params, resume_from=latest_checkpoint(tmp_path))
+    _assert_same(first + resumed, uninterrupted)
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import TrainingArguments
+    import copy
+
+    model = get_peft_model(copy.deepcopy(objective.base_model), LoraConfig(r=4, lora_alpha=8))
+    args = TrainingArguments(output_dir=str(tmp_path / "x"), learning_rate=1e-3, weight_decay=0.01, report_to=[])
+    groups = {round(g["lr"], 9): len(g["params"]) for g in loraplus_optimizer(model, args, 16).param_groups if g["params"]}
+    assert groups[1e-3] == groups[1.6e-2] > 0  # one lora_A per lora_B, B at 16x
