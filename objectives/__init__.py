@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from .data_checks import CHECKS, DataReport, Finding, validate_data
 from .engine.callback import COST_METRICS
-from .engine.checkpoint import checkpoint_state, latest_checkpoint
+from .engine.checkpoint import checkpoint_problem, checkpoint_state, latest_checkpoint
 from .engine.objective import Objective, available_objectives, check_augmentation, get_objective
 from .engine.distributed import RankLost, group_failed, run_distributed_trial
 from .engine.packed import PACK_METRICS, PER_SLOT_PARAMS, run_packed
@@ -34,6 +34,7 @@ from .settings import (
     ModelConfig,
     ObjectiveOptions,
     QuantizationSettings,
+    SweepBudget,
     TrainBudget,
 )
 from .sources import ASSETS, bundled_datasets, bundled_models, load_splits, resolve_model_path
@@ -68,7 +69,9 @@ __all__ = [
     "ObjectiveOptions",
     "QuantizationSettings",
     "Reporter",
+    "SweepBudget",
     "Task",
+    "checkpoint_problem",
     "checkpoint_state",
     "latest_checkpoint",
     "TrainBudget",

@@ -141,6 +141,24 @@ class DataConfig(_Strict):
         return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
 
 
+class SweepBudget(_Strict):
+    """When a whole sweep stops starting work, besides n_trials and timeout (search/store/sweep_budget.py): the
+    first rule reached ends it; trials already running finish. `budget.sweep` in a sweep file.
+
+    Example:
+        >>> SweepBudget(trial_steps=5000).trial_steps
+        5000
+    """
+
+    hours: float | None = Field(default=None, gt=0, description="Wall-clock hours after the launch: no trial starts "
+                                "or resumes later (with timeout, the earlier of the two).")
+    gpu_hours: float | None = Field(default=None, gt=0, description="Device-hours of all trials together: each "
+                                    "trial's training time x its devices (resources.devices_per_trial; a CPU "
+                                    "worker counts as one device).")
+    trial_steps: int | None = Field(default=None, gt=0, description="Optimizer steps of all trials together (a "
+                                    "resumed trial counts only the steps it trains after its checkpoint).")
+
+
 class TrainBudget(_Strict):
     """How much work one trial does. Small on purpose: a trial is a probe, not the final fit.
 
@@ -176,6 +194,9 @@ class TrainBudget(_Strict):
     )
     early_stopping_threshold: float = Field(
         default=0.0, ge=0.0, description="How much the metric must improve to reset the patience count.",
+    )
+    sweep: SweepBudget | None = Field(
+        default=None, description="What the whole sweep may spend: hours, gpu_hours, trial_steps (SweepBudget).",
     )
 
     @model_validator(mode="after")

@@ -42,8 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common  # noqa: E402
 
 REPO_ROOT = common.REPO_ROOT
+# Random search without pruning; TPE alone; Optuna's defaults (TPE + MedianPruner(), which is also what HF's
+# hyperparameter_search runs by default); the stop-only rungs; the pausing schedulers with their own defaults.
+# The default strategy (default_strategy()) is added to these.
 STRATEGIES = ["random+none", "tpe+none", "tpe+median", "tpe+successive_halving", "tpe+hyperband",
-              "random+asha_promote", "tpe+asha_promote", "tpe+hyperband_promote", "tpe+curve_promote"]
+              "tpe+asha_promote", "tpe+hyperband_promote", "tpe+curve_promote"]
 
 INTENTS_SPACE = {"params": {
     "learning_rate": {"type": "float", "low": 1.0e-4, "high": 3.0e-2, "log": True},
@@ -114,10 +117,12 @@ def _simulate(job):
 
 
 def default_strategy() -> str:
+    """The sampler and pruner a single-metric Optuna sweep file that names neither gets (search/sweep.py)."""
     from search.settings import SweepSpec
+    from search.sweep import default_pruner
 
-    fields = SweepSpec.model_fields
-    sampler, pruner = fields["sampler"].default_factory(), fields["pruner"].default_factory()
+    spec = SweepSpec(name="s", objective="causal_lm", model="m", dataset="d", space="lora")
+    sampler, pruner = spec.sampler, default_pruner(spec)
     args = ",".join(f"{k}={v}" for k, v in pruner.args.items())
     return f"{sampler.name}+{pruner.name}" + (f":{args}" if args else "")
 
@@ -147,7 +152,7 @@ def wall_clock(target: float, seeds: int, default: str, say=print) -> float:
         for side in common.rotated(["ftsweep", "hf"], seed):
             config = {"side": side, "n_trials": 80, "seed": seed, "budget": budget, "dataset": common.DATASET,
                       "pruner": {"name": pruner.name, "args": dict(pruner.args)} if side == "ftsweep" else "default",
-                      "stop_below": target, "timeout": 240}
+                      "stop_below": target, "timeout": 150}
             result = common.run_side(config)
             times[side] = common.time_to_target(result, target)
             say(f"  wall seed {seed} {side:8}: {_fmt(times[side])} s to target, {len(result['trials'])} trials")

@@ -89,6 +89,37 @@ def latest_checkpoint(trial_dir: str | Path) -> Path | None:
     return None
 
 
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why the checkpoint in `directory` cannot be resumed from (a file cut short or overwritten: its tensors,
+    optimizer state or JSON unreadable), or None when every file reads. Reads each file once: adapters and their
+    optimizer states are small next to a base model.
+
+    Example:
+        >>> import tempfile
+        >>> folder = write_checkpoint_state(tempfile.mkdtemp(), 4)
+        >>> (folder / "adapter_model.safetensors").write_bytes(b"not tensors")
+        11
+        >>> checkpoint_problem(folder).startswith("adapter_model.safetensors:")
+        True
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for path in sorted(directory.iterdir()):
+        try:
+            if path.suffix == ".safetensors":
+                load_file(str(path))
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.name in ("optimizer.pt", "scheduler.pt"):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - whatever the reader says is the problem
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return f"{path.name}: {type(exc).__name__}: {first}"[:300]
+    return None
+
+
 def save_adapter(model, directory: str | Path) -> None:
     """The adapter's weights and config, as `PeftModel.save_pretrained` writes them, minus the model
     card it also renders (two thirds of a demo checkpoint's time, docs/benchmarks.md), which a trial

@@ -26,6 +26,7 @@ from objectives import (
     PAUSE,
     TrialDiverged,
     TrialPaused,
+    checkpoint_problem,
     checkpoint_state,
     latest_checkpoint,
     run_distributed_trial,
@@ -50,6 +51,7 @@ from ..store.record import (
     PREEMPTED,
     RETRY_CAUSE,
     RETRY_OF,
+    RETRY_REASON,
     STEP,
     STUDY_DEADLINE,
     TrialRecord,
@@ -61,6 +63,7 @@ from ..store.record import (
 from ..store.recovery import recover_interrupted, retry_stale_trial
 from ..store.retries import WorkerPreempted, enqueue_retry, failure_cause, plan_retry
 from ..store.storage import WORKER_ID, open_storage, prepare_storage
+from ..store.sweep_budget import stop_rule
 from ._base import Backend, SweepOutcome
 
 
@@ -121,7 +124,9 @@ class OptunaBackend(Backend):
         outcome, remaining = self.begin(study, sweep.storage_url)
         if spec.n_trials is not None:
             top_up_slots(study, spec.n_trials)
-        study.set_user_attr(STUDY_DEADLINE, time.time() + spec.timeout if spec.timeout else None)
+        limits = [spec.timeout, spec.budget.sweep.hours * 3600 if spec.budget.sweep and spec.budget.sweep.hours else None]
+        limits = [limit for limit in limits if limit]
+        study.set_user_attr(STUDY_DEADLINE, time.time() + min(limits) if limits else None)
         return study, outcome, remaining
 
     def work(self, objective, outcome: SweepOutcome, *, seed_salt: str | None = None) -> SweepOutcome:
@@ -145,15 +150,23 @@ class OptunaBackend(Backend):
         pruner = build_pruner(spec.pruner, budget=spec.budget, source=sweep.source, scores_dir=self.scores_root,
                               metric=sweep.metric_names[0])
         study_cls = QueueStudy if spec.n_trials is not None else optuna.Study
-        extra = dict(waits_for_others=shared, deadline=deadline,
+        stop_when = stop_rule(spec.budget.sweep, spec.resources.devices_per_trial)
+        extra = dict(waits_for_others=shared, deadline=deadline, stop_when=stop_when,
                      on_idle=lambda s: recover_interrupted(s, policy)) if spec.n_trials is not None else {}
         study = study_cls(study_name=sweep.study_name, storage=storage, sampler=sampler, pruner=pruner, **extra)
+        said = []
 
         def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             if trial.state == optuna.trial.TrialState.PRUNED and PAUSED_AT in trial.user_attrs:
                 park(study, trial)  # told PRUNED first: a worker killed in between leaves it ended, not doubled
             outcome.ran += 1
             self.listener("trial_end", {"study": study, "trial": trial})
+            reason = getattr(study, "stopped_by", None) or (stop_when(study) if stop_when is not None else None)
+            if reason is not None and not said:
+                said.append(reason)
+                self.listener("note", {"text": f"{reason}: no new trial starts"})
+                if not isinstance(study, QueueStudy):
+                    study.stop()  # a timeout-only sweep: optimize's own loop stops
 
         if deadline is not None and time.time() >= deadline:
             return self._finish(study, outcome)  # joined after the sweep's timeout: start nothing
@@ -267,10 +280,13 @@ class OptunaBackend(Backend):
     def _run_one_pack(self, study: optuna.Study, objective, deadline: float | None, on_trial_end,
                       slots: int) -> None:
         sweep = self.sweep
+        stop_when = stop_rule(sweep.spec.budget.sweep, sweep.spec.resources.devices_per_trial)
         running: list[dict[str, Any]] = []  # by the pack's trial index: the Optuna trial and its record
 
         def ask() -> dict[str, Any] | None:
             if (deadline is not None and time.time() >= deadline) or study._stop_flag:
+                return None
+            if not isinstance(study, QueueStudy) and stop_when is not None and stop_when(study):
                 return None
             waits = getattr(study, "waits_for_others", False)
             if isinstance(study, QueueStudy):
@@ -471,7 +487,13 @@ class OptunaBackend(Backend):
         previous_dir = self.trial_dir(int(retry_of))
         checkpoint = latest_checkpoint(previous_dir)
         state = checkpoint_state(checkpoint) if checkpoint is not None else {}
-        if checkpoint is None or state.get("params") != params:
+        problem = checkpoint_problem(checkpoint) if checkpoint is not None else None
+        if problem is not None:  # e.g. a paused trial's checkpoint damaged on disk: reported, the trial runs again
+            note = (f"the checkpoint of trial {retry_of} at step {state.get('step')} is unreadable ({problem}): "
+                    f"trial {trial.number} runs its params again from step 0")
+            trial.set_user_attr(RETRY_REASON, "; ".join(filter(None, [trial.user_attrs.get(RETRY_REASON), note])))
+            self.listener("note", {"text": f"trial {trial.number}: {note}"})
+        if checkpoint is None or problem is not None or state.get("params") != params:
             shutil.rmtree(previous_dir, ignore_errors=True)
             return None, [], 0.0
         shutil.rmtree(trial_dir, ignore_errors=True)

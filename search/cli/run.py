@@ -233,6 +233,11 @@ def _dry_run(sweep, console: Console, *, n_samples: int) -> int:
         params = sweep.space.sample(trial)
         study.tell(trial, [0.0] * len(sweep.directions))  # a placeholder value so the sampler moves on; this study is in memory only
         console.print(f"  {i}: {params}", markup=False)
+    lines = sweep.budget_preview()
+    if lines:
+        console.print("[bold]What the budget buys[/]:")
+        for line in lines:
+            console.print(f"  {line}", markup=False)
     console.print("Dry run: nothing trained, nothing written.")
     return 0
 

@@ -49,10 +49,10 @@ class Lineage:
     number: int  # the trial that holds its curve now (a paused trial's own number while it waits)
     curve: dict[int, float] = field(default_factory=dict)  # step -> the sweep metric
     state: str = "running"  # running, paused, complete, pruned
+    step: int = field(init=False)  # the last step of its curve
 
-    @property
-    def step(self) -> int:
-        return max(self.curve) if self.curve else 0
+    def __post_init__(self) -> None:
+        self.step = max(self.curve) if self.curve else 0
 
 
 class PausingScheduler(optuna.pruners.BasePruner):
@@ -68,6 +68,7 @@ class PausingScheduler(optuna.pruners.BasePruner):
         self.min_steps, self.reduction_factor, self.max_steps = int(min_steps), int(reduction_factor), int(max_steps)
         self.eval_every = int(eval_every or 1)
         self.rungs = self._rungs(self.min_steps)
+        self._sign = 1.0  # +1 to minimize, -1 to maximize: set from the study at each decision
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         return False  # never stopped for ever: paused, and ended only when nothing else is left
@@ -96,11 +97,11 @@ class PausingScheduler(optuna.pruners.BasePruner):
 
     def score(self, study: optuna.Study, lineage: Lineage, step: int, everyone: dict[int, Lineage]) -> float:
         """What ranks `lineage` at rung `step` (lower is better): its value there, sign-adjusted."""
-        value = _value_at(lineage.curve, step)
-        return value if study.direction == optuna.study.StudyDirection.MINIMIZE else -value
+        return self._sign * _value_at(lineage.curve, step)
 
     def _leaders(self, study: optuna.Study, everyone: dict[int, Lineage]) -> dict[tuple[int, int], set[int]]:
         """{(bracket, rung): the numbers of the lineages in the top 1/reduction_factor of those that reached it}."""
+        self._sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0  # for score()
         reached: dict[tuple[int, int], list[tuple[float, int, int]]] = {}
         for lineage in everyone.values():
             bracket = self.bracket_of(lineage)
@@ -219,11 +220,36 @@ class CurveScheduler(PausingScheduler):
         return super()._leaders(study, everyone)
 
     def score(self, study: optuna.Study, lineage: Lineage, step: int, everyone: dict[int, Lineage]) -> float:
-        sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
         weights = self._fits.get(step)
         if weights is None:
-            return sign * _value_at(lineage.curve, step)
-        return sign * _predict(weights, _features(lineage.curve, step, self.eval_every))
+            return self._sign * _value_at(lineage.curve, step)
+        return self._sign * _predict(weights, _features(lineage.curve, step, self.eval_every))
+
+
+def rung_plan(n_trials: int, rungs: list[int], reduction_factor: int, max_steps: int) -> list[tuple[int, float]]:
+    """(step, configurations expected to reach it) at each rung and at max_steps, when one in `reduction_factor`
+    goes on from each rung (successive halving's arithmetic, promotions or stops alike).
+
+    Example:
+        >>> rung_plan(27, [5, 15], 3, 40)
+        [(5, 27.0), (15, 9.0), (40, 3.0)]
+    """
+    plan, configs = [], float(n_trials)
+    for rung in rungs:
+        plan.append((rung, configs))
+        configs /= reduction_factor
+    plan.append((max_steps, configs))
+    return plan
+
+
+def expected_steps(plan: list[tuple[int, float]]) -> float:
+    """The training steps a `rung_plan` costs: each configuration pays the steps up to the rung it stops at, once
+    (a promoted trial resumes, it does not train again)."""
+    total, previous = 0.0, 0
+    for step, configs in plan:
+        total += configs * (step - previous)
+        previous = step
+    return total
 
 
 def _value_at(curve: dict[int, float], step: int) -> float:

@@ -4,8 +4,9 @@ A tabular simulator, as Syne Tune's blackbox repository and the HPO benchmarks (
 trials that trained their whole budget are the table (each configuration's params and full learning curve), and
 a simulated sweep runs a real Optuna study in memory with the strategy's sampler and pruner or scheduler, where
 "training" a trial to step s reads its curve. A sampled configuration the table does not hold gets the curve of
-the nearest one it holds (1-nearest neighbour on the searched params, log scales where the space has them, as
-Syne Tune's surrogate blackboxes do). The decisions are ftsweep's own: the same Optuna pruners, the same pausing
+the nearest one it holds that this sweep has not tried yet (1-nearest neighbour on the searched params, log scales
+where the space has them, as Syne Tune's surrogate blackboxes do; without repeats, as its tabulated ones restrict
+configurations: a sampler's proposal next to a configuration already trained would otherwise train it again). The decisions are ftsweep's own: the same Optuna pruners, the same pausing
 schedulers, the same queue and pausing state (search/store/queue.py, search/store/pausing.py) as a live sweep,
 one trial at a time. Seconds per seed, so many seeds per strategy.
 
@@ -140,13 +141,16 @@ class CurveTable:
         best = self.best()[1]
         return best + abs(best) * tolerance if self.minimize else best - abs(best) * tolerance
 
-    def nearest(self, params: dict[str, Any]) -> int:
-        """The index of the table's configuration closest to `params`."""
+    def nearest(self, params: dict[str, Any], exclude: set[int] | frozenset[int] = frozenset()) -> int:
+        """The index of the table's configuration closest to `params`, among those not in `exclude` (unless every
+        one is)."""
         import numpy as np
 
         if self._encoded is None:
             self._encoded = np.array([self._encode(p) for p in self.params])
         distance = ((self._encoded - np.array(self._encode(params))) ** 2).sum(axis=1)
+        if len(exclude) < len(self.params):
+            distance[list(exclude)] = np.inf
         return int(distance.argmin())
 
     def _encode(self, params: dict[str, Any]) -> list[float]:
@@ -200,6 +204,7 @@ def simulate(table: CurveTable, strategy: Strategy, *, seed: int, n_trials: int,
 def _run(study: QueueStudy, table: CurveTable, tolerance: float, stop_at_target: bool) -> SimulatedSweep:
     result = SimulatedSweep()
     target, winner = table.target(tolerance), table.best()[0]
+    configs: dict[int, int] = {}  # trial number -> the table's configuration it trains
     reached = (lambda v: v <= target) if table.minimize else (lambda v: v >= target)
     while True:
         try:
@@ -219,7 +224,11 @@ def _run(study: QueueStudy, table: CurveTable, tolerance: float, stop_at_target:
         if trial._trial_id in study.ending:
             study.tell(trial, state=TrialState.PRUNED)
             continue
-        config = table.nearest(trial.params)
+        # A new trial gets the nearest configuration not tried yet in this sweep (a real sweep does not train
+        # one configuration twice; a repeat would only be a nearest-neighbour artefact); a continuation its own.
+        config = configs[origin_number] if origin_number is not None else table.nearest(trial.params,
+                                                                                        set(configs.values()))
+        configs[trial.number] = config
         curve = table.curves[config]
         result.winner_sampled |= config == winner
         outcome, previous = "complete", start

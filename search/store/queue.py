@@ -80,8 +80,10 @@ class QueueStudy(optuna.Study):
     """
 
     def __init__(self, *args: Any, waits_for_others: bool = True, poll_s: float = 2.0,
-                 deadline: float | None = None, on_idle=None, **kwargs: Any) -> None:
+                 deadline: float | None = None, on_idle=None, stop_when=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.stop_when = stop_when  # study -> reason | None: a budget.sweep rule spent (search/store/sweep_budget.py)
+        self.stopped_by: str | None = None
         self.waits_for_others = waits_for_others
         self.poll_s = poll_s
         self.deadline = deadline
@@ -90,12 +92,13 @@ class QueueStudy(optuna.Study):
 
     def _pop_waiting_trial_id(self) -> int | None:
         while True:
-            trial_id = self._pop_next()
+            self.stopped_by = self.stopped_by or (self.stop_when(self) if self.stop_when is not None else None)
+            trial_id = self._pop_next() if self.stopped_by is None else None
             if trial_id is not None:
                 return trial_id
-            late = self.deadline is not None and time.time() >= self.deadline
+            late = self.stopped_by is not None or (self.deadline is not None and time.time() >= self.deadline)
             running = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-            if not running and not late:
+            if not running and (not late or self.stopped_by is not None):  # a spent budget ends paused trials too
                 trial_id = self._pop_paused_to_end()
                 if trial_id is not None:
                     return trial_id

@@ -51,7 +51,8 @@ def test_override_changes_type_and_dependents_still_work() -> None:
     config = space.sample(
         FixedTrial({"learning_rate": 1e-3, "lr_scheduler_type": "linear", "warmup_ratio": 0.0,
                     "weight_decay": 0.0, "lora_r": 16, "lora_alpha_ratio": 2,
-                    "lora_dropout": 0.1, "target_modules": "attention"})
+                    "lora_dropout": 0.1, "target_modules": "attention", "use_rslora": False,
+                    "loraplus_lr_ratio": 1.0})
     )
     assert config["lora_alpha"] == 32
 

@@ -44,7 +44,11 @@ def test_shipped_presets() -> None:
 def test_lora_preset_contents() -> None:
     params = get_preset("lora").to_dict()["params"]
     lr = {k: v for k, v in params["learning_rate"].items() if k != "help"}
-    assert lr == {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}
+    # LoRA's best learning rate is ~10x full fine-tuning's (1e-5..5e-5): a decade either side of 1e-4..5e-4.
+    assert lr == {"type": "float", "low": 2e-5, "high": 5e-3, "log": True}
+    assert params["use_rslora"] == {"type": "categorical", "choices": [False, True], "when": {"peft_method": "lora"}}
+    assert params["loraplus_lr_ratio"] == {"type": "float", "low": 1.0, "high": 32.0, "log": True,
+                                           "when": {"peft_method": "lora"}}
     assert params["lr_scheduler_type"]["choices"] == [
         "linear", "cosine", "cosine_with_restarts", "constant_with_warmup"
     ]
