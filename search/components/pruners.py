@@ -11,6 +11,7 @@
 | wilcoxon           | WilcoxonPruner          | a Wilcoxon signed-rank test says it is worse than the best trial   |
 | paired             | PairedPruner (ours)     | its per-example scores at this step are significantly worse than the median (or best) trial's (paired_pruner.py) |
 | threshold          | ThresholdPruner         | its value leaves [lower, upper]                                   |
+| risk               | RiskPruner (ours)       | it lags completed top-k curves more than they ever did, calibrated so that an eventual top-k trial is pruned with chance <= max_risk (risk_pruner.py) |
 | asha_promote       | AshaScheduler (ours)    | never: pauses it at each rung, resumes the top 1/reduction_factor (schedulers.py) |
 | hyperband_promote  | HyperbandScheduler (ours)| never: asha_promote in Hyperband's brackets                      |
 | curve_promote      | CurveScheduler (ours)   | never: asha_promote ranked by predicted final values (the study's curves) |
@@ -47,6 +48,7 @@ PRUNERS.register("patient", "optuna.pruners:PatientPruner", optuna=True, wraps=T
 PRUNERS.register("wilcoxon", "optuna.pruners:WilcoxonPruner", optuna=True)
 PRUNERS.register("threshold", "optuna.pruners:ThresholdPruner", optuna=True)
 PRUNERS.register("paired", "search.components.paired_pruner:PairedPruner", optuna=True, per_example=True)
+PRUNERS.register("risk", "search.components.risk_pruner:RiskPruner", optuna=True, budget_steps=True)
 PRUNERS.register("pbt", "ray.tune.schedulers:PopulationBasedTraining", ray="pbt")  # Ray only: no Optuna pruner
 # pauses: pauses and resumes trials through the study (search/store/pausing.py), so the Optuna backend only;
 # budget_steps: min_steps / max_steps / eval_every default to the trial budget's.
