@@ -136,6 +136,19 @@ class PausingScheduler(optuna.pruners.BasePruner):
         # Promoted at once, unless a paused trial waits at a higher rung: that promotion comes first.
         return any(rung > step for rung, _ in self._promotions(study, everyone))
 
+    def finish(self, study: optuna.Study, everyone: dict[int, Lineage]) -> Lineage | None:
+        """When nothing else is left: the paused lineage to resume to the end if no configuration has completed
+        yet (the best at the highest rung), so a sweep always has a full-length trial to pick, export and train;
+        None once one has (the paused ones left are then ended)."""
+        if any(lineage.state == "complete" for lineage in everyone.values()):
+            return None
+        paused = [lineage for lineage in everyone.values() if lineage.state == "paused"]
+        if not paused:
+            return None
+        self._leaders(study, everyone)  # sets the direction (and curve_promote's model) for score()
+        return min(paused, key=lambda lineage: (-lineage.step, self.score(study, lineage, lineage.step, everyone),
+                                                lineage.root))
+
     def promote(self, study: optuna.Study, everyone: dict[int, Lineage]) -> Lineage | None:
         """The paused lineage to resume now (the highest rung first, then the best), or None: start a new one."""
         candidates = [(-rung, self.score(study, lineage, rung, everyone), lineage.root, lineage)

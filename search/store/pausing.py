@@ -123,9 +123,10 @@ def should_pause(study: optuna.Study, trial_id: int, step: int) -> bool:
     return pause(study, trial, lineages(trials))
 
 
-def promotion(study: optuna.Study, paused: list[PausedTrial]) -> PausedTrial | None:
-    """The paused trial the study's pruner promotes now, if it is a pausing scheduler and promotes one."""
-    promote = getattr(study.pruner, "promote", None)
+def promotion(study: optuna.Study, paused: list[PausedTrial], *, closing: bool = False) -> PausedTrial | None:
+    """The paused trial the study's pruner promotes now, if it is a pausing scheduler and promotes one; `closing`:
+    nothing else is left to run, and the scheduler may finish one (`PausingScheduler.finish`)."""
+    promote = getattr(study.pruner, "finish" if closing else "promote", None)
     if promote is None or not paused:
         return None
     pick = promote(study, lineages(study.get_trials(deepcopy=False)))

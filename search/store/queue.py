@@ -76,7 +76,8 @@ class QueueStudy(optuna.Study):
     Paused trials (search/store/pausing.py): their continuations are popped only when the study's pruner, a
     pausing scheduler, promotes one (`pausing.promotion`), and a promotion comes before any new
     trial. Once nothing runs and nothing else is queued, the paused trials left are popped one by one to be
-    ended (their ids in `ending`: the backend records each PRUNED at the step it reached, without training).
+    ended (their ids in `ending`: the backend records each PRUNED at the step it reached, without training),
+    unless no configuration has completed yet: the scheduler then resumes its best paused one to the end first.
     """
 
     def __init__(self, *args: Any, waits_for_others: bool = True, poll_s: float = 2.0,
@@ -131,6 +132,11 @@ class QueueStudy(optuna.Study):
         return None
 
     def _pop_paused_to_end(self) -> int | None:
+        """Nothing else is left: a paused trial the scheduler finishes (while no configuration has completed), else
+        one to end."""
+        pick = promotion(self, paused_trials(self), closing=True) if self.stopped_by is None else None
+        if pick is not None and claim(self, pick.trial_id):
+            return pick.trial_id
         for paused in paused_trials(self):
             if claim(self, paused.trial_id):
                 self.ending.add(paused.trial_id)

@@ -177,3 +177,35 @@ def test_ctrl_c_stops_every_rank_and_the_next_launch_finishes_the_trial(write_sw
     assert main(["launch", str(path)]) == 0
     interrupted, rerun = _study(path).trials
     assert rerun.state.name == "COMPLETE" and any("resumed_from" in h for h in rerun.user_attrs["eval_history"])
+
+
+@pytest.mark.slow  # rank processes
+def test_a_distributed_trial_pauses_with_every_rank_and_resumes_exactly(write_sweep, tmp_path):
+    """Pausing ASHA over process groups: every rank writes the pause's checkpoint and stops (rank 0 decides), and the
+    promoted trial resumes from it in a new group with the history of the trial in one process."""
+    pausing = dict(space=SPACE, sampler={"name": "random"}, pruner={"name": "asha_promote", "args": {"reduction_factor": 2}},
+                   n_trials=2, budget=BUDGET)
+    spread = load_sweep(write_sweep(**pausing, resources=DISTRIBUTED))
+    # The better learning rate first: alone at its first rung it pauses, and is promoted once the other gets there.
+    spread.enqueue = [{"learning_rate": 1e-2}, {"learning_rate": 3e-3}]
+    from search.backends import get_backend
+
+    get_backend("optuna")(spread).run()
+    alone = write_sweep("alone.yaml", space=SPACE, sampler={"name": "grid"}, pruner="none", n_trials=2, budget=BUDGET,
+                        study_name="alone", output_dir=str(tmp_path / "alone"))
+    assert main(["launch", str(alone)]) == 0
+    one = {t.params["learning_rate"]: t.user_attrs["eval_history"] for t in _study(alone).trials}
+    trials = load_existing_study(spread.study_name, spread.storage_url).trials
+    def trained_after_resume(t) -> bool:  # a promoted continuation, not one ended without training
+        history = t.user_attrs.get("eval_history", [])
+        start = max((h["resumed_from"] for h in history if "resumed_from" in h), default=None)
+        return t.user_attrs.get("retry_cause") == "paused" and start is not None and history[-1]["step"] > start
+
+    resumed = [t for t in trials if trained_after_resume(t)]
+    assert any(t.state.name == "COMPLETE" for t in trials)  # finished: a sweep always has a full-length trial
+    assert resumed, [(t.number, t.params, t.user_attrs.get("eval_history")) for t in trials]
+    for t in resumed:
+        history = t.user_attrs["eval_history"]
+        want = one[t.params["learning_rate"]][:len(history)]
+        assert [h["step"] for h in history] == [h["step"] for h in want]
+        assert [h["eval_loss"] for h in history] == pytest.approx([h["eval_loss"] for h in want], rel=1e-5)

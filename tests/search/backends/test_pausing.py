@@ -263,3 +263,15 @@ def test_paused_trials_show_in_status_and_best_and_survive_a_stopped_sweep(write
     trials = study.get_trials(deepcopy=False)
     assert finished_count(trials) == 6 and not paused_trials(study)
     assert main(["best", str(path)]) == 0 and "paused trial" not in capsys.readouterr().out
+
+
+def test_a_sweep_too_small_for_any_promotion_still_ends_with_a_full_length_trial(write_sweep):
+    """Two configurations, one in two promoted: no rung ever promotes (a quota of 1 needs 2 at the rung, and the
+    better one is already past it), so without more the sweep would end everything paused. The scheduler finishes
+    the best paused configuration instead, so `best`, `export` and `train` have a winner."""
+    path = write_sweep(n_trials=2, pruner={"name": "asha_promote", "args": {"reduction_factor": 2}}, budget=BUDGET)
+    _, _, study = _run(path, enqueue=ORDER[:2])
+    trials = study.get_trials(deepcopy=False)
+    [complete] = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert complete.params["learning_rate"] == ORDER[0]["learning_rate"]  # the better one
+    assert max(complete.intermediate_values) == 8 and finished_count(trials) == 2 and not paused_trials(study)
