@@ -47,8 +47,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         console.print(f"Best {status['metric']}: " + (f"{format_value(best['value'])} (trial {best['number']})"
                                                       if best else "— (no completed trial yet)"))
-    if paused_line(study):
-        console.print(f"[cyan]{paused_line(study)}[/]")
+    paused = paused_line(study)
+    if paused:
+        console.print(f"[cyan]{paused}[/]")
     rate = status["trials_per_hour"]
     console.print(f"Elapsed {status['elapsed_s'] / 60:.1f} min, "
                   f"{format_value(rate) if rate else '—'} finished trials per hour")
@@ -76,8 +77,9 @@ def cmd_best(args: argparse.Namespace) -> int:
                           hint="Check progress with `ftsweep status`.")
     console = _common.console()
     console.print(render_top_table(study, k=args.top))
-    if paused_line(study):
-        console.print(f"[cyan]{paused_line(study)}[/]")
+    paused = paused_line(study)
+    if paused:
+        console.print(f"[cyan]{paused}[/]")
     return 0
 
 
