@@ -129,8 +129,9 @@ def _sweep_file(root: Path, model_type: str, model: Path, choices: tuple[str, st
             "lora_r": {"type": "fixed", "value": LORA_R, "when": {"peft_method": "lora"}},
             "lora_alpha_ratio": {"type": "fixed", "value": LORA_ALPHA_RATIO, "when": {"peft_method": "lora"}},
             "lora_dropout": {"type": "fixed", "value": 0.0, "when": {"peft_method": "lora"}},
+            "use_rslora": {"type": "fixed", "value": False, "when": {"peft_method": "lora"}},
             "target_modules": {"choices": list(choices)},  # partial: the preset's definition, two choices
-        }},
+        }, "remove": ["loraplus_lr_ratio"]},  # plain AdamW: the adapter reloads with plain PEFT
         "metric": "eval_loss",
         "sampler": {"name": "grid"},
         "pruner": "none",
