@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import socket
+import queue
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +29,11 @@ import _bench_common as common  # noqa: E402
 STEPS = 5  # forward+backward steps timed per round and side
 
 
-def _rank(rank: int, world_size: int, port: int, rounds: int, out) -> None:
+RENDEZVOUS_TIMEOUT_S = 120  # a rank that cannot join fails the run instead of waiting torch's 30 minutes
+RUN_TIMEOUT_S = 900  # the whole run, --rounds 30 included; a lost rank is noticed within seconds
+
+
+def _rank(rank: int, world_size: int, store: str, rounds: int, out) -> None:
     import torch
     import torch.distributed as dist
     from peft import LoraConfig, get_peft_model
@@ -42,8 +46,10 @@ def _rank(rank: int, world_size: int, port: int, rounds: int, out) -> None:
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    # A file store, not a TCP port picked beforehand: a free port can be taken by any process before rank 0
+    # binds it, and the ranks then wait for each other until the timeout.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=dt.timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path(ModelConfig(name_or_path="bundled:tiny-support-lm")))
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
@@ -62,6 +68,23 @@ def _rank(rank: int, world_size: int, port: int, rounds: int, out) -> None:
     dist.destroy_process_group()
 
 
+def _wait_for_result(out, ranks) -> dict[bool, float]:
+    """Rank 0's medians; a RuntimeError naming the ranks' exit codes if one of them ended without them."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            return out.get(timeout=2)
+        except queue.Empty:
+            if any(process.exitcode not in (None, 0) for process in ranks) or all(
+                    process.exitcode is not None for process in ranks):
+                break
+    for process in ranks:
+        if process.exitcode is None:
+            process.terminate()
+    codes = ", ".join(f"rank {rank}: {process.exitcode}" for rank, process in enumerate(ranks))
+    raise RuntimeError(f"the ranks ended without a result ({codes}); their errors are printed above")
+
+
 def main(argv: list[str] | None = None) -> dict[bool, float]:
     import torch.multiprocessing as mp
 
@@ -71,18 +94,21 @@ def main(argv: list[str] | None = None) -> dict[bool, float]:
     parser.add_argument("--quick", action="store_true", help="4 rounds: a smoke run")
     args = parser.parse_args(argv)
     rounds = 4 if args.quick else args.rounds
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     context = mp.get_context("spawn")
     out = context.Queue()
-    ranks = [context.Process(target=_rank, args=(rank, args.world_size, port, rounds, out))
-             for rank in range(args.world_size)]
-    for process in ranks:
-        process.start()
-    medians = out.get()
-    for process in ranks:
-        process.join()
+    with tempfile.TemporaryDirectory(prefix="ftsweep-bench-ddp-") as tmp:
+        ranks = [context.Process(target=_rank, args=(rank, args.world_size, f"{tmp}/store", rounds, out))
+                 for rank in range(args.world_size)]
+        for process in ranks:
+            process.start()
+        try:
+            medians = _wait_for_result(out, ranks)
+        finally:
+            for process in ranks:
+                process.join(30)
+                if process.exitcode is None:
+                    process.kill()
+                    process.join()
     print(f"Machine: {common.machine()}")
     print(f"Date: {dt.date.today().isoformat()}")
     print(f"{args.world_size} gloo ranks, {rounds} rounds of {STEPS} steps each side, median ms per step:")
