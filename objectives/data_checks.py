@@ -32,7 +32,17 @@ from spaces import ConfigError
 
 from .conversations import CHAT_FORMATS, ROLES, conversation_problems, prompt_text, training_template
 from .fairness import check_groups as fairness_groups
-from .sources import Splits, from_pretrained, load_splits, local_data_file, resolve_model_path
+from .settings import DataConfig
+from .sources import (
+    Splits,
+    from_pretrained,
+    held_out_splits,
+    load_saved_dataset,
+    load_splits,
+    local_data_file,
+    resolve_model_path,
+    saved_dataset_kind,
+)
 
 Level = Literal["error", "warning", "info"]
 
@@ -57,6 +67,8 @@ class Finding:
         examples: a few row numbers (see the module docstring for how rows are counted).
         split: the split it concerns ("train", "validation", "test"); None for the whole file.
         count: how many rows (or labels) are affected, where that is a number.
+        cause: the ConfigError this finding reports (the source or its splits could not be read), so a
+            launch can raise it as it is instead of quoting it inside another one.
 
     Example:
         >>> Finding("warning", "duplicates", "3 rows repeat an earlier row", count=3).count
@@ -71,6 +83,7 @@ class Finding:
     split: str | None = None
     count: int | None = None
     accepted: bool = False  # an error the sweep accepts (`dataset.checks: {check: warn}`): shown as a warning
+    cause: ConfigError | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -111,7 +124,7 @@ class DataReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: `json.dumps(report.to_dict())` works."""
         return {"ok": self.ok, "errors": len(self.errors), "warnings": len(self.warnings),
-                "findings": [asdict(f) for f in self.findings], "stats": self.stats}
+                "findings": [_finding_dict(f) for f in self.findings], "stats": self.stats}
 
     def render(self):
         """A rich renderable: a headline, the findings (errors first), then rows, token lengths and labels per split."""
@@ -172,6 +185,10 @@ class DataReport:
                 table.add_row(Text(name), *(str(labels[s].get(name, 0)) for s in present))
             parts.append(table)
         return Group(*parts)
+
+
+def _finding_dict(finding: Finding) -> dict[str, Any]:
+    return {name: value for name, value in asdict(finding).items() if name != "cause"}  # its text is the message
 
 
 def normalize(text: str) -> str:
@@ -284,15 +301,17 @@ class _Data:
         return "dataset"
 
     def read(self) -> list[Finding]:
-        """Read the rows: the file itself when it is local, else the loaded splits (a hub dataset)."""
+        """Read the rows: the file (or save_to_disk folder) itself when it is local, else the loaded splits
+        (a hub dataset, a folder of split files)."""
         try:
             path = local_data_file(self.config, self.objective.source)
         except ConfigError as err:
             return [_from_config_error(err, "source")]
-        if path is None or not path.is_file():
+        saved = path is not None and path.is_dir() and saved_dataset_kind(path) is not None
+        if path is None or not (path.is_file() or saved):
             return self._read_splits()
         try:
-            rows, numbers = _read_file(path)
+            rows, numbers = _read_saved(path, self.config) if saved else _read_file(path)
         except _Unreadable as problem:
             return [Finding("error", "source", f"{self.config.source}: {problem.message}", fix=problem.fix,
                             examples=problem.rows[:MAX_EXAMPLES], count=len(problem.rows) or None)]
@@ -413,7 +432,7 @@ def _from_config_error(err: ConfigError, check: str) -> Finding:
     message = str(err)
     if err.hint:
         message = message.removesuffix(f". {err.hint}")
-    return Finding("error", check, message, fix=err.hint)
+    return Finding("error", check, message, fix=err.hint, cause=err)
 
 
 def _n(count: int, noun: str) -> str:
@@ -483,6 +502,21 @@ def _read_file(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
         raise _Unreadable(f"{len(bad)} line(s) are not a JSON object ({_rows_text(bad)})",
                           'Fix: write one JSON object per line, e.g. {"prompt": "...", "response": "..."}.', bad)
     return rows, numbers
+
+
+def _read_saved(folder: Path, config: DataConfig) -> tuple[list[dict[str, Any]], list[int]]:
+    """The examples of a save_to_disk folder's splits that trials read -- train, then the folder's own
+    validation and test splits when it has them -- numbered from 1 in that order."""
+    try:
+        splits = load_saved_dataset(folder)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types (missing shard, bad JSON, arrow errors)
+        raise _Unreadable(f"not readable as a save_to_disk folder ({type(exc).__name__}: {exc})",
+                          "Fix: save it again with save_to_disk; every split folder and .arrow file it names must "
+                          "be there.") from None
+    used = dict.fromkeys(name for name in (config.train_split, *held_out_splits(config, list(splits)))
+                         if name is not None and name in splits)
+    rows = [row for name in used for row in splits[name]]
+    return rows, list(range(1, len(rows) + 1))
 
 
 def _native(value: Any) -> Any:

@@ -85,7 +85,9 @@ class DataConfig(_Strict):
 
     source: str = Field(
         description="A local .jsonl/.json/.csv/.parquet file, a folder of split files (train.jsonl, "
-                    "validation.jsonl, test.jsonl...), a `datasets` hub name, or 'bundled:NAME'."
+                    "validation.jsonl, test.jsonl...), a folder written by `datasets`' save_to_disk (a DatasetDict's "
+                    "splits used as given; a single Dataset is the train split), a `datasets` hub name, or "
+                    "'bundled:NAME'."
     )
     config_name: str | None = Field(default=None, description="Hub dataset configuration name.")
     data_files: dict[str, str | list[str]] | None = Field(

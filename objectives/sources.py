@@ -1,4 +1,5 @@
-"""Finding and loading models and data: local paths, hub ids, and the assets bundled with ftsweep.
+"""Finding and loading models and data: local paths (files, folders of split files, `datasets`
+save_to_disk folders), hub ids, and the assets bundled with ftsweep.
 
 Hub loading is the real `from_pretrained` / `load_dataset` path; on an air-gapped machine it fails
 with a message that says so, instead of a long stack trace from deep inside `huggingface_hub`.
@@ -17,6 +18,13 @@ from .settings import DataConfig, ModelConfig
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED_PREFIX = "bundled:"
 _LOCAL_DATA_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# The marker files `datasets`' save_to_disk writes (datasets.config names them the same): a DatasetDict
+# folder has dataset_dict.json and a subfolder per split; a single Dataset folder has the other two beside
+# its .arrow shards. They are metadata, never split files of a folder.
+SAVED_DATASET_DICT_FILE = "dataset_dict.json"
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json")
+_SAVED_FOLDER_LAYOUT = ("a folder written by datasets' save_to_disk (dataset_dict.json with a subfolder per split, "
+                        "or dataset_info.json and state.json beside .arrow files)")
 
 
 def bundled_models() -> list[str]:
@@ -152,7 +160,8 @@ def local_data_file(data: DataConfig, source: str | None) -> Path | None:
         if not path.exists():
             raise ConfigError(
                 "dataset file does not exist", source=source, key="dataset.source", value=name,
-                hint="Fix: give a .jsonl/.json/.csv/.parquet file path (relative to where you run ftsweep) or a hub dataset name.",
+                hint="Fix: give a .jsonl/.json/.csv/.parquet file, a folder of split files or of save_to_disk (relative to "
+                     "where you run ftsweep), or a hub dataset name.",
             )
         if path.is_file() and path.stat().st_size == 0:
             raise ConfigError("dataset file is empty", source=source, key="dataset.source", value=name)
@@ -161,21 +170,63 @@ def local_data_file(data: DataConfig, source: str | None) -> Path | None:
                 "unsupported dataset file type", source=source, key="dataset.source", value=name,
                 allowed=sorted(_LOCAL_DATA_BUILDERS),
             )
-        if path.is_dir():
+        if path.is_dir() and saved_dataset_kind(path) is None:
             _folder_format(path, source, name)
         return path
     return None
 
 
+def saved_dataset_kind(folder: Path) -> str | None:
+    """'DatasetDict' or 'Dataset' when `folder` was written by `datasets`' save_to_disk, else None.
+
+    Example:
+        >>> import datasets, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> datasets.Dataset.from_dict({"text": ["a", "b"]}).save_to_disk(folder / "one")
+        >>> saved_dataset_kind(folder / "one"), saved_dataset_kind(folder)
+        ('Dataset', None)
+    """
+    # The order `datasets.load_from_disk` tries them in, so both name the same kind.
+    if all((folder / name).is_file() for name in SAVED_DATASET_FILES):
+        return "Dataset"
+    if (folder / SAVED_DATASET_DICT_FILE).is_file():
+        return "DatasetDict"
+    return None
+
+
+def load_saved_dataset(folder: Path):
+    """The splits (a DatasetDict) of a save_to_disk folder: a DatasetDict's own splits, a single Dataset as
+    the train split -- as a single data file is.
+
+    Example:
+        >>> import datasets, tempfile
+        >>> folder = Path(tempfile.mkdtemp()) / "saved"
+        >>> datasets.Dataset.from_dict({"text": ["a", "b"]}).save_to_disk(folder)
+        >>> {split: len(rows) for split, rows in load_saved_dataset(folder).items()}
+        {'train': 2}
+    """
+    import datasets
+
+    # In memory: a dataset read from disk is memory-mapped from the user's folder, and `datasets` would then
+    # write its cache files (carved splits, tokenized copies) into that folder, which may be shared or read-only.
+    loaded = datasets.load_from_disk(str(folder), keep_in_memory=True)
+    return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+
+
 def _folder_format(folder: Path, source: str | None, name: str) -> str:
     """The one data format of a folder of split files (train.jsonl, validation.jsonl...), checked."""
-    suffixes = {p.suffix.lower() for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _LOCAL_DATA_BUILDERS}
+    metadata = {SAVED_DATASET_DICT_FILE, *SAVED_DATASET_FILES}
+    suffixes = {p.suffix.lower() for p in folder.iterdir()
+                if p.is_file() and p.suffix.lower() in _LOCAL_DATA_BUILDERS and p.name not in metadata}
     if not suffixes:
-        present = sorted(p.name for p in folder.iterdir())[:10]
+        present = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+        shown = ", ".join(present[:10]) + (f" and {len(present) - 10} more" if len(present) > 10 else "")
         raise ConfigError(
-            f"the dataset folder holds no data file (it has: {', '.join(present) or 'nothing'})", source=source,
-            key="dataset.source", value=name, allowed=sorted(_LOCAL_DATA_BUILDERS),
-            hint="Fix: put one file per split in it, named by the split: train.jsonl, validation.jsonl, test.jsonl.")
+            f"the dataset folder is neither split files nor a save_to_disk folder (it has: {shown or 'nothing'})",
+            source=source, key="dataset.source", value=name,
+            allowed=f"one file per split ({', '.join(sorted(_LOCAL_DATA_BUILDERS))}), or {_SAVED_FOLDER_LAYOUT}",
+            hint="Fix: name the files by their split (train.jsonl, validation.jsonl, test.jsonl), or point "
+                 "dataset.source at the folder you gave save_to_disk.")
     builders = {_LOCAL_DATA_BUILDERS[s] for s in suffixes}
     if len(builders) > 1:
         raise ConfigError(f"the dataset folder mixes formats ({', '.join(sorted(suffixes))})", source=source,
@@ -208,10 +259,13 @@ def _load_source(data: DataConfig, source: str | None):
 
     datasets.disable_progress_bars()
     local = local_data_file(data, source)
+    saved = local is not None and local.is_dir() and saved_dataset_kind(local) is not None
     try:
         if data.data_files:
             builder, files = data_files(data, source)
             loaded = datasets.load_dataset(builder, data_files=files)
+        elif saved:
+            loaded = load_saved_dataset(local)
         elif local is not None and local.is_dir():
             # A folder of split files: `datasets` names the splits from the file names (train, validation /
             # valid / val / dev, test...); a split it has is used as given, a missing one is carved below.
@@ -224,18 +278,32 @@ def _load_source(data: DataConfig, source: str | None):
     except ConfigError:
         raise
     except Exception as exc:  # datasets raises many types; the user needs one clear line
-        if data.data_files:
-            builder, files = data_files(data, source)
-            loaded = datasets.load_dataset(builder, data_files=files)
-        elif local is not None and local.is_dir():
+        if local is not None and local.is_dir() and not saved:
             _explain_folder(local, source, data.source)
-        raise ConfigError(
-            f"could not load dataset ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
-            source=source, key="dataset.source", value=data.source,
-            hint="Fix: check the file's format, or for a hub dataset that this machine can reach the hub (HF_HUB_OFFLINE).",
-        ) from exc
-
+        cause = _first_line(exc)
+        if saved:
+            message, hint = (f"could not load the save_to_disk folder ({cause})",
+                             "Fix: save it again with save_to_disk; every split folder and .arrow file it names "
+                             "must be there.")
+        elif local is not None or data.data_files:
+            message, hint = (f"could not load dataset ({cause})",
+                             "Fix: check the files' format: one example per row, the same columns in every row.")
+        else:
+            message, hint = (f"could not load dataset ({cause})",
+                             "Fix: check the name, and that this machine can reach the hub (HF_HUB_OFFLINE unset).")
+        raise ConfigError(message, source=source, key="dataset.source", value=data.source, hint=hint) from exc
     return loaded
+
+
+def _first_line(exc: BaseException) -> str:
+    """'Type: first line' of what went wrong -- for `datasets`' DatasetGenerationError ("An error occurred while
+    generating the dataset"), of the error under it, which says what."""
+    from datasets.exceptions import DatasetGenerationError
+
+    while isinstance(exc, DatasetGenerationError) and (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def source_columns(data: DataConfig, source: str | None = None) -> list[str]:
@@ -256,6 +324,21 @@ def source_columns(data: DataConfig, source: str | None = None) -> list[str]:
 
 
 _COLUMNS: dict[tuple[str, str | None], list[str]] = {}  # source_columns, per data config
+
+
+def held_out_splits(data: DataConfig, available: list[str]) -> tuple[str | None, str | None]:
+    """The source's own (validation, test) split names, each None when it is to be carved out of train.
+
+    The source's held-out splits (a folder's validation.jsonl, a saved DatasetDict's or a hub dataset's
+    "test") are used as given; only missing ones are carved.
+
+    Example:
+        >>> held_out_splits(DataConfig(source="d"), ["train", "test"])
+        (None, 'test')
+    """
+    test = data.test_split or ("test" if "test" in available and data.train_split != "test" else None)
+    validation = data.validation_split or ("validation" if "validation" in available else None)
+    return validation, test
 
 
 class Splits(NamedTuple):
@@ -292,10 +375,7 @@ def load_splits(data: DataConfig, *, seed: int, columns: list[str], source: str 
             hint="Fix: rename the columns in the data, or set dataset.prompt_column / response_column / text_column / label_column.",
         )
 
-    # The source's own held-out splits (a folder's validation.jsonl, a hub dataset's "test") are used as
-    # given; only missing ones are carved out of train.
-    test_split = data.test_split or ("test" if "test" in loaded and data.train_split != "test" else None)
-    validation_split = data.validation_split or ("validation" if "validation" in loaded else None)
+    validation_split, test_split = held_out_splits(data, list(loaded))
     test = None
     if test_split is not None:
         if test_split not in loaded:

@@ -87,8 +87,14 @@ def _check_data(sweep, objective, console: Console) -> None:
         console.print(report.render())
     if report.errors:
         first = report.errors[0]
-        raise ConfigError(f"the data has {len(report.errors)} error(s); first [{first.check}]: {first.message}",
-                          source=sweep.source, key="dataset.source", value=sweep.spec.dataset.source,
+        headline = f"the data has {len(report.errors)} error(s); first [{first.check}]"
+        cause = first.cause
+        if cause is not None:  # a config error already names its file, key and value: say them once
+            raise ConfigError(f"{headline}: {cause.message}", source=cause.source or sweep.source, key=cause.key,
+                              value=cause.value, allowed=cause.allowed, hint=cause.hint or first.fix)
+        data = sweep.spec.dataset.source
+        named = {} if data in first.message else {"value": data}  # a file's findings start with its name
+        raise ConfigError(f"{headline}: {first.message}", source=sweep.source, key="dataset.source", **named,
                           hint=first.fix or "Fix: see `ftsweep validate-data SWEEP` for the full report.")
     sweep.accepted_findings = [{"check": f.check, "message": f.message, "split": f.split, "count": f.count}
                                for f in report.accepted]

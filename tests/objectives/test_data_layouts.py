@@ -41,7 +41,7 @@ def test_a_split_the_folder_lacks_is_carved_from_train(tmp_path):
 
 
 @pytest.mark.parametrize(("files", "words"), [
-    ({"notes.txt": "hello"}, "holds no data file"),
+    ({"notes.txt": "hello"}, "neither split files nor a save_to_disk folder"),
     ({"train.jsonl": None, "validation.csv": "prompt,response\nq,a\n"}, "mixes formats"),
     ({"train.jsonl": None, "validation.jsonl": [{"question": "q", "answer": "a"}] * 3}, "columns differ"),
 ])
