@@ -18,6 +18,9 @@ package (run, results, winners, data, gate, presets) with its arguments next to 
 STUDY is a sweep file, a study file (FILE.journal or FILE.db; FILE.journal:NAME when it holds several),
 or a study name (found in runs/NAME/NAME.journal, or in --storage URL / $FTSWEEP_STORAGE).
 
+`--width N` (before or after the command name) sets how many columns tables and lines take; off a terminal
+they print whole (see `_common.console`).
+
 Errors in the user's input print one clear line (file, key, value, what is allowed) and exit 2;
 `--debug` (before or after the command name) shows the traceback instead.
 """
@@ -33,7 +36,7 @@ from rich.console import Console
 from spaces import ConfigError, Registry
 
 from ..secrets import scrub_secrets
-from ._common import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from ._common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, add_width_argument
 
 # The one table of commands, in the order `ftsweep --help` lists them: name -> "module:Command".
 # Adding a command is a `Command` in one of these modules (or a new one) plus a line here.
@@ -71,14 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ftsweep {own_version}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and Optuna's own logs")
+    add_width_argument(parser)
     # Accepted after the command name too; SUPPRESS keeps a subcommand from resetting one given before it.
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show full tracebacks and Optuna's own logs")
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks and Optuna's own logs")
+    add_width_argument(shared, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         command = COMMANDS.get(name)
-        p = sub.add_parser(name, help=command.help, description=command.run.__doc__, parents=[debug])
+        p = sub.add_parser(name, help=command.help, description=command.run.__doc__, parents=[shared])
         command.add_arguments(p)
         p.set_defaults(func=command.run)
     return parser

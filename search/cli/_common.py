@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,44 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def console() -> Console:
-    return Console(highlight=False)
+# Off a terminal (a SLURM or CI log, `nohup`, `ftsweep best demo > file`) no window limits a line, yet rich
+# would assume 80 columns and squeeze every table value to a character or two. No table or line reaches
+# this width, so each prints whole, at its natural width.
+LOG_WIDTH = 10_000
+
+
+def console(args: argparse.Namespace) -> Console:
+    """The console a command prints to: `--width N` columns, else $COLUMNS, else the terminal's width;
+    off a terminal without either, LOG_WIDTH, so a log file gets whole tables and unwrapped lines.
+
+    Example:
+        >>> console(argparse.Namespace(width=120)).width
+        120
+    """
+    width = args.width
+    if width is None and not os.environ.get("COLUMNS", "").isdigit() and not _is_terminal(sys.stdout):
+        width = LOG_WIDTH
+    return Console(highlight=False, width=width)  # width None: rich's own choice ($COLUMNS, the terminal)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except ValueError:  # a closed stream
+        return False
+
+
+def add_width_argument(p: argparse.ArgumentParser, default=None) -> None:
+    """`--width N`: how many columns tables and lines may take (see `console`)."""
+    p.add_argument("--width", type=_columns, metavar="N", default=default,
+                   help="print N columns wide (default: $COLUMNS, else the terminal's width; "
+                        "whole lines when the output is a file or a pipe)")
+
+
+def _columns(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of columns, got {text!r}")
+    return int(text)
 
 
 def add_study_arguments(p: argparse.ArgumentParser) -> None:

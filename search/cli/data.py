@@ -22,7 +22,7 @@ def cmd_validate_data(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        _common.console().print(report.render())
+        _common.console(args).print(report.render())
     return 1 if report.errors else 0
 
 
@@ -52,7 +52,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     """Rank unlabeled examples by a trained adapter's uncertainty and write the top N for labeling."""
     chosen = select(args.adapter, args.pool, args.k, strategy=args.strategy, out=args.out,
                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, force=args.force)
-    console = _common.console()
+    console = _common.console(args)
     for note in chosen.notes:
         console.print(f"[yellow]note:[/] {note}")
     shown = chosen.rows[:10]

@@ -41,7 +41,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     verdict = gate(args.candidate, args.champion, metric=args.metric, direction=args.direction, margin=args.margin,
                    relative_margin=args.relative_margin, max_metrics=args.max_metric, min_metrics=args.min_metric,
                    work_dir=args.work_dir, overrides=args.overrides, max_seq_length=args.max_seq_length)
-    console = _common.console()
+    console = _common.console(args)
     console.print(render(verdict))
     for reason in verdict.reasons:
         console.print(f"  {reason}", markup=False)

@@ -14,7 +14,7 @@ from . import _common
 
 def cmd_spaces(args: argparse.Namespace) -> int:
     """List the shipped search-space presets, or show one."""
-    console = _common.console()
+    console = _common.console(args)
     if args.action == "show":
         if not args.name:
             raise ConfigError("`ftsweep spaces show` needs a preset name", allowed=list_presets())

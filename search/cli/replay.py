@@ -30,7 +30,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                           "seeds": args.seeds, "tolerance": args.tolerance, "target": table.target(args.tolerance),
                           "strategies": rows}, indent=2))
         return 0
-    console = _common.console()
+    console = _common.console(args)
     out = Table(title=f"Replay of '{study.study_name}': {len(table.params)} full curves, {n_trials} trials per sweep, "
                       f"{args.seeds} seeds; target {format_value(table.target(args.tolerance))} "
                       f"(best {format_value(table.best()[1])} within {args.tolerance:.0%})")

@@ -38,7 +38,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     counts = status["counts"]
-    console = _common.console()
+    console = _common.console(args)
     console.print(f"Study [bold]{status['study']}[/]: {status['total']} trials — " + ", ".join(
         f"{n} {state}" for state, n in counts.items()))
     best = status["best"]
@@ -75,7 +75,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     if not rows:
         raise ConfigError("the study has no completed trial yet", key="study", value=study.study_name,
                           hint="Check progress with `ftsweep status`.")
-    console = _common.console()
+    console = _common.console(args)
     console.print(render_top_table(study, k=args.top))
     paused = paused_line(study)
     if paused:
@@ -90,7 +90,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(details, indent=2, default=str))
         return 0
-    console = _common.console()
+    console = _common.console(args)
     value = format_value(details["value"]) if details["value"] is not None else "—"
     if details["values"] is not None:
         value = ", ".join(format_value(v) for v in details["values"])
@@ -137,7 +137,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_importance(args: argparse.Namespace) -> int:
     """Parameter importances (fANOVA by default) as a table."""
-    _common.console().print(importance_table(_common.study_of(args), evaluator=args.evaluator))
+    _common.console(args).print(importance_table(_common.study_of(args), evaluator=args.evaluator))
     return 0
 
 
@@ -145,7 +145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Optuna's plots as PNG files plus one self-contained HTML page that opens offline."""
     study = _common.study_of(args)
     files = write_report(study, Path(args.out), evaluator=args.evaluator)
-    console = _common.console()
+    console = _common.console(args)
     if args.wandb:
         tracker = make_tracker(TrackingConfig(wandb=args.wandb, **_tracking_of(study)), Path(args.out),
                                say=lambda text: console.print(text, markup=False))
@@ -167,7 +167,7 @@ def _tracking_of(study) -> dict:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard on the study storage (127.0.0.1 by default)."""
     run_dashboard(_common.resolve_storage(args.storage_or_study), host=args.host, port=args.port,
-                  console=_common.console())
+                  console=_common.console(args))
     return 0
 
 

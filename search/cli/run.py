@@ -31,7 +31,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     """Run (or resume) a sweep: in this process, or in `--workers N` / `--gpus 0,1` worker processes.
 
     Launching a sweep again resumes it: finished trials are kept, interrupted ones run again."""
-    console = _common.console()
+    console = _common.console(args)
     overrides = [*args.overrides, *_common.accept_overrides(args)]
     overrides += [f"tracking.wandb={args.wandb}"] if args.wandb else []
     overrides += [f"ray.address={args.ray_address}"] if args.ray_address else []
@@ -152,7 +152,7 @@ def _launch_workers(sweep, console: Console, *, n_workers: int, gpus: list[str] 
         with progress:
             study, _, remaining = get_backend(sweep.spec.backend)(sweep, listener=progress).prepare()
             if n_workers == 0:
-                progress.progress.stop()
+                progress.stop()
                 console.print(f"Prepared study [cyan]{sweep.study_name}[/] ({remaining} trial(s) to run). "
                               f"Start workers with: FTSWEEP_STORAGE=<storage URL> ftsweep worker {sweep.study_name}")
                 return 0
@@ -197,7 +197,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.INFO if args.debug else optuna.logging.ERROR)
     sweep = sweep_from_study(load_existing_study(args.study, storage), storage)
     stop_on_sigterm()
-    console = _common.console()
+    console = _common.console(args)
     console.print(f"Worker {WORKER_ID} joins study [cyan]{sweep.study_name}[/] in {redact_url(storage)}")
     progress = SweepProgress(console, metric=sweep.metric_label)
     try:

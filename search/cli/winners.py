@@ -16,7 +16,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write winner.yaml, training_args.json and adapter_config.json for the best (or chosen) trial(s)."""
     exported = export(_common.study_of(args), Path(args.out), trial=args.trial, top=args.top, pareto=args.pareto,
                       force=args.force, allow_incomplete=args.allow_incomplete)
-    console = _common.console()
+    console = _common.console(args)
     if args.pareto:
         console.print(f"Pareto front: {len(exported)} trial(s), listed with their metrics in "
                       f"{Path(args.out) / 'pareto.json'}")
@@ -30,7 +30,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Final fit of an exported config: train, evaluate on the held-out test split, save the adapter."""
     run, objective_cls = load_run(args.run, args.overrides)
-    console = _common.console()
+    console = _common.console(args)
     console.print(f"Training [bold]{run.name}[/] ({objective_cls.name}, {run.budget.max_steps} steps) "
                   f"into {output_dir_for(run)}")
     record = train_run(run, objective_cls, source=args.run, force=args.force)

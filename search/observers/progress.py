@@ -1,7 +1,11 @@
-"""Live progress of a sweep: done/total, pruned, failed, best so far, ETA — and one line per trial."""
+"""Live progress of a sweep: done/total, pruned, failed, best so far, ETA — and one line per trial.
+
+Off a terminal (a SLURM or CI log, `nohup`, a pipe) nothing is redrawn: one plain line per finished trial,
+and the totals in one line at the end."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
@@ -16,6 +20,8 @@ from ..store.record import DURATION, PAUSED_AT, counts_toward_budget, superseded
 
 class SweepProgress:
     """A backend listener that draws a rich progress bar and prints a line as each trial ends.
+    Where the console cannot redraw a line in place (a file, a pipe), it prints only those lines and,
+    at the end, the totals the bar would have shown.
 
     Example:
         >>> from search.backends import get_backend
@@ -42,16 +48,33 @@ class SweepProgress:
             console=console,
             transient=False,
         )
+        # In a log file a live bar is noise: its redraws are control codes, and rich cuts it to 80 columns.
+        self.live = redraws_in_place(console)
+        self.stopped = False
         self.task = None
         self.counts = {"pruned": 0, "failed": 0}
         self.best: float | None = None
 
     def __enter__(self) -> "SweepProgress":
-        self.progress.start()
+        if self.live:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        self.stop()
+
+    def stop(self) -> None:
+        """End the display: the bar's last state stays on screen; off a terminal, one line of totals."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.live:
+            self.progress.stop()
+        elif self.task is not None:
+            task = self.progress.tasks[self.task]
+            done = f"{task.completed:.0f}/{task.total:.0f}" if task.total is not None else f"{task.completed:.0f}"
+            elapsed = dt.timedelta(seconds=int(task.elapsed or 0))
+            self.console.print(f"{task.description}: {done} trials · {self._stats()} · {elapsed}", markup=False)
 
     def __call__(self, event: str, details: dict[str, Any]) -> None:
         handler = getattr(self, f"_on_{event}", None)
@@ -131,3 +154,23 @@ class SweepProgress:
             seconds = trial.duration.total_seconds() if trial.duration else 0.0
         state = "paused" if trial.state == TrialState.PRUNED and PAUSED_AT in trial.user_attrs else trial.state.name.lower()
         return f"  trial {trial.number:>3} [{style}]{state:<8}[/] {outcome}  [dim]{params}  {seconds:.1f}s[/]"
+
+
+def redraws_in_place(console: Console) -> bool:
+    """Whether `console` can show a live bar: a terminal that takes control codes (or Jupyter), not a file
+    or a pipe. FORCE_COLOR / TTY_COMPATIBLE=1 make rich call a CI log a terminal; colours are welcome
+    there, redraws are not, so the stream itself must be a terminal too.
+
+    Example:
+        >>> import io
+        >>> redraws_in_place(Console(file=io.StringIO(), force_terminal=True))
+        False
+    """
+    if console.is_jupyter:
+        return True
+    if not console.is_terminal or console.is_dumb_terminal:
+        return False
+    try:
+        return console.file.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
