@@ -1,7 +1,8 @@
 """Carrying a winner out of the study: `winner.yaml`, `training_args.json`, `adapter_config.json`.
 
-    winner.yaml          a RunSpec: objective, model, dataset, every applied param, budget, seed,
-                         provenance (study, trial, value, package versions). `ftsweep train` reads it.
+    winner.yaml          a RunSpec: objective, model, dataset (causal_lm: with the data format the trial
+                         read, not `auto`), every applied param, budget, seed, provenance (study, trial,
+                         value, package versions). `ftsweep train` reads it.
     training_args.json   keyword arguments for `transformers.TrainingArguments(**kwargs)`
     adapter_config.json  `peft.PeftConfig.from_pretrained(DIR)` loads it
 
@@ -22,6 +23,7 @@ import yaml
 from optuna.trial import TrialState
 
 from objectives import BASE_MODEL_PARAM, get_objective, resolve_model_path
+from objectives.sources import source_columns
 from spaces import ConfigError
 
 from ..settings import RunSpec
@@ -106,10 +108,26 @@ def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpe
     )
 
 
+def with_resolved_data_format(run: RunSpec, objective) -> RunSpec:
+    """`run` with `dataset.format: auto` replaced by the format `objective` reads the data in (causal_lm's
+    `data_format`: messages, sharegpt, alpaca, prompt_completion or prompt_response), so that the exported
+    run trains on the data exactly as the trial did even if detection from the columns changes later.
+    Tasks that read a single layout (sequence_classification) have no data format: `run` is returned as is.
+    """
+    if run.dataset.format != "auto" or not hasattr(objective.task, "data_format"):
+        return run
+    # `data_format` falls back to prompt_response when the data cannot be read (loading it later says why);
+    # that guess must not be written down as the trial's format, so an unreadable source stops the export here.
+    source_columns(run.dataset)
+    dataset = run.dataset.model_copy(update={"format": objective.task.data_format})
+    return run.model_copy(update={"dataset": dataset})
+
+
 def write_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, directory: Path) -> Path:
     """Write the three files for one trial into `directory`."""
     run = run_spec_for(study, trial)
     objective = run_objective(run, get_objective(run.objective.name))  # on the trial's own base model
+    run = with_resolved_data_format(run, objective)
     directory.mkdir(parents=True, exist_ok=True)
     safe_join(directory, "winner.yaml").write_text(
         "# A reproducible run of one trial: `ftsweep train winner.yaml` (override with --set key=value).\n"

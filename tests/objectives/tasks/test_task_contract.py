@@ -9,7 +9,9 @@ checks' profile and select's uncertainty scores.
 from __future__ import annotations
 
 import math
+import tempfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -109,11 +111,46 @@ def test_model_loads_from_the_bundled_model_and_as_an_empty_skeleton(objective):
     assert build_config(PARAMS, target).task_type == objective.task.peft_task_type
 
 
-def test_compute_metrics_for_each_split_report_known_metrics(objective):
-    state = objective.tokenized_data.state
-    for split in ("validation", "test"):
-        compute = objective.task.compute_metrics(state, split)
-        assert compute is None or callable(compute)
+def _one_hot_at(labels: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Logits shaped like `like` whose top score on the last axis is at `labels`: predictions of exactly those."""
+    logits = np.zeros_like(like)
+    np.put_along_axis(logits, labels[..., None], 1.0, axis=-1)
+    return logits
+
+
+def test_compute_metrics_scores_real_predictions_and_perfect_and_all_wrong_ones(objective):
+    from transformers import EvalPrediction, PrinterCallback, Trainer
+
+    task, state = objective.task, objective.tokenized_data.state
+    # Metrics Trainer can only report through compute_metrics: not the loss (nor perplexity, derived from it),
+    # and not the periodic ones computed beside Trainer's evaluation (evaluation_extras).
+    needs_compute = set(task.metrics) - {"eval_loss", "perplexity"} - task.periodic_metrics
+    for split, dataset in (("validation", objective.eval_dataset), ("test", objective.test_dataset)):
+        compute = task.compute_metrics(state, split)
+        if compute is None:
+            assert not needs_compute, f"{task.name} lists {sorted(needs_compute)} but computes none of them"
+            continue
+        # The tiny model's own logits on the split, as Trainer hands them to compute_metrics during a trial.
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(model=objective.base_model, args=objective.training_arguments({}, tmp),
+                              eval_dataset=dataset, data_collator=objective.collator())
+            trainer.remove_callback(PrinterCallback)
+            predicted = trainer.predict(dataset)
+        labels, logits = np.asarray(predicted.label_ids), np.asarray(predicted.predictions)
+        assert len(labels) == len(dataset)
+        real = compute(EvalPrediction(predictions=logits, label_ids=labels))
+        assert needs_compute <= set(real) <= set(task.available_metrics())
+        if "accuracy" in real:  # the share of rows whose top logit is the label, counted here
+            assert real["accuracy"] == pytest.approx(float(np.mean(logits.argmax(axis=-1) == labels)))
+
+        # The same labels, predicted exactly and predicted wrong everywhere (the next class, wrapping round).
+        classes = logits.shape[-1]
+        perfect = compute(EvalPrediction(predictions=_one_hot_at(labels, logits), label_ids=labels))
+        all_wrong = compute(EvalPrediction(predictions=_one_hot_at((labels + 1) % classes, logits), label_ids=labels))
+        for metric in needs_compute:  # every one of them is a 0..1 score of agreement with the labels
+            assert task.metrics[metric] == "maximize"
+            assert perfect[metric] == pytest.approx(1.0), (split, metric)
+            assert all_wrong[metric] == pytest.approx(0.0), (split, metric)
 
 
 def test_a_two_step_trial_reports_the_tasks_metrics(objective):
