@@ -73,6 +73,12 @@ class ModelConfig(_Strict):
         default=None, description="Load the base quantized with bitsandbytes (QLoRA: {bits: 4}); the adapter "
         "trains in compute_dtype on top. Needs `pip install 'ftsweep[qlora]'`.",
     )
+    new_head: bool = Field(
+        default=False, description="sequence_classification: a checkpoint that is already a classifier of "
+        "another number of labels than the data's classes gets a new head of the right size, its weights "
+        "random (transformers' ignore_mismatched_sizes); the rest of the checkpoint is kept. Without it such "
+        "a checkpoint is refused at launch. A head that fits, or none (a base encoder), needs nothing.",
+    )
 
 
 class DataConfig(_Strict):

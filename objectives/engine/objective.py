@@ -13,6 +13,7 @@ methods check a sweep file before anything loads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -217,18 +218,47 @@ class Objective:
         empty-weights copy of it -- PEFT methods and target modules, and the dropouts it searches, for
         each model `base_model` can take -- then the task's own parameters."""
         for name in self.model_choices(space):
-            try:
+            with self._naming_model(name):
                 self.check_sources(name)
                 architecture = self.architecture(name)
                 architecture.check_peft_methods(space)
                 architecture.check_dropouts(space)
                 if self.model_config.quantization is not None:
                     check_quantization(self.model_config, architecture.quantized_layers(), source=self.source)
-            except ConfigError as exc:
-                if name != self.model_config.name_or_path and f"base_model {name}" not in exc.message:
-                    exc.message = f"with base_model {name}: {exc.message}"  # str(exc) reads it anew
-                raise
         self.task.check_space(space)
+
+    def check_models(self, space) -> None:
+        """Every base model `space` can pick against the data, before any trial (the raw splits and each
+        model's config read, no weights): the task refuses one it cannot fine-tune on them, e.g. a classifier
+        whose head has another number of labels than the data's classes (`Task.check_model`).
+
+        Example:
+            >>> from objectives import DataConfig, ModelConfig, TrainBudget, get_objective
+            >>> from spaces import SearchSpace
+            >>> space = SearchSpace.from_dict({"params": {"learning_rate": {"type": "fixed", "value": 1e-3}}})
+            >>> objective = get_objective("causal_lm")(ModelConfig(name_or_path="bundled:tiny-support-lm",
+            ...     new_head=True), DataConfig(source="bundled:support-qa"), TrainBudget())
+            >>> try:
+            ...     objective.check_models(space)
+            ... except ConfigError as error:
+            ...     print(error.key, "-", error.message)
+            model.new_head - model.new_head replaces a classification head, and causal_lm models have none
+        """
+        splits = self._raw_splits()
+        for name in self.model_choices(space):
+            with self._naming_model(name):
+                model = self.model_config.model_copy(update={"name_or_path": name})
+                self.task.check_model(model, self.architecture(name).config_file(), splits)
+
+    @contextlib.contextmanager
+    def _naming_model(self, name: str):
+        """A ConfigError raised within names `base_model` choice `name` when it is not the sweep's own model."""
+        try:
+            yield
+        except ConfigError as exc:
+            if name != self.model_config.name_or_path and f"base_model {name}" not in exc.message:
+                exc.message = f"with base_model {name}: {exc.message}"  # str(exc) reads it anew
+            raise
 
     def model_choices(self, space) -> list[str]:
         """The base models trials of `space` can fine-tune: `base_model`'s choices, else the sweep's model."""
@@ -381,14 +411,18 @@ class Objective:
         """
         return self._due(step, self.options.task_metrics_every)
 
+    def _raw_splits(self):
+        """The splits as loaded, before tokenizing: the worker's once it has read them."""
+        return self.worker.splits or load_splits(self.data_config, seed=self.seed, columns=self.required_columns(),
+                                                 source=self.source)
+
     def plan_metrics(self) -> list:
         """What the metrics beyond the loss will score, checked before any trial (a ConfigError when the
         data cannot give them): the task's plan, on the raw splits, and the lm-eval tasks', their data
         loaded; each with `line()` (said at launch) and `resolved_args()`."""
         plans = []
         if self.requested_metrics & self.task_class.periodic_metrics:
-            splits = self.worker.splits or load_splits(self.data_config, seed=self.seed,
-                                                       columns=self.required_columns(), source=self.source)
+            splits = self._raw_splits()
             plan = self.task.plan_metrics(self.requested_metrics, splits.train, splits.validation)
             if plan is not None:
                 plans.append(plan)

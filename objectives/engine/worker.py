@@ -103,10 +103,16 @@ class Worker:
                     self.splits = load_splits(self.task.data, seed=self.seed, columns=self.task.required_columns(),
                                               source=self.source)
                 self.tokenized[key] = self.task.tokenize(tokenizer, *self.splits)
+            # Checked at launch too; again here for what skips the launch (`ftsweep train`, the Python API), so
+            # a head that does not fit reads as the task's error, not as transformers' size mismatch.
+            self.task.check_model(config, from_pretrained(transformers.AutoConfig.from_pretrained, path,
+                                                          config=config, source=self.source), self.splits)
+            # Only when set: a task's own load_model without the parameter (causal_lm's) never receives it.
+            head = {"new_head": True} if config.new_head else {}
             transformers.set_seed(self.seed)  # the classification head is initialised here: same for every trial
             model = from_pretrained(self.task.load_model, path, config=config, source=self.source,
                                     dtype=torch_dtype(config), state=self.tokenized[key].state,
-                                    **quantized_loading(config))
+                                    **head, **quantized_loading(config))
             if config.quantization is not None:
                 from peft import prepare_model_for_kbit_training
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from spaces import ConfigError
 
-from ..settings import DataConfig, Direction, ObjectiveOptions, TrainBudget
+from ..settings import DataConfig, Direction, ModelConfig, ObjectiveOptions, TrainBudget
 
 
 class Tokenized(NamedTuple):
@@ -126,6 +126,15 @@ class Task(ABC):
     def check_space(self, space) -> None:
         """Refuse, before any trial, values of the task's own space parameters that cannot work."""
 
+    def check_model(self, model: ModelConfig, config, splits) -> None:
+        """Refuse, before any trial and again as it loads, a base model this task cannot fine-tune on the raw
+        `splits`: `model` is its settings, `config` its transformers config (nothing else is loaded). A task
+        without a classification head refuses `model.new_head`, which would have nothing to replace."""
+        if model.new_head:
+            raise ConfigError(f"model.new_head replaces a classification head, and {self.name} models have none",
+                              source=self.source, key="model.new_head", value=True,
+                              hint="Fix: remove model.new_head (it is for sequence_classification).")
+
     # ---------------------------------------------------------------- columns
 
     @abstractmethod
@@ -158,7 +167,8 @@ class Task(ABC):
 
     @abstractmethod
     def load_model(self, path: str, *, state: Any = None, **kwargs):
-        """The base model for this task (`from_pretrained`), given the tokenized data's `state`."""
+        """The base model for this task (`from_pretrained`), given the tokenized data's `state`; a task with
+        a classification head also takes `new_head=True` (model.new_head), passed only when it is set."""
 
     @abstractmethod
     def skeleton_model(self, config, state: Any = None):

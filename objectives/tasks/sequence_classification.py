@@ -30,8 +30,35 @@ from ..fairness import (
     weighted_trainer,
 )
 from ..metrics import classification_metrics, uncertainty
-from ..settings import Direction
+from ..settings import Direction, ModelConfig
 from .base import DataProfile, Scored, Task, Tokenized
+
+# What transformers names a model class with a trained sequence-classification head (the one this task loads).
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
+
+
+def checkpoint_labels(config) -> list[str] | None:
+    """The labels of a checkpoint's trained sequence-classification head, in class-id order, read from its
+    transformers config (`architectures`, `id2label`); None when it has no such head (a base encoder, a masked
+    or causal LM): loading it for this task then makes a new head of the data's classes.
+
+    Example:
+        >>> from transformers import BertConfig
+        >>> checkpoint_labels(BertConfig(architectures=["BertForSequenceClassification"], num_labels=3))
+        ['LABEL_0', 'LABEL_1', 'LABEL_2']
+        >>> checkpoint_labels(BertConfig(architectures=["BertForMaskedLM"])) is None
+        True
+    """
+    if not any(name.endswith(CLASSIFIER_SUFFIX) for name in getattr(config, "architectures", None) or ()):
+        return None
+    id2label = config.id2label
+    return [str(id2label[i]) for i in sorted(id2label)]
+
+
+def _some(names: Sequence[str], shown: int = 5) -> str:
+    """A few names for a message: 'a, b, c, d, e, ... (+3)'."""
+    more = f", ... (+{len(names) - shown})" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 @dataclass(frozen=True)
@@ -122,10 +149,45 @@ class SequenceClassificationTask(Task):
 
     # ---------------------------------------------------------------- model and data
 
+    def check_model(self, model: ModelConfig, config, splits) -> None:
+        """Refuse a checkpoint that is already a classifier of another number of labels than the data's
+        classes (transformers cannot load its head for them), unless `model.new_head` replaces that head.
+        A checkpoint without a trained classification head gets a new one anyway."""
+        labels = checkpoint_labels(config)
+        if labels is None or model.new_head:
+            return
+        classes = self.class_names(splits)
+        if len(labels) == len(classes):
+            return
+        raise ConfigError(
+            f"the checkpoint is a classifier of {len(labels)} label(s) ({_some(labels)}) and the data has "
+            f"{len(classes)} classes ({_some(classes)}): its head cannot be loaded for them", source=self.source,
+            key="model.name_or_path", value=model.name_or_path,
+            hint=f"Fix: set model.new_head: true to replace its head by a new one of {len(classes)} labels "
+            f"(random weights, trained with the adapter; the rest of the checkpoint is kept), or use a checkpoint "
+            f"with {len(classes)} labels, or a base encoder without a head.",
+        )
+
+    def class_names(self, splits) -> list[str]:
+        """The classes the head predicts, sorted: the label column's values over every split, renamed by
+        `dataset.label_map`.
+
+        Example:
+            >>> from objectives import DataConfig, load_splits
+            >>> task = SequenceClassificationTask(DataConfig(source="bundled:support-intents"))
+            >>> classes = task.class_names(load_splits(task.data, seed=0, columns=task.required_columns()))
+            >>> len(classes), classes[0]
+            (20, 'account_delete')
+        """
+        return sorted(set(self._label_mapping(self._raw_labels(splits)).values()))
+
+    def _raw_labels(self, splits) -> list[str]:
+        """Every distinct value of the label column, as text, over the splits there are."""
+        return sorted({str(label) for split in splits if split is not None for label in split[self.data.label_column]})
+
     def tokenize(self, tokenizer, train, validation, test) -> Tokenized:
         text_col, label_col = self.data.text_column, self.data.label_column
-        splits = [split for split in (train, validation, test) if split is not None]
-        raw = sorted({str(label) for split in splits for label in split[label_col]})
+        raw = self._raw_labels((train, validation, test))
         mapping = self._label_mapping(raw)
         labels = sorted(set(mapping.values()))
         if len(labels) < 2:
@@ -175,17 +237,21 @@ class SequenceClassificationTask(Task):
             )
         return {value: str(label_map[value]) for value in raw}
 
-    def load_model(self, path: str, *, state: ClassificationState, **kwargs):
+    def load_model(self, path: str, *, state: ClassificationState, new_head: bool = False, **kwargs):
+        """The checkpoint with a head of the data's classes; `new_head` (model.new_head): a trained head of
+        another size is replaced by a random one, as transformers' `ignore_mismatched_sizes` does."""
         from transformers import AutoModelForSequenceClassification
 
         id2label = {i: label for label, i in state.label2id.items()}
         model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(id2label), id2label=id2label, label2id=state.label2id, output_loading_info=True,
-            **kwargs
+            ignore_mismatched_sizes=new_head, **kwargs
         )
-        # Layers the checkpoint lacks start random (the head; DeBERTa's pooler, DistilBERT's pre_classifier):
-        # the adapter must carry them, or a plain PeftModel.from_pretrained gets other random weights.
-        model.ftsweep_new_modules = sorted({key.rsplit(".", 1)[0] for key in info["missing_keys"]})
+        # Layers the checkpoint lacks, or holds in another shape (a replaced head), start random (the head;
+        # DeBERTa's pooler, DistilBERT's pre_classifier): the adapter must carry them, or a plain
+        # PeftModel.from_pretrained gets other random weights.
+        new = [*info["missing_keys"], *(key for key, *_shapes in info.get("mismatched_keys", ()))]
+        model.ftsweep_new_modules = sorted({key.rsplit(".", 1)[0] for key in new})
         return model
 
     def skeleton_model(self, config, state: ClassificationState | None = None):

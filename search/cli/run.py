@@ -53,6 +53,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
     objective = sweep.make_objective()
     objective.check_space(sweep.space)
     _check_data(sweep, objective, console)
+    # After the data checks (it reads the data's classes): a classifier checkpoint whose head has another
+    # number of labels would fail every trial's set-up.
+    objective.check_models(sweep.space)
     _plan_metrics(sweep, objective, console)
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
