@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 
@@ -52,3 +53,57 @@ def scrub_secrets(text: str, *, urls: Iterable[str] = ()) -> str:
         if password:
             text = text.replace(password, "***")
     return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+class ScrubbingFilter(logging.Filter):
+    """A logging filter that hides passwords in a record's message and traceback before any handler writes it
+    (Optuna logs a failed trial's exception with its traceback; a driver error may quote the storage URL).
+
+    Example:
+        >>> record = logging.LogRecord("optuna", logging.WARNING, __file__, 1, "lost %s", ("postgresql://u:pw@db/x",), None)
+        >>> ScrubbingFilter().filter(record) and record.getMessage()
+        'lost postgresql://u:***@db/x'
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = scrub_secrets(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        if record.exc_info and not record.exc_text:
+            # Formatter.format uses exc_text when set: the traceback is formatted once, here, scrubbed.
+            record.exc_text = scrub_secrets(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def scrub_logs(*logger_names: str) -> None:
+    """Hide passwords in what the handlers of these loggers (and of the root logger) write; idempotent.
+
+    Example:
+        >>> scrub_logs("optuna")
+    """
+    for name in (*logger_names, None):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, ScrubbingFilter) for f in handler.filters):
+                handler.addFilter(ScrubbingFilter())
+
+
+def without_secrets(exc: BaseException) -> BaseException:
+    """`exc` itself, or, when its text holds a password, an exception of the same type (RuntimeError if that
+    type cannot be built from a message) with the text scrubbed: raise it `from None` where an error leaves
+    the process (Ray writes a trial's error and traceback to its own files and log).
+
+    Example:
+        >>> without_secrets(ValueError("no route to postgresql://u:pw@db/x"))
+        ValueError('no route to postgresql://u:***@db/x')
+    """
+    text = str(exc)
+    scrubbed = scrub_secrets(text)
+    if scrubbed == text:
+        return exc
+    fallback = RuntimeError(f"{type(exc).__name__}: {scrubbed}")
+    try:
+        clean = type(exc)(scrubbed)
+    except Exception:  # a type whose constructor takes other arguments
+        return fallback
+    return clean if str(clean) == scrubbed else fallback

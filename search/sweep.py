@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,13 @@ from pydantic import BaseModel, ValidationError
 
 from objectives import (
     PACK_METRICS,
+    DataReport,
     PER_SLOT_PARAMS,
     check_augmentation,
     check_method_params,
     get_objective,
     is_harness_metric,
+    validate_data,
 )
 from spaces import ConfigError, SearchSpace, finite_values, from_validation_error, load_yaml, resolve_space
 
@@ -43,6 +46,28 @@ from .settings import ComponentSpec, RunSpec, SweepSpec
 from .store.storage import default_storage_url
 
 BUNDLED_SWEEPS = Path(__file__).parent / "sweeps"
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What `Sweep.check` found: the data report (its warnings and accepted errors) and the metric plans."""
+
+    data: DataReport
+    metric_plans: list
+
+
+def _data_error(sweep: "Sweep", report: DataReport) -> ConfigError:
+    """The ConfigError that stops a launch on data errors: how many, and the first one, said once."""
+    first = report.errors[0]
+    headline = f"the data has {len(report.errors)} error(s); first [{first.check}]"
+    cause = first.cause
+    if cause is not None:  # a config error already names its file, key and value: say them once
+        return ConfigError(f"{headline}: {cause.message}", source=cause.source or sweep.source, key=cause.key,
+                           value=cause.value, allowed=cause.allowed, hint=cause.hint or first.fix)
+    data = sweep.spec.dataset.source
+    named = {} if data in first.message else {"value": data}  # a file's findings start with its name
+    return ConfigError(f"{headline}: {first.message}", source=sweep.source, key="dataset.source", **named,
+                       hint=first.fix or "Fix: see `ftsweep validate-data SWEEP` for the full report.")
 
 
 @dataclass
@@ -64,6 +89,39 @@ class Sweep:
     # The data-check errors this launch accepted (`dataset.checks`), recorded on the study; None where the
     # data was not checked (a worker joining a study), so the launch's record stays.
     accepted_findings: list[dict[str, Any]] | None = None
+    checked: "Checked | None" = None  # what `check` found, once it passed
+
+    def check(self, *, show: Callable[[DataReport], None] | None = None) -> "Checked":
+        """Everything a launch refuses, in one place and before anything is created on disk: the space against
+        the objective and model (a PEFT method, target module or dropout it rejects), the data (`ftsweep
+        validate-data`: errors raise, accepted ones are recorded), a classifier head that does not fit the
+        data's labels, the task metrics against the data, and the
+        backend's own checks (`Backend.check`: Ray's scheduler translation and cluster fit). `launch`, `launch
+        --dry-run` and `Backend.run()` call it; it runs once per Sweep. `show` gets a data report that has
+        errors or warnings, before a ConfigError is raised for its errors.
+
+        Example:
+            >>> load_sweep("demo").check().data.errors
+            []
+        """
+        if self.checked is not None:
+            return self.checked
+        objective = self.make_objective()
+        objective.check_space(self.space)
+        report = validate_data(objective)
+        if (report.errors or report.warnings) and show is not None:
+            show(report)
+        if report.errors:
+            raise _data_error(self, report)
+        # After the data checks (it reads the data's classes): a classifier checkpoint whose head has another
+        # number of labels would fail every trial's set-up.
+        objective.check_models(self.space)
+        self.accepted_findings = [{"check": f.check, "message": f.message, "split": f.split, "count": f.count}
+                                  for f in report.accepted]
+        plans = self.plan_metrics(objective)
+        BACKENDS.get(self.spec.backend).check(self)
+        self.checked = Checked(report, plans)
+        return self.checked
 
     @property
     def metric_names(self) -> list[str]:

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..secrets import redact_url
+from ..secrets import redact_url, scrub_logs
 from ..store.record import ENQUEUED, finished_count
 from ..store.recovery import recover_interrupted
 
@@ -39,6 +39,8 @@ class Backend(ABC):
     def __init__(self, sweep, *, listener: Listener | None = None) -> None:
         self.sweep = sweep
         self.listener = listener or (lambda event, details: None)
+        # Optuna logs a failed trial's exception and traceback, Ray its trial errors: passwords hidden there too.
+        scrub_logs("optuna", "ray", "ray.tune", "ftsweep")
 
     def begin(self, study, storage_url: str) -> tuple[SweepOutcome, int | None]:
         """What every backend does to an opened study before running trials: fail and re-queue
@@ -56,6 +58,11 @@ class Backend(ABC):
         self.listener("start", {"study": study, "done": done, "remaining": remaining, "requeued": requeued,
                                 "total": spec.n_trials})
         return SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(storage_url)), remaining
+
+    @classmethod
+    def check(cls, sweep) -> None:
+        """Refuse, with a ConfigError, what this backend cannot run in `sweep`, without starting anything:
+        `Sweep.check` calls it, so `launch --dry-run` refuses what a launch would. Nothing to add here."""
 
     @abstractmethod
     def run(self) -> SweepOutcome:

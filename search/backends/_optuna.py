@@ -11,7 +11,6 @@ Flow of `OptunaBackend.run()`:
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -36,19 +35,17 @@ from spaces import ConfigError
 
 from ..components import build_pruner, build_sampler
 from ..observers.tracking import make_tracker
-from ..secrets import redact_url, scrub_secrets
-from ..store.pausing import mark_paused, park, should_pause
+from ..secrets import redact_url
+from ..store.pausing import park, should_pause
 from ..store.queue import NoTrialLeft, QueueStudy, top_up_slots
 from ..store.record import (
     ATTEMPT,
-    DIVERGED,
     EVAL_HISTORY,
     INTERRUPTED_CAUSE,
     OOM,
     OVERRIDES,
     PACK,
     PAUSED_AT,
-    PREEMPTED,
     RETRY_CAUSE,
     RETRY_OF,
     RETRY_REASON,
@@ -56,14 +53,14 @@ from ..store.record import (
     STUDY_DEADLINE,
     TrialRecord,
     finished_count,
-    record_constraints,
     record_sweep,
     state_counts,
 )
 from ..store.recovery import recover_interrupted, retry_stale_trial
-from ..store.retries import WorkerPreempted, enqueue_retry, failure_cause, plan_retry
+from ..store.retries import enqueue_retry, failure_cause, plan_retry
 from ..store.storage import WORKER_ID, open_storage, prepare_storage
 from ..store.sweep_budget import stop_rule
+from ..trials import Ending, decide, exception_text, failed, from_exception, last_metrics, settle
 from ._base import Backend, SweepOutcome
 
 
@@ -80,6 +77,7 @@ class OptunaBackend(Backend):
     name = "optuna"
 
     def run(self) -> SweepOutcome:
+        self.sweep.check()  # before anything is created (once per sweep: a launch has run it already)
         objective = self._set_up()
         study, outcome, remaining = self.prepare()
         if remaining == 0:
@@ -119,6 +117,7 @@ class OptunaBackend(Backend):
         """Create or resume the study: record the sweep, recover interrupted trials, queue `--enqueue`
         configs, a slot per trial still owed, and the deadline of `timeout`. Runs in one process."""
         sweep, spec = self.sweep, self.sweep.spec
+        sweep.check()
         storage = prepare_storage(sweep.storage_url)
         study = self._create_study(storage)
         outcome, remaining = self.begin(study, sweep.storage_url)
@@ -214,7 +213,6 @@ class OptunaBackend(Backend):
         resume_from, history, trained_before = self._replay(trial, params, trial_dir, record, tracked)
         report = self._reporter(trial, record, tracked, history)
         started = time.monotonic()
-        last = lambda: {k: v for k, v in (history[-1] if history else {}).items() if k != "step"}  # noqa: E731
         elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all its runs together)
         resources = sweep.spec.resources
         try:
@@ -230,39 +228,16 @@ class OptunaBackend(Backend):
                                               checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s,
                                               resume_from=resume_from,
                                               scores_dir=self.scores_root / f"trial-{trial.number}")
-        except optuna.TrialPruned:
-            record.ended(duration_s=elapsed())
-            tracked.finish("pruned", last())
-            shutil.rmtree(trial_dir, ignore_errors=True)
+        except BaseException as exc:
+            self._settle(trial, from_exception(exc, last_metrics(history)), record, tracked, elapsed())
+            if isinstance(exc, TrialPaused):  # told PRUNED, then its continuation queued (on_trial_end)
+                raise optuna.TrialPruned(str(exc)) from None
             raise
-        except TrialPaused as exc:  # its checkpoint stays: told PRUNED, then its continuation queued (on_trial_end)
-            record.ended(duration_s=elapsed())
-            mark_paused(trial, exc.step)
-            tracked.finish("paused", last())
-            raise optuna.TrialPruned(str(exc)) from None
-        except KeyboardInterrupt as exc:
-            record.ended(duration_s=elapsed())
-            if isinstance(exc, WorkerPreempted):
-                self._fail(trial, record, PREEMPTED, f"preempted: {exc}", tracked, last())
-            else:
-                self._fail(trial, record, INTERRUPTED_CAUSE, "interrupted: stopped by the user (Ctrl-C)", tracked,
-                           last())
-            raise
-        except Exception as exc:
-            record.ended(duration_s=elapsed())
-            self._fail(trial, record, failure_cause(exc), _reason(exc), tracked, last())
-            raise
-        shutil.rmtree(trial_dir, ignore_errors=True)  # done: nothing will resume it
-        record.completed(metrics, duration_s=elapsed())
-        values = [metrics.get(name, math.nan) for name in sweep.metric_names]
-        bad = next(((name, v) for name, v in zip(sweep.metric_names, values) if not math.isfinite(v)), None)
-        if bad is not None:
-            reason = f"TrialDiverged: final {bad[0]} is {bad[1]}"
-            self._fail(trial, record, DIVERGED, reason, tracked, metrics)
-            raise TrialDiverged(reason)
-        record_constraints(trial, sweep.spec.constraints, metrics)
-        tracked.finish("complete", metrics)
-        return values[0] if single else values
+        ending = decide(sweep.metric_names, metrics)
+        self._settle(trial, ending, record, tracked, elapsed())
+        if ending.state == "failed":
+            raise TrialDiverged(ending.reason)
+        return ending.values[0] if single else ending.values
 
     def _run_pack(self, study: optuna.Study, objective, deadline: float | None, on_trial_end) -> None:
         """`pack.slots` trials at once on this worker's base model (objectives/engine/packed.py): asked from
@@ -329,32 +304,11 @@ class OptunaBackend(Backend):
             metrics = {k: v for k, v in result.items()
                        if k not in ("pruned", "paused", "diverged", "slot", "duration_s")}
             metrics["steps"] = float(metrics["steps"])
-            values = [metrics.get(name, math.nan) for name in sweep.metric_names]
-            bad = next(((name, v) for name, v in zip(sweep.metric_names, values) if not math.isfinite(v)), None)
-            if result["diverged"]:
-                record.ended(duration_s=result["duration_s"])
-                self._fail(trial, record, DIVERGED, f"TrialDiverged: {result['diverged']}", tracked, metrics)
-                frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            elif result["paused"]:
-                record.ended(duration_s=result["duration_s"])
-                mark_paused(trial, result["steps"])
-                tracked.finish("paused", metrics)
-                frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # continuation queued: on_trial_end
-            elif result["pruned"]:
-                record.ended(duration_s=result["duration_s"])
-                tracked.finish("pruned", metrics)
-                frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            elif bad is not None:
-                record.ended(duration_s=result["duration_s"])
-                self._fail(trial, record, DIVERGED, f"TrialDiverged: final {bad[0]} is {bad[1]}", tracked, metrics)
-                frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            else:
-                record.completed(metrics, duration_s=result["duration_s"])
-                record_constraints(trial, sweep.spec.constraints, metrics)
-                tracked.finish("complete", metrics)
-                frozen = study.tell(trial, values if sweep.multi_objective else values[0])
-            if frozen.state != optuna.trial.TrialState.FAIL and not result["paused"]:
-                shutil.rmtree(entry["dir"], ignore_errors=True)  # done: nothing will resume it
+            ending = decide(sweep.metric_names, metrics, diverged=result["diverged"] or None,
+                            paused_at=int(result["steps"]) if result["paused"] else None, stopped=result["pruned"])
+            self._settle(trial, ending, record, tracked, result["duration_s"])
+            frozen = study.tell(trial, ending.values if sweep.multi_objective else (ending.values or [None])[0],
+                                state=ending.optuna_state)  # a paused one's continuation: queued by on_trial_end
             on_trial_end(study, frozen)
 
         def next_params() -> dict[str, Any] | None:
@@ -387,12 +341,13 @@ class OptunaBackend(Backend):
                 if halve:  # the same trial again, in a smaller pack: its own batch stays as it is
                     retry = {RETRY_OF: trial.number, RETRY_CAUSE: OOM, ATTEMPT: trial.user_attrs.get(ATTEMPT, 0),
                              OVERRIDES: {}}
-                    record.failed(OOM, scrub_secrets(_reason(exc)),
+                    ending = failed(OOM, exception_text(exc))
+                    record.failed(OOM, ending.reason,
                                   retry=f"queued again for a pack of {max(1, slots // 2)} slots", requeued=True)
                     enqueue_retry(study, trial, retry)
-                    entry["tracked"].finish("failed", {}, _reason(exc))
+                    entry["tracked"].finish("failed", {}, ending.reason)
                 else:
-                    self._fail(trial, record, cause, _reason(exc), entry["tracked"], {})
+                    self._settle(trial, from_exception(exc, {}), record, entry["tracked"], None)
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
             if halve:
                 raise _PackOutOfMemory from exc
@@ -456,16 +411,23 @@ class OptunaBackend(Backend):
 
         return report
 
-    def _fail(self, trial: optuna.Trial, record: TrialRecord, cause: str, reason: str, tracked,
-              metrics: dict[str, float]) -> None:
-        """Record why the trial failed and, per the retry policy, queue its re-run (search/store/retries.py)."""
-        retry, outcome = plan_retry(trial, cause, self.sweep.spec.retries, self.sweep.spec.budget)
-        record.failed(cause, scrub_secrets(reason), retry=outcome, requeued=retry is not None)
-        if retry is not None:
-            enqueue_retry(trial.study, trial, retry)  # its checkpoints stay, for the re-run to resume from
-        else:
-            shutil.rmtree(self.trial_dir(trial.number), ignore_errors=True)
-        tracked.finish("failed", metrics, reason)
+    def _settle(self, trial: optuna.Trial, ending: Ending, record: TrialRecord, tracked,
+                duration_s: float | None) -> None:
+        """The trial's end recorded (search/trials), a failure's re-run queued per the retry policy, and its
+        checkpoints removed unless something will resume from them (a re-run, a paused trial's continuation)."""
+        requeued = []
+
+        def retry(cause: str) -> tuple[str | None, bool]:
+            plan, outcome = plan_retry(trial, cause, self.sweep.spec.retries, self.sweep.spec.budget)
+            if plan is not None:
+                enqueue_retry(trial.study, trial, plan)  # its checkpoints stay, for the re-run to resume from
+                requeued.append(plan)
+            return outcome, plan is not None
+
+        settle(ending, record, tracked, duration_s=duration_s, trial=trial,
+               constraints=self.sweep.spec.constraints, retry=retry)
+        if ending.state != "paused" and not requeued:
+            shutil.rmtree(self.trial_dir(trial.number), ignore_errors=True)  # done: nothing will resume it
 
     @property
     def scores_root(self) -> Path:
@@ -557,8 +519,3 @@ def _device(objective) -> str:
         return f"cpu, {dtype}"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
     return f"cuda {torch.cuda.get_device_name(0)} (CUDA_VISIBLE_DEVICES={visible}), {dtype}"
-
-
-def _reason(exc: BaseException) -> str:
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

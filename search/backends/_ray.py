@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -31,13 +30,15 @@ from spaces import ConfigError
 
 from ..components import PRUNERS, build_sampler
 from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
-from ..store.record import ERROR, RETRY_REASONS, TrialRecord, record_constraints, record_sweep, state_counts
+from ..secrets import scrub_secrets
+from ..store.record import ERROR, RETRY_REASONS, TrialRecord, record_sweep, state_counts
 from ..store.recovery import mark_interrupted
 from ..store.retries import failure_cause
 from ..store.storage import WORKER_ID, prepare_storage
+from ..trials import decide, failed, settle
 from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
-from .ray_schedulers import PBT_MUTABLE, ray_scheduler
+from .ray_schedulers import PBT_MUTABLE, ray_scheduler, ray_scheduler_args
 from .ray_train import (DONE_KEY, TRAIN_LOGS, distributed_trainable, local_copy, placement_here, release_workers,
                         run_and_report, train_settings)
 
@@ -240,7 +241,7 @@ class StudyRecorder:
     def retried(self, trial_id: str, reason: str) -> None:
         frozen = self._live(trial_id)
         if frozen is not None:
-            self._record(trial_id).restarted(frozen.user_attrs.get(RETRY_REASONS, []) + [reason])
+            self._record(trial_id).restarted(frozen.user_attrs.get(RETRY_REASONS, []) + [scrub_secrets(reason)])
 
     def complete(self, trial_id: str, result: dict | None, *, error: str | None = None, cause: str = ERROR) -> None:
         if self._live(trial_id) is None:
@@ -263,21 +264,15 @@ class StudyRecorder:
         if result.get(DONE_KEY):
             self._track(trial_id, result, None, step)  # the training logs since the last evaluation
         if error is not None:
-            record.ended(duration_s=duration)
-            record.failed(cause, error)
-            state, value = TrialState.FAIL, None
-            tracked.finish("failed", last_eval, error)
-        elif ran_budget and value is not None and math.isfinite(value):
-            record.completed(metrics, duration_s=duration)
-            record_constraints(ot_trial, self.constraints, metrics)
-            state = TrialState.COMPLETE
-            tracked.finish("complete", metrics)
+            ending = failed(cause, error, last_eval)
+        elif ran_budget and value is not None:
+            ending = decide([self.metric_name], metrics)  # a NaN or infinite final value: failed, diverged
         else:  # a scheduler stopped it before its budget ran out
-            record.ended(duration_s=duration)
-            state, value = TrialState.PRUNED, None
-            tracked.finish("pruned", last_eval)
+            ending = decide([self.metric_name], last_eval, stopped=True)
+        settle(ending, record, tracked, duration_s=duration, trial=ot_trial, constraints=self.constraints)
         try:
-            frozen = self.study.tell(ot_trial, value, state=state)
+            frozen = self.study.tell(ot_trial, ending.values[0] if ending.values else None,
+                                     state=ending.optuna_state)
         except Exception as exc:  # never let bookkeeping end a sweep
             optuna.logging.get_logger("ftsweep").warning("could not record Ray trial %s: %s", trial_id, exc)
             return
@@ -336,10 +331,21 @@ class StudyCallback(_Callback):
                                cause=failure_cause(error) if error is not None else ERROR)
 
 
-def _trials_that_fit(cluster: dict[str, float], ray_options, *, source: str) -> int:
-    """How many distributed trials the cluster holds at once, by what one trial's workers and its driver take;
-    ConfigError when not even one fits (Ray Train would wait for the resources forever)."""
-    cpus = ray_options.cpus_per_trial + DRIVER_CPUS
+def _local_cluster(ray_options) -> dict[str, float]:
+    """The CPUs and GPUs of the local Ray a launch starts: `ray.num_cpus` / `ray.num_gpus`, else what Ray
+    itself detects (every CPU, every visible CUDA device)."""
+    import torch
+
+    cpus = ray_options.num_cpus or os.cpu_count() or 1
+    gpus = ray_options.num_gpus if ray_options.num_gpus is not None else (
+        torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    return {"CPU": float(cpus), "GPU": float(gpus)}
+
+
+def _trials_that_fit(cluster: dict[str, float], ray_options, *, distributed: bool, source: str) -> int:
+    """How many trials the cluster holds at once, by what one trial takes (a distributed one: its workers and
+    its driver); ConfigError when not even one fits (Ray would wait for the resources forever)."""
+    cpus = ray_options.cpus_per_trial + (DRIVER_CPUS if distributed else 0.0)
     fits = {"CPU": (cluster.get("CPU", 0.0), cpus)}
     if ray_options.gpus_per_trial > 0:
         fits["GPU"] = (cluster.get("GPU", 0.0), ray_options.gpus_per_trial)
@@ -350,11 +356,11 @@ def _trials_that_fit(cluster: dict[str, float], ray_options, *, source: str) -> 
         have, need = fits[kind]
         key = "ray.cpus_per_trial" if kind == "CPU" else "ray.gpus_per_trial"
         taken = f"{need:g} {kind}" + (f" ({ray_options.cpus_per_trial:g} for its Ray Train workers, {DRIVER_CPUS:g} for "
-                                      "its Tune driver)" if kind == "CPU" else "")
+                                      "its Tune driver)" if kind == "CPU" and distributed else "")
         raise ConfigError(f"one trial takes {taken} and the Ray cluster has {have:g}",
                           source=source, key=key, value=getattr(ray_options, key.split(".")[1]),
-                          hint=f"Fix: a smaller {key} (it is the whole trial's, split over its workers), or a "
-                               "bigger cluster.")
+                          hint=f"Fix: a smaller {key}" + (" (it is the whole trial's, split over its workers)"
+                                                         if distributed else "") + ", or a bigger cluster.")
     return min(counts.values())
 
 
@@ -397,12 +403,32 @@ class RayBackend(Backend):
         # scheduler, or a test's that pauses trials to check they resume exactly).
         self.scheduler = scheduler
 
+    @classmethod
+    def check(cls, sweep) -> None:
+        """What Ray cannot run, refused without starting Ray: pruner settings with no Ray translation (PBT's
+        mutations included), a PBT sweep without n_trials, GPUs per trial that do not match a distributed trial's
+        workers, and a trial bigger than the local Ray this sweep would start (a cluster at `ray.address` is
+        measured when the launch joins it)."""
+        spec = sweep.spec
+        ray_scheduler_args(spec, spec.budget, sweep.space, source=sweep.source)
+        workers = spec.resources.devices_per_trial
+        if workers > 1 and spec.ray.gpus_per_trial not in (0, workers):
+            raise ConfigError(f"a trial over {workers} devices is {workers} Ray Train workers of one GPU each (NCCL "
+                              "takes one process per GPU)", source=sweep.source, key="ray.gpus_per_trial",
+                              value=spec.ray.gpus_per_trial,
+                              hint=f"Fix: ray.gpus_per_trial: {workers} (or 0: CPU workers, gloo).")
+        pbt = spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt"
+        if pbt and spec.n_trials is None:
+            raise ConfigError("PBT trains a fixed population: set n_trials (its size)", key="n_trials",
+                              source=sweep.source)
+        if not (spec.ray.address or os.environ.get("RAY_ADDRESS")):
+            _trials_that_fit(_local_cluster(spec.ray), spec.ray, distributed=workers > 1, source=sweep.source)
+
     def run(self) -> SweepOutcome:
         ray, tune = _import_ray()
         sweep, spec = self.sweep, self.sweep.spec
+        sweep.check()  # before anything is created (once per sweep: a launch has run it already)
         sweep.output_dir.mkdir(parents=True, exist_ok=True)
-        # Fail fast on bad model/data before any worker starts.
-        sweep.make_objective().check_sources()
         storage_url = sweep.storage_url
         storage = prepare_storage(storage_url)
         if isinstance(storage, str):  # OptunaSearch takes a storage object
@@ -412,17 +438,8 @@ class RayBackend(Backend):
         space = sweep.space
         pbt = spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt"
 
-        # Bad pruner settings fail before the study exists.
         scheduler = self.scheduler or ray_scheduler(spec, spec.budget, metric, mode, space, source=sweep.source)
         workers = spec.resources.devices_per_trial
-        if workers > 1 and spec.ray.gpus_per_trial not in (0, workers):
-            raise ConfigError(f"a trial over {workers} devices is {workers} Ray Train workers of one GPU each (NCCL "
-                              "takes one process per GPU)", source=sweep.source, key="ray.gpus_per_trial",
-                              value=spec.ray.gpus_per_trial,
-                              hint=f"Fix: ray.gpus_per_trial: {workers} (or 0: CPU workers, gloo).")
-        if pbt and spec.n_trials is None:
-            raise ConfigError("PBT trains a fixed population: set n_trials (its size)", key="n_trials",
-                              source=sweep.source)
         sampler = build_sampler(spec.sampler, space, seed=spec.seed, source=sweep.source)
         study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
                                     sampler=sampler, load_if_exists=True)
@@ -472,9 +489,10 @@ class RayBackend(Backend):
             # (ray_train.py). Tune cannot see those, so it is told how many trials fit the cluster at once.
             trainable_fn = tune.with_resources(tune.with_parameters(distributed_trainable, settings=train_settings(sweep)),
                                                {"cpu": DRIVER_CPUS})
-            fit = _trials_that_fit(ray.cluster_resources(), ray_options, source=sweep.source)
+            fit = _trials_that_fit(ray.cluster_resources(), ray_options, distributed=True, source=sweep.source)
             concurrent = min(ray_options.max_concurrent_trials or fit, fit)
         else:
+            _trials_that_fit(ray.cluster_resources(), ray_options, distributed=False, source=sweep.source)
             trainable_fn = tune.with_parameters(trainable, payload=sweep.to_payload())
             trainable_fn = tune.with_resources(trainable_fn, {"cpu": ray_options.cpus_per_trial,
                                                               "gpu": ray_options.gpus_per_trial})

@@ -41,6 +41,7 @@ from typing import Any
 
 from objectives import RankLost, group_failed
 
+from ..secrets import without_secrets
 from ..sweep import Sweep
 
 # Result keys both kinds of Ray trial report, for the driver's StudyRecorder (_ray.py):
@@ -246,6 +247,11 @@ def run_and_report(objective, params: dict[str, Any], send, *, common: dict[str,
         metrics = objective.run_trial(params, report, trial_dir, checkpoints=True, on_checkpoint=on_checkpoint,
                                       checkpoint_about={"ray_trial_id": trial_id}, on_log=on_log,
                                       resume_from=resume_dir)
+    except Exception as exc:
+        clean = without_secrets(exc)  # Ray writes the error and its traceback to its own files and log
+        if clean is exc:
+            raise
+        raise clean from None
     finally:
         shutil.rmtree(trial_dir, ignore_errors=True)
         if resume_dir:

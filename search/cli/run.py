@@ -10,7 +10,7 @@ import optuna
 import yaml
 from rich.console import Console
 
-from objectives import load_splits, validate_data
+from objectives import load_splits
 from spaces import ConfigError, load_yaml
 
 from ..backends import get_backend
@@ -47,16 +47,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     n_workers = len(gpus) if gpus else args.workers
     if n_workers is not None:
         _check_workers(sweep, n_workers)
-    # Before anything is created, here rather than in every worker: a bad model or data path
-    # (`check_sources`, run by reading the model's config), a PEFT method / target module it rejects,
-    # or a dropout it does not have.
-    objective = sweep.make_objective()
-    objective.check_space(sweep.space)
-    _check_data(sweep, objective, console)
-    # After the data checks (it reads the data's classes): a classifier checkpoint whose head has another
-    # number of labels would fail every trial's set-up.
-    objective.check_models(sweep.space)
-    _plan_metrics(sweep, objective, console)
+    # Before anything is created (Sweep.check, which the backends run too): what a launch refuses.
+    checked = sweep.check(show=lambda report: console.print(report.render()))
+    for plan in checked.metric_plans:  # what the task metrics will score
+        console.print(plan.line())
     if args.dry_run:
         return _dry_run(sweep, console, n_samples=args.samples)
 
@@ -81,32 +75,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
         interrupted = True
     return _summarize(sweep, console, top=args.top, interrupted=interrupted,
                       ran=f"This launch ran {outcome.ran} trial(s)." if outcome else "")
-
-
-def _check_data(sweep, objective, console: Console) -> None:
-    """`ftsweep validate-data` before every launch: warnings are shown, errors stop it (nothing created yet)."""
-    report = validate_data(objective)
-    if report.errors or report.warnings:
-        console.print(report.render())
-    if report.errors:
-        first = report.errors[0]
-        headline = f"the data has {len(report.errors)} error(s); first [{first.check}]"
-        cause = first.cause
-        if cause is not None:  # a config error already names its file, key and value: say them once
-            raise ConfigError(f"{headline}: {cause.message}", source=cause.source or sweep.source, key=cause.key,
-                              value=cause.value, allowed=cause.allowed, hint=cause.hint or first.fix)
-        data = sweep.spec.dataset.source
-        named = {} if data in first.message else {"value": data}  # a file's findings start with its name
-        raise ConfigError(f"{headline}: {first.message}", source=sweep.source, key="dataset.source", **named,
-                          hint=first.fix or "Fix: see `ftsweep validate-data SWEEP` for the full report.")
-    sweep.accepted_findings = [{"check": f.check, "message": f.message, "split": f.split, "count": f.count}
-                               for f in report.accepted]
-
-
-def _plan_metrics(sweep, objective, console: Console) -> None:
-    """Check the task metrics against the data and say what they will score (`Sweep.plan_metrics`)."""
-    for plan in sweep.plan_metrics(objective):
-        console.print(plan.line())
 
 
 def _gpu_list(text: str) -> list[str]:

@@ -125,3 +125,31 @@ class RankOneDiesOnceAfterStep4(CausalLMObjective):
             return decision
 
         return super().run_trial(params, report_then_die if report is not None else None, *args, **kwargs)
+
+
+class InfinitePerplexity(CausalLMObjective):
+    """Every evaluation's perplexity is infinite (as exp of a loss above ~709 is) while the loss stays finite:
+    nothing diverges in training, only the final value of a sweep on `metric: perplexity` is not a number."""
+
+    def clean_metrics(self, raw):
+        metrics = super().clean_metrics(raw)
+        if "perplexity" in metrics:
+            metrics["perplexity"] = float("inf")
+        return metrics
+
+
+STORAGE_PASSWORD = "hunter2-do-not-print"  # noqa: S105 (a test's fake password, never a real one)
+
+
+class RaisesWithStoragePassword(CausalLMObjective):
+    """Training forward passes raise an error whose text quotes a storage URL with its password, as a database
+    driver's error may: every backend must store, log and track it scrubbed."""
+
+    def setup(self) -> None:
+        super().setup()
+
+        def fail(module, inputs, kw):
+            if module.training:
+                raise RuntimeError(f"could not reach postgresql://sweeper:{STORAGE_PASSWORD}@db.internal:5432/optuna")
+
+        self.base_model.register_forward_pre_hook(fail, with_kwargs=True)

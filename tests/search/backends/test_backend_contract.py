@@ -147,6 +147,61 @@ def test_every_backend_writes_the_same_record_of_a_failed_trial(write_sweep, bac
     assert attrs[record.FAIL_REASON].startswith("TrialDiverged"), attrs[record.FAIL_REASON]
 
 
+# ------------------------------------------------------------------ one ending for every backend (search/trials)
+
+@pytest.fixture(params=["single", "packed"])
+def layout(request, backend):
+    """How the backend runs the trial: alone, or in a pack of 2 where the backend packs trials."""
+    if request.param == "packed" and not BACKENDS.supports(backend, "packs"):
+        pytest.skip(f"the {backend} backend does not pack trials")
+    return {"pack": {"slots": 2}} if request.param == "packed" else {}
+
+
+def test_a_non_finite_final_value_fails_the_trial_as_diverged(write_sweep, backend, layout):
+    # Training is finite; only the final objective value is not a number (perplexity is inf).
+    study = _run(write_sweep, backend, n_trials=2, metric="perplexity", **layout,
+                 objective="tests.search.fault_objectives:InfinitePerplexity")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    for trial in trials:
+        assert trial.user_attrs[record.FAILURE_CAUSE] == record.DIVERGED
+        assert trial.user_attrs[record.FAIL_REASON] == "TrialDiverged: final perplexity is inf"
+        # The run finished: its final metrics are recorded beside the reason, on every backend and in packs.
+        assert trial.user_attrs[record.METRICS]["perplexity"] == float("inf")
+        assert trial.user_attrs[record.METRICS]["eval_loss"] > 0
+
+
+def test_a_password_in_an_error_is_stored_logged_and_tracked_scrubbed(write_sweep, backend, layout, capfd):
+    from tests.search.fault_objectives import STORAGE_PASSWORD
+    from tests.search.wandb_records import read_runs
+
+    path = write_sweep(backend=backend, n_trials=2, tracking={"wandb": "offline"}, **layout,
+                       objective="tests.search.fault_objectives:RaisesWithStoragePassword")
+    sweep = load_sweep(path)
+    if layout:  # an error in a pack's shared forward ends the pack's trials and the worker's loop with it
+        with pytest.raises(RuntimeError):
+            get_backend(backend)(sweep).run()
+    else:
+        get_backend(backend)(sweep).run()
+    study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
+    trials = study.get_trials()
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    for trial in trials:
+        assert trial.user_attrs[record.FAIL_REASON] == (
+            "RuntimeError: could not reach postgresql://sweeper:***@db.internal:5432/optuna")
+    runs = [run for run in read_runs(sweep.output_dir / "wandb") if run.job_type == "trial"]
+    assert len(runs) == len(trials)
+    assert all(run.summary["fail_reason"].endswith("sweeper:***@db.internal:5432/optuna") for run in runs)
+    # Nowhere: not in what was printed or logged, nor in any file the sweep wrote (the study, the W&B runs,
+    # Ray's own error files).
+    out, err = capfd.readouterr()
+    assert STORAGE_PASSWORD not in out + err
+    if backend == "optuna" and not layout:  # Optuna logs a failed trial's exception: it was logged, scrubbed
+        assert "sweeper:***@" in out + err
+    leaked = [str(f) for f in sweep.output_dir.rglob("*") if f.is_file() and STORAGE_PASSWORD.encode() in f.read_bytes()]
+    assert not leaked
+
+
 # ------------------------------------------------------------------ the same trial whichever backend runs it
 
 PARITY = dict(n_trials=4, pruner="median", objective="tests.search.timed_objectives:TimedCausalLM",

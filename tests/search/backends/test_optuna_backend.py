@@ -62,19 +62,18 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(write_sweep):
     space = {"params": {
         # At lr 1e38 the first Adam step pushes activations past float32 range: inf, then NaN.
         "learning_rate": {"type": "categorical", "choices": [1e-3, 1e38]},
-        "target_modules": {"type": "categorical", "choices": ["attention_qv", "no_such_module"]},
+        "target_modules": {"type": "categorical", "choices": ["attention_qv", "all_linear"]},
     }}
     study = _run(write_sweep(space=space, sampler="grid", n_trials=4))
     trials = study.get_trials()
     assert len(trials) == 4
     by_params = {(t.params["learning_rate"], t.params["target_modules"]): t for t in trials}
-    assert by_params[(1e-3, "attention_qv")].state == TrialState.COMPLETE
-    diverged = by_params[(1e38, "attention_qv")]
-    assert diverged.state == TrialState.FAIL
-    assert diverged.user_attrs["fail_reason"].startswith("TrialDiverged")
-    bad_module = by_params[(1e-3, "no_such_module")]
-    assert bad_module.state == TrialState.FAIL
-    assert "no_such_module" in bad_module.user_attrs["fail_reason"]
+    for modules in ("attention_qv", "all_linear"):
+        assert by_params[(1e-3, modules)].state == TrialState.COMPLETE
+        diverged = by_params[(1e38, modules)]
+        assert diverged.state == TrialState.FAIL
+        assert diverged.user_attrs["fail_reason"].startswith("TrialDiverged")
+    # (A target module the model lacks is refused before the study exists: tests/search/test_sweep_check.py.)
 
 
 def test_launching_again_resumes_without_rerunning(write_sweep):
