@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread
 
 from objectives import (
     PAUSE,
@@ -29,7 +28,6 @@ from objectives import (
     checkpoint_state,
     latest_checkpoint,
     run_distributed_trial,
-    run_packed,
 )
 from spaces import ConfigError
 
@@ -39,14 +37,9 @@ from ..secrets import redact_url
 from ..store.pausing import park, should_pause
 from ..store.queue import NoTrialLeft, QueueStudy, top_up_slots
 from ..store.record import (
-    ATTEMPT,
     EVAL_HISTORY,
-    INTERRUPTED_CAUSE,
-    OOM,
     OVERRIDES,
-    PACK,
     PAUSED_AT,
-    RETRY_CAUSE,
     RETRY_OF,
     RETRY_REASON,
     STEP,
@@ -57,10 +50,11 @@ from ..store.record import (
     state_counts,
 )
 from ..store.recovery import recover_interrupted, retry_stale_trial
-from ..store.retries import enqueue_retry, failure_cause, plan_retry
+from ..store.retries import enqueue_retry, plan_retry
 from ..store.storage import WORKER_ID, open_storage, prepare_storage
 from ..store.sweep_budget import stop_rule
-from ..trials import Ending, decide, exception_text, failed, from_exception, last_metrics, settle
+from ..trials import Ending, decide, from_exception, last_metrics, settle
+from ..trials.pack import run_packs
 from ._base import Backend, SweepOutcome
 
 
@@ -171,7 +165,7 @@ class OptunaBackend(Backend):
             return self._finish(study, outcome)  # joined after the sweep's timeout: start nothing
         try:
             if spec.pack.slots > 1:
-                self._run_pack(study, objective, deadline, on_trial_end)
+                run_packs(self, study, objective, deadline, on_trial_end)
             else:
                 study.optimize(
                     lambda trial: self._run_trial(trial, objective),
@@ -207,11 +201,11 @@ class OptunaBackend(Backend):
         sweep = self.sweep
         single = not sweep.multi_objective
         if trial._trial_id in getattr(trial.study, "ending", ()):
-            self._end_paused(trial)
-        params, record, tracked = self._begin(trial)
+            self.end_paused(trial)
+        params, record, tracked = self.start_trial(trial)
         trial_dir = self.trial_dir(trial.number)
-        resume_from, history, trained_before = self._replay(trial, params, trial_dir, record, tracked)
-        report = self._reporter(trial, record, tracked, history)
+        resume_from, history, trained_before = self.replay(trial, params, trial_dir, record, tracked)
+        report = self.reporter(trial, record, tracked, history)
         started = time.monotonic()
         elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all its runs together)
         resources = sweep.spec.resources
@@ -229,133 +223,17 @@ class OptunaBackend(Backend):
                                               resume_from=resume_from,
                                               scores_dir=self.scores_root / f"trial-{trial.number}")
         except BaseException as exc:
-            self._settle(trial, from_exception(exc, last_metrics(history)), record, tracked, elapsed())
+            self.settle_trial(trial, from_exception(exc, last_metrics(history)), record, tracked, elapsed())
             if isinstance(exc, TrialPaused):  # told PRUNED, then its continuation queued (on_trial_end)
                 raise optuna.TrialPruned(str(exc)) from None
             raise
         ending = decide(sweep.metric_names, metrics)
-        self._settle(trial, ending, record, tracked, elapsed())
+        self.settle_trial(trial, ending, record, tracked, elapsed())
         if ending.state == "failed":
             raise TrialDiverged(ending.reason)
         return ending.values[0] if single else ending.values
 
-    def _run_pack(self, study: optuna.Study, objective, deadline: float | None, on_trial_end) -> None:
-        """`pack.slots` trials at once on this worker's base model (objectives/engine/packed.py): asked from
-        the study together (the sampler's handling of running trials applies, e.g. TPE's constant liar), each
-        reporting its own evaluations to the pruner, told when it ends, its slot refilled at once with a newly
-        asked trial, until the queue (n_trials) is empty or the deadline passes. A pack out of memory has its
-        trials queued again, unchanged, and the work goes on in packs of half the slots, down to one."""
-        slots = self.sweep.spec.pack.slots
-        while True:
-            try:
-                return self._run_one_pack(study, objective, deadline, on_trial_end, slots)
-            except _PackOutOfMemory:
-                slots = max(1, slots // 2)
-
-    def _run_one_pack(self, study: optuna.Study, objective, deadline: float | None, on_trial_end,
-                      slots: int) -> None:
-        sweep = self.sweep
-        stop_when = stop_rule(sweep.spec.budget.sweep, sweep.spec.resources.devices_per_trial)
-        running: list[dict[str, Any]] = []  # by the pack's trial index: the Optuna trial and its record
-
-        def ask() -> dict[str, Any] | None:
-            if (deadline is not None and time.time() >= deadline) or study._stop_flag:
-                return None
-            if not isinstance(study, QueueStudy) and stop_when is not None and stop_when(study):
-                return None
-            waits = getattr(study, "waits_for_others", False)
-            if isinstance(study, QueueStudy):
-                study.waits_for_others = False  # waiting here would wait on this pack's own trials
-            try:
-                trial = study.ask()
-                while trial._trial_id in getattr(study, "ending", ()):  # a paused trial to end, not to run
-                    try:
-                        self._end_paused(trial)
-                    except optuna.TrialPruned:
-                        on_trial_end(study, study.tell(trial, state=optuna.trial.TrialState.PRUNED))
-                    trial = study.ask()
-            except NoTrialLeft:
-                return None
-            finally:
-                if isinstance(study, QueueStudy):
-                    study.waits_for_others = waits
-            params, record, tracked = self._begin(trial)
-            # Each trial's heartbeat, as study.optimize keeps one for its trial: workers elsewhere tell a live
-            # pack's trials from those of a dead process.
-            heartbeat = get_heartbeat_thread(trial._trial_id, study._storage)
-            heartbeat.start()
-            trial_dir = self.trial_dir(trial.number)
-            resume_from, history = self._replay(trial, params, trial_dir, record, tracked)[:2]
-            entry = {"trial": trial, "record": record, "params": params, "heartbeat": heartbeat, "tracked": tracked,
-                     "dir": trial_dir, "resume": resume_from}
-            entry["report"] = self._reporter(trial, record, tracked, history)
-            running.append(entry)
-            return entry
-
-        def report(index: int, step: int, metrics: dict[str, float]) -> bool:
-            return running[index]["report"](step, metrics)
-
-        def ended(index: int, result: dict[str, Any]) -> None:
-            entry = running[index]
-            entry["told"] = True
-            entry["heartbeat"].join()
-            trial, record, tracked = entry["trial"], entry["record"], entry["tracked"]
-            record.set(PACK, {"slot": result["slot"], "slots": slots})
-            metrics = {k: v for k, v in result.items()
-                       if k not in ("pruned", "paused", "diverged", "slot", "duration_s")}
-            metrics["steps"] = float(metrics["steps"])
-            ending = decide(sweep.metric_names, metrics, diverged=result["diverged"] or None,
-                            paused_at=int(result["steps"]) if result["paused"] else None, stopped=result["pruned"])
-            self._settle(trial, ending, record, tracked, result["duration_s"])
-            frozen = study.tell(trial, ending.values if sweep.multi_objective else (ending.values or [None])[0],
-                                state=ending.optuna_state)  # a paused one's continuation: queued by on_trial_end
-            on_trial_end(study, frozen)
-
-        def next_params() -> dict[str, Any] | None:
-            entry = ask()
-            return entry["params"] if entry is not None else None
-
-        # A pack is an optimize loop of its own: samplers may call `study.stop()` (the grid sampler once its
-        # grid is used up), which Optuna allows only inside `study.optimize`; it then only stops the asking.
-        study._stop_flag, study._thread_local.in_optimize_loop = False, True
-        try:
-            first = [entry for entry in (ask() for _ in range(slots)) if entry is not None]
-            if not first:
-                raise NoTrialLeft
-            run_packed(objective, [e["params"] for e in first], report=report, next_params=next_params, on_end=ended,
-                       on_log=lambda index, step, logs: running[index]["tracked"].log(step, logs),
-                       trial_dir=lambda index: running[index]["dir"], resume_from=lambda index: running[index]["resume"],
-                       checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s)
-        except NoTrialLeft:
-            raise
-        except BaseException as exc:  # the pack's running trials end with it: recorded, each re-run per the policy
-            cause = failure_cause(exc) if isinstance(exc, Exception) else INTERRUPTED_CAUSE
-            halve = cause == OOM and slots > 1 and sweep.spec.retries.halve_batch_on_oom
-            for entry in running:
-                if entry.get("told"):
-                    continue
-                trial, record = entry["trial"], entry["record"]
-                entry["heartbeat"].join()
-                record.ended(duration_s=0.0)
-                record.set(PACK, {"slot": None, "slots": slots})
-                if halve:  # the same trial again, in a smaller pack: its own batch stays as it is
-                    retry = {RETRY_OF: trial.number, RETRY_CAUSE: OOM, ATTEMPT: trial.user_attrs.get(ATTEMPT, 0),
-                             OVERRIDES: {}}
-                    ending = failed(OOM, exception_text(exc))
-                    record.failed(OOM, ending.reason,
-                                  retry=f"queued again for a pack of {max(1, slots // 2)} slots", requeued=True)
-                    enqueue_retry(study, trial, retry)
-                    entry["tracked"].finish("failed", {}, ending.reason)
-                else:
-                    self._settle(trial, from_exception(exc, {}), record, entry["tracked"], None)
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            if halve:
-                raise _PackOutOfMemory from exc
-            raise
-        finally:
-            study._thread_local.in_optimize_loop = False
-
-    def _begin(self, trial: optuna.Trial) -> tuple[dict[str, Any], TrialRecord, Any]:
+    def start_trial(self, trial: optuna.Trial) -> tuple[dict[str, Any], TrialRecord, Any]:
         """(params, record, tracked run) of a trial starting on this worker: stamped first (a trial unstamped
         for long belongs to a dead process), sampled, a re-run's changes applied, its start recorded."""
         record = TrialRecord.of(trial)
@@ -366,19 +244,19 @@ class OptunaBackend(Backend):
         self.listener("trial_start", {"trial": trial, "params": params})
         return params, record, self.tracker.trial(self.sweep.study_name, trial.number, params)
 
-    def _end_paused(self, trial: optuna.Trial) -> None:
+    def end_paused(self, trial: optuna.Trial) -> None:
         """End a paused trial's continuation without training: its curve replayed (the study keeps the pair's
         curve on the trial that counts), its checkpoint removed; raises TrialPruned, to be told PRUNED."""
-        params, record, tracked = self._begin(trial)
+        params, record, tracked = self.start_trial(trial)
         trial_dir = self.trial_dir(trial.number)
-        _, history, trained = self._replay(trial, params, trial_dir, record, tracked)
+        _, history, trained = self.replay(trial, params, trial_dir, record, tracked)
         shutil.rmtree(trial_dir, ignore_errors=True)
         record.ended(duration_s=trained)
         step = history[-1][STEP] if history else 0
         tracked.finish("pruned", {k: v for k, v in (history[-1] if history else {}).items() if k != STEP})
         raise optuna.TrialPruned(f"paused at step {step} and ended: no scheduler promoted it")
 
-    def _replay(self, trial: optuna.Trial, params: dict[str, Any], trial_dir: Path, record: TrialRecord,
+    def replay(self, trial: optuna.Trial, params: dict[str, Any], trial_dir: Path, record: TrialRecord,
                 tracked) -> tuple[Path | None, list[dict[str, Any]], float]:
         """`_resume_point` of a starting trial: a re-run of a preempted or killed trial goes on from that trial's
         last checkpoint, its curve so far reported again to the pruner, the record and the W&B run."""
@@ -391,7 +269,7 @@ class OptunaBackend(Backend):
             record.evaluated(history)
         return resume_from, history, trained_before
 
-    def _reporter(self, trial: optuna.Trial, record: TrialRecord, tracked, history: list[dict[str, Any]]):
+    def reporter(self, trial: optuna.Trial, record: TrialRecord, tracked, history: list[dict[str, Any]]):
         """`report(step, metrics) -> prune?` of a trial: recorded, logged, shown, told to the pruner."""
         metric, single = self.sweep.metric_names[0], not self.sweep.multi_objective
 
@@ -411,7 +289,7 @@ class OptunaBackend(Backend):
 
         return report
 
-    def _settle(self, trial: optuna.Trial, ending: Ending, record: TrialRecord, tracked,
+    def settle_trial(self, trial: optuna.Trial, ending: Ending, record: TrialRecord, tracked,
                 duration_s: float | None) -> None:
         """The trial's end recorded (search/trials), a failure's re-run queued per the retry policy, and its
         checkpoints removed unless something will resume from them (a re-run, a paused trial's continuation)."""
@@ -488,10 +366,6 @@ class OptunaBackend(Backend):
             number = folder.name.removeprefix("trial-")
             if number.isdigit() and int(number) in finished - awaited:
                 shutil.rmtree(folder, ignore_errors=True)
-
-
-class _PackOutOfMemory(Exception):
-    """A pack ran out of memory; its trials are queued again for a pack of half the slots."""
 
 
 def _trial_devices(devices_per_trial: int, *, source: str | None = None) -> list[str] | None:

@@ -417,8 +417,7 @@ class RayBackend(Backend):
                               "takes one process per GPU)", source=sweep.source, key="ray.gpus_per_trial",
                               value=spec.ray.gpus_per_trial,
                               hint=f"Fix: ray.gpus_per_trial: {workers} (or 0: CPU workers, gloo).")
-        pbt = spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt"
-        if pbt and spec.n_trials is None:
+        if _is_pbt(spec) and spec.n_trials is None:
             raise ConfigError("PBT trains a fixed population: set n_trials (its size)", key="n_trials",
                               source=sweep.source)
         if not (spec.ray.address or os.environ.get("RAY_ADDRESS")):
@@ -429,23 +428,18 @@ class RayBackend(Backend):
         sweep, spec = self.sweep, self.sweep.spec
         sweep.check()  # before anything is created (once per sweep: a launch has run it already)
         sweep.output_dir.mkdir(parents=True, exist_ok=True)
-        storage_url = sweep.storage_url
-        storage = prepare_storage(storage_url)
-        if isinstance(storage, str):  # OptunaSearch takes a storage object
-            storage = optuna.storages.RDBStorage(storage)
         metric = sweep.metric_names[0]  # multi-objective sweeps are refused for this backend when they load
         mode = "min" if sweep.direction == "minimize" else "max"
-        space = sweep.space
-        pbt = spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt"
-
-        scheduler = self.scheduler or ray_scheduler(spec, spec.budget, metric, mode, space, source=sweep.source)
-        workers = spec.resources.devices_per_trial
-        sampler = build_sampler(spec.sampler, space, seed=spec.seed, source=sweep.source)
+        scheduler = self.scheduler or ray_scheduler(spec, spec.budget, metric, mode, sweep.space, source=sweep.source)
+        storage = prepare_storage(sweep.storage_url)
+        if isinstance(storage, str):  # OptunaSearch takes a storage object
+            storage = optuna.storages.RDBStorage(storage)
+        sampler = build_sampler(spec.sampler, sweep.space, seed=spec.seed, source=sweep.source)
         study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
                                     sampler=sampler, load_if_exists=True)
         record_sweep(study, sweep)
         # The study is the source of truth for resuming; asking it takes queued trials first.
-        outcome, remaining = self.begin(study, storage_url)
+        outcome, remaining = self.begin(study, sweep.storage_url)
         if remaining == 0:
             return outcome
         recorder = StudyRecorder(
@@ -456,71 +450,26 @@ class RayBackend(Backend):
             constraints=spec.constraints,
             tracker=make_tracker(spec.tracking, sweep.output_dir, say=lambda text: self.listener("note", {"text": text})),
         )
-        ray_options = spec.ray
-        if pbt:
-            # PBT takes no searcher: the population is asked of the study up front (the sampler picks
-            # the starting points) and each config carries its study trial number.
-            points = []
-            for _ in range(remaining):
-                ot_trial = study.ask()
-                params = space.sample(ot_trial)
-                recorder.population[ot_trial.number] = ot_trial
-                TrialRecord.of(ot_trial).stamp(WORKER_ID)
-                points.append({**params, STUDY_TRIAL: ot_trial.number})
-            from ray.tune.search import BasicVariantGenerator
-
-            # Ray takes preset points only for keys its param space has; a conditional param a
-            # point lacks stays ABSENT and the trainable drops it.
-            param_space = {key: ABSENT for point in points for key in point}
-            search = BasicVariantGenerator(points_to_evaluate=points)
+        if _is_pbt(spec):
+            search, param_space = self._population(study, recorder, remaining)
         else:
             param_space = None
-            search = StudySearch(
-                space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, recorder=recorder,
-                sampler=sampler, study_name=sweep.study_name, storage=storage, seed=spec.seed,
-            )
-        if not ray.is_initialized():
-            address = ray_options.address or os.environ.get("RAY_ADDRESS")
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                     **({} if address else {"num_cpus": ray_options.num_cpus, "num_gpus": ray_options.num_gpus}))
-        distributed = workers > 1
-        if distributed:
-            # The Tune trial only drives its Ray Train run, whose workers hold the trial's CPUs and GPUs
-            # (ray_train.py). Tune cannot see those, so it is told how many trials fit the cluster at once.
-            trainable_fn = tune.with_resources(tune.with_parameters(distributed_trainable, settings=train_settings(sweep)),
-                                               {"cpu": DRIVER_CPUS})
-            fit = _trials_that_fit(ray.cluster_resources(), ray_options, distributed=True, source=sweep.source)
-            concurrent = min(ray_options.max_concurrent_trials or fit, fit)
-        else:
-            _trials_that_fit(ray.cluster_resources(), ray_options, distributed=False, source=sweep.source)
-            trainable_fn = tune.with_parameters(trainable, payload=sweep.to_payload())
-            trainable_fn = tune.with_resources(trainable_fn, {"cpu": ray_options.cpus_per_trial,
-                                                              "gpu": ray_options.gpus_per_trial})
-            concurrent = ray_options.max_concurrent_trials
-        # Checkpoints hold the adapter only; Ray deletes all but the newest `num_to_keep` per trial.
-        # PBT keeps a few more: a trial it clones from must still have the checkpoint it chose.
-        keep = ray_options.checkpoints_to_keep or (4 if pbt else 1)
-        run_config = tune.RunConfig(
-            name=f"{sweep.study_name}-{int(time.time())}",  # one Ray experiment folder per launch
-            storage_path=str((sweep.output_dir / "ray").resolve()),
-            failure_config=tune.FailureConfig(max_failures=ray_options.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
-            callbacks=[StudyCallback(recorder)],
-            verbose=0,
-        )
-        tune_config = tune.TuneConfig(
-            search_alg=search, scheduler=scheduler,
-            num_samples=-1 if remaining is None else remaining, max_concurrent_trials=concurrent,
-            # A reused actor would keep a stopped trial's Train run alive; a distributed trial's actor is
-            # only its driver, so a fresh one costs nothing.
-            time_budget_s=spec.timeout, reuse_actors=not distributed,
-        )
+            search = StudySearch(space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, recorder=recorder,
+                                 sampler=sampler, study_name=sweep.study_name, storage=storage, seed=spec.seed)
+        _join_ray(ray, spec.ray)
+        trainable_fn, concurrent = self._trainable(ray, tune)
+        tuner = tune.Tuner(trainable_fn, param_space=param_space, run_config=self._run_config(tune, recorder),
+                           tune_config=tune.TuneConfig(
+                               search_alg=search, scheduler=scheduler,
+                               num_samples=-1 if remaining is None else remaining, max_concurrent_trials=concurrent,
+                               # A reused actor would keep a stopped trial's Train run alive; a distributed trial's
+                               # actor is only its driver, so a fresh one costs nothing.
+                               time_budget_s=spec.timeout, reuse_actors=spec.resources.devices_per_trial == 1))
         self.listener("note", {"text": f"Ray: {ray.cluster_resources()} · Ray results in {sweep.output_dir / 'ray'}"})
         # Not Tuner.restore: a restored searcher only knows trials up to its last checkpoint, so trials
         # finished after it would run again (measured: 12 complete for n_trials 10). Each launch is a
         # fresh Tuner for what the study still lacks.
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
-        tuner = tune.Tuner(trainable_fn, param_space=param_space, tune_config=tune_config, run_config=run_config)
         try:
             results = tuner.fit()
         finally:
@@ -530,3 +479,60 @@ class RayBackend(Backend):
         outcome.counts = state_counts(study.get_trials(deepcopy=False))
         recorder.tracker.sweep_end(study, sweep.output_dir)
         return outcome
+
+    def _population(self, study: optuna.Study, recorder: StudyRecorder, size: int | None):
+        """(searcher, param space) of a PBT sweep. PBT takes no searcher: the population is asked of the study up
+        front (the sampler picks the starting points) and each config carries its study trial number."""
+        from ray.tune.search import BasicVariantGenerator
+
+        points = []
+        for _ in range(size):
+            ot_trial = study.ask()
+            params = self.sweep.space.sample(ot_trial)
+            recorder.population[ot_trial.number] = ot_trial
+            TrialRecord.of(ot_trial).stamp(WORKER_ID)
+            points.append({**params, STUDY_TRIAL: ot_trial.number})
+        # Ray takes preset points only for keys its param space has; a conditional param a point lacks stays
+        # ABSENT and the trainable drops it.
+        return BasicVariantGenerator(points_to_evaluate=points), {key: ABSENT for point in points for key in point}
+
+    def _trainable(self, ray, tune) -> tuple[Any, int | None]:
+        """(Tune trainable with its resources, trials at once) for this sweep's trials, refused if one cannot fit."""
+        sweep, ray_options = self.sweep, self.sweep.spec.ray
+        if sweep.spec.resources.devices_per_trial > 1:
+            # The Tune trial only drives its Ray Train run, whose workers hold the trial's CPUs and GPUs
+            # (ray_train.py). Tune cannot see those, so it is told how many trials fit the cluster at once.
+            trainable_fn = tune.with_resources(tune.with_parameters(distributed_trainable, settings=train_settings(sweep)),
+                                               {"cpu": DRIVER_CPUS})
+            fit = _trials_that_fit(ray.cluster_resources(), ray_options, distributed=True, source=sweep.source)
+            return trainable_fn, min(ray_options.max_concurrent_trials or fit, fit)
+        _trials_that_fit(ray.cluster_resources(), ray_options, distributed=False, source=sweep.source)
+        trainable_fn = tune.with_parameters(trainable, payload=sweep.to_payload())
+        return (tune.with_resources(trainable_fn, {"cpu": ray_options.cpus_per_trial, "gpu": ray_options.gpus_per_trial}),
+                ray_options.max_concurrent_trials)
+
+    def _run_config(self, tune, recorder: StudyRecorder):
+        sweep, ray_options = self.sweep, self.sweep.spec.ray
+        # Checkpoints hold the adapter only; Ray deletes all but the newest `num_to_keep` per trial.
+        # PBT keeps a few more: a trial it clones from must still have the checkpoint it chose.
+        keep = ray_options.checkpoints_to_keep or (4 if _is_pbt(sweep.spec) else 1)
+        return tune.RunConfig(
+            name=f"{sweep.study_name}-{int(time.time())}",  # one Ray experiment folder per launch
+            storage_path=str((sweep.output_dir / "ray").resolve()),
+            failure_config=tune.FailureConfig(max_failures=ray_options.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+            callbacks=[StudyCallback(recorder)],
+            verbose=0,
+        )
+
+
+def _is_pbt(spec) -> bool:
+    return spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt"
+
+
+def _join_ray(ray, ray_options) -> None:
+    """Start a local Ray, or join the cluster at `ray.address` / $RAY_ADDRESS, unless this process has one."""
+    if not ray.is_initialized():
+        address = ray_options.address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 **({} if address else {"num_cpus": ray_options.num_cpus, "num_gpus": ray_options.num_gpus}))

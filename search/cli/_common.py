@@ -51,7 +51,7 @@ def console(args: argparse.Namespace) -> Console:
         >>> console(argparse.Namespace(width=120)).width
         120
     """
-    width = args.width
+    width = getattr(args, "width", None)  # a Namespace built in Python, not by the parser, may lack it
     if width is None and not os.environ.get("COLUMNS", "").isdigit() and not _is_terminal(sys.stdout):
         width = LOG_WIDTH
     return Console(highlight=False, width=width)  # width None: rich's own choice ($COLUMNS, the terminal)

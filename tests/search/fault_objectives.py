@@ -153,3 +153,13 @@ class RaisesWithStoragePassword(CausalLMObjective):
                 raise RuntimeError(f"could not reach postgresql://sweeper:{STORAGE_PASSWORD}@db.internal:5432/optuna")
 
         self.base_model.register_forward_pre_hook(fail, with_kwargs=True)
+
+
+class RaisesForAllLinear(CausalLMObjective):
+    """A trial with target_modules all_linear raises in its set-up (a failure no launch check can foresee);
+    the others train normally."""
+
+    def run_trial(self, params, *args, **kwargs):
+        if params.get("target_modules") == "all_linear":
+            raise ValueError("injected failure: this trial's target_modules (all_linear) broke its set-up")
+        return super().run_trial(params, *args, **kwargs)

@@ -171,7 +171,16 @@ def test_a_non_finite_final_value_fails_the_trial_as_diverged(write_sweep, backe
         assert trial.user_attrs[record.METRICS]["eval_loss"] > 0
 
 
-def test_a_password_in_an_error_is_stored_logged_and_tracked_scrubbed(write_sweep, backend, layout, capfd):
+@pytest.fixture
+def optuna_logs():
+    """Optuna logging at its default level for one test (a CLI launch earlier in the session lowers it)."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    yield
+    optuna.logging.set_verbosity(verbosity)
+
+
+def test_a_password_in_an_error_is_stored_logged_and_tracked_scrubbed(write_sweep, backend, layout, capfd, optuna_logs):
     from tests.search.fault_objectives import STORAGE_PASSWORD
     from tests.search.wandb_records import read_runs
 

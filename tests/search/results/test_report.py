@@ -30,21 +30,22 @@ PLOTS = ["optimization_history", "intermediate_values", "param_importances", "pa
          "contour_lr_rank"]
 SENTINEL = "pw-SENTINEL-4711"
 
-# lr × rank searched as numbers, a param present only with the cosine schedule, and a target module
-# that does not exist so some trials fail. Seed 1 gives complete trials with and without warmup_ratio,
+# lr × rank searched as numbers, a param present only with the cosine schedule, and target modules
+# whose trials fail (tests/search/fault_objectives.py RaisesForAllLinear). Seed 1 gives complete trials with and without warmup_ratio,
 # and failed ones; test_mixed_study_has_what_it_is_meant_to_cover checks that.
 MIXED_SPACE = {"params": {
     "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
     "lora_r": {"type": "int", "low": 4, "high": 16},
     "lr_scheduler_type": {"type": "categorical", "choices": ["linear", "cosine"]},
     "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
-    "target_modules": {"type": "categorical", "choices": ["attention_qv", "no_such_module"]},
+    "target_modules": {"type": "categorical", "choices": ["attention_qv", "all_linear"]},
 }}
 SWEEPS = {
     # lora-quick with an eager pruner: complete and pruned trials, 4 searched params.
     "quick": {"name": "quick", "space": "lora-quick", "n_trials": 8,
               "pruner": {"name": "percentile", "args": {"percentile": 25.0, "n_startup_trials": 2}}},
-    "mixed": {"name": "mixed", "space": MIXED_SPACE, "n_trials": 7, "seed": 1},
+    "mixed": {"name": "mixed", "space": MIXED_SPACE, "n_trials": 7, "seed": 1,
+              "objective": "tests.search.fault_objectives:RaisesForAllLinear"},
     # One completed trial, and no lora_r: importances and the contour cannot be drawn.
     "single": {"name": "single", "n_trials": 1,
                "space": {"params": {"learning_rate": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True}}}},
@@ -210,7 +211,8 @@ def test_failed_trials_and_their_reasons_are_reported(reports, studies):
     assert "Failed trials" in page
     for trial in failed:
         assert f"trial {trial.number}" in page
-    assert "no_such_module" in page
+    assert "this trial&#x27;s target_modules (all_linear) broke its set-up" in page or \
+        "this trial's target_modules (all_linear) broke its set-up" in page
 
 
 def test_too_small_a_study_still_gets_a_report_with_notes(studies, tmp_path):
