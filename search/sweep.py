@@ -90,6 +90,9 @@ class Sweep:
     # data was not checked (a worker joining a study), so the launch's record stays.
     accepted_findings: list[dict[str, Any]] | None = None
     checked: "Checked | None" = None  # what `check` found, once it passed
+    # `launch --accept-changes`: a relaunch may change what makes trials comparable (budget, data, seed...);
+    # the study records it as a new sweep revision (search/store/relaunch.py) instead of refusing it.
+    accept_changes: bool = False
 
     def check(self, *, show: Callable[[DataReport], None] | None = None) -> "Checked":
         """Everything a launch refuses, in one place and before anything is created on disk: the space against

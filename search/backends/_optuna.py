@@ -194,7 +194,8 @@ class OptunaBackend(Backend):
                 source=sweep.source, key="metric.direction", value=", ".join(sweep.directions),
                 hint="Fix: use another study_name, or the same metrics and directions as before.",
             )
-        record_sweep(study, sweep)
+        for note in record_sweep(study, sweep):  # a sweep revision or a changed space, said once
+            self.listener("note", {"text": note})
         return study
 
     def _run_trial(self, trial: optuna.Trial, objective) -> float | list[float]:

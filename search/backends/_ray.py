@@ -191,7 +191,7 @@ class StudyRecorder:
         return frozen
 
     def _record(self, trial_id: str) -> TrialRecord:
-        return TrialRecord(self.study._storage, self.trials[trial_id]._trial_id)
+        return TrialRecord(self.study._storage, self.trials[trial_id]._trial_id, study_id=self.study._study_id)
 
     def result(self, trial_id: str, result: dict) -> None:
         if self.metric_name not in result or result.get(DONE_KEY):
@@ -437,7 +437,8 @@ class RayBackend(Backend):
         sampler = build_sampler(spec.sampler, sweep.space, seed=spec.seed, source=sweep.source)
         study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
                                     sampler=sampler, load_if_exists=True)
-        record_sweep(study, sweep)
+        for note in record_sweep(study, sweep):  # a sweep revision or a changed space, said once
+            self.listener("note", {"text": note})
         # The study is the source of truth for resuming; asking it takes queued trials first.
         outcome, remaining = self.begin(study, sweep.storage_url)
         if remaining == 0:

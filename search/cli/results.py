@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rich.markup import escape
@@ -20,6 +21,7 @@ from ..results.tables import (
     best_rows,
     format_value,
     get_trial,
+    left_out_line,
     paused_line,
     render_top_table,
     study_status,
@@ -71,6 +73,9 @@ def cmd_best(args: argparse.Namespace) -> int:
     rows = best_rows(study, args.top)
     if args.json:
         print(json.dumps(rows, indent=2))
+        left_out = left_out_line(study)
+        if left_out:  # on stderr: scripts read the rows from stdout, as before
+            print(left_out, file=sys.stderr)
         return 0
     if not rows:
         raise ConfigError("the study has no completed trial yet", key="study", value=study.study_name,

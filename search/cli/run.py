@@ -30,7 +30,9 @@ from . import _common
 def cmd_launch(args: argparse.Namespace) -> int:
     """Run (or resume) a sweep: in this process, or in `--workers N` / `--gpus 0,1` worker processes.
 
-    Launching a sweep again resumes it: finished trials are kept, interrupted ones run again."""
+    Launching a sweep again resumes it: finished trials are kept, interrupted ones run again. A relaunch
+    that changes what the trials measure (budget, model, data, metric, seed) is refused unless
+    --accept-changes records it as a new sweep revision; a changed search space is said and recorded."""
     console = _common.console(args)
     overrides = [*args.overrides, *_common.accept_overrides(args)]
     overrides += [f"tracking.wandb={args.wandb}"] if args.wandb else []
@@ -41,6 +43,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if storage:
         sweep.spec = sweep.spec.model_copy(update={"storage": storage})
     sweep.enqueue = [_enqueued_params(ref) for ref in args.enqueue]
+    sweep.accept_changes = args.accept_changes
     gpus = _gpu_list(args.gpus) if args.gpus is not None else None
     if gpus:
         gpus = _gpu_groups(gpus, sweep.spec.resources.devices_per_trial)
@@ -237,6 +240,10 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="validate everything, print the resolved sweep and sampled configs; train nothing")
     _common.add_accept(p)
+    p.add_argument("--accept-changes", action="store_true",
+                   help="relaunch a study with settings that change what its trials measure (budget, model, data, "
+                   "metric, seed...): recorded on the study as a new sweep revision, whose trials `best` and "
+                   "`export` rank apart from the older ones (without it such a relaunch is refused)")
     p.add_argument("--samples", type=int, default=5, help="configurations to sample with --dry-run (default 5)")
     p.add_argument("--top", type=int, default=10, help="rows in the final table of best trials (default 10)")
     p.add_argument("--wandb", choices=["auto", "online", "offline", "off"],

@@ -7,16 +7,20 @@ from pathlib import Path
 
 from ..aftersweep.train import output_dir_for, train_run
 from ..results.export import export
-from ..results.tables import format_value
+from ..results.tables import format_value, left_out_line
 from ..sweep import load_run
 from . import _common
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write winner.yaml, training_args.json and adapter_config.json for the best (or chosen) trial(s)."""
-    exported = export(_common.study_of(args), Path(args.out), trial=args.trial, top=args.top, pareto=args.pareto,
+    study = _common.study_of(args)
+    exported = export(study, Path(args.out), trial=args.trial, top=args.top, pareto=args.pareto,
                       force=args.force, allow_incomplete=args.allow_incomplete)
     console = _common.console(args)
+    left_out = left_out_line(study) if args.trial is None else None  # --trial N: the user chose it
+    if left_out:
+        console.print(left_out, markup=False)
     if args.pareto:
         console.print(f"Pareto front: {len(exported)} trial(s), listed with their metrics in "
                       f"{Path(args.out) / 'pareto.json'}")

@@ -29,7 +29,8 @@ from spaces import ConfigError
 from ..settings import RunSpec
 from ..sweep import run_objective
 from ..store import record as keys
-from .tables import get_trial, top_trials
+from ..store.relaunch import sweep_of_revision, trial_revision
+from .tables import get_trial, pareto_front, top_trials
 
 EXPORTED_FILES = ("winner.yaml", "training_args.json", "adapter_config.json")
 _VERSIONED = ("ftsweep", "optuna", "torch", "transformers", "peft", "datasets")
@@ -61,17 +62,21 @@ def safe_join(base: Path, *parts: str) -> Path:
     return target
 
 
-def sweep_record(study: optuna.Study) -> dict:
+def sweep_record(study: optuna.Study, trial: optuna.trial.FrozenTrial | None = None) -> dict:
+    """The sweep recorded on the study; with `trial`, the sweep of the revision it ran under (a relaunch with
+    `--accept-changes` may have changed the budget, data or seed since: search/store/relaunch.py)."""
     record = study.user_attrs.get(keys.STUDY_SWEEP)
     if not record:
         raise ConfigError("this study was not written by ftsweep (it has no sweep record)", key="study",
                           value=study.study_name)
+    if trial is not None:
+        return sweep_of_revision(study.user_attrs, trial_revision(trial)) or record
     return record
 
 
 def run_spec_for(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunSpec:
-    """The RunSpec that reproduces `trial`: the sweep's settings plus the trial's applied params."""
-    record = sweep_record(study)
+    """The RunSpec that reproduces `trial`: the settings of the sweep it ran under plus its applied params."""
+    record = sweep_record(study, trial)
     cls = get_objective(record["objective"]["name"])
     config = keys.config_of(trial)
     applied = {k: v for k, v in config.items() if k in cls.accepted_params()}
@@ -176,7 +181,7 @@ def export(
             raise ConfigError("--pareto needs a multi-objective study; this one optimizes one metric",
                               key="--pareto", value=study.study_name,
                               hint="Fix: export the best trial (no flag) or the K best (--top K).")
-        front = sorted(study.best_trials, key=lambda t: t.number)
+        front = pareto_front(study)  # of the latest sweep revision: older ones ran under other settings
         if not front:
             raise ConfigError("the study has no completed (feasible) trial on its Pareto front yet", key="study",
                               value=study.study_name)

@@ -15,6 +15,7 @@ from spaces import ConfigError
 from ..store import record
 from ..store.pausing import paused_trials
 from ..store.record import is_feasible
+from ..store.relaunch import STUDY_REVISIONS, latest_revision, trial_revision
 
 # Long parameter names shortened in tables, so a top-trials table fits a terminal.
 SHORT_NAMES = {
@@ -64,12 +65,62 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> TrialRow:
     )
 
 
-def top_trials(study: optuna.Study, k: int = 10) -> list[TrialRow]:
-    """Completed trials, best first (pruned ones are never 'best': they did not finish their budget).
-    For a multi-objective study: the Pareto front, in trial order."""
-    if len(study.directions) > 1:
-        return [trial_row(t) for t in sorted(study.best_trials, key=lambda t: t.number)[:k]]
+def comparable_trials(study: optuna.Study) -> tuple[list[optuna.trial.FrozenTrial], int]:
+    """The completed trials that rank together: those of the study's latest sweep revision (a relaunch with
+    `--accept-changes` starts one: search/store/relaunch.py); and how many completed trials of older
+    revisions were left out, which ran under other settings (budget, data, seed...).
+
+    Example:
+        >>> trials, left_out = comparable_trials(study)  # the doctest study was launched once: revision 0
+        >>> len(trials), left_out
+        (2, 0)
+    """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    latest = latest_revision(study.user_attrs)
+    comparable = [t for t in complete if trial_revision(t) == latest]
+    return comparable, len(complete) - len(comparable)
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """A multi-objective study's Pareto front among its comparable trials (`comparable_trials`), feasible
+    ones only as for Optuna's `best_trials`, in trial order."""
+    comparable, left_out = comparable_trials(study)
+    if not left_out:
+        return sorted(study.best_trials, key=lambda t: t.number)
+    signs = [-1 if d == optuna.study.StudyDirection.MAXIMIZE else 1 for d in study.directions]
+    feasible = [t for t in comparable if is_feasible(t)]
+    costs = {t.number: [s * v for s, v in zip(signs, t.values)] for t in feasible}
+
+    def dominated(trial) -> bool:
+        mine = costs[trial.number]
+        return any(all(o <= m for o, m in zip(other, mine)) and other != mine for other in costs.values())
+
+    return sorted((t for t in feasible if not dominated(t)), key=lambda t: t.number)
+
+
+def left_out_line(study: optuna.Study) -> str | None:
+    """What `best`, `export` and the top tables leave out: completed trials of older sweep revisions; or None.
+
+    Example:
+        >>> left_out_line(study) is None  # one launch, one revision
+        True
+    """
+    _, left_out = comparable_trials(study)
+    if not left_out:
+        return None
+    latest = (study.user_attrs.get(STUDY_REVISIONS) or [{}])[-1]
+    changed = "; ".join(f"{c['key']}: {c['was']} → {c['now']}" for c in latest.get("changes", []))
+    return (f"{left_out} completed trial(s) of earlier sweep revisions left out: they ran under other settings "
+            f"(revision {latest.get('revision')}, {latest.get('at', '')}: {changed}). "
+            f"`ftsweep show {study.study_name} N` still shows each.")
+
+
+def top_trials(study: optuna.Study, k: int = 10) -> list[TrialRow]:
+    """Completed trials of the latest sweep revision (`comparable_trials`), best first (pruned ones are never
+    'best': they did not finish their budget). For a multi-objective study: the Pareto front, in trial order."""
+    if len(study.directions) > 1:
+        return [trial_row(t) for t in pareto_front(study)[:k]]
+    complete, _ = comparable_trials(study)
     sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
     # Trials that break a sweep's constraints rank after every feasible one (as for Optuna's best_trial).
     complete.sort(key=lambda t: (not is_feasible(t), sign * t.value))
@@ -94,8 +145,9 @@ def render_top_table(study: optuna.Study, *, k: int = 10, title: str | None = No
     default_title = (f"Pareto front of '{study.study_name}' ({len(rows)} trials; {goal})" if multi
                      else f"Top {len(rows)} trials of '{study.study_name}' ({goal})")
     constraints = study.user_attrs.get(record.STUDY_CONSTRAINTS) or []
-    table = Table(title=title or default_title,
-                  caption=f"constraints: {'; '.join(constraints)}" if constraints else None)
+    caption = [f"constraints: {'; '.join(constraints)}"] if constraints else []
+    caption += [line for line in [left_out_line(study)] if line]
+    table = Table(title=title or default_title, caption="\n".join(caption) or None)
     table.add_column("#", justify="right")
     for name in names:
         table.add_column(name, justify="right")
@@ -159,7 +211,7 @@ def study_status(study: optuna.Study) -> dict[str, Any]:
         rows = top_trials(study, 1)  # feasible first: constraints as Optuna's best_trial reads them
         best = {"number": rows[0].number, "value": rows[0].value}
     elif counts["complete"]:
-        pareto = [t.number for t in sorted(study.best_trials, key=lambda t: t.number)]
+        pareto = [t.number for t in pareto_front(study)]
     return {
         "study": study.study_name,
         "metric": study.user_attrs.get(record.STUDY_METRIC, "value"),

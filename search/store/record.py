@@ -28,8 +28,9 @@ evaluation step) and state:
 | slot           | a place is queued           | a WAITING trial holding one of the n_trials places           |
 | enqueued       | `--enqueue` queued it       | True                                                         |
 | paused_at      | a scheduler paused it       | the step of the checkpoint it keeps (search/store/pausing.py) |
+| revision       | the trial starts            | the sweep revision it ran under (search/store/relaunch.py)   |
 
-The study itself holds the sweep (`record_sweep`).
+The study itself holds the sweep (`record_sweep`), and the revisions a relaunch recorded.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+
+from .relaunch import REVISION, check_relaunch, latest_revision
 
 CONFIG = "config"
 WORKER = "worker"
@@ -65,10 +68,12 @@ PACK = "pack"  # a packed trial's place: {slot, slots} (objectives/engine/packed
 ENQUEUED = "enqueued"
 PAUSED_AT = "paused_at"  # a paused trial: PRUNED at this step, its checkpoint kept for its continuation
 
+# REVISION (search/store/relaunch.py): the sweep revision a trial started under.
+
 # Every trial attribute above: a backend writes no other (the backend contract tests check it).
 TRIAL_KEYS = frozenset({CONFIG, WORKER, DEVICE, PLACEMENT, EVAL_HISTORY, METRICS, DURATION, CONSTRAINTS, FAIL_REASON,
                         FAILURE_CAUSE, RETRY, RETRIED, INTERRUPTED, RETRY_OF, RETRY_CAUSE, ATTEMPT, OVERRIDES,
-                        RETRY_REASON, RETRY_REASONS, SLOT, ENQUEUED, PACK, PAUSED_AT})
+                        RETRY_REASON, RETRY_REASONS, SLOT, ENQUEUED, PACK, PAUSED_AT, REVISION})
 
 # What `failure_cause` says (what each means for a re-run: search/store/retries.py).
 PREEMPTED, INTERRUPTED_CAUSE, OOM, DIVERGED, ERROR = "preempted", "interrupted", "oom", "diverged", "error"
@@ -83,6 +88,7 @@ STUDY_OBJECTIVE = "objective"
 STUDY_BACKEND = "backend"
 STUDY_ACCEPTED = "accepted_findings"  # data-check errors the launch accepted: [{check, message, split, count}]
 STUDY_DEADLINE = "deadline"  # epoch seconds after which no trial starts (the sweep's timeout)
+# STUDY_REVISIONS, STUDY_SPACE_REVISIONS (search/store/relaunch.py): what relaunches changed, and when.
 
 # A trial's evaluation entry: the step, then every metric reported at it.
 STEP = "step"
@@ -94,6 +100,8 @@ class TrialRecord:
     Args:
         storage: the study's storage (`study._storage`).
         trial_id: the storage's id of the trial (`trial._trial_id`), not its number.
+        study_id: the study's id in the storage (`study._study_id`): `started` reads the sweep revision there
+            (a record made with `of` reads it through its trial).
 
     Example:
         >>> study = optuna.create_study()
@@ -103,13 +111,15 @@ class TrialRecord:
         >>> record.evaluated([{"step": 10, "eval_loss": 0.9}])
         >>> record.completed({"eval_loss": 0.9}, duration_s=1.5)
         >>> sorted(study._storage.get_trial(trial._trial_id).user_attrs)
-        ['config', 'duration_s', 'eval_history', 'metrics', 'worker']
+        ['config', 'duration_s', 'eval_history', 'metrics', 'revision', 'worker']
     """
 
-    def __init__(self, storage, trial_id: int, *, trial: optuna.Trial | None = None) -> None:
+    def __init__(self, storage, trial_id: int, *, trial: optuna.Trial | None = None,
+                 study_id: int | None = None) -> None:
         self.storage = storage
         self.trial_id = trial_id
         self.trial = trial
+        self.study_id = study_id
 
     @classmethod
     def of(cls, trial: optuna.Trial) -> "TrialRecord":
@@ -133,6 +143,12 @@ class TrialRecord:
         if device is not None:
             self.set(DEVICE, device)
         self.set(CONFIG, dict(params))
+        # Read at the start, from the study: a trial belongs to the sweep revision it was started under, even
+        # when a relaunch records a newer one while it runs.
+        if self.trial is not None:
+            self.set(REVISION, latest_revision(self.trial.study.user_attrs))
+        elif self.study_id is not None:
+            self.set(REVISION, latest_revision(self.storage.get_study_user_attrs(self.study_id)))
 
     def placed(self, placement: dict[str, Any]) -> None:
         self.set(PLACEMENT, placement)
@@ -178,10 +194,20 @@ def record_constraints(trial: optuna.Trial, constraints: Iterable, metrics: dict
         trial.set_user_attr(CONSTRAINTS, values)
 
 
-def record_sweep(study: optuna.Study, sweep) -> None:
+def record_sweep(study: optuna.Study, sweep) -> list[str]:
     """Store the sweep on its study at every launch, so every command (and `ftsweep worker`) can rebuild
-    the objective from the store. Without secrets: the storage URL is not stored (it may hold a password)."""
-    study.set_user_attr(STUDY_SWEEP, sweep.spec.model_dump(mode="json", exclude={"storage"}))
+    the objective from the store. Without secrets: the storage URL is not stored (it may hold a password).
+
+    A relaunch is first checked against the sweep recorded (search/store/relaunch.py): a change that would make
+    its trials incomparable raises a ConfigError before anything is written, unless `sweep.accept_changes`
+    (`launch --accept-changes`) records it as a new sweep revision. Returns what the user should be told:
+    the revision recorded, a changed search space.
+    """
+    launched = sweep.spec.model_dump(mode="json", exclude={"storage"})
+    notes = check_relaunch(study, recorded_sweep=study.user_attrs.get(STUDY_SWEEP), launched_sweep=launched,
+                           recorded_space=study.user_attrs.get(STUDY_SPACE), launched_space=sweep.space.to_dict(),
+                           accept_changes=sweep.accept_changes, source=sweep.source)
+    study.set_user_attr(STUDY_SWEEP, launched)
     study.set_user_attr(STUDY_SPACE, sweep.space.to_dict())
     study.set_user_attr(STUDY_METRIC, sweep.metric_label)
     with warnings.catch_warnings():  # experimental in name only: stable since Optuna 3.2
@@ -192,6 +218,7 @@ def record_sweep(study: optuna.Study, sweep) -> None:
     study.set_user_attr(STUDY_BACKEND, sweep.spec.backend)
     if sweep.accepted_findings is not None:
         study.set_user_attr(STUDY_ACCEPTED, sweep.accepted_findings)
+    return notes
 
 
 # ------------------------------------------------------------------------------------- reading
