@@ -34,9 +34,10 @@ from spaces import ConfigError
 from ..components import build_pruner, build_sampler
 from ..observers.tracking import make_tracker
 from ..secrets import redact_url
-from ..store.pausing import park, should_pause
-from ..store.queue import NoTrialLeft, QueueStudy, top_up_slots
+from ..store.pausing import park, pauses_now
+from ..store.queue import NoTrialLeft, QueueStudy, to_be_ended, top_up_slots
 from ..store.record import (
+    trial_by_number,
     EVAL_HISTORY,
     OVERRIDES,
     PAUSED_AT,
@@ -201,7 +202,7 @@ class OptunaBackend(Backend):
     def _run_trial(self, trial: optuna.Trial, objective) -> float | list[float]:
         sweep = self.sweep
         single = not sweep.multi_objective
-        if trial._trial_id in getattr(trial.study, "ending", ()):
+        if to_be_ended(trial):
             self.end_paused(trial)
         params, record, tracked = self.start_trial(trial)
         trial_dir = self.trial_dir(trial.number)
@@ -286,7 +287,7 @@ class OptunaBackend(Backend):
             trial.report(metrics[metric], step)
             if trial.should_prune():
                 return True
-            return PAUSE if should_pause(trial.study, trial._trial_id, step) else False  # a pausing scheduler's call
+            return PAUSE if pauses_now(trial, step) else False  # a pausing scheduler's call
 
         return report
 
@@ -341,9 +342,7 @@ class OptunaBackend(Backend):
         trial_dir.parent.mkdir(parents=True, exist_ok=True)
         previous_dir.rename(trial_dir)
         step = int(state["step"])
-        storage = trial.study._storage
-        previous = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(trial.study._study_id,
-                                                                                    int(retry_of)))
+        previous = trial_by_number(trial.study, int(retry_of))
         history = [dict(h, resumed_from=step) if h[STEP] == step else dict(h)
                    for h in previous.user_attrs.get(EVAL_HISTORY, []) if h[STEP] <= step]
         return trial_dir / checkpoint.name, history, float(state.get("elapsed_s", 0.0))

@@ -31,8 +31,9 @@ from spaces import ConfigError
 from ..components import PRUNERS, build_sampler
 from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
 from ..secrets import scrub_secrets
-from ..store.record import ERROR, RETRY_REASONS, TrialRecord, record_sweep, state_counts
-from ..store.recovery import mark_interrupted
+from ..store.record import (ERROR, RETRY_REASONS, TrialRecord, frozen_trial, record_sweep, state_counts,
+                             storage_record)
+from ..store.recovery import mark_trial_interrupted
 from ..store.retries import failure_cause
 from ..store.storage import WORKER_ID, prepare_storage
 from ..trials import decide, failed, settle
@@ -184,14 +185,14 @@ class StudyRecorder:
         report on trials the study already finished; those are left alone."""
         if trial_id in self.finished or trial_id not in self.trials:
             return None
-        frozen = self.study._storage.get_trial(self.trials[trial_id]._trial_id)
+        frozen = frozen_trial(self.study, self.trials[trial_id])
         if frozen.state != TrialState.RUNNING:
             self.finished.add(trial_id)
             return None
         return frozen
 
     def _record(self, trial_id: str) -> TrialRecord:
-        return TrialRecord(self.study._storage, self.trials[trial_id]._trial_id, study_id=self.study._study_id)
+        return storage_record(self.study, self.trials[trial_id])
 
     def result(self, trial_id: str, result: dict) -> None:
         if self.metric_name not in result or result.get(DONE_KEY):
@@ -475,7 +476,7 @@ class RayBackend(Backend):
             results = tuner.fit()
         finally:
             for ot_trial in recorder.population.values():  # PBT trials Ray never started: run them next launch
-                mark_interrupted(study._storage, ot_trial._trial_id, "interrupted: never started")
+                mark_trial_interrupted(study, ot_trial, "interrupted: never started")
         outcome.ran = len(results)
         outcome.counts = state_counts(study.get_trials(deepcopy=False))
         recorder.tracker.sweep_end(study, sweep.output_dir)

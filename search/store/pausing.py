@@ -113,6 +113,11 @@ def lineages(trials: list[FrozenTrial]) -> dict[int, Lineage]:
     return found
 
 
+def pauses_now(trial: optuna.Trial, step: int) -> bool:
+    """`should_pause` for a running trial object at its evaluation of `step`."""
+    return should_pause(trial.study, trial._trial_id, step)
+
+
 def should_pause(study: optuna.Study, trial_id: int, step: int) -> bool:
     """Whether the study's pruner, a pausing scheduler, pauses this running trial at its evaluation of `step`."""
     pause = getattr(study.pruner, "pause", None)

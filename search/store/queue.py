@@ -66,6 +66,11 @@ def top_up_slots(study: optuna.Study, n_trials: int) -> int:
     return max(missing, 0)
 
 
+def to_be_ended(trial: optuna.Trial) -> bool:
+    """Whether the queue handed out this trial to be ended, not run: a paused trial no scheduler promoted."""
+    return trial._trial_id in getattr(trial.study, "ending", ())
+
+
 class QueueStudy(optuna.Study):
     """A study whose `ask()` only pops queued trials (see the module docstring): `study.optimize`
     ends with `NoTrialLeft` instead of creating trial n_trials + 1.

@@ -182,6 +182,22 @@ class TrialRecord:
         self.set(RETRY_REASONS, reasons)
 
 
+def frozen_trial(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The storage's current record of a live trial (its state, attrs and values as every process sees them)."""
+    return study._storage.get_trial(trial._trial_id)
+
+
+def trial_by_number(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """The study's trial `number`, read from the storage without loading every trial."""
+    storage = study._storage
+    return storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+
+
+def storage_record(study: optuna.Study, trial: optuna.Trial) -> TrialRecord:
+    """A record of `trial` written straight to the storage (a driver writing for trials run elsewhere, as Ray's)."""
+    return TrialRecord(study._storage, trial._trial_id, study_id=study._study_id)
+
+
 def record_constraints(trial: optuna.Trial, constraints: Iterable, metrics: dict[str, float]) -> None:
     """Give a finished trial its constraint values (Optuna's `set_constraint`: feasible when all <= 0),
     which samplers, `best_trial` and the Pareto front read; also kept readable as user attr

@@ -62,6 +62,11 @@ def _orphans_unstamped(study: optuna.Study, trials: list, *, poll_s: float = 0.1
     return orphans
 
 
+def mark_trial_interrupted(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    """`mark_interrupted` for a trial asked of `study` (e.g. a PBT member Ray never started)."""
+    mark_interrupted(study._storage, trial._trial_id, reason)
+
+
 def mark_interrupted(storage, trial_id: int, reason: str) -> None:
     """FAIL a trial that was cut short (not its own fault): it does not count toward n_trials and
     `recover_interrupted` queues its params again."""
