@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -409,7 +410,7 @@ class RayBackend(Backend):
         """What Ray cannot run, refused without starting Ray: pruner settings with no Ray translation (PBT's
         mutations included), a PBT sweep without n_trials, GPUs per trial that do not match a distributed trial's
         workers, and a trial bigger than the local Ray this sweep would start (a cluster at `ray.address` is
-        measured when the launch joins it)."""
+        measured when the launch joins it; a Ray this process already runs is measured as it is)."""
         spec = sweep.spec
         ray_scheduler_args(spec, spec.budget, sweep.space, source=sweep.source)
         workers = spec.resources.devices_per_trial
@@ -421,8 +422,14 @@ class RayBackend(Backend):
         if _is_pbt(spec) and spec.n_trials is None:
             raise ConfigError("PBT trains a fixed population: set n_trials (its size)", key="n_trials",
                               source=sweep.source)
-        if not (spec.ray.address or os.environ.get("RAY_ADDRESS")):
-            _trials_that_fit(_local_cluster(spec.ray), spec.ray, distributed=workers > 1, source=sweep.source)
+        running = sys.modules.get("ray")  # a Ray this process already runs or joined is the one the launch uses
+        if running is not None and running.is_initialized():
+            cluster = running.cluster_resources()
+        elif spec.ray.address or os.environ.get("RAY_ADDRESS"):
+            return  # a cluster elsewhere: measured when the launch joins it (`_trainable`)
+        else:
+            cluster = _local_cluster(spec.ray)
+        _trials_that_fit(cluster, spec.ray, distributed=workers > 1, source=sweep.source)
 
     def run(self) -> SweepOutcome:
         ray, tune = _import_ray()

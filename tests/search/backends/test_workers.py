@@ -276,7 +276,8 @@ def test_ctrl_c_on_the_launcher_stops_its_workers_and_the_sweep_resumes(write_sw
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # every worker recorded its trial
     stopped = [t for t in trials if t.state == TrialState.FAIL]
     assert stopped and all(t.user_attrs["failure_cause"] == "interrupted" for t in stopped)
-    assert main(["launch", str(path), "--storage", storage, "--set", "budget.max_steps=4"]) == 0
+    # Shorter trials to finish quickly: a budget change, recorded as a sweep revision.
+    assert main(["launch", str(path), "--storage", storage, "--set", "budget.max_steps=4", "--accept-changes"]) == 0
     trials = _load(storage).get_trials()
     assert len(_finished(trials)) == 4
     for t in stopped:  # each interrupted trial ran again with the same params
