@@ -21,7 +21,7 @@ from .engine.checkpoint import checkpoint_problem, checkpoint_state, latest_chec
 from .engine.objective import Objective, available_objectives, check_augmentation, get_objective
 from .engine.distributed import RankLost, group_failed, run_distributed_trial
 from .engine.packed import PACK_METRICS, PER_SLOT_PARAMS, run_packed
-from .engine.trial import PAUSE, Reporter, TrialDiverged, TrialPaused
+from .engine.trial import PAUSE, Reporter, TrialDiverged, TrialOptions, TrialPaused
 from .harness import Harness, is_harness_metric
 from .engine.worker import BASE_MODEL_PARAM
 from .metrics import GENERATION_METRICS, UNCERTAINTY_STRATEGIES, generation_metrics, perplexity, uncertainty
@@ -76,6 +76,7 @@ __all__ = [
     "latest_checkpoint",
     "TrainBudget",
     "TrialDiverged",
+    "TrialOptions",
     "TrialPaused",
     "available_objectives",
     "bundled_datasets",

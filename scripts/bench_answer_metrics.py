@@ -32,6 +32,7 @@ import _bench_common as common  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     from scipy.stats import spearmanr
 
+    from objectives import TrialOptions
     from search.sweep import load_sweep
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
                 agreement=sum(a == b for a, b in zip(exact, choice)) / len(rows))
             return {}
 
-        result = objective.run_trial(params, after_training=measure)
+        result = objective.run_trial(params, options=TrialOptions(after_training=measure))
         trials.append({"number": number, "params": params, "eval_loss": result["eval_loss"], **measured})
     answers = Counter(row.answer for row in rows)
     majority = answers.most_common(1)[0][1] / len(rows)

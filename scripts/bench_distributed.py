@@ -7,7 +7,7 @@ The sweep of scripts/bench_pruning.py (its model, data and 40-step budget: batch
 fixed LoRA config, the objective made once. Each repeat runs, in rotated order:
 
     alone      `Objective.run_trial` in this process (set up once, before timing)
-    G=N        `run_distributed_trial(world_size=N)`: N rank processes (gloo on CPUs, NCCL on GPUs), each
+    G=N        `run_distributed_trial(group=RankGroup(world_size=N))`: N rank processes (gloo on CPUs, NCCL on GPUs), each
                setting up its own objective, the same global batch (16 / N rows per rank per step)
 
     per step        seconds from the first evaluation's report to the last's, over the steps between them
@@ -46,7 +46,7 @@ def _timed(run) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from objectives.engine.distributed import run_distributed_trial
+    from objectives.engine.distributed import RankGroup, run_distributed_trial
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     objective.run_trial(PARAMS)  # warm-up
 
     def distributed(n):
-        return lambda report: run_distributed_trial(common._objective_unset(config), PARAMS, report, world_size=n)
+        return lambda report: run_distributed_trial(common._objective_unset(config), PARAMS, report,
+                                                    group=RankGroup(world_size=n))
 
     sides = {"alone": lambda report: objective.run_trial(PARAMS, report),
              **{f"G={n}": distributed(n) for n in sizes}}

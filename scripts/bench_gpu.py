@@ -30,7 +30,7 @@ What is measured
     tokens/s    non-padding input tokens of the timed steps / their wall time. The window is the
                 steps after --warmup to the last one; both ends wait for the GPU
                 (`torch.cuda.synchronize`), nothing syncs inside it. In a trial the ends are
-                `run_trial(on_log=...)` calls: the objective forwards Trainer's training log every
+                `run_trial(options=TrialOptions(on_log=...))` calls: the objective forwards Trainer's training log every
                 `logging_steps` (5) steps, right after that step's optimizer step and before the
                 evaluation, so --warmup and --steps must be multiples of it. A trial's tokens are
                 steps x batch x seq-len (every example is full-length, checked); the bare loop sums
@@ -267,6 +267,8 @@ def timed_objective_class():
 
 def trial_runs(objective, args, n: int) -> list[dict]:
     """`n` run_trial calls with the same params; per trial its figures and timestamps."""
+    from objectives import TrialOptions
+
     seq_tokens = args.batch_size * args.seq_len
     results = []
     for _ in range(n):
@@ -278,7 +280,7 @@ def trial_runs(objective, args, n: int) -> list[dict]:
                 logs[step] = _clock()
 
         t_call = _clock()
-        metrics = objective.run_trial(TRIAL_PARAMS, report=lambda step, m: False, on_log=on_log)
+        metrics = objective.run_trial(TRIAL_PARAMS, lambda step, m: False, TrialOptions(on_log=on_log))
         t_return = _clock()
         marks = objective.marks
         if int(metrics["steps"]) != args.steps or args.warmup not in logs or args.steps not in logs:

@@ -38,6 +38,7 @@ METRIC = "choice_accuracy"
 
 def record(n_trials: int, rows: int, quick: bool, scores_root: Path) -> list[dict]:
     """Every trial trained to its end: {"params", "curve": {step: value}}, scores in scores_root/trial-K."""
+    from objectives import TrialOptions
     from search.sweep import load_sweep
 
     overrides = [f"objective.args.eval_samples={rows}", "budget.eval_every=10", "tracking.wandb=off"]
@@ -53,8 +54,8 @@ def record(n_trials: int, rows: int, quick: bool, scores_root: Path) -> list[dic
         params = {"learning_rate": 10 ** rng.uniform(-3, -1), "lora_r": rng.choice([4, 8, 16])}
         params["lora_alpha"] = 2 * params["lora_r"]
         curve: dict[int, float] = {}
-        objective.run_trial(params, report=lambda step, m, curve=curve: curve.__setitem__(step, m[METRIC]) or False,
-                            scores_dir=scores_root / f"trial-{number}")
+        objective.run_trial(params, lambda step, m, curve=curve: curve.__setitem__(step, m[METRIC]) or False,
+                            TrialOptions(scores_dir=scores_root / f"trial-{number}"))
         trials.append({"params": params, "curve": curve})
     return trials
 

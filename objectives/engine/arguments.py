@@ -92,7 +92,7 @@ def training_kwargs(budget: TrainBudget, params: Mapping[str, Any], output_dir: 
         logging_steps=max(d for d in range(1, min(budget.eval_every, 5) + 1) if budget.eval_every % d == 0),
         # Keep NaN visible: the default filter would replace a NaN loss with the running mean.
         logging_nan_inf_filter=False,
-        save_strategy="no",  # run_trial(checkpoints=True) saves after every evaluation
+        save_strategy="no",  # run_trial with TrialOptions(checkpoints=True) saves after every evaluation
         # A resumed trial keeps early stopping's patience count (off by default in transformers).
         restore_callback_states_from_checkpoint=True,
         report_to="none",

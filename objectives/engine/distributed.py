@@ -1,6 +1,6 @@
 """Trials bigger than one device: one trial as a `torch.distributed` job of G rank processes (DDP or FSDP).
 
-`run_distributed_trial(objective, params, report, world_size=G)` starts G processes on this machine, each
+`run_distributed_trial(objective, params, report, group=RankGroup(world_size=G))` starts G processes on this machine, each
 joining one process group (gloo on CPUs, NCCL on GPUs, on loopback) and running the same
 `Objective.run_trial`: transformers' Trainer sees `WORLD_SIZE` and trains data-parallel (with `strategy="fsdp"`,
 the model sharded over the ranks: FSDP2 with PEFT's auto-wrap policy), each rank on
@@ -33,7 +33,7 @@ Example (2 processes on CPU, gloo):
 
     .. code-block:: python
 
-        final = run_distributed_trial(objective, {"learning_rate": 3e-3, "lora_r": 8}, world_size=2)
+        final = run_distributed_trial(objective, {"learning_rate": 3e-3, "lora_r": 8}, group=RankGroup(world_size=2))
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from .trial import Reporter, TrialDiverged, TrialPaused
+from .trial import Reporter, TrialDiverged, TrialOptions, TrialPaused
 
 # What every rank imports before its trial: the forkserver imports it once per worker, so a rank starts in
 # about a second instead of an interpreter's ~6 s on 2 CPU cores. `objectives` first: it quiets upstream
@@ -60,39 +60,51 @@ _PRELOAD = ["objectives", "torch", "transformers", "transformers.trainer", "peft
 _FORKSERVER = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class RankGroup:
+    """The process group a distributed trial runs as.
+
+    Example:
+        >>> RankGroup(world_size=2).strategy
+        'ddp'
+    """
+
+    world_size: int
+    """Rank processes, one per device (or CPU share)."""
+    devices: tuple[str, ...] = ()
+    """The GPU ids the ranks use, one per rank; empty: CPUs (gloo)."""
+    strategy: str = "ddp"
+    """"ddp" (a model copy per rank) or "fsdp" (sharded, FSDP2)."""
+    timeout_s: float = 600.0
+    """The process group's timeout, for a hung collective."""
+    deadlock_after_s: float = 60.0
+    """How long every rank may wait in a collective, using no CPU, before the trial fails (module docstring)."""
+
+
 class RankLost(RuntimeError):
     """A rank of a distributed trial died, or its process group hung past the timeout: the trial fails, and
     the same params may well succeed on a re-run (retried like a preempted trial)."""
 
 
 def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter | None = None,
-                          trial_dir: str | Path | None = None, *, world_size: int,
-                          devices: Sequence[str] | None = None,
-                          on_log: Callable[[int, dict[str, float]], None] | None = None,
-                          checkpoints: bool = False, checkpoint_interval_s: float = 0.0,
-                          resume_from: str | Path | None = None, timeout_s: float = 600.0,
-                          strategy: str = "ddp", deadlock_after_s: float = 60.0,
-                          scores_dir: str | Path | None = None) -> dict[str, float]:
-    """One trial of `objective` (an Objective not set up here: each rank sets up its own) in `world_size`
-    processes; arguments and result as `Objective.run_trial`. `devices`: the GPU ids the trial's ranks use,
-    one per rank (None: CPUs); `strategy`: "ddp" (a model copy per rank) or "fsdp" (sharded, FSDP2);
-    `timeout_s`: the process group's timeout; `deadlock_after_s`: how long every rank may wait in a collective,
-    using no CPU, before the trial is failed (see the module's docstring). Raises optuna.TrialPruned,
-    TrialPaused, TrialDiverged, RankLost, or a rank's error."""
+                          options: TrialOptions | None = None, *, group: RankGroup) -> dict[str, float]:
+    """One trial of `objective` (an Objective not set up here: each rank sets up its own) as the process group
+    `group` says; arguments and result as `Objective.run_trial` (`options` as they cross to another process:
+    its `on_log` hears rank 0's training logs; `after_training`, `on_evaluate`, `on_checkpoint` and
+    `train_dataset` are not taken). Raises optuna.TrialPruned, TrialPaused, TrialDiverged, RankLost, or a rank's
+    error."""
     import optuna
     import torch
 
     context = _context()
     to_rank0, from_caller = context.Pipe()
+    options = options or TrialOptions()
+    world_size = group.world_size
     board = WaitBoard(context, world_size)
     port = _free_port()
-    options = {"strategy": strategy, "threads": max(1, torch.get_num_threads() // world_size),  # CPU share, split
-               "trial_dir": str(trial_dir) if trial_dir is not None else None, "checkpoints": checkpoints,
-               "checkpoint_interval_s": checkpoint_interval_s, "timeout_s": timeout_s,
-               "resume_from": str(resume_from) if resume_from is not None else None,
-               "scores_dir": str(scores_dir) if scores_dir is not None else None}
+    threads = max(1, torch.get_num_threads() // world_size)  # the worker's CPU share, split
     ranks = [context.Process(target=_rank_main, name=f"ftsweep-rank-{rank}", daemon=True,
-                             args=(rank, world_size, port, list(devices or []), objective, dict(params), options,
+                             args=(rank, port, group, threads, objective, dict(params), options.for_another_process(),
                                    from_caller if rank == 0 else None, board))
              for rank in range(world_size)]
     for process in ranks:
@@ -100,7 +112,7 @@ def run_distributed_trial(objective, params: Mapping[str, Any], report: Reporter
     from_caller.close()  # the ranks hold their ends: a dead rank 0 shows as end of file here
     outcome = None
     try:
-        outcome = _serve(to_rank0, ranks, report, on_log, board, deadlock_after_s)
+        outcome = _serve(to_rank0, ranks, report, options.on_log, board, group.deadlock_after_s)
     finally:
         _stop(ranks, finishing=outcome is not None)
         to_rank0.close()
@@ -284,10 +296,11 @@ def group_failed(exc: BaseException) -> bool:
         marker in text for marker in ("gloo/transport", "nccl", "connection reset by peer", "connection closed by peer")))
 
 
-def _rank_main(rank: int, world_size: int, port: int, devices: list[str], objective, params: dict,
-               options: dict, conn, board: WaitBoard) -> None:
+def _rank_main(rank: int, port: int, group: RankGroup, threads: int, objective, params: dict,
+               options: TrialOptions, conn, board: WaitBoard) -> None:
     """One rank: join the group, set up the objective, run the trial; rank 0 relays to the caller."""
     _die_with_parent()
+    world_size, devices = group.world_size, list(group.devices)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if devices:
@@ -299,10 +312,10 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
     backend = "nccl" if devices and torch.cuda.is_available() else "gloo"
     # The worker's CPU threads, shared by its ranks. Set in the environment too: accelerate otherwise sets one
     # thread per physical core / ranks when OMP_NUM_THREADS is unset (a single thread on a 2-vCPU machine).
-    os.environ["OMP_NUM_THREADS"] = str(options["threads"])
-    torch.set_num_threads(options["threads"])
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
     dist.init_process_group(backend, rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=options["timeout_s"]))
+                            timeout=datetime.timedelta(seconds=group.timeout_s))
     board.watch(rank)
 
     def report(step: int, metrics: dict[str, float]) -> bool:
@@ -319,12 +332,9 @@ def _rank_main(rank: int, world_size: int, port: int, devices: list[str], object
 
     outcome: tuple[str, Any]
     try:
-        objective.strategy = options["strategy"]
+        objective.strategy = group.strategy
         objective.setup()
-        final = objective.run_trial(params, report, options["trial_dir"], on_log=on_log,
-                                    checkpoints=options["checkpoints"],
-                                    checkpoint_interval_s=options["checkpoint_interval_s"],
-                                    resume_from=options["resume_from"], scores_dir=options["scores_dir"])
+        final = objective.run_trial(params, report, replace(options, on_log=on_log))
         outcome = ("done", final)
     except optuna.TrialPruned as exc:
         outcome = ("pruned", str(exc))

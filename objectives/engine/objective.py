@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,7 +50,7 @@ from .arguments import (
 from ..harness import Harness, is_harness_metric
 from ..harness import check_metric as harness_direction
 from .callback import COST_METRICS
-from .trial import Reporter
+from .trial import Reporter, TrialOptions
 from .worker import BASE_MODEL_PARAM, Worker
 
 
@@ -431,54 +431,34 @@ class Objective:
                                            eval_every=self.budget.eval_every))
         return plans
 
-    def run_trial(
-        self,
-        params: Mapping[str, Any],
-        report: Reporter | None = None,
-        trial_dir: str | Path | None = None,
-        *,
-        train_dataset=None,
-        merge_validation: bool = False,
-        after_training: Callable[[Any, Any], dict[str, float]] | None = None,
-        on_log: Callable[[int, dict[str, float]], None] | None = None,
-        on_evaluate: Callable[[int, Any], None] | None = None,
-        checkpoints: bool = False,
-        on_checkpoint: Callable[[int, Path], None] | None = None,
-        checkpoint_about: Mapping[str, Any] | None = None,
-        keep_checkpoints: int = 1,
-        checkpoint_interval_s: float = 0.0,
-        resume_from: str | Path | None = None,
-        scores_dir: str | Path | None = None,
-    ) -> dict[str, float]:
+    def run_trial(self, params: Mapping[str, Any], report: Reporter | None = None,
+                  options: TrialOptions | None = None) -> dict[str, float]:
         """Fine-tune once with `params`; return the final evaluation's metrics.
 
-        Raises `optuna.TrialPruned` when `report` asked to stop, `TrialPaused` when it returned PAUSE (with
-        `checkpoints`: that step's checkpoint is kept in `trial_dir`), `TrialDiverged` on a NaN/inf loss.
-        Whatever happens, the base model is left exactly as it was found. `train_dataset` replaces
-        the training split, `merge_validation` trains on the validation rows too; `after_training(
-        peft_model, trainer)` runs before the adapter is removed (to save it, or evaluate elsewhere)
-        and its metrics are merged into the result. `on_log(step, logs)` receives training logs
-        (train_loss, learning_rate, grad_norm) for trackers; `on_evaluate(step, peft_model)` sees
-        the model at each evaluation.
+        `report(step, metrics)` hears every evaluation: True stops the trial (`optuna.TrialPruned` is raised),
+        PAUSE pauses it (`TrialPaused`; with `options.checkpoints`, that step's checkpoint is kept in
+        `options.trial_dir`). A NaN/inf loss raises `TrialDiverged`. Whatever happens, the base model is left
+        exactly as it was found. `options` (a `TrialOptions`) says where the trial writes, what it trains on,
+        whom it tells and what it keeps.
 
-        Checkpoints (engine/checkpoint.py): with `checkpoints`, a resumable checkpoint is written in
-        `trial_dir` after every evaluation but the last step's (the newest `keep_checkpoints` kept;
-        `checkpoint_about` adds fields to its state file; `checkpoint_interval_s` skips an
-        evaluation's checkpoint that soon after the previous one), and `on_checkpoint(step, folder)`
-        hears of each before that evaluation is reported (then every evaluation has one). `resume_from` (a checkpoint folder, e.g.
-        `latest_checkpoint(trial_dir)`) continues a trial exactly where the checkpoint left it:
-        adapter, optimizer, schedule, RNG states and data position.
+        Checkpoints (engine/checkpoint.py): with `options.checkpoints`, a resumable checkpoint is written in
+        `trial_dir` after every evaluation but the last step's, and `options.resume_from` (a checkpoint folder,
+        e.g. `latest_checkpoint(trial_dir)`) continues a trial exactly where the checkpoint left it: adapter,
+        optimizer, schedule, RNG states and data position.
 
-        Per-example scores: with `scores_dir`, each evaluation that scores rows one by one (answer metrics)
-        writes them there (`scores.write_scores`: step-S.json, the same rows in every trial), for paired
-        comparisons between trials (the `paired` pruner).
+        Example:
+            >>> from objectives import DataConfig, ModelConfig, TrainBudget, TrialOptions, get_objective
+            >>> objective = get_objective("causal_lm")(
+            ...     ModelConfig(name_or_path="bundled:tiny-support-lm"),
+            ...     DataConfig(source="bundled:support-qa", max_train_examples=16, max_eval_examples=8),
+            ...     TrainBudget(max_steps=4, eval_every=2, batch_size=4, max_seq_length=64))
+            >>> steps = []
+            >>> metrics = objective.run_trial({"learning_rate": 1e-3}, lambda step, m: steps.append(step) or False,
+            ...                               TrialOptions(on_log=lambda step, logs: None))
+            >>> steps, metrics["steps"]
+            ([2, 4], 4.0)
         """
-        return trial.run_trial(self, params, report, trial_dir, train_dataset=train_dataset,
-                               merge_validation=merge_validation, after_training=after_training, on_log=on_log,
-                               on_evaluate=on_evaluate, checkpoints=checkpoints, on_checkpoint=on_checkpoint,
-                               checkpoint_about=checkpoint_about, keep_checkpoints=keep_checkpoints,
-                               checkpoint_interval_s=checkpoint_interval_s, resume_from=resume_from,
-                               scores_dir=scores_dir)
+        return trial.run_trial(self, params, report, options)
 
     def evaluate(self, model, dataset, *, split: str = "test") -> dict[str, float]:
         """Evaluate `model` (e.g. a trained PEFT model on this objective's base model) on tokenized
@@ -565,8 +545,8 @@ class Objective:
                 metrics.update({f"test_{name}": value for name, value in scored.items()})
             return metrics
 
-        return self.run_trial(params, trial_dir=output_dir, merge_validation=merge_validation,
-                              after_training=save_and_test)
+        return self.run_trial(params, options=TrialOptions(trial_dir=output_dir, merge_validation=merge_validation,
+                                                           after_training=save_and_test))
 
 
 @functools.cache

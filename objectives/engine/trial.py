@@ -15,6 +15,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ class TrialDiverged(RuntimeError):
 
 class TrialPaused(Exception):
     """The backend paused the trial at `step` (its report returned PAUSE): a complete checkpoint of that step is
-    in the trial's folder, and `run_trial(resume_from=)` on it continues as if the trial had never stopped.
+    in the trial's folder, and `run_trial` with `TrialOptions(resume_from=)` on it continues as if the trial had never stopped.
 
     Example:
         >>> TrialPaused(20).step
@@ -50,30 +51,62 @@ class TrialPaused(Exception):
         self.step = int(step)
 
 
-def run_trial(
-    objective,
-    params: Mapping[str, Any],
-    report: Reporter | None = None,
-    trial_dir: str | Path | None = None,
-    *,
-    train_dataset=None,
-    merge_validation: bool = False,
-    after_training: Callable[[Any, Any], dict[str, float]] | None = None,
-    on_log: Callable[[int, dict[str, float]], None] | None = None,
-    on_evaluate: Callable[[int, Any], None] | None = None,
-    checkpoints: bool = False,
-    on_checkpoint: Callable[[int, Path], None] | None = None,
-    checkpoint_about: Mapping[str, Any] | None = None,
-    keep_checkpoints: int = 1,
-    checkpoint_interval_s: float = 0.0,
-    resume_from: str | Path | None = None,
-    scores_dir: str | Path | None = None,
-) -> dict[str, float]:
-    """One trial of `objective` (an `Objective`): see `Objective.run_trial`."""
-    import optuna
-    import torch
-    from transformers import PrinterCallback, set_seed
+@dataclass(frozen=True, kw_only=True)
+class TrialOptions:
+    """How one trial runs besides its params and reporter: where it writes, what it trains on, whom it tells,
+    what it keeps. Backends build one and pass it down (`Objective.run_trial`, `run_distributed_trial`).
 
+    Example:
+        >>> options = TrialOptions(trial_dir="runs/demo/trial-3", checkpoints=True)
+        >>> options.checkpoints, options.keep_checkpoints
+        (True, 1)
+        >>> options.for_another_process().on_log is None
+        True
+    """
+
+    trial_dir: str | Path | None = None
+    """Trainer's output folder and the trial's checkpoints; None: a temporary folder, removed afterwards."""
+    train_dataset: Any = None
+    """Tokenized rows that replace the training split."""
+    merge_validation: bool = False
+    """Train on the validation rows too (the final fit of a chosen config)."""
+    after_training: Callable[[Any, Any], dict[str, float]] | None = None
+    """`after_training(peft_model, trainer)` runs before the adapter is removed; its metrics join the result."""
+    on_log: Callable[[int, dict[str, float]], None] | None = None
+    """`on_log(step, logs)` hears Trainer's training logs (train_loss, learning_rate, grad_norm)."""
+    on_evaluate: Callable[[int, Any], None] | None = None
+    """`on_evaluate(step, peft_model)` sees the model at each evaluation."""
+    checkpoints: bool = False
+    """A resumable checkpoint in `trial_dir` after every evaluation but the last step's."""
+    on_checkpoint: Callable[[int, Path], None] | None = None
+    """`on_checkpoint(step, folder)` hears of each checkpoint before that evaluation is reported."""
+    checkpoint_about: Mapping[str, Any] | None = None
+    """Fields added to each checkpoint's state file (e.g. the backend's trial id)."""
+    keep_checkpoints: int = 1
+    """How many of the newest checkpoints are kept."""
+    checkpoint_interval_s: float = 0.0
+    """An evaluation's checkpoint is skipped when the previous one is younger than this."""
+    resume_from: str | Path | None = None
+    """A checkpoint folder (e.g. `latest_checkpoint(trial_dir)`) the trial continues from, exactly."""
+    scores_dir: str | Path | None = None
+    """Where evaluations that score rows one by one write them (`scores.write_scores`), for paired pruning."""
+
+    def for_another_process(self) -> TrialOptions:
+        """These options without what cannot cross a process boundary (callables, in-memory rows), paths as
+        strings: what a distributed trial's ranks receive (each adds its own hooks)."""
+        text = lambda value: None if value is None else str(value)  # noqa: E731
+        return replace(self, train_dataset=None, after_training=None, on_log=None, on_evaluate=None,
+                       on_checkpoint=None, trial_dir=text(self.trial_dir), resume_from=text(self.resume_from),
+                       scores_dir=text(self.scores_dir))
+
+
+def run_trial(objective, params: Mapping[str, Any], report: Reporter | None = None,
+              options: TrialOptions | None = None) -> dict[str, float]:
+    """One trial of `objective` (an `Objective`): see `Objective.run_trial`."""
+    import torch
+    from transformers import set_seed
+
+    options = options or TrialOptions()
     if objective.base_model is None:
         objective.setup()
     if BASE_MODEL_PARAM in params:
@@ -84,94 +117,123 @@ def run_trial(
     # first, so no garbage (e.g. a finished tracker run) is frozen for good.
     gc.collect()
     gc.freeze()
-    budget = objective.budget
     peft_config = objective.peft_config(params)
     set_seed(objective.seed)  # adapter init and data order depend only on the sweep seed, not on trial order
-    tmp = trainer = model = None
-    saved = checkpoint.checkpoint_state(resume_from) if resume_from is not None else None
+    saved = checkpoint.checkpoint_state(options.resume_from) if options.resume_from is not None else None
+    tmp = None
+    if options.trial_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ftsweep-trial-")
+        options = replace(options, trial_dir=tmp.name)
     try:
         with adapter_on(objective.base_model, peft_config, params) as model:
             if saved is not None:
-                checkpoint.check_fits(model, resume_from)
-            checkpointing = None
-            if checkpoints or saved is not None:
-                checkpointing = Checkpointing(
-                    params, about=checkpoint_about, on_checkpoint=on_checkpoint,
-                    elapsed_before=float(saved.get("elapsed_s", 0.0)) if saved else 0.0,
-                    retune=saved is not None and dict(saved.get("params", params)) != dict(params),
-                    min_interval_s=checkpoint_interval_s)
-            callback = reporting_callback(objective, report, on_log, on_evaluate=on_evaluate,
-                                          checkpoints=checkpointing, scores_dir=scores_dir)
-            if trial_dir is None:
-                tmp = tempfile.TemporaryDirectory(prefix="ftsweep-trial-")
-                trial_dir = tmp.name
-            args = objective.training_arguments(params, str(trial_dir))
-            if checkpoints:
-                # A resumable checkpoint after every evaluation (the last step's excepted), the newest kept.
-                args.save_strategy, args.save_steps = "steps", budget.eval_every
-                args.save_total_limit = keep_checkpoints
-            train, trainer_cls, collator = objective.training_data(params, train_dataset=train_dataset,
-                                                                   merge_validation=merge_validation)
-            # LoRA+ (a `loraplus_lr_ratio` param): lora_B in its own parameter group; Trainer builds the schedule.
-            optimizer = loraplus_optimizer(model, args, params["loraplus_lr_ratio"]) \
-                if "loraplus_lr_ratio" in params else None
-            trainer = trainer_cls(
-                model=model,
-                args=args,
-                optimizers=(optimizer, None),
-                train_dataset=train,
-                eval_dataset=objective.eval_dataset,
-                data_collator=collator,
-                compute_metrics=objective.task.compute_metrics(objective.tokenized_data.state, "validation"),
-                # Ours first: it adds the metrics early stopping reads; the ranks' agreement last, on what all decided.
-                callbacks=[callback, *early_stopping(budget), *rank_agreement()],
-            )
-            # With tqdm disabled, Trainer prints every log dict; the backend's progress display says enough.
-            trainer.remove_callback(PrinterCallback)
-            start_step = int(saved["step"]) if saved else 0
-            train_loss = None  # resumed from the final step: nothing left to train
-            if start_step < budget.max_steps:
-                output = trainer.train(resume_from_checkpoint=str(resume_from) if saved else None)
-                train_loss = whole_run_train_loss(trainer, output, start_step)
-            elif saved:
-                load_adapter_weights(model, resume_from)
-                trainer.state.global_step = start_step  # the final evaluation is that step's
-            if callback.diverged:
-                raise TrialDiverged(callback.diverged)
-            if callback.pruned_at is not None:
-                raise optuna.TrialPruned(f"pruned at step {callback.pruned_at}")
-            if callback.paused_at is not None:
-                raise TrialPaused(callback.paused_at)
-            last_step = trainer.state.global_step if start_step < budget.max_steps else start_step
-            if not callback.history or callback.history[-1][0] != last_step:
-                # max_steps is not a multiple of eval_every: evaluate the final weights too.
-                trainer.evaluate()
-                if callback.diverged:
-                    raise TrialDiverged(callback.diverged)
-            final = dict(callback.history[-1][1])
-            if (objective.requested_metrics & objective.task_class.periodic_metrics) - set(final) or (
-                    objective.harness is not None and not objective.harness_due(last_step)):
-                # Stopped early between two evaluations that compute the task's or lm-eval's metrics: the result
-                # has them all the same.
-                final.update(objective.evaluation_extras(model))
-            if train_loss is not None:
-                final["train_loss"] = train_loss
-            final["steps"] = float(last_step)
-            if last_step < budget.max_steps and callback.pruned_at is None:
-                final["stopped_early_at"] = float(last_step)  # no improvement for `patience` evaluations
-            if after_training is not None:
-                callback.report = None  # later evaluations are not the sweep's to prune on
-                final.update(after_training(model, trainer))
-            return final
+                checkpoint.check_fits(model, options.resume_from)
+            return _train_and_evaluate(objective, model, params, report, options, saved)
     finally:
-        # Drop the Trainer (optimizer state) and the wrapper now: on an exception, the traceback keeps
-        # this frame, and its locals, alive until the backend has recorded the failure.
-        trainer = model = None
+        model = None  # (see _train_and_evaluate)
         if tmp is not None:
             tmp.cleanup()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _train_and_evaluate(objective, model, params: Mapping[str, Any], report: Reporter | None,
+                        options: TrialOptions, saved: Mapping[str, Any] | None) -> dict[str, float]:
+    """Train `model` (the base under this trial's adapter) to the budget's end, from `saved`'s step when resumed;
+    the final evaluation's metrics. Raises TrialDiverged, optuna.TrialPruned or TrialPaused as the run ended."""
+    budget = objective.budget
+    callback = reporting_callback(objective, report, options.on_log, on_evaluate=options.on_evaluate,
+                                  checkpoints=_checkpointing(params, options, saved),
+                                  scores_dir=options.scores_dir)
+    trainer = _trainer(objective, model, params, options, callback)
+    try:
+        start_step = int(saved["step"]) if saved else 0
+        train_loss = None  # resumed from the final step: nothing left to train
+        if start_step < budget.max_steps:
+            output = trainer.train(resume_from_checkpoint=str(options.resume_from) if saved else None)
+            train_loss = whole_run_train_loss(trainer, output, start_step)
+        elif saved:
+            load_adapter_weights(model, options.resume_from)
+            trainer.state.global_step = start_step  # the final evaluation is that step's
+        _raise_if_stopped(callback)
+        last_step = trainer.state.global_step if start_step < budget.max_steps else start_step
+        if not callback.history or callback.history[-1][0] != last_step:
+            # max_steps is not a multiple of eval_every: evaluate the final weights too.
+            trainer.evaluate()
+            if callback.diverged:  # a prune or pause asked at this extra evaluation comes too late to matter
+                raise TrialDiverged(callback.diverged)
+        final = dict(callback.history[-1][1])
+        if (objective.requested_metrics & objective.task_class.periodic_metrics) - set(final) or (
+                objective.harness is not None and not objective.harness_due(last_step)):
+            # Stopped early between two evaluations that compute the task's or lm-eval's metrics: the result
+            # has them all the same.
+            final.update(objective.evaluation_extras(model))
+        if train_loss is not None:
+            final["train_loss"] = train_loss
+        final["steps"] = float(last_step)
+        if last_step < budget.max_steps:
+            final["stopped_early_at"] = float(last_step)  # no improvement for `patience` evaluations
+        if options.after_training is not None:
+            callback.report = None  # later evaluations are not the sweep's to prune on
+            final.update(options.after_training(model, trainer))
+        return final
+    finally:
+        # An exception's traceback keeps this frame, and its locals, alive until the backend has recorded the
+        # failure: not the Trainer (optimizer state) and the adapted model too.
+        trainer = model = None
+
+
+def _checkpointing(params: Mapping[str, Any], options: TrialOptions, saved: Mapping[str, Any] | None):
+    """The trial's `Checkpointing` (callback.py) when it writes checkpoints or was resumed from one, else None."""
+    if not options.checkpoints and saved is None:
+        return None
+    return Checkpointing(
+        params, about=options.checkpoint_about, on_checkpoint=options.on_checkpoint,
+        elapsed_before=float(saved.get("elapsed_s", 0.0)) if saved else 0.0,
+        retune=saved is not None and dict(saved.get("params", params)) != dict(params),
+        min_interval_s=options.checkpoint_interval_s)
+
+
+def _trainer(objective, model, params: Mapping[str, Any], options: TrialOptions, callback):
+    """The trial's Trainer: its arguments, rows, collator, LoRA+ optimizer, metrics and callbacks."""
+    from transformers import PrinterCallback
+
+    args = objective.training_arguments(params, str(options.trial_dir))
+    if options.checkpoints:
+        # A resumable checkpoint after every evaluation (the last step's excepted), the newest kept.
+        args.save_strategy, args.save_steps = "steps", objective.budget.eval_every
+        args.save_total_limit = options.keep_checkpoints
+    train, trainer_cls, collator = objective.training_data(params, train_dataset=options.train_dataset,
+                                                           merge_validation=options.merge_validation)
+    # LoRA+ (a `loraplus_lr_ratio` param): lora_B in its own parameter group; Trainer builds the schedule.
+    optimizer = loraplus_optimizer(model, args, params["loraplus_lr_ratio"]) if "loraplus_lr_ratio" in params else None
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        optimizers=(optimizer, None),
+        train_dataset=train,
+        eval_dataset=objective.eval_dataset,
+        data_collator=collator,
+        compute_metrics=objective.task.compute_metrics(objective.tokenized_data.state, "validation"),
+        # Ours first: it adds the metrics early stopping reads; the ranks' agreement last, on what all decided.
+        callbacks=[callback, *early_stopping(objective.budget), *rank_agreement()],
+    )
+    # With tqdm disabled, Trainer prints every log dict; the backend's progress display says enough.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _raise_if_stopped(callback) -> None:
+    """The trial's end when its reporting callback saw one: diverged, pruned or paused."""
+    import optuna
+
+    if callback.diverged:
+        raise TrialDiverged(callback.diverged)
+    if callback.pruned_at is not None:
+        raise optuna.TrialPruned(f"pruned at step {callback.pruned_at}")
+    if callback.paused_at is not None:
+        raise TrialPaused(callback.paused_at)
 
 
 def whole_run_train_loss(trainer, output, start_step: int) -> float:

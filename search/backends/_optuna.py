@@ -23,12 +23,13 @@ import optuna
 from objectives import (
     PAUSE,
     TrialDiverged,
+    TrialOptions,
     TrialPaused,
     checkpoint_problem,
     checkpoint_state,
     latest_checkpoint,
-    run_distributed_trial,
 )
+from objectives.engine.distributed import RankGroup, run_distributed_trial
 from spaces import ConfigError
 
 from ..components import build_pruner, build_sampler
@@ -210,20 +211,18 @@ class OptunaBackend(Backend):
         report = self.reporter(trial, record, tracked, history)
         started = time.monotonic()
         elapsed = lambda: trained_before + time.monotonic() - started  # noqa: E731 (all its runs together)
+        options = TrialOptions(trial_dir=trial_dir, on_log=tracked.log, checkpoints=True, resume_from=resume_from,
+                               checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s,
+                               scores_dir=self.scores_root / f"trial-{trial.number}")
         resources = sweep.spec.resources
         try:
             if resources.devices_per_trial > 1:  # one trial, a process group of its own (engine/distributed.py)
-                metrics = run_distributed_trial(
-                    sweep.make_objective(), params, report, trial_dir, world_size=resources.devices_per_trial,
-                    devices=self.trial_devices, on_log=tracked.log, checkpoints=True,
-                    checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s, resume_from=resume_from,
-                    timeout_s=resources.timeout_s, strategy=resources.strategy,
-                    deadlock_after_s=resources.deadlock_after_s, scores_dir=self.scores_root / f"trial-{trial.number}")
+                group = RankGroup(world_size=resources.devices_per_trial, devices=tuple(self.trial_devices or ()),
+                                  strategy=resources.strategy, timeout_s=resources.timeout_s,
+                                  deadlock_after_s=resources.deadlock_after_s)
+                metrics = run_distributed_trial(sweep.make_objective(), params, report, options, group=group)
             else:
-                metrics = objective.run_trial(params, report, trial_dir, on_log=tracked.log, checkpoints=True,
-                                              checkpoint_interval_s=sweep.spec.retries.checkpoint_interval_s,
-                                              resume_from=resume_from,
-                                              scores_dir=self.scores_root / f"trial-{trial.number}")
+                metrics = objective.run_trial(params, report, options)
         except BaseException as exc:
             self.settle_trial(trial, from_exception(exc, last_metrics(history)), record, tracked, elapsed())
             if isinstance(exc, TrialPaused):  # told PRUNED, then its continuation queued (on_trial_end)

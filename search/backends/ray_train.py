@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from objectives import RankLost, group_failed
+from objectives import RankLost, TrialOptions, group_failed
 
 from ..secrets import without_secrets
 from ..sweep import Sweep
@@ -244,9 +244,9 @@ def run_and_report(objective, params: dict[str, Any], send, *, common: dict[str,
 
     trial_dir = tempfile.mkdtemp(prefix="ftsweep-trial-")
     try:
-        metrics = objective.run_trial(params, report, trial_dir, checkpoints=True, on_checkpoint=on_checkpoint,
-                                      checkpoint_about={"ray_trial_id": trial_id}, on_log=on_log,
-                                      resume_from=resume_dir)
+        metrics = objective.run_trial(params, report, TrialOptions(
+            trial_dir=trial_dir, checkpoints=True, on_checkpoint=on_checkpoint, on_log=on_log,
+            checkpoint_about={"ray_trial_id": trial_id}, resume_from=resume_dir))
     except Exception as exc:
         clean = without_secrets(exc)  # Ray writes the error and its traceback to its own files and log
         if clean is exc:

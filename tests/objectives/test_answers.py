@@ -12,7 +12,7 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective
+from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, TrialOptions, get_objective
 from objectives.answers import (
     AnswerRow,
     choice_scores,
@@ -159,7 +159,7 @@ def test_exact_match_decodes_each_answer_to_the_end_of_its_turn(tmp_path, templa
                        scores=task.answer_scores(model, tokenizer, rows, {"exact_match"}))
         return {}
 
-    objective.run_trial({"learning_rate": 0.05, "lora_r": 8, "lora_alpha": 16}, after_training=after)
+    objective.run_trial({"learning_rate": 0.05, "lora_r": 8, "lora_alpha": 16}, options=TrialOptions(after_training=after))
     assert trained["batched"] == trained["alone"]
     assert not any("<|im_end|>" in answer or "</s>" in answer for answer in trained["batched"])
     expected = [float(normalize_answer(a, r"our (\w+) team") == row.answer) for a, row in zip(trained["batched"], rows)]

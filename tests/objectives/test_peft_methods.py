@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from objectives import DataConfig, ModelConfig, TrainBudget, get_objective
+from objectives import DataConfig, ModelConfig, TrainBudget, TrialOptions, get_objective
 from objectives.engine.trial import remove_adapter, restore_modules_to_save
 from objectives.peft_methods import PEFT_METHODS, methods
 from search.sweep import load_sweep
@@ -67,7 +67,7 @@ def test_every_method_trains_saves_and_reloads_with_peft(objective, method, tmp_
             saved["logits"] = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         return {}
 
-    metrics = objective.run_trial({"peft_method": method, "learning_rate": 1e-2}, after_training=save)
+    metrics = objective.run_trial({"peft_method": method, "learning_rate": 1e-2}, options=TrialOptions(after_training=save))
     assert metrics["steps"] == 4 and torch.isfinite(torch.tensor(metrics["eval_loss"]))
     assert saved["trainable"] > 0
     config = json.loads((tmp_path / "adapter_config.json").read_text())

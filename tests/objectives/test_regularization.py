@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from conftest import TINY_SWEEP, deep_merge
-from objectives import DataConfig, ModelConfig, TrainBudget, get_objective
+from objectives import DataConfig, ModelConfig, TrainBudget, TrialOptions, get_objective
 from objectives.regularization import apply_dropouts, dropout_sites, exposed_dropouts
 from search.cli import main
 from search.sweep import load_sweep
@@ -55,8 +55,8 @@ def test_each_architecture_exposes_the_dropouts_it_has(gpt2, llama):
 def test_trial_dropouts_train_with_the_trial_and_are_put_back(gpt2):
     before = _dropout_values(gpt2.base_model)
     seen = []
-    gpt2.run_trial({**LORA, "hidden_dropout": 0.35, "attention_dropout": 0.2}, report=lambda step, m: False,
-                   on_evaluate=lambda step, model: seen.append(_dropout_values(model)))
+    gpt2.run_trial({**LORA, "hidden_dropout": 0.35, "attention_dropout": 0.2}, lambda step, m: False,
+                   TrialOptions(on_evaluate=lambda step, model: seen.append(_dropout_values(model))))
     assert seen and all(set(v["hidden_dropout"]) == {0.35} and set(v["attention_dropout"]) == {0.2} for v in seen)
     assert _dropout_values(gpt2.base_model) == before == {"attention_dropout": [0.1, 0.1],
                                                           "hidden_dropout": [0.1] * 5}
@@ -87,8 +87,8 @@ def test_train_eval_gap_is_eval_loss_minus_the_training_loss_since_the_last_eval
                                                                   eval_batch_size=16, max_seq_length=64))
     logs: list[tuple[int, float]] = []
     reports: list[tuple[int, dict]] = []
-    objective.run_trial(LORA, report=lambda step, m: reports.append((step, m)) or False,
-                        on_log=lambda step, m: logs.append((step, m["train_loss"])))
+    objective.run_trial(LORA, lambda step, m: reports.append((step, m)) or False,
+                        TrialOptions(on_log=lambda step, m: logs.append((step, m["train_loss"]))))
     assert [step for step, _ in reports] == [4, 8]
     previous = 0
     for step, metrics in reports:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 import torch
 
-from objectives import get_objective
+from objectives import TrialOptions, get_objective
 
 CausalLMObjective = get_objective("causal_lm")
 
@@ -21,8 +22,9 @@ class DisagreeingCheckpoints(CausalLMObjective):
     """Rank 0 would checkpoint at every evaluation, rank 1 at none: what two ranks' own clocks can decide about
     `checkpoint_interval_s` when an evaluation falls near the interval's end."""
 
-    def run_trial(self, params, *args, checkpoint_interval_s: float = 0.0, **kwargs):
-        return super().run_trial(params, *args, checkpoint_interval_s=1e9 if _rank() else 0.0, **kwargs)
+    def run_trial(self, params, report=None, options=None):
+        options = replace(options or TrialOptions(), checkpoint_interval_s=1e9 if _rank() else 0.0)
+        return super().run_trial(params, report, options)
 
 
 class Rank1WaitsForAMessage(CausalLMObjective):

@@ -13,7 +13,10 @@ import psutil
 import pytest
 
 from objectives import DataConfig, ModelConfig, TrainBudget, get_objective
-from objectives.engine.distributed import RankLost, run_distributed_trial
+from objectives import TrialOptions
+from objectives.engine.distributed import RankGroup, RankLost, run_distributed_trial
+
+TWO = RankGroup(world_size=2)
 
 pytestmark = pytest.mark.slow  # rank processes (about 5 s per trial on 2 cores)
 
@@ -49,9 +52,9 @@ def alone():
 def test_two_processes_with_the_same_global_batch_give_the_history_of_one(alone, strategy):
     """batch_size is the trial's global batch: 4 rows per process here; fsdp shards the model over both."""
     seen, logs = [], []
-    final = run_distributed_trial(_objective(), PARAMS, world_size=2, strategy=strategy,
-                                  report=lambda step, m: seen.append((step, m["eval_loss"])) or False,
-                                  on_log=lambda step, entry: logs.append(step))
+    final = run_distributed_trial(_objective(), PARAMS, lambda step, m: seen.append((step, m["eval_loss"])) or False,
+                                  TrialOptions(on_log=lambda step, entry: logs.append(step)),
+                                  group=RankGroup(world_size=2, strategy=strategy))
     want, want_final = alone
     assert [s for s, _ in seen] == [s for s, _ in want] == [2, 4, 6, 8]
     assert [v for _, v in seen] == pytest.approx([v for _, v in want], rel=1e-5)
@@ -68,7 +71,7 @@ def test_a_prune_ends_the_trial_on_every_rank(alone):
         return step == 4
 
     with pytest.raises(optuna.TrialPruned):
-        run_distributed_trial(_objective(), PARAMS, world_size=2, report=report)
+        run_distributed_trial(_objective(), PARAMS, report, group=TWO)
     assert seen == [2, 4]  # no rank trained on after the prune
     assert not _ranks_left()
 
@@ -86,12 +89,11 @@ def test_a_killed_rank_fails_the_trial_and_the_next_trial_starts_on_a_clean_grou
         return False
 
     with pytest.raises(RankLost, match="lost"):
-        run_distributed_trial(_objective(), PARAMS, world_size=2, report=report, timeout_s=30)
+        run_distributed_trial(_objective(), PARAMS, report, group=RankGroup(world_size=2, timeout_s=30))
     assert time.monotonic() - killed[0] < 30  # well before the group's timeout
     assert not _ranks_left()
     seen = []
-    run_distributed_trial(_objective(), PARAMS, world_size=2,
-                          report=lambda step, m: seen.append((step, m["eval_loss"])) or False)
+    run_distributed_trial(_objective(), PARAMS, lambda step, m: seen.append((step, m["eval_loss"])) or False, group=TWO)
     assert [v for _, v in seen] == pytest.approx([v for _, v in alone[0]], rel=1e-5)
 
 
@@ -106,7 +108,7 @@ def test_a_hung_rank_fails_the_trial_after_the_group_timeout():
         return False
 
     with pytest.raises(RankLost):
-        run_distributed_trial(_objective(), PARAMS, world_size=2, report=report, timeout_s=5)
+        run_distributed_trial(_objective(), PARAMS, report, group=RankGroup(world_size=2, timeout_s=5))
     assert time.monotonic() - stopped[0] < 60
     assert not _ranks_left()
 
@@ -122,7 +124,8 @@ def test_ranks_that_would_checkpoint_differently_take_rank_0s_decision(alone, tm
     ever. Rank 0 checkpoints at every evaluation here and rank 1 at none; every rank does as rank 0 says."""
     seen = []
     run_distributed_trial(_fault("DisagreeingCheckpoints"), PARAMS, lambda step, m: seen.append(m["eval_loss"]) or False,
-                          tmp_path, world_size=2, checkpoints=True, deadlock_after_s=10)
+                          TrialOptions(trial_dir=tmp_path, checkpoints=True),
+                          group=RankGroup(world_size=2, deadlock_after_s=10))
     assert seen == pytest.approx([v for _, v in alone[0]], rel=1e-5)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-6"]  # the newest kept; none at the end
     assert not _ranks_left()
@@ -131,7 +134,8 @@ def test_ranks_that_would_checkpoint_differently_take_rank_0s_decision(alone, tm
 def test_ranks_waiting_on_different_collectives_fail_the_trial_as_deadlocked():
     started = time.monotonic()
     with pytest.raises(RankLost, match="deadlocked") as raised:
-        run_distributed_trial(_fault("Rank1WaitsForAMessage"), PARAMS, world_size=2, deadlock_after_s=5)
+        run_distributed_trial(_fault("Rank1WaitsForAMessage"), PARAMS,
+                              group=RankGroup(world_size=2, deadlock_after_s=5))
     assert time.monotonic() - started < 60  # the group's own timeout (600 s) would have taken ten minutes
     assert "rank 1: recv" in str(raised.value) and "rank 0: " in str(raised.value)
     assert not _ranks_left()
@@ -143,7 +147,7 @@ def test_a_rank_slow_outside_any_collective_is_not_taken_for_a_deadlock(alone):
 
     seen = []
     run_distributed_trial(_fault("Rank1SlowStep"), PARAMS, lambda step, m: seen.append(m["eval_loss"]) or False,
-                          world_size=2, deadlock_after_s=SLOW_STEP_S / 3)
+                          group=RankGroup(world_size=2, deadlock_after_s=SLOW_STEP_S / 3))
     assert seen == pytest.approx([v for _, v in alone[0]], rel=1e-5)
 
 
@@ -164,12 +168,13 @@ def test_a_distributed_trial_resumes_from_rank_0s_checkpoint_on_every_rank(alone
         return False
 
     with pytest.raises(_Stopped):
-        run_distributed_trial(_objective(), PARAMS, report, tmp_path, world_size=2, checkpoints=True,
-                              checkpoint_interval_s=0, strategy=strategy)
+        run_distributed_trial(_objective(), PARAMS, report, TrialOptions(trial_dir=tmp_path, checkpoints=True),
+                              group=RankGroup(world_size=2, strategy=strategy))
     assert not _ranks_left()
     checkpoint = latest_checkpoint(tmp_path)
     assert checkpoint.name == "checkpoint-4"
     run_distributed_trial(_objective(), PARAMS, lambda step, m: seen.append((step, m["eval_loss"])) or False,
-                          tmp_path, world_size=2, checkpoints=True, resume_from=checkpoint, strategy=strategy)
+                          TrialOptions(trial_dir=tmp_path, checkpoints=True, resume_from=checkpoint),
+                          group=RankGroup(world_size=2, strategy=strategy))
     assert [s for s, _ in seen] == [2, 4, 6, 8]
     assert [v for _, v in seen] == pytest.approx([v for _, v in alone[0]], rel=1e-5)

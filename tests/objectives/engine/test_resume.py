@@ -9,7 +9,7 @@ import json
 import optuna
 import pytest
 
-from objectives import TASKS, TrainBudget, get_objective
+from objectives import TASKS, TrainBudget, TrialOptions, get_objective
 from objectives.engine.checkpoint import CHECKPOINT_STATE, checkpoint_state, latest_checkpoint
 from tests.objectives.task_examples import MODEL, TASK_DATA
 
@@ -28,9 +28,9 @@ def objective(request):
     return obj
 
 
-def _history(objective, params=PARAMS, **kwargs):
+def _history(objective, params=PARAMS, **options):
     seen = []
-    metrics = objective.run_trial(params, report=lambda step, m: seen.append((step, dict(m))) or False, **kwargs)
+    metrics = objective.run_trial(params, lambda step, m: seen.append((step, dict(m))) or False, TrialOptions(**options))
     return seen, metrics
 
 
@@ -39,8 +39,8 @@ def _interrupted_at(objective, step, trial_dir, params=PARAMS):
     checkpoint handed over with that evaluation's report, which stops it."""
     seen = []
     with pytest.raises(optuna.TrialPruned):
-        objective.run_trial(params, lambda s, m: seen.append((s, dict(m))) or s >= step, trial_dir,
-                            checkpoints=True, on_checkpoint=lambda s, folder: None)
+        objective.run_trial(params, lambda s, m: seen.append((s, dict(m))) or s >= step,
+                            TrialOptions(trial_dir=trial_dir, checkpoints=True, on_checkpoint=lambda s, folder: None))
     return seen
 
 
@@ -85,18 +85,19 @@ def test_a_checkpoint_holds_the_adapter_and_the_training_state_never_the_base_mo
 
 def test_a_pruned_trial_writes_no_checkpoint_at_the_evaluation_that_pruned_it(objective, tmp_path):
     with pytest.raises(optuna.TrialPruned):
-        objective.run_trial(PARAMS, lambda s, m: s >= 4, tmp_path, checkpoints=True)
+        objective.run_trial(PARAMS, lambda s, m: s >= 4, TrialOptions(trial_dir=tmp_path, checkpoints=True))
     assert latest_checkpoint(tmp_path).name == "checkpoint-2"  # nothing will resume it from step 4
 
 
 def test_checkpoints_wait_for_their_interval(objective, tmp_path):
     # The whole trial is shorter than the interval: no checkpoint is worth its cost.
-    objective.run_trial(PARAMS, lambda s, m: False, tmp_path, checkpoints=True, checkpoint_interval_s=600)
+    objective.run_trial(PARAMS, lambda s, m: False,
+                        TrialOptions(trial_dir=tmp_path, checkpoints=True, checkpoint_interval_s=600))
     assert latest_checkpoint(tmp_path) is None
 
 
 def test_checkpoints_are_bounded_and_the_last_step_writes_none(objective, tmp_path):
-    objective.run_trial(PARAMS, lambda s, m: False, tmp_path, checkpoints=True, keep_checkpoints=2)
+    objective.run_trial(PARAMS, lambda s, m: False, TrialOptions(trial_dir=tmp_path, checkpoints=True, keep_checkpoints=2))
     kept = sorted(p.name for p in tmp_path.iterdir())
     # The newest is kept for resuming (Trainer may keep early stopping's best rather than the one before).
     assert len(kept) == 2 and latest_checkpoint(tmp_path).name == "checkpoint-8"
@@ -104,9 +105,9 @@ def test_checkpoints_are_bounded_and_the_last_step_writes_none(objective, tmp_pa
 
 def test_every_checkpoint_is_announced_before_its_evaluation_is_reported(objective, tmp_path):
     events = []
-    objective.run_trial(PARAMS, lambda s, m: events.append(("report", s)) or False, tmp_path, checkpoints=True,
-                        on_checkpoint=lambda s, folder: events.append(("checkpoint", s, (folder / CHECKPOINT_STATE)
-                                                                      .is_file())))
+    announce = lambda s, folder: events.append(("checkpoint", s, (folder / CHECKPOINT_STATE).is_file()))  # noqa: E731
+    objective.run_trial(PARAMS, lambda s, m: events.append(("report", s)) or False,
+                        TrialOptions(trial_dir=tmp_path, checkpoints=True, on_checkpoint=announce))
     reported = [e[1] for e in events if e[0] == "report"]
     expected = [event for step in reported for event in (("checkpoint", step, True), ("report", step))]
     if reported[-1] == BUDGET.max_steps:
@@ -117,7 +118,8 @@ def test_every_checkpoint_is_announced_before_its_evaluation_is_reported(objecti
 def test_a_checkpoint_that_does_not_fit_the_adapter_is_refused(objective, tmp_path):
     _interrupted_at(objective, 2, tmp_path)
     with pytest.raises(ValueError, match="does not fit"):
-        objective.run_trial({**PARAMS, "target_modules": "all_linear"}, resume_from=latest_checkpoint(tmp_path))
+        objective.run_trial({**PARAMS, "target_modules": "all_linear"},
+                            options=TrialOptions(resume_from=latest_checkpoint(tmp_path)))
     objective.run_trial(PARAMS)  # the refused trial left the base model clean
 
 
@@ -126,10 +128,10 @@ def test_resumed_with_a_new_learning_rate_the_schedule_follows_it(objective, tmp
     _interrupted_at(objective, 4, tmp_path)
     logged = []
     objective.run_trial({**PARAMS, "learning_rate": 5e-4}, lambda s, m: False,
-                        resume_from=latest_checkpoint(tmp_path), on_log=lambda step, logs: logged.append(logs))
+                        TrialOptions(resume_from=latest_checkpoint(tmp_path), on_log=lambda step, logs: logged.append(logs)))
     reference = []
     objective.run_trial({**PARAMS, "learning_rate": 5e-4}, lambda s, m: False,
-                        on_log=lambda step, logs: reference.append(logs))
+                        TrialOptions(on_log=lambda step, logs: reference.append(logs)))
     # From the resume on, the learning rate is the new run's, step for step.
     assert [round(x["learning_rate"], 12) for x in logged] == [round(x["learning_rate"], 12)
                                                                for x in reference[-len(logged):]]
@@ -143,8 +145,8 @@ def test_a_paused_trial_keeps_the_checkpoint_of_its_step_and_resumes_exactly(obj
     uninterrupted, final = _history(objective)
     seen = []
     with pytest.raises(TrialPaused) as paused:
-        objective.run_trial(PARAMS, lambda s, m: seen.append((s, dict(m))) or (PAUSE if s == 6 else False), tmp_path,
-                            checkpoints=True, checkpoint_interval_s=3600)
+        objective.run_trial(PARAMS, lambda s, m: seen.append((s, dict(m))) or (PAUSE if s == 6 else False),
+                            TrialOptions(trial_dir=tmp_path, checkpoints=True, checkpoint_interval_s=3600))
     assert paused.value.step == 6 and [s for s, _ in seen] == [2, 4, 6]
     checkpoint = latest_checkpoint(tmp_path)
     assert checkpoint.name == "checkpoint-6"  # the only one: the interval skipped those of steps 2 and 4

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import torch
 
-from objectives import COST_METRICS, TASKS, TrialDiverged, get_objective
+from objectives import COST_METRICS, TASKS, TrialDiverged, TrialOptions, get_objective
 from tests.objectives.task_examples import BUDGET, MODEL, TASK_DATA
 
 PARAMS = {"learning_rate": 3e-3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.01,
@@ -103,7 +103,7 @@ def test_trial_trainer_counts_the_same_flops_as_transformers(objective):
         seen["total"] = trainer.state.total_flos
         return {}
 
-    objective.run_trial(PARAMS, after_training=compare)
+    objective.run_trial(PARAMS, options=TrialOptions(after_training=compare))
     assert seen["ours"] == seen["stock"] > 0
     assert seen["total"] > 0
 
@@ -118,7 +118,7 @@ def test_the_adapter_comes_off_whatever_ends_the_trial(objective):
         raise KeyError("injected")
 
     with pytest.raises(KeyError, match="injected"):
-        objective.run_trial(PARAMS, after_training=fail)
+        objective.run_trial(PARAMS, options=TrialOptions(after_training=fail))
     after = _snapshot(objective.base_model)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert not hasattr(objective.base_model, "peft_config")

@@ -221,7 +221,7 @@ def test_batched_greedy_answers_match_one_prompt_at_a_time(generating, method):
         seen["training"] = all(module.training for module in model.modules())
         return {}
 
-    metrics = generating.run_trial({"peft_method": method, "learning_rate": 1e-2}, after_training=decode)
+    metrics = generating.run_trial({"peft_method": method, "learning_rate": 1e-2}, options=TrialOptions(after_training=decode))
     assert seen["batched"] == seen["alone"]
     assert len(seen["batched"]) == 6 and any(seen["batched"])
     assert not any(answer.startswith("Question:") for answer in seen["batched"])  # only the new tokens

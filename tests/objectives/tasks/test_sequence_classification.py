@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from objectives import DataConfig, ModelConfig, TrainBudget, get_objective, load_splits
+from objectives import DataConfig, ModelConfig, TrainBudget, TrialOptions, get_objective, load_splits
 from objectives.fairness import FAIRNESS_METRICS, group_metrics
 from search.sweep import load_sweep
 from spaces import ConfigError
@@ -85,7 +85,7 @@ def test_group_metrics_are_those_of_the_trials_own_predictions(objective):
         predictions.found = (out.label_ids, out.predictions.argmax(axis=-1))
         return {}
 
-    metrics = objective.run_trial(GROUP_LORA, after_training=predictions)
+    metrics = objective.run_trial(GROUP_LORA, options=TrialOptions(after_training=predictions))
     labels, predicted = predictions.found
     state = objective.tokenized_data.state
     assert len(state.groups["validation"]) == len(labels)
