@@ -20,15 +20,10 @@ from typing import Any
 
 import optuna
 
-from objectives import (
-    PAUSE,
-    TrialDiverged,
-    TrialPaused,
-    checkpoint_problem,
-    checkpoint_state,
-    latest_checkpoint,
-    run_distributed_trial,
-)
+from objectives import TrialDiverged, TrialPaused
+from objectives.engine.callback import PAUSE
+from objectives.engine.checkpoint import checkpoint_problem, checkpoint_state, latest_checkpoint
+from objectives.engine.distributed import run_distributed_trial
 from spaces import ConfigError
 
 from ..components import build_pruner, build_sampler
