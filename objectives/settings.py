@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # A metric's natural direction: what the sweep does with it unless told otherwise.
 Direction = Literal["minimize", "maximize"]
-# How causal_lm rows are laid out (objectives/conversations.py); "auto": detected from the columns.
+# How causal_lm rows are laid out (objectives/data/conversations.py); "auto": detected from the columns.
 DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "prompt_response"]
 
 
@@ -317,7 +317,7 @@ class ObjectiveOptions(_Strict):
 
 
 class EvaluationSettings(_Strict):
-    """lm-evaluation-harness tasks run on each trial's live adapter model (objectives/harness.py): their
+    """lm-evaluation-harness tasks run on each trial's live adapter model (objectives/evaluation/harness.py): their
     metrics are `lm_eval:TASK/METRIC`, e.g. `lm_eval:my_qa/exact_match`, usable as the sweep's metric, a
     recorded metric or a constraint. Needs `pip install 'ftsweep[lmeval]'`.
 

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from objectives.conversations import CHATML, CHATML_WITH_MARKERS  # noqa: E402 (after the path above)
+from objectives.data.conversations import CHATML, CHATML_WITH_MARKERS  # noqa: E402 (after the path above)
 
 PARAMS = {"learning_rate": 3e-3, "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "attention",
           "peft_method": "lora"}
@@ -47,7 +47,7 @@ def build_chat(path: Path, n: int = 600, seed: int = 0) -> Path:
     """Conversations of 1 to 8 support exchanges (from the bundled QA pairs), one per line."""
     import random
 
-    from objectives import ASSETS
+    from objectives.data.sources import ASSETS
 
     pairs = [json.loads(line) for line in (ASSETS / "datasets" / "support_qa.jsonl").read_text().splitlines()]
     rng = random.Random(seed)
@@ -115,7 +115,7 @@ def tokenize_costs(chat_file: Path, repeats: int) -> dict[str, float]:
     from trl import SFTConfig, SFTTrainer
 
     from objectives import ModelConfig, resolve_model_path
-    from objectives.conversations import encode_chat, to_messages
+    from objectives.data.conversations import encode_chat, to_messages
 
     path = resolve_model_path(ModelConfig(name_or_path="bundled:tiny-support-lm"))
     tok = AutoTokenizer.from_pretrained(path)

@@ -664,7 +664,7 @@ def generate_intents_groups(seed: int = DEFAULT_SEED, n: int = N_GROUPS) -> list
 
 
 def _normalized(text: str) -> str:
-    # As objectives.data_checks.normalize: lowercase, punctuation dropped, whitespace collapsed.
+    # As objectives.data.checks.normalize: lowercase, punctuation dropped, whitespace collapsed.
     return " ".join(re.sub(r"[^\w\s]", "", text.lower()).split())
 
 

@@ -3,7 +3,7 @@
 
 Why this exists
 ---------------
-Back-translation (objectives/augmentation.py) paraphrases training text by translating it into
+Back-translation (objectives/data/augmentation.py) paraphrases training text by translating it into
 another language and back with two `transformers` seq2seq models. Real ones (e.g. Helsinki-NLP
 opus-mt) cannot be downloaded in CI or on an air-gapped machine, so this script builds a pair that
 runs the same code path — `AutoTokenizer` + `AutoModelForSeq2SeqLM` from a local directory — on

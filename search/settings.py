@@ -241,7 +241,7 @@ class SweepSpec(_Strict):
     )
     evaluation: EvaluationSettings | None = Field(
         default=None, description="lm-evaluation-harness tasks run on each trial's model; their metrics are "
-        "lm_eval:TASK/METRIC (objectives/harness.py).",
+        "lm_eval:TASK/METRIC (objectives/evaluation/harness.py).",
     )
     seed: int = 0
     backend: str = "optuna"

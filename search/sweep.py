@@ -28,16 +28,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from objectives import (
-    PACK_METRICS,
-    DataReport,
-    PER_SLOT_PARAMS,
-    check_augmentation,
-    check_method_params,
-    get_objective,
-    is_harness_metric,
-    validate_data,
-)
+from objectives import DataReport, get_objective, validate_data
+from objectives.adapters.peft_methods import check_method_params
+from objectives.data.augmentation import check_augmentation
+from objectives.engine.packed import PACK_METRICS, PER_SLOT_PARAMS
+from objectives.evaluation.harness import is_harness_metric
 from spaces import ConfigError, SearchSpace, finite_values, from_validation_error, load_yaml, resolve_space
 
 from .components import BACKENDS, PRUNERS, build_pruner, check_pruner, check_sampler, pauses, prunes

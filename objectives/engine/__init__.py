@@ -8,9 +8,9 @@ on one base model; `distributed.py` runs one trial as a torch.distributed job of
 task (objectives/tasks) into the `Objective` the sweep engine runs.
 """
 
-from .objective import Objective, available_objectives, check_augmentation, get_objective
+from .objective import Objective, available_objectives, get_objective
 from .trial import Reporter, TrialDiverged
 from .worker import BASE_MODEL_PARAM, Worker
 
 __all__ = ["BASE_MODEL_PARAM", "Objective", "Reporter", "TrialDiverged", "Worker", "available_objectives",
-           "check_augmentation", "get_objective"]
+           "get_objective"]

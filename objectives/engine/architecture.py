@@ -13,9 +13,9 @@ from typing import Any
 
 from spaces import ConfigError
 
-from .. import peft_methods, regularization
+from ..adapters import peft_methods, regularization
 from ..settings import ModelConfig
-from ..sources import from_pretrained
+from ..data.sources import from_pretrained
 from ..tasks.base import Task
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ..settings import Direction
-from .. import scores
+from ..evaluation import scores
 from . import checkpoint
 
 PAUSE = "pause"  # what a report returns to pause the trial (trial.py's Reporter)
@@ -67,7 +67,7 @@ class TrialMonitor:
     def __init__(self, objective, report, on_log=None, *, on_evaluate=None, checkpoints=None,
                  scores_dir=None) -> None:
         self.objective = objective
-        self.scores_dir = scores_dir  # where each evaluation's per-example scores go (scores.py)
+        self.scores_dir = scores_dir  # where each evaluation's per-example scores go (evaluation/scores.py)
         self.report = report
         self.on_evaluate_hook = on_evaluate  # (step, model): sees the model at each evaluation
         self.checkpoints: Checkpointing | None = checkpoints

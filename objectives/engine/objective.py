@@ -23,8 +23,9 @@ from typing import Any, ClassVar
 
 from spaces import ConfigError, finite_values
 
-from .. import augmentation, peft_methods, regularization
-from ..metrics import perplexity
+from ..adapters import peft_methods, regularization
+from ..data import augmentation
+from ..evaluation.metrics import perplexity
 from ..settings import (
     AugmentationSettings,
     DataConfig,
@@ -34,10 +35,10 @@ from ..settings import (
     ObjectiveOptions,
     TrainBudget,
 )
-from ..sources import load_splits, local_data_file, resolve_model_path
+from ..data.sources import load_splits, local_data_file, resolve_model_path
 from ..tasks import TASKS
 from ..tasks.base import Task, Tokenized
-from . import checkpoint, trial
+from . import trial
 from .architecture import Architecture
 from .arguments import (
     OPTIMIZER_PARAMS,
@@ -47,8 +48,8 @@ from .arguments import (
     training_arguments,
     training_kwargs,
 )
-from ..harness import Harness, is_harness_metric
-from ..harness import check_metric as harness_direction
+from ..evaluation.harness import Harness, is_harness_metric
+from ..evaluation.harness import check_metric as harness_direction
 from .callback import COST_METRICS
 from .trial import Reporter, TrialOptions
 from .worker import BASE_MODEL_PARAM, Worker
@@ -148,7 +149,7 @@ class Objective:
         accepted = {k: f"TrainingArguments.{v}" for k, v in TRAINING_ARGUMENT_PARAMS.items()}
         accepted.update(OPTIMIZER_PARAMS)
         accepted.update(peft_methods.accepted_params())
-        accepted.update({name: "base model dropout (objectives/regularization.py)" for name in regularization.DROPOUT_PARAMS})
+        accepted.update({name: "base model dropout (objectives/adapters/regularization.py)" for name in regularization.DROPOUT_PARAMS})
         accepted[BASE_MODEL_PARAM] = "the model the trial fine-tunes (a path, hub id or bundled:NAME)"
         accepted.update({name: f"training data augmentation: {what}"
                          for name, what in augmentation.AUGMENTATION_PARAMS.items()})
@@ -181,7 +182,7 @@ class Objective:
     def check_metric(cls, metric: str, *, source: str | None = None, key: str = "metric.name",
                      evaluation: EvaluationSettings | None = None) -> Direction:
         """The metric's natural direction, or a ConfigError listing what the objective reports; an
-        `lm_eval:TASK/METRIC` is checked against the sweep's `evaluation:` (objectives/harness.py)."""
+        `lm_eval:TASK/METRIC` is checked against the sweep's `evaluation:` (objectives/evaluation/harness.py)."""
         if is_harness_metric(metric):
             return harness_direction(metric, evaluation, source=source, key=key)
         available = cls.available_metrics()
@@ -340,7 +341,7 @@ class Objective:
     # ---------------------------------------------------------------- one trial
 
     def peft_config(self, params: Mapping[str, Any]):
-        """The PEFT config (LoRA, LoHa, IA3, prefix tuning...) a trial's params describe (objectives/peft_methods.py)."""
+        """The PEFT config (LoRA, LoHa, IA3, prefix tuning...) a trial's params describe (objectives/adapters/peft_methods.py)."""
         return self.architecture().peft_config(params)
 
     def training_kwargs(self, params: Mapping[str, Any], output_dir: str) -> dict[str, Any]:
@@ -492,17 +493,6 @@ class Objective:
 
     # ---------------------------------------------------------------- checkpoints and the final fit
 
-    @staticmethod
-    def checkpoint_state(directory: str | Path) -> dict[str, Any]:
-        """What a trial checkpoint's state file holds: {"step", "elapsed_s", "params", and the
-        backend's `checkpoint_about` fields}."""
-        return checkpoint.checkpoint_state(directory)
-
-    @staticmethod
-    def latest_checkpoint(trial_dir: str | Path) -> Path | None:
-        """The newest complete checkpoint `run_trial(checkpoints=True)` left in `trial_dir`, or None."""
-        return checkpoint.latest_checkpoint(trial_dir)
-
     def fit(self, params: Mapping[str, Any], output_dir: str | Path, *, merge_validation: bool = False) -> dict[str, float]:
         """The final fit of a chosen config: train, evaluate on validation and on the held-out test
         split, save the PEFT adapter (loadable with `PeftModel.from_pretrained`) in `output_dir/adapter`.
@@ -602,25 +592,3 @@ def get_objective(name: str) -> type[Objective]:
     raise ConfigError("not a Task subclass", key="objective.name", value=name,
                       hint="Fix: subclass objectives.tasks.Task (or CausalLMTask / SequenceClassificationTask), "
                       "or the class get_objective(NAME) returns.")
-
-
-def check_augmentation(space, settings: AugmentationSettings | None, *, task, source: str | None = None,
-                       data: DataConfig | None = None, options: ObjectiveOptions | None = None) -> list[str]:
-    """Refuse augmentation params and settings that cannot work (objectives/augmentation.py); returns
-    the columns that will be augmented. `task` is the objective class (or a task class, or a
-    registered name); `data` and `options` decide its columns.
-
-    Example:
-        >>> from spaces import SearchSpace
-        >>> space = SearchSpace.from_dict({"params": {"aug_swap_prob": {"type": "fixed", "value": 0.1}}})
-        >>> check_augmentation(space, None, task=get_objective("sequence_classification"))
-        ['text']
-    """
-    if isinstance(task, str):
-        task = get_objective(task)
-    if isinstance(task, type) and issubclass(task, Objective):
-        task = task.task_class
-    if not isinstance(task, Task):
-        # Only the columns are read: without a dataset, those of the default settings.
-        task = task(data if data is not None else DataConfig(source="(no dataset)"), options=options, source=source)
-    return augmentation.check_augmentation(space, settings, task=task, source=source)

@@ -1,7 +1,7 @@
 """Packed trials: K LoRA trials ("slots") trained at once on one copy of the base model.
 
 `run_packed(objective, slots)` trains every slot's adapter in one forward/backward per step: the slots'
-batches stacked slot-major (objectives/multi_lora.py), the frozen base run once over all their rows, and each
+batches stacked slot-major (objectives/adapters/multi_lora.py), the frozen base run once over all their rows, and each
 slot's loss its own rows' (the model's own loss function, normalized as Trainer normalizes a trial's). What may
 differ between slots: learning rate, scheduler type, warmup, weight decay, max_grad_norm (clipped per slot),
 lora_r (ranks padded to the widest), lora_alpha, lora_dropout (independent masks), use_rslora. Everything else
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..multi_lora import MultiLoRALinear
+from ..adapters.multi_lora import MultiLoRALinear
 from . import checkpoint
 from .callback import COST_METRICS, PAUSE, CostMeter
 from .trial import adapter_on, sweep_trainer_class

@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .. import augmentation, regularization
+from ..adapters import regularization
+from ..data import augmentation
 from .arguments import early_stopping, loraplus_optimizer
 from . import checkpoint
-from .callback import PAUSE, Checkpointing, rank_agreement, reporting_callback
+from .callback import Checkpointing, rank_agreement, reporting_callback
 from .worker import BASE_MODEL_PARAM
 
 # Raised by transformers 5.x's own internals (Trainer, get_peft_model), not by anything a user can change.

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..augmentation import Augmenter
+from ..data.augmentation import Augmenter
 from ..settings import AugmentationSettings, ModelConfig
-from ..sources import Splits, from_pretrained, load_splits, resolve_model_path
+from ..data.sources import Splits, from_pretrained, load_splits, resolve_model_path
 from ..tasks.base import Task, Tokenized
 from .arguments import keep_quantized_layers_trainable, quantization_config, torch_dtype
 

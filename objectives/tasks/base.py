@@ -47,7 +47,7 @@ class Scored:
 
 @dataclass(frozen=True)
 class DataProfile:
-    """What the data checks (objectives/data_checks.py) need to know about a task's columns.
+    """What the data checks (objectives/data/checks.py) need to know about a task's columns.
 
     Example:
         >>> DataProfile(columns=["text", "label"], text_columns=["text"], input_column="text",
@@ -62,7 +62,7 @@ class DataProfile:
     response_column: str | None = None  # prompt -> response tasks: rows whose prompt fills max_seq_length are dropped
     prompt_template: str | None = None  # its text must not already be in the data (formatting checks)
     group_column: str | None = None  # the fairness groups, checked per split
-    conversation_format: str | None = None  # chat / instruction data: its rows' turns are checked (conversations.py)
+    conversation_format: str | None = None  # chat / instruction data: its rows' turns are checked (data/conversations.py)
 
 
 class Task(ABC):
@@ -213,6 +213,6 @@ class Task(ABC):
 
     def score_uncertainty(self, model, tokenizer, state: Any, rows: Sequence[Mapping[str, Any]], *,
                           strategy: str, batch_size: int, max_new_tokens: int | None = None) -> list[Scored]:
-        """How unsure `model` is about each raw row, under an uncertainty `strategy` (objectives/metrics.py)."""
+        """How unsure `model` is about each raw row, under an uncertainty `strategy` (objectives/evaluation/metrics.py)."""
         raise ConfigError(f"select cannot rank {self.name} adapters: the task scores no uncertainty",
                           key="objective.name", value=self.name)

@@ -4,9 +4,9 @@ The loss covers the response tokens only (prompt tokens get label -100): the mod
 answering, not on re-typing the question.
 
 Metrics: eval_loss and perplexity = exp(eval_loss), at every evaluation. Answer metrics (exact_match,
-choice_accuracy, choice_nll; objectives/answers.py) grade the answer itself on the validation rows
+choice_accuracy, choice_nll; objectives/evaluation/answers.py) grade the answer itself on the validation rows
 (`objective.args.eval_samples` of them, the same in every trial). Generation metrics (bleu,
-rouge1, rouge2, rougeL, meteor; objectives/metrics.py) score what the model actually answers: the
+rouge1, rouge2, rougeL, meteor; objectives/evaluation/metrics.py) score what the model actually answers: the
 first `objective.args.generation_samples` validation prompts are greedy-decoded (up to
 `max_new_tokens`) and compared with their responses. Decoding costs far more than the loss, so
 they are computed only when the sweep asks for them (`metrics=` of the objective), and they need
@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from spaces import ConfigError
 
-from ..answers import (
+from ..evaluation.answers import (
     ANSWER_METRICS,
     CHOICE_METRICS,
     MAX_INFERRED_CHOICES,
@@ -41,10 +41,10 @@ from ..answers import (
     normalize_answer,
     sequence_logliks,
 )
-from ..conversations import CHAT_FORMATS, IGNORE_INDEX, ConversationFormat, detect_format
-from ..metrics import GENERATION_METRICS, INSTALL, generation_metric_problem, generation_metrics, uncertainty
+from ..data.conversations import CHAT_FORMATS, IGNORE_INDEX, ConversationFormat, detect_format
+from ..evaluation.metrics import GENERATION_METRICS, INSTALL, generation_metric_problem, generation_metrics, uncertainty
 from ..settings import Direction, customized
-from ..sources import source_columns
+from ..data.sources import source_columns
 from .base import DataProfile, Scored, Task, Tokenized
 
 
@@ -146,7 +146,7 @@ class CausalLMTask(Task):
 
     @cached_property
     def data_format(self) -> str:
-        """`dataset.format`, or when 'auto' the one the data's columns say (objectives/conversations.py);
+        """`dataset.format`, or when 'auto' the one the data's columns say (objectives/data/conversations.py);
         prompt_response whenever the sweep names its prompt template or columns."""
         if self.data.format != "auto":
             return self.data.format
@@ -318,7 +318,7 @@ class CausalLMTask(Task):
                     limit -= 1
                 yield i, text, ids, fmt.reference(row)
 
-    # ---------------------------------------------------------------- answer metrics (objectives/answers.py)
+    # ---------------------------------------------------------------- answer metrics (objectives/evaluation/answers.py)
 
     def resolve_choices(self, *splits) -> tuple[str, ...] | None:
         """`objective.args.choices`, else the choices the answers of `splits` take (None when they are

@@ -1,9 +1,9 @@
 """Text -> label classification with a sequence-classification head.
 
-Metrics (scikit-learn, objectives/metrics.py): eval_loss, accuracy, and precision, recall and F1
+Metrics (scikit-learn, objectives/evaluation/metrics.py): eval_loss, accuracy, and precision, recall and F1
 averaged over classes (`*_macro`: every class counts alike, so a rare class done badly shows) and
 over examples (`*_micro`: equal to accuracy for single-label classes). All are computed at every
-evaluation. With `dataset.group_column`, the fairness gaps between groups too (objectives/fairness.py),
+evaluation. With `dataset.group_column`, the fairness gaps between groups too (objectives/data/fairness.py),
 and the `group_balance` space parameter. The head is created from the base checkpoint once per
 worker with the sweep's seed, so every trial starts from the same head.
 """
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from spaces import ConfigError, finite_values
 
-from ..fairness import (
+from ..data.fairness import (
     BALANCE_PARAM,
     FAIRNESS_METRICS,
     WEIGHT_COLUMN,
@@ -29,7 +29,7 @@ from ..fairness import (
     group_metrics,
     weighted_trainer,
 )
-from ..metrics import classification_metrics, uncertainty
+from ..evaluation.metrics import classification_metrics, uncertainty
 from ..settings import Direction, ModelConfig
 from .base import DataProfile, Scored, Task, Tokenized
 

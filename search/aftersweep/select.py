@@ -26,7 +26,6 @@ task's `prediction_field`: `predicted_label` (classification) or `predicted_resp
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from objectives import UNCERTAINTY_STRATEGIES, uncertainty  # noqa: F401 (uncertainty: part of this module's API)
+from objectives.data.files import UnreadableFile, read_rows
+from objectives.evaluation.metrics import UNCERTAINTY_STRATEGIES, uncertainty  # noqa: F401 (uncertainty: part of this module's API)
 from objectives.tasks import Scored
 from spaces import ConfigError
 
@@ -68,7 +68,8 @@ def score_pool(objective, model, rows: Sequence[Mapping[str, Any]], *, strategy:
 
 
 def read_pool(path: str | Path, columns: Sequence[str]) -> list[dict[str, Any]]:
-    """The rows of a .jsonl or .csv pool; every row must hold text in each of `columns`.
+    """The rows of a .jsonl or .csv pool, read as the data checks read a data file (`read_rows`); every
+    row must hold text in each of `columns`.
 
     Raises ConfigError naming the file, the missing column and the columns present.
     """
@@ -78,22 +79,10 @@ def read_pool(path: str | Path, columns: Sequence[str]) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix not in POOL_SUFFIXES:
         raise ConfigError("unsupported pool file type", key="--pool", value=str(path), allowed=list(POOL_SUFFIXES))
-    rows: list[dict[str, Any]] = []
-    if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [dict(row) for row in csv.DictReader(f)]
-    else:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"line {number} is not valid JSON ({exc.msg})", source=str(path), key="--pool") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"line {number} is not a JSON object", source=str(path), key="--pool",
-                                  value=row)
-            rows.append(row)
+    try:
+        rows, _ = read_rows(path)  # as the data checks and `datasets` read a file: a CSV's number columns are numbers
+    except UnreadableFile as problem:
+        raise ConfigError(problem.message, source=str(path), key="--pool", hint=problem.fix) from None
     if not rows:
         raise ConfigError("the pool has no rows", source=str(path), key="--pool")
     present = list(dict.fromkeys(k for row in rows for k in row))

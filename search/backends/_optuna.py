@@ -20,15 +20,9 @@ from typing import Any
 
 import optuna
 
-from objectives import (
-    PAUSE,
-    TrialDiverged,
-    TrialOptions,
-    TrialPaused,
-    checkpoint_problem,
-    checkpoint_state,
-    latest_checkpoint,
-)
+from objectives import TrialDiverged, TrialOptions, TrialPaused
+from objectives.engine.callback import PAUSE
+from objectives.engine.checkpoint import checkpoint_problem, checkpoint_state, latest_checkpoint
 from objectives.engine.distributed import RankGroup, run_distributed_trial
 from spaces import ConfigError
 

@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from objectives.engine.checkpoint import checkpoint_state
 from spaces import ConfigError
 
 from ..components import PRUNERS, build_sampler
@@ -99,7 +100,7 @@ def trainable(config: dict[str, Any], payload: str) -> None:
     resumed_from, cloned_from, trained_before = 0, None, 0.0
     if previous is not None:
         resume_dir = local_copy(previous)
-        state = objective.checkpoint_state(resume_dir)
+        state = checkpoint_state(resume_dir)
         resumed_from, trained_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
         if state.get("ray_trial_id") not in (None, trial_id):
             cloned_from = state["ray_trial_id"]  # PBT gave this trial another trial's checkpoint

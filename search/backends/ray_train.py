@@ -39,7 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from objectives import RankLost, TrialOptions, group_failed
+from objectives import TrialOptions
+from objectives.engine.checkpoint import checkpoint_state
+from objectives.engine.distributed import RankLost, group_failed
 
 from ..secrets import without_secrets
 from ..sweep import Sweep
@@ -199,7 +201,7 @@ def _rank_loop(config: dict[str, Any]) -> None:
     previous = ray.train.get_checkpoint()
     if previous is not None:
         resume_dir = local_copy(previous)
-        state = objective.checkpoint_state(resume_dir)
+        state = checkpoint_state(resume_dir)
         resumed_from, trained_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
         params = state.get("params", params)
     # Where every rank ran: the study shows the trial's whole placement.

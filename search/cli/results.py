@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from objectives import COST_METRICS
+from objectives.engine.callback import COST_METRICS
 from spaces import ConfigError
 
 from ..observers.tracking import make_tracker

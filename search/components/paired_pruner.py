@@ -2,7 +2,7 @@
 
 Median and percentile rules compare one number per trial; two trials scored on the same validation rows can
 be compared row by row, which tells a real difference from noise. At each evaluation the pruner takes the
-per-example scores the trial wrote (objectives/scores.py: answer metrics such as choice_accuracy, the same
+per-example scores the trial wrote (objectives/evaluation/scores.py: answer metrics such as choice_accuracy, the same
 rows in every trial) and those of the trial ranked in the middle so far at the same step (`against: median`,
 the default) or of the best one (`against: best`), and runs a one-sided Wilcoxon signed-rank test on the
 paired differences (scipy; zero differences split between the signs, as Optuna's WilcoxonPruner does). The
@@ -27,7 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from objectives.scores import paired, read_scores
+from objectives.evaluation.scores import paired, read_scores
 
 
 class PairedPruner(optuna.pruners.BasePruner):

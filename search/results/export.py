@@ -22,8 +22,9 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from objectives import BASE_MODEL_PARAM, get_objective, resolve_model_path
-from objectives.sources import source_columns
+from objectives import get_objective, resolve_model_path
+from objectives.data.sources import source_columns
+from objectives.engine.worker import BASE_MODEL_PARAM
 from spaces import ConfigError
 
 from ..settings import RunSpec

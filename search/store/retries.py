@@ -22,7 +22,8 @@ from typing import Any
 
 import optuna
 
-from objectives import RankLost, TrialDiverged
+from objectives import TrialDiverged
+from objectives.engine.distributed import RankLost
 
 from ..settings import RetryPolicy
 from .record import ATTEMPT, CONFIG, DIVERGED, ERROR, OOM, OVERRIDES, PREEMPTED, RETRY_CAUSE, RETRY_OF

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import optuna
 from optuna.storages._heartbeat import get_heartbeat_thread
 
-from objectives import run_packed
+from objectives.engine.packed import run_packed
 
 from ..store.queue import NoTrialLeft, QueueStudy
 from ..store.record import ATTEMPT, INTERRUPTED_CAUSE, OOM, OVERRIDES, PACK, RETRY_CAUSE, RETRY_OF, TrialRecord

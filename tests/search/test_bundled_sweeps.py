@@ -93,7 +93,7 @@ def test_models_sweeps_both_architectures_with_regularization(tmp_path, capsys):
 
 
 def test_fairness_trades_f1_against_the_group_gap(tmp_path, capsys):
-    from objectives.fairness import FAIRNESS_METRICS
+    from objectives.data.fairness import FAIRNESS_METRICS
 
     study = _launch("fairness", tmp_path, "n_trials=2", "sampler=random", "dataset.max_eval_examples=120")
     details = _json(capsys, "show", str(study), "0", "--json")

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness tasks as sweep metrics (objectives/harness.py), offline, on task YAMLs and local data
+"""lm-evaluation-harness tasks as sweep metrics (objectives/evaluation/harness.py), offline, on task YAMLs and local data
 the tests write: a multiple-choice task optimized, a generate-until task recorded, both run in-process on each
 trial's live adapter; the winner's score is what lm-eval itself gives the adapter saved by `train` and loaded
 from disk; and every way a task cannot run is refused at launch with its key."""
@@ -11,7 +11,8 @@ import optuna
 import pytest
 import yaml
 
-from objectives import ASSETS, ModelConfig, resolve_model_path
+from objectives import ModelConfig, resolve_model_path
+from objectives.data.sources import ASSETS
 from search.cli import main
 from search.store.storage import load_existing_study
 
@@ -139,7 +140,7 @@ def test_a_hub_task_while_offline_is_refused_with_the_way_out(write_sweep, task_
 
 
 def test_each_documents_score_is_kept_and_the_paired_pruner_reads_it(write_sweep, task_dir, tmp_path):
-    from objectives.scores import read_scores
+    from objectives.evaluation.scores import read_scores
 
     path = _sweep(write_sweep, task_dir, n_trials=3, pruner={"name": "paired", "args": {"n_startup_trials": 1}})
     assert main(["launch", str(path)]) == 0

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
-from objectives.scores import paired, read_scores, write_scores
+from objectives.evaluation.scores import paired, read_scores, write_scores
 from search.cli import main
 from search.components.paired_pruner import PairedPruner
 from search.store.storage import load_existing_study

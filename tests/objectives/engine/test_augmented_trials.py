@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from objectives.augmentation import AugmentationSettings, Augmenter
+from objectives.data.augmentation import AugmentationSettings, Augmenter
 from search.cli import main
 from search.sweep import load_sweep
 from spaces import ConfigError

@@ -157,7 +157,7 @@ class _Stopped(Exception):
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_distributed_trial_resumes_from_rank_0s_checkpoint_on_every_rank(alone, tmp_path, strategy):
-    from objectives import latest_checkpoint
+    from objectives.engine.checkpoint import latest_checkpoint
 
     seen = []
 

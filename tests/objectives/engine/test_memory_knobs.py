@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from objectives import ModelConfig, QuantizationSettings, TrainBudget, get_objective
-from objectives.conversations import IGNORE_INDEX
+from objectives.data.conversations import IGNORE_INDEX
 from objectives.tasks.causal_lm import PositionsOnly, check_padding_free
 from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
@@ -130,7 +130,7 @@ def test_a_packed_trial_trains_on_fewer_longer_rows(flat):
 def test_a_model_whose_attention_ignores_packed_positions_is_refused(model_type):
     import transformers
 
-    from tests.objectives.test_target_modules import ARCHITECTURES, SMALL
+    from tests.objectives.adapters.test_target_modules import ARCHITECTURES, SMALL
 
     config_cls, extra, _ = ARCHITECTURES[model_type]
     model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_cls)(**{**SMALL, **extra}))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from objectives import OBJECTIVES, TASKS, DataConfig, Objective, check_augmentation, get_objective
+from objectives import TASKS, Objective, get_objective
 from objectives.tasks.causal_lm import CausalLMTask
-from spaces import ConfigError, SearchSpace
+from spaces import ConfigError
 
 
 class ShoutedAnswers(CausalLMTask):
@@ -17,7 +17,7 @@ class ShoutedAnswers(CausalLMTask):
 
 
 def test_each_registered_task_has_one_objective_class():
-    assert OBJECTIVES is TASKS and sorted(TASKS.names()) == ["causal_lm", "sequence_classification"]
+    assert sorted(TASKS.names()) == ["causal_lm", "sequence_classification"]
     for name in TASKS.names():
         cls = get_objective(name)
         assert issubclass(cls, Objective) and cls is get_objective(name) and cls.task_class is TASKS.get(name)
@@ -66,11 +66,3 @@ def test_unknown_metric_lists_the_objectives_metrics():
     with pytest.raises(ConfigError, match="perplexity"):
         get_objective("causal_lm").check_metric("accuracy")
     assert get_objective("causal_lm").check_metric("latency_ms") == "minimize"  # a cost every objective measures
-
-
-def test_check_augmentation_takes_the_objective_class_a_task_or_a_name():
-    space = SearchSpace.from_dict({"params": {"aug_swap_prob": {"type": "fixed", "value": 0.1}}})
-    data = DataConfig(source="qa.jsonl", prompt_column="question")
-    for task in (get_objective("causal_lm"), CausalLMTask, "causal_lm", CausalLMTask(data)):
-        assert check_augmentation(space, None, task=task, data=data) == ["question"]
-    assert check_augmentation(space, None, task=get_objective("sequence_classification")) == ["text"]

@@ -1,4 +1,4 @@
-"""Packed trials (objectives/engine/packed.py, objectives/multi_lora.py): K LoRA trials trained at once on one
+"""Packed trials (objectives/engine/packed.py, objectives/adapters/multi_lora.py): K LoRA trials trained at once on one
 base model give each trial the eval history it has alone (fp32, CPU, dropout 0), whatever differs between them
 among the per-slot params; with dropout their masks are independent; the base model is handed back untouched."""
 
@@ -9,7 +9,7 @@ import torch
 
 from objectives import TrainBudget, get_objective
 from objectives.engine.packed import Pack, pack_problems, run_packed
-from objectives.multi_lora import MultiLoRALinear
+from objectives.adapters.multi_lora import MultiLoRALinear
 from tests.objectives.task_examples import MODEL, TASK_DATA
 
 BUDGET = TrainBudget(max_steps=8, eval_every=2, batch_size=4, eval_batch_size=16, max_seq_length=64)
@@ -142,7 +142,7 @@ def test_a_packed_trial_resumed_from_its_checkpoint_goes_on_as_if_never_stopped(
     from peft import PeftModel
     from transformers import Trainer, TrainingArguments
 
-    from objectives import latest_checkpoint
+    from objectives.engine.checkpoint import latest_checkpoint
 
     seen: dict[int, list[tuple[int, float]]] = {0: [], 1: []}
 
@@ -201,7 +201,8 @@ def test_on_a_half_precision_base_the_slots_train_in_float32_as_peft_keeps_lora(
 def test_a_paused_packed_trial_ends_with_its_checkpoint_and_its_slot_is_backfilled(objective, tmp_path):
     """PAUSE from a packed trial's report: its checkpoint of that step is written whatever the interval, it ends
     `paused` (not pruned), the next trial takes its slot, and resumed it finishes as the trial alone."""
-    from objectives import PAUSE, latest_checkpoint
+    from objectives.engine.callback import PAUSE
+    from objectives.engine.checkpoint import latest_checkpoint
 
     seen: dict[int, list[tuple[int, float]]] = {0: [], 1: [], 2: []}
     queue = [SLOTS[2]]

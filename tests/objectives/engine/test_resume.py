@@ -140,7 +140,8 @@ def test_resumed_with_a_new_learning_rate_the_schedule_follows_it(objective, tmp
 def test_a_paused_trial_keeps_the_checkpoint_of_its_step_and_resumes_exactly(objective, tmp_path):
     """PAUSE from the report: the checkpoint of that evaluation's step is written although the checkpoint interval
     has not passed, the trial ends with TrialPaused(step), and its resume ends as the uninterrupted run."""
-    from objectives import PAUSE, TrialPaused
+    from objectives import TrialPaused
+    from objectives.engine.callback import PAUSE
 
     uninterrupted, final = _history(objective)
     seen = []

@@ -10,7 +10,8 @@ import optuna
 import pytest
 import torch
 
-from objectives import COST_METRICS, TASKS, TrialDiverged, TrialOptions, get_objective
+from objectives import TASKS, TrialDiverged, TrialOptions, get_objective
+from objectives.engine.callback import COST_METRICS
 from tests.objectives.task_examples import BUDGET, MODEL, TASK_DATA
 
 PARAMS = {"learning_rate": 3e-3, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "weight_decay": 0.01,
@@ -35,7 +36,7 @@ def test_trial_runs_real_steps_and_reports_each_evaluation(objective):
     assert metrics["steps"] == BUDGET.max_steps
     assert [step for step, _ in reports] == [2, 4]
     # Generation and answer metrics are computed only when a sweep asks for them (tests/objectives/tasks/
-    # test_causal_lm.py, tests/objectives/test_answers.py).
+    # test_causal_lm.py, tests/objectives/evaluation/test_answers.py).
     for name in [*(n for n in objective.metrics if n not in objective.task_class.periodic_metrics), *COST_METRICS]:
         assert math.isfinite(metrics[name]), name
     assert not objective.task_class.periodic_metrics & set(metrics)

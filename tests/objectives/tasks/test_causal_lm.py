@@ -13,15 +13,16 @@ import yaml
 
 from conftest import TINY_SWEEP, deep_merge
 from objectives import (
-    GENERATION_METRICS,
     DataConfig,
     ModelConfig,
     ObjectiveOptions,
     TrainBudget,
+    TrialOptions,
     get_objective,
     load_splits,
     resolve_model_path,
 )
+from objectives.evaluation.metrics import GENERATION_METRICS
 from objectives.tasks.causal_lm import IGNORE_INDEX, CausalLMTask
 from search.sweep import load_sweep
 from spaces import ConfigError
@@ -127,7 +128,7 @@ def test_bad_prompt_templates_are_refused_when_the_sweep_loads(write_sweep, temp
 
 
 def test_a_template_column_the_data_lacks_is_a_data_error(tmp_path):
-    from objectives.data_checks import validate_data
+    from objectives.data.checks import validate_data
 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(deep_merge(TINY_SWEEP, {

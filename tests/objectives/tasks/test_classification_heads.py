@@ -3,7 +3,7 @@ a trained head of another label count is refused at launch with what to do, `mod
 and a sweep trains, exports and retrains; a head that fits, or none at all, needs nothing.
 
 Every checkpoint is a tiny random-init model (two layers, hidden 32; the sizes of the architecture matrix,
-tests/objectives/test_architecture_matrix.py) saved with `save_pretrained` beside the bundled tokenizer.
+tests/objectives/adapters/test_architecture_matrix.py) saved with `save_pretrained` beside the bundled tokenizer.
 The data is the bundled support intents: 20 classes.
 """
 
@@ -16,12 +16,12 @@ import torch
 import transformers
 import yaml
 
-from objectives.sources import ASSETS
+from objectives.data.sources import ASSETS
 from objectives.tasks.sequence_classification import checkpoint_labels
 from search.cli import main
 from search.sweep import load_sweep
 from spaces import ConfigError
-from tests.objectives.test_target_modules import SMALL
+from tests.objectives.adapters.test_target_modules import SMALL
 
 TOKENIZER_DIR = ASSETS / "models" / "tiny-support-lm"  # the tokenizer ftsweep ships
 INTENTS = {"source": "bundled:support-intents", "max_train_examples": 32, "max_eval_examples": 16}

@@ -11,7 +11,7 @@ import math
 import pytest
 
 from objectives import DataConfig, ModelConfig, TrainBudget, TrialOptions, get_objective, load_splits
-from objectives.fairness import FAIRNESS_METRICS, group_metrics
+from objectives.data.fairness import FAIRNESS_METRICS, group_metrics
 from search.sweep import load_sweep
 from spaces import ConfigError
 

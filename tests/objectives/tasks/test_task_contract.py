@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from objectives import TASKS, UNCERTAINTY_STRATEGIES, get_objective, load_splits, resolve_model_path
+from objectives import TASKS, get_objective, load_splits, resolve_model_path
+from objectives.adapters.peft_methods import AdapterTarget, build_config
 from objectives.engine.trial import adapter_on
-from objectives.peft_methods import AdapterTarget, build_config
+from objectives.evaluation.metrics import UNCERTAINTY_STRATEGIES
 from objectives.tasks import DataProfile, Scored, Task, Tokenized
 from tests.objectives.task_examples import BUDGET, MODEL, TASK_DATA
 

@@ -152,7 +152,7 @@ def test_different_test_sets_are_refused(runs, tmp_path, field, change, fix):
 
 
 def test_a_different_data_file_is_refused(runs, tmp_path):
-    from objectives.sources import ASSETS
+    from objectives.data.sources import ASSETS
 
     data = tmp_path / "qa.jsonl"  # the same examples in another order: another test split
     data.write_text("\n".join(reversed((ASSETS / "datasets" / "support_qa.jsonl").read_text().splitlines())) + "\n")
@@ -162,7 +162,7 @@ def test_a_different_data_file_is_refused(runs, tmp_path):
 
 
 def test_the_same_file_by_another_path_is_the_same_test_set(runs, tmp_path, monkeypatch):
-    from objectives.sources import ASSETS
+    from objectives.data.sources import ASSETS
 
     shutil.copy(ASSETS / "datasets" / "support_qa.jsonl", tmp_path / "qa.jsonl")
     monkeypatch.chdir(tmp_path)

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from search.cli import main
-from search.aftersweep.select import rank, select, uncertainty
+from search.aftersweep.select import rank, read_pool, select, uncertainty
 from search.cli.data import SELECT
 from spaces import ConfigError
 
@@ -43,7 +43,7 @@ def classifier(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory):
     """24 unlabeled intent texts (no label column), the 4th repeated as the 5th."""
-    from objectives.sources import ASSETS
+    from objectives.data.sources import ASSETS
 
     lines = (ASSETS / "datasets" / "support_intents.jsonl").read_text().splitlines()[-23:]
     rows = [{"text": json.loads(line)["text"], "id": f"u{i}"} for i, line in enumerate(lines)]
@@ -149,7 +149,7 @@ def test_a_pool_without_the_input_column_is_refused(classifier, tmp_path):
 
 @pytest.mark.parametrize("content, expected", [
     ('{"text": "fine"}\n{"text": null}\n', "row 2 holds no text"),
-    ('{"text": "fine"}\nnot json\n', "line 2 is not valid JSON"),
+    ('{"text": "fine"}\nnot json\n', "line 2 is not a JSON object \\(not valid JSON"),
     ("", "no rows"),
 ])
 def test_bad_pool_rows_are_named(classifier, tmp_path, content, expected):
@@ -157,6 +157,31 @@ def test_bad_pool_rows_are_named(classifier, tmp_path, content, expected):
     path.write_text(content)
     with pytest.raises(ConfigError, match=expected):
         select(classifier, path, 5)
+
+
+def test_a_pool_csv_reads_numbers_as_the_data_checks_and_datasets_do(tmp_path):
+    """One reader (objectives/data/files.py): a numbers-only column is numbers in the pool as in training data."""
+    path = tmp_path / "pool.csv"
+    path.write_text("text,id,score\nwhere is my parcel?,7,0.5\nreset my password,8,\n")
+    assert read_pool(path, ["text"]) == [{"text": "where is my parcel?", "id": 7, "score": 0.5},
+                                         {"text": "reset my password", "id": 8, "score": None}]
+    with pytest.raises(ConfigError, match="rows 1, 2 hold no text in column 'id'"):
+        read_pool(path, ["text", "id"])  # a column of numbers holds no text, as the data checks say too
+
+
+def test_the_data_checks_and_the_pool_name_the_same_bad_line(tmp_path):
+    from objectives import DataConfig, ModelConfig, TrainBudget, get_objective, validate_data
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "where is my parcel?", "label": "shipping"}\n[1, 2]\n')
+    objective = get_objective("sequence_classification")(
+        ModelConfig(name_or_path="bundled:tiny-support-lm"), DataConfig(source=str(path)), TrainBudget())
+    [finding] = validate_data(objective).errors
+    with pytest.raises(ConfigError) as caught:
+        read_pool(path, ["text"])
+    assert "line 2 is not a JSON object (a JSON list)" in finding.message
+    assert "line 2 is not a JSON object (a JSON list)" in str(caught.value) and str(path) in str(caught.value)
+    assert finding.examples == [2] and finding.fix in str(caught.value) and caught.value.key == "--pool"
 
 
 def test_bad_arguments_are_refused(classifier, pool, tmp_path):
@@ -191,7 +216,7 @@ def test_causal_lm_scores_the_tokens_of_its_greedy_answer(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from objectives import ModelConfig, resolve_model_path
-    from objectives.sources import ASSETS
+    from objectives.data.sources import ASSETS
 
     data = tmp_path / "qa.jsonl"
     rows = [json.loads(line) for line in (ASSETS / "datasets" / "support_qa.jsonl").read_text().splitlines()[:300]]

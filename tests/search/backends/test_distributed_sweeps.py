@@ -109,7 +109,7 @@ def _launch(path, log_path, **popen):
 def _wait_for_checkpoint(checkpoints, proc, log_path, step: int, timeout: float = 240.0) -> None:
     import time
 
-    from objectives import checkpoint_state, latest_checkpoint
+    from objectives.engine.checkpoint import checkpoint_state, latest_checkpoint
 
     deadline = time.monotonic() + timeout
     while latest_checkpoint(checkpoints) is None or checkpoint_state(latest_checkpoint(checkpoints))["step"] < step:
@@ -128,7 +128,7 @@ def test_a_killed_worker_leaves_no_rank_behind_and_its_trial_resumes_from_rank_0
 
     import psutil
 
-    from objectives import checkpoint_state, latest_checkpoint
+    from objectives.engine.checkpoint import checkpoint_state, latest_checkpoint
 
     reference = write_sweep("reference.yaml", **LONG, output_dir=str(tmp_path / "reference"))
     assert main(["launch", str(reference)]) == 0

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from objectives import checkpoint_state, latest_checkpoint
+from objectives.engine.checkpoint import checkpoint_state, latest_checkpoint
 from search.backends import get_backend
 from search.cli import main
 from search.store.storage import JOURNAL, open_storage

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from objectives import checkpoint_state, latest_checkpoint
+from objectives.engine.checkpoint import checkpoint_state, latest_checkpoint
 from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
 from search.store.storage import JOURNAL, load_existing_study

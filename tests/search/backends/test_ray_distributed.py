@@ -157,7 +157,7 @@ def test_a_failed_train_run_raises_its_workers_own_error_or_rank_lost():
     from ray.exceptions import ActorDiedError
     from ray.train import WorkerGroupError
 
-    from objectives import RankLost
+    from objectives.engine.distributed import RankLost
     from objectives.engine.trial import TrialDiverged
     from search.backends.ray_train import trial_failure
     from search.store.retries import failure_cause

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from objectives.data_checks import ACCEPTABLE_CHECKS
+from objectives.data.checks import ACCEPTABLE_CHECKS
 from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
 from search.store.storage import load_existing_study

@@ -1,4 +1,4 @@
-"""Data layouts users have (objectives/sources.py): a folder of split files, whose splits are used as
+"""Data layouts users have (objectives/data/sources.py): a folder of split files, whose splits are used as
 given and only the missing ones carved; bad folders refused with what is wrong."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A folder written by `datasets`' save_to_disk is a data source like a file (objectives/sources.py): a
+"""A folder written by `datasets`' save_to_disk is a data source like a file (objectives/data/sources.py): a
 DatasetDict's splits are used as given, a single Dataset is the train split; the data checks read its rows;
 a sweep runs on it; and a folder that is neither split files nor save_to_disk is refused saying why, once.
 
@@ -13,9 +13,9 @@ import datasets
 import pytest
 
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective, load_splits
-from objectives.conversations import CHATML, detect_format
-from objectives.data_checks import validate_data
-from objectives.sources import ASSETS, source_columns
+from objectives.data.conversations import CHATML, detect_format
+from objectives.data.checks import validate_data
+from objectives.data.sources import ASSETS, source_columns
 from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
 from search.store.storage import load_existing_study

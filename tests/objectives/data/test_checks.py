@@ -1,4 +1,4 @@
-"""Data validation (objectives/data_checks.py): the bundled data passes; each bad input is found.
+"""Data validation (objectives/data/checks.py): the bundled data passes; each bad input is found.
 
 Every bad input is a small real file in tmp_path, checked through a real objective on the bundled
 tiny model, and the counts are compared with ones computed here independently (from the splits
@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from objectives import TASKS, DataConfig, ModelConfig, TrainBudget, get_objective, load_splits
-from objectives.data_checks import CHECKS, SPLITS, DataReport, Finding, _Data, normalize, validate_data
+from objectives.data.checks import CHECKS, SPLITS, DataReport, Finding, _Data, normalize, validate_data
 
 MODEL = ModelConfig(name_or_path="bundled:tiny-support-lm")
 BUDGET = TrainBudget(max_steps=4, eval_every=2, batch_size=4, eval_batch_size=16, max_seq_length=64)

@@ -1,4 +1,4 @@
-"""Fairness metrics between groups, group checks, and balancing training by group (objectives/fairness.py)."""
+"""Fairness metrics between groups, group checks, and balancing training by group (objectives/data/fairness.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import random
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from conftest import load_script
 from datasets import Dataset
 
 from objectives import DataConfig, ModelConfig, load_splits, resolve_model_path
-from objectives.fairness import (
+from objectives.data.fairness import (
     BALANCE_CHOICES,
     FAIRNESS_METRICS,
     WEIGHT_COLUMN,
@@ -30,11 +29,11 @@ from objectives.fairness import (
     resample_by_group,
     weighted_trainer,
 )
+from objectives.data.sources import ASSETS
 from spaces import ConfigError
 
 fairlearn_metrics = pytest.importorskip("fairlearn.metrics")
 
-ASSETS = Path(__file__).resolve().parents[2] / "objectives" / "assets"
 GROUPS_DATA = DataConfig(source="bundled:support-intents-groups")
 GROUP_COLUMN = "customer_group"
 

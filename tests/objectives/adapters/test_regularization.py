@@ -11,7 +11,7 @@ import yaml
 
 from conftest import TINY_SWEEP, deep_merge
 from objectives import DataConfig, ModelConfig, TrainBudget, TrialOptions, get_objective
-from objectives.regularization import apply_dropouts, dropout_sites, exposed_dropouts
+from objectives.adapters.regularization import apply_dropouts, dropout_sites, exposed_dropouts
 from search.cli import main
 from search.sweep import load_sweep
 from spaces import ConfigError

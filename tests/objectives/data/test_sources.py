@@ -7,7 +7,7 @@ import json
 import pytest
 
 from objectives import DataConfig, ModelConfig, TrainBudget, bundled_datasets, get_objective, load_splits
-from objectives.sources import ASSETS
+from objectives.data.sources import ASSETS
 from spaces import ConfigError
 
 QA = ASSETS / "datasets" / "support_qa.jsonl"

@@ -1,4 +1,4 @@
-"""Chat and instruction data (objectives/conversations.py): every format users bring is detected from its
+"""Chat and instruction data (objectives/data/conversations.py): every format users bring is detected from its
 columns, rendered by the chat template with the loss on every assistant turn and nothing else (the same ids
 and labels as TRL's SFTTrainer makes), swept for real, and bad rows are found with their row numbers."""
 
@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, get_objective, resolve_model_path
-from objectives.conversations import (
+from objectives.data.conversations import (
     CHATML,  # the bundled tokenizer has no template of its own
     CHATML_WITH_MARKERS,
     IGNORE_INDEX,
@@ -20,7 +20,7 @@ from objectives.conversations import (
     to_messages,
     training_template,
 )
-from objectives.data_checks import validate_data
+from objectives.data.checks import validate_data
 from search.cli import main
 from search.cli._common import EXIT_BAD_INPUT
 from search.store.storage import load_existing_study

@@ -1,7 +1,7 @@
 """Data validation before a sweep: find what would waste a sweep, and say how to fix it.
 
-`validate_data(objective)` reads the data file itself first, so a missing column or a value of
-the wrong type is reported with its row numbers instead of crashing deep inside tokenization;
+`validate_data(objective)` reads the data file itself first (`read_rows`, objectives/data/files.py),
+so a missing column or a value of the wrong type is reported with its row numbers instead of crashing deep inside tokenization;
 then it loads the exact splits trials will use (`load_splits`, the sweep's seed) and checks them
 with the model's own tokenizer:
 
@@ -32,7 +32,8 @@ from spaces import ConfigError
 
 from .conversations import CHAT_FORMATS, ROLES, conversation_problems, prompt_text, training_template
 from .fairness import check_groups as fairness_groups
-from .settings import DataConfig
+from .files import UnreadableFile, read_rows
+from ..settings import DataConfig
 from .sources import (
     Splits,
     from_pretrained,
@@ -311,8 +312,8 @@ class _Data:
         if path is None or not (path.is_file() or saved):
             return self._read_splits()
         try:
-            rows, numbers = _read_saved(path, self.config) if saved else _read_file(path)
-        except _Unreadable as problem:
+            rows, numbers = _read_saved(path, self.config) if saved else read_rows(path)
+        except UnreadableFile as problem:
             return [Finding("error", "source", f"{self.config.source}: {problem.message}", fix=problem.fix,
                             examples=problem.rows[:MAX_EXAMPLES], count=len(problem.rows) or None)]
         if not rows:
@@ -445,63 +446,7 @@ def _rows_text(numbers: Sequence[int]) -> str:
 
 
 # ---------------------------------------------------------------------------------- reading files
-
-
-class _Unreadable(Exception):
-    def __init__(self, message: str, fix: str, rows: Sequence[int] = ()) -> None:
-        super().__init__(message)
-        self.message, self.fix, self.rows = message, fix, list(rows)
-
-
-def _read_file(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """The file's examples as dicts, with their row numbers (JSON Lines: line numbers), values typed
-    as `datasets` reads them (CSV through pandas, so a numbers-only column is numbers)."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        import pandas as pd
-
-        try:
-            frame = pd.read_csv(path)
-        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
-            raise _Unreadable(f"not readable as CSV ({type(exc).__name__}: {exc})",
-                              "Fix: save it as CSV with a header row.") from None
-        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-        rows = [{str(k): _native(v) for k, v in record.items()} for record in records]
-        return rows, list(range(1, len(rows) + 1))
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-        return rows, list(range(1, len(rows) + 1))
-    text = path.read_text(encoding="utf-8")
-    if suffix == ".json":
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError:
-            document = None  # JSON Lines in a .json file, which `datasets` reads too
-        if isinstance(document, list) and all(isinstance(row, dict) for row in document):
-            return document, list(range(1, len(document) + 1))
-        if document is not None and (not isinstance(document, dict) or "\n" in text.strip()):
-            raise _Unreadable("is JSON but not a list of objects",
-                              'Fix: write one object per example: [{"prompt": ..., "response": ...}, ...].')
-    rows, numbers, bad = [], [], []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(number)
-            continue
-        if not isinstance(row, dict):
-            bad.append(number)
-            continue
-        rows.append(row)
-        numbers.append(number)
-    if bad:
-        raise _Unreadable(f"{len(bad)} line(s) are not a JSON object ({_rows_text(bad)})",
-                          'Fix: write one JSON object per line, e.g. {"prompt": "...", "response": "..."}.', bad)
-    return rows, numbers
+# A file is read by objectives/data/files.py (`read_rows`); a save_to_disk folder here, through `datasets`.
 
 
 def _read_saved(folder: Path, config: DataConfig) -> tuple[list[dict[str, Any]], list[int]]:
@@ -510,17 +455,13 @@ def _read_saved(folder: Path, config: DataConfig) -> tuple[list[dict[str, Any]],
     try:
         splits = load_saved_dataset(folder)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types (missing shard, bad JSON, arrow errors)
-        raise _Unreadable(f"not readable as a save_to_disk folder ({type(exc).__name__}: {exc})",
-                          "Fix: save it again with save_to_disk; every split folder and .arrow file it names must "
-                          "be there.") from None
+        raise UnreadableFile(f"not readable as a save_to_disk folder ({type(exc).__name__}: {exc})",
+                             "Fix: save it again with save_to_disk; every split folder and .arrow file it names must "
+                             "be there.") from None
     used = dict.fromkeys(name for name in (config.train_split, *held_out_splits(config, list(splits)))
                          if name is not None and name in splits)
     rows = [row for name in used for row in splits[name]]
     return rows, list(range(1, len(rows) + 1))
-
-
-def _native(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value  # numpy scalars -> int/float/bool
 
 
 # ---------------------------------------------------------------------------------- checks: the file
@@ -578,7 +519,7 @@ def check_types(data: _Data) -> list[Finding]:
 
 def check_conversations(data: _Data) -> list[Finding]:
     """Chat and instruction rows: turns with known roles, an assistant turn with text, a chat template to
-    render them with (objectives/conversations.py)."""
+    render them with (objectives/data/conversations.py)."""
     fmt = data.profile.conversation_format
     if fmt is None or not data.complete:
         return []
@@ -906,7 +847,7 @@ def check_leakage(data: _Data) -> list[Finding]:
 
 
 def check_groups(data: _Data) -> list[Finding]:
-    """Classification with dataset.group_column: the groups fairness metrics compare (objectives/fairness.py)."""
+    """Classification with dataset.group_column: the groups fairness metrics compare (objectives/data/fairness.py)."""
     column = data.profile.group_column
     if data.splits is None or not column:
         return []

@@ -13,19 +13,22 @@ import pytest
 import yaml
 from conftest import load_script
 
-from objectives import DataConfig, ObjectiveOptions, check_augmentation, load_splits
-from objectives import augmentation as aug
-from objectives.augmentation import (
+from objectives import DataConfig, ObjectiveOptions, get_objective, load_splits
+from objectives.data import augmentation as aug
+from objectives.data.augmentation import (
     AUGMENTATION_PARAMS,
     AugmentationSettings,
     Augmenter,
     Synonyms,
+    check_augmentation,
     eda,
     load_synonym_table,
 )
-from objectives.sources import Splits
+from objectives.data.sources import Splits
+from objectives.tasks.causal_lm import CausalLMTask
 from spaces import ConfigError, SearchSpace
 
+CAUSAL_LM, CLASSIFICATION = get_objective("causal_lm"), get_objective("sequence_classification")
 SUPPORT_SYNONYMS = "bundled:support"  # objectives/synonyms/support.yaml
 WORDS = 20  # words per synthetic text
 # 300 texts of 20 distinct words w<i>, each with exactly one synonym s<i> in the table.
@@ -299,7 +302,7 @@ def _space(**params) -> SearchSpace:
 def test_a_probability_outside_0_1_is_refused_with_the_bound(name, param, key, message):
     settings = AugmentationSettings(backtranslation=None)
     with pytest.raises(ConfigError, match=message) as caught:
-        check_augmentation(_space(**{name: param}), settings, task="causal_lm", source="sweep.yaml")
+        check_augmentation(_space(**{name: param}), settings, task=CAUSAL_LM, source="sweep.yaml")
     assert caught.value.key == f"space.params.{name}.{key}" and caught.value.source == "sweep.yaml"
 
 
@@ -312,13 +315,13 @@ def test_a_probability_outside_0_1_is_refused_in_a_trial_too(synthetic):
                                    {"type": "float", "low": 0.0, "high": 2.0}])
 def test_negative_or_fractional_copies_are_refused(param):
     with pytest.raises(ConfigError, match="aug_copies") as caught:
-        check_augmentation(_space(aug_copies=param), None, task="causal_lm")
+        check_augmentation(_space(aug_copies=param), None, task=CAUSAL_LM)
     assert caught.value.key.startswith("space.params.aug_copies")
 
 
 def test_an_unknown_augmentation_param_is_refused_with_a_suggestion():
     with pytest.raises(ConfigError, match="Did you mean 'aug_swap_prob'"):
-        check_augmentation(_space(aug_swp_prob={"type": "float", "low": 0.0, "high": 0.2}), None, task="causal_lm")
+        check_augmentation(_space(aug_swp_prob={"type": "float", "low": 0.0, "high": 0.2}), None, task=CAUSAL_LM)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
@@ -328,7 +331,7 @@ def test_a_backtranslation_model_path_that_does_not_exist_is_refused(translation
     settings = AugmentationSettings(backtranslation=paths)
     space = _space(aug_backtranslation_ratio={"type": "float", "low": 0.0, "high": 0.5})
     with pytest.raises(ConfigError, match="translation model path does not exist") as caught:
-        check_augmentation(space, settings, task="causal_lm", source="sweep.yaml")
+        check_augmentation(space, settings, task=CAUSAL_LM, source="sweep.yaml")
     assert caught.value.key == f"augmentation.backtranslation.{direction}"
     assert "Fix:" in str(caught.value)
     # The same error in a trial, before any model is loaded.
@@ -341,39 +344,39 @@ def test_a_directory_that_is_no_model_and_an_offline_hub_id_are_refused(tmp_path
     space = _space(aug_backtranslation_ratio={"type": "float", "low": 0.0, "high": 0.5})
     settings = AugmentationSettings(backtranslation={"forward": str(tmp_path), "backward": str(tmp_path)})
     with pytest.raises(ConfigError, match="no config.json"):
-        check_augmentation(space, settings, task="causal_lm")
+        check_augmentation(space, settings, task=CAUSAL_LM)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub = AugmentationSettings(backtranslation={"forward": "someone/opus-mt-en-xx-not-cached",
                                                 "backward": "someone/opus-mt-xx-en-not-cached"})
     with pytest.raises(ConfigError, match="cannot be downloaded here") as caught:
-        check_augmentation(space, hub, task="causal_lm")
+        check_augmentation(space, hub, task=CAUSAL_LM)
     assert caught.value.key == "augmentation.backtranslation.forward"
 
 
 def test_a_searched_backtranslation_ratio_needs_translation_models():
     space = _space(aug_backtranslation_ratio={"type": "categorical", "choices": [0.0, 0.5]})
     with pytest.raises(ConfigError, match="no translation models are configured") as caught:
-        check_augmentation(space, AugmentationSettings(), task="causal_lm")
+        check_augmentation(space, AugmentationSettings(), task=CAUSAL_LM)
     assert "augmentation: {backtranslation:" in str(caught.value)
     # A ratio fixed at 0 does nothing, so it needs nothing.
-    check_augmentation(_space(aug_backtranslation_ratio={"type": "fixed", "value": 0.0}), None, task="causal_lm")
+    check_augmentation(_space(aug_backtranslation_ratio={"type": "fixed", "value": 0.0}), None, task=CAUSAL_LM)
 
 
 @pytest.mark.parametrize("name", ["aug_synonym_prob", "aug_insert_prob"])
 def test_synonyms_without_a_table_or_wordnet_are_refused(name, monkeypatch, synthetic):
     space = _space(**{name: {"type": "float", "low": 0.0, "high": 0.3}})
     with pytest.raises(ConfigError, match="no synonym table and no WordNet") as caught:
-        check_augmentation(space, AugmentationSettings(use_wordnet=False), task="causal_lm", source="sweep.yaml")
+        check_augmentation(space, AugmentationSettings(use_wordnet=False), task=CAUSAL_LM, source="sweep.yaml")
     assert caught.value.key == f"space.params.{name}"
     assert "augmentation: {synonyms:" in str(caught.value) and "nltk.downloader wordnet" in str(caught.value)
     # With WordNet allowed but its data missing (as on this machine, or made so), the same.
     monkeypatch.setattr(aug, "wordnet_problem", lambda: "NLTK's WordNet data is not installed here")
     with pytest.raises(ConfigError, match="WordNet data is not installed"):
-        check_augmentation(space, AugmentationSettings(), task="causal_lm")
+        check_augmentation(space, AugmentationSettings(), task=CAUSAL_LM)
     with pytest.raises(ConfigError, match="no synonym table"):
         Augmenter(seed=0).augment(synthetic, {name: 0.2}, ["prompt"])
     # A table is enough.
-    check_augmentation(space, AugmentationSettings(synonyms=SUPPORT_SYNONYMS), task="causal_lm")
+    check_augmentation(space, AugmentationSettings(synonyms=SUPPORT_SYNONYMS), task=CAUSAL_LM)
 
 
 @pytest.mark.parametrize(("content", "suffix", "message"), [
@@ -392,23 +395,31 @@ def test_a_bad_synonym_table_is_refused(tmp_path, content, suffix, message):
         path.write_text(content)
     space = _space(aug_synonym_prob={"type": "float", "low": 0.0, "high": 0.3})
     with pytest.raises(ConfigError, match=message) as caught:
-        check_augmentation(space, AugmentationSettings(synonyms=str(path)), task="causal_lm")
+        check_augmentation(space, AugmentationSettings(synonyms=str(path)), task=CAUSAL_LM)
     assert caught.value.key.startswith("augmentation.synonyms")
 
 
 def test_labels_are_never_augmented_and_columns_default_to_the_input():
     space = _space(aug_swap_prob={"type": "float", "low": 0.0, "high": 0.2})
-    assert check_augmentation(space, None, task="causal_lm") == ["prompt"]
-    assert check_augmentation(space, None, task="sequence_classification") == ["text"]
+    assert check_augmentation(space, None, task=CAUSAL_LM) == ["prompt"]
+    assert check_augmentation(space, None, task=CLASSIFICATION) == ["text"]
     data = DataConfig(source="x.jsonl", prompt_column="question", response_column="answer")
-    assert check_augmentation(space, AugmentationSettings(columns=["question", "answer"]), task="causal_lm",
+    assert check_augmentation(space, AugmentationSettings(columns=["question", "answer"]), task=CAUSAL_LM,
                               data=data) == ["question", "answer"]
     with pytest.raises(ConfigError, match="not a text column") as caught:
-        check_augmentation(space, AugmentationSettings(columns=["label"]), task="sequence_classification")
+        check_augmentation(space, AugmentationSettings(columns=["label"]), task=CLASSIFICATION)
     assert caught.value.key == "augmentation.columns[0]"
     # The default is the task's input: every column a prompt template fills.
     options = ObjectiveOptions(prompt_template="Ticket {ticket}: {prompt}\nAnswer:")
-    assert check_augmentation(space, None, task="causal_lm", options=options) == ["ticket", "prompt"]
+    assert check_augmentation(space, None, task=CAUSAL_LM, options=options) == ["ticket", "prompt"]
+
+
+def test_check_augmentation_takes_the_objective_class_or_a_task():
+    space = SearchSpace.from_dict({"params": {"aug_swap_prob": {"type": "fixed", "value": 0.1}}})
+    data = DataConfig(source="qa.jsonl", prompt_column="question")
+    for task in (CAUSAL_LM, CausalLMTask, CausalLMTask(data)):
+        assert check_augmentation(space, None, task=task, data=data) == ["question"]
+    assert check_augmentation(space, None, task=CLASSIFICATION) == ["text"]
 
 
 def test_every_param_is_documented_in_the_module_table():

@@ -1,4 +1,4 @@
-"""Scores beyond the loss (objectives/metrics.py): classification and generation metrics, perplexity and
+"""Scores beyond the loss (objectives/evaluation/metrics.py): classification and generation metrics, perplexity and
 uncertainty, and which of them a task can compute here. The tasks reporting them from real trials:
 tests/objectives/tasks/."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from objectives import get_objective
-from objectives.metrics import (
+from objectives.evaluation.metrics import (
     GENERATION_METRICS,
     classification_metrics,
     generation_metrics,

@@ -1,4 +1,4 @@
-"""Target modules for any architecture (objectives/peft_methods.py): the short names resolve through
+"""Target modules for any architecture (objectives/adapters/peft_methods.py): the short names resolve through
 PEFT's own table, else from the model's own layers, for causal LMs and encoders nobody here built —
 tiny random-init models from configs (two layers, hidden 32, empty weights: nothing downloaded)."""
 
@@ -9,7 +9,7 @@ from accelerate import init_empty_weights
 from peft import LoraConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from objectives.peft_methods import linear_modules, resolve_target_modules
+from objectives.adapters.peft_methods import linear_modules, resolve_target_modules
 
 SMALL = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64, vocab_size=128)
 # model_type -> (config class name, extra config fields, auto class)

@@ -53,7 +53,7 @@ from typing import Any
 
 from spaces import ConfigError
 
-from .settings import Direction
+from ..settings import Direction
 
 INSTALL = "pip install 'ftsweep[fairness]'"
 
@@ -187,7 +187,7 @@ def _one_vs_rest_rates(y_true, y_pred, groups, classes):
     """The same rates for every class at once: {rate: array (groups x classes), NaN where undefined},
     and accuracy per group. Calling fairlearn's rate functions per class and group costs ~0.3 s per
     evaluation for 20 classes (sklearn validates every call); counts per group, split by fairlearn's
-    MetricFrame, give the same numbers in milliseconds (tests/objectives/test_fairness.py compares)."""
+    MetricFrame, give the same numbers in milliseconds (tests/objectives/data/test_fairness.py compares)."""
     import numpy as np
     import pandas as pd
 

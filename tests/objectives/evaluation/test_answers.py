@@ -1,4 +1,4 @@
-"""Answer metrics (objectives/answers.py, causal_lm's scoring): what a normalized answer is, which choices
+"""Answer metrics (objectives/evaluation/answers.py, causal_lm's scoring): what a normalized answer is, which choices
 are inferred, and that exact_match and choice_accuracy / choice_nll of a real model are what scoring each
 row alone, by hand, gives -- batched, padded, on a chat template and a plain one, at the evaluations the
 sweep asked for."""
@@ -13,7 +13,7 @@ import torch
 from peft import get_peft_model
 
 from objectives import DataConfig, ModelConfig, ObjectiveOptions, TrainBudget, TrialOptions, get_objective
-from objectives.answers import (
+from objectives.evaluation.answers import (
     AnswerRow,
     choice_scores,
     choice_texts,

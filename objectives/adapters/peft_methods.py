@@ -152,7 +152,7 @@ def _prompt_init(kwargs: dict[str, Any], target: AdapterTarget) -> None:
 # The methods a space can search, by name (`peft_method`).
 PEFT_METHODS: Registry[PeftMethod] = Registry(
     "PEFT method", key=PEFT_METHOD_KEY,
-    hint="Fix: use one of these; adding one is a PeftMethod entry in objectives/peft_methods.py.")
+    hint="Fix: use one of these; adding one is a PeftMethod entry in objectives/adapters/peft_methods.py.")
 for _method in (
     PeftMethod("lora", "LoraConfig",
                {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",

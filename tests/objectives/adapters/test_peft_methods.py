@@ -10,7 +10,7 @@ import yaml
 
 from objectives import DataConfig, ModelConfig, TrainBudget, TrialOptions, get_objective
 from objectives.engine.trial import remove_adapter, restore_modules_to_save
-from objectives.peft_methods import PEFT_METHODS, methods
+from objectives.adapters.peft_methods import PEFT_METHODS, methods
 from search.sweep import load_sweep
 from spaces import ConfigError, SearchSpace
 

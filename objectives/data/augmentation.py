@@ -57,7 +57,7 @@ from typing import Any
 from spaces import ConfigError
 from spaces._errors import did_you_mean
 
-from .settings import AugmentationSettings
+from ..settings import AugmentationSettings, DataConfig, ObjectiveOptions
 from .sources import BUNDLED_PREFIX, looks_local
 
 SYNONYM_PARAM = "aug_synonym_prob"
@@ -79,7 +79,7 @@ EDA_PARAMS = (SYNONYM_PARAM, INSERT_PARAM, SWAP_PARAM, DELETE_PARAM)  # the orde
 PROBABILITY_PARAMS = (*EDA_PARAMS, BACKTRANSLATION_PARAM)
 NEEDS_SYNONYMS = (SYNONYM_PARAM, INSERT_PARAM)
 SETTINGS_KEY = "augmentation"
-SYNONYM_TABLES = Path(__file__).parent / "synonyms"  # `synonyms: bundled:NAME` is SYNONYM_TABLES/NAME.yaml
+SYNONYM_TABLES = Path(__file__).parents[1] / "synonyms"  # `synonyms: bundled:NAME` is SYNONYM_TABLES/NAME.yaml
 
 # EDA's stopword list (NLTK's English stopwords): never replaced by, nor the source of, synonyms.
 STOPWORDS = frozenset("""
@@ -133,7 +133,8 @@ def _can_be_positive(param) -> bool:
     return not bounds or any(_number(v) and v > 0 for _, v in bounds)
 
 
-def check_augmentation(space, settings: AugmentationSettings | None, *, task, source: str | None = None) -> list[str]:
+def check_augmentation(space, settings: AugmentationSettings | None, *, task, source: str | None = None,
+                       data: DataConfig | None = None, options: ObjectiveOptions | None = None) -> list[str]:
     """Refuse augmentation params and settings that cannot work; returns the columns that will be augmented.
 
     Checks, without loading data or models: every `aug_*` param is known and its range (float/int
@@ -141,22 +142,30 @@ def check_augmentation(space, settings: AugmentationSettings | None, *, task, so
     synonym replacement or insertion that may be > 0 has a synonym table or WordNet data; a searched
     back-translation ratio has `augmentation.backtranslation`; its models exist (a local directory
     with a config.json, or a hub id this machine can load: cached, or the hub reachable); the columns
-    are text columns of `task` (a `Task`: its `input_columns()` by default, any of its `text_columns()`).
+    are text columns of `task` (its `input_columns()` by default, any of its `text_columns()`).
+
+    `task` is a `Task`, or a task class or objective class (`get_objective(name)`, whose `task_class` is
+    taken), made here with `data` and `options` (without `data`: the default columns): only its columns
+    are read.
 
     Example:
-        >>> from objectives import DataConfig
+        >>> from objectives import DataConfig, get_objective
         >>> from objectives.tasks.causal_lm import CausalLMTask
         >>> from spaces import SearchSpace
         >>> task = CausalLMTask(DataConfig(source="bundled:support-qa"))
         >>> check_augmentation(SearchSpace.from_dict({"params": {"aug_swap_prob": {"type": "fixed", "value": 0.1}}}),
         ...                    None, task=task)
         ['prompt']
+        >>> check_augmentation(SearchSpace.from_dict({"params": {"aug_swap_prob": {"type": "fixed", "value": 0.1}}}),
+        ...                    None, task=get_objective("sequence_classification"))
+        ['text']
         >>> space = SearchSpace.from_dict({"params": {"aug_delete_prob": {"type": "float", "low": 0.0, "high": 1.5}}})
         >>> check_augmentation(space, None, task=task)
         Traceback (most recent call last):
         ...
         spaces._errors.ConfigError: space.params.aug_delete_prob.high: a probability cannot be above 1; got 1.5; allowed: a number in [0, 1]. Fix: set high to 1 or less.
     """
+    task = _task_of(task, data, options, source)
     settings = settings or AugmentationSettings()
     params = space.params()
     for name, param in params.items():
@@ -214,6 +223,16 @@ def check_augmentation(space, settings: AugmentationSettings | None, *, task, so
                               value=column, allowed=allowed,
                               hint="Fix: augment the input column (labels are never augmented).")
     return list(columns)
+
+
+def _task_of(task, data: DataConfig | None, options: ObjectiveOptions | None, source: str | None):
+    """`check_augmentation`'s task as an instance. Duck-typed: this module is below objectives.tasks and
+    objectives.engine, so an objective class is known by its `task_class`, a task class by being a class."""
+    task = getattr(task, "task_class", task)
+    if isinstance(task, type):
+        # Only the columns are read: without a dataset, those of the default settings.
+        task = task(data if data is not None else DataConfig(source="(no dataset)"), options=options, source=source)
+    return task
 
 
 def _check_synonym_source(settings: AugmentationSettings, name: str, source: str | None) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from spaces import ConfigError
 
-from .settings import Direction, EvaluationSettings
+from ..settings import Direction, EvaluationSettings
 
 PREFIX = "lm_eval:"
 INSTALL = "pip install 'ftsweep[lmeval]'"

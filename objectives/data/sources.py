@@ -13,11 +13,11 @@ from typing import Any, NamedTuple
 
 from spaces import ConfigError
 
-from .settings import DataConfig, ModelConfig
+from ..settings import DataConfig, ModelConfig
+from .files import FILE_TYPES
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"  # objectives/assets: the models and data ftsweep ships
 BUNDLED_PREFIX = "bundled:"
-_LOCAL_DATA_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # The marker files `datasets`' save_to_disk writes (datasets.config names them the same): a DatasetDict
 # folder has dataset_dict.json and a subfolder per split; a single Dataset folder has the other two beside
 # its .arrow shards. They are metadata, never split files of a folder.
@@ -128,11 +128,11 @@ def data_files(data: DataConfig, source: str | None) -> tuple[str, dict[str, lis
             files += [str(f) for f in found]
         matched[split] = files
     suffixes = {Path(f).suffix.lower() for fs in matched.values() for f in fs}
-    unknown = sorted(suffixes - set(_LOCAL_DATA_BUILDERS))
+    unknown = sorted(suffixes - set(FILE_TYPES))
     if unknown:
         raise ConfigError(f"unsupported dataset file type(s) {unknown}", source=source, key="dataset.data_files",
-                          allowed=sorted(_LOCAL_DATA_BUILDERS))
-    builders = {_LOCAL_DATA_BUILDERS[x] for x in suffixes}
+                          allowed=sorted(FILE_TYPES))
+    builders = {FILE_TYPES[x] for x in suffixes}
     if len(builders) != 1:
         raise ConfigError(f"data_files mix formats ({', '.join(sorted(suffixes))})", source=source,
                           key="dataset.data_files", hint="Fix: keep one format for all split files.")
@@ -156,7 +156,7 @@ def local_data_file(data: DataConfig, source: str | None) -> Path | None:
             )
         return path
     path = Path(name).expanduser()
-    if path.suffix.lower() in _LOCAL_DATA_BUILDERS or looks_local(name):
+    if path.suffix.lower() in FILE_TYPES or looks_local(name):
         if not path.exists():
             raise ConfigError(
                 "dataset file does not exist", source=source, key="dataset.source", value=name,
@@ -165,10 +165,10 @@ def local_data_file(data: DataConfig, source: str | None) -> Path | None:
             )
         if path.is_file() and path.stat().st_size == 0:
             raise ConfigError("dataset file is empty", source=source, key="dataset.source", value=name)
-        if path.is_file() and path.suffix.lower() not in _LOCAL_DATA_BUILDERS:
+        if path.is_file() and path.suffix.lower() not in FILE_TYPES:
             raise ConfigError(
                 "unsupported dataset file type", source=source, key="dataset.source", value=name,
-                allowed=sorted(_LOCAL_DATA_BUILDERS),
+                allowed=sorted(FILE_TYPES),
             )
         if path.is_dir() and saved_dataset_kind(path) is None:
             _folder_format(path, source, name)
@@ -217,17 +217,17 @@ def _folder_format(folder: Path, source: str | None, name: str) -> str:
     """The one data format of a folder of split files (train.jsonl, validation.jsonl...), checked."""
     metadata = {SAVED_DATASET_DICT_FILE, *SAVED_DATASET_FILES}
     suffixes = {p.suffix.lower() for p in folder.iterdir()
-                if p.is_file() and p.suffix.lower() in _LOCAL_DATA_BUILDERS and p.name not in metadata}
+                if p.is_file() and p.suffix.lower() in FILE_TYPES and p.name not in metadata}
     if not suffixes:
         present = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
         shown = ", ".join(present[:10]) + (f" and {len(present) - 10} more" if len(present) > 10 else "")
         raise ConfigError(
             f"the dataset folder is neither split files nor a save_to_disk folder (it has: {shown or 'nothing'})",
             source=source, key="dataset.source", value=name,
-            allowed=f"one file per split ({', '.join(sorted(_LOCAL_DATA_BUILDERS))}), or {_SAVED_FOLDER_LAYOUT}",
+            allowed=f"one file per split ({', '.join(sorted(FILE_TYPES))}), or {_SAVED_FOLDER_LAYOUT}",
             hint="Fix: name the files by their split (train.jsonl, validation.jsonl, test.jsonl), or point "
                  "dataset.source at the folder you gave save_to_disk.")
-    builders = {_LOCAL_DATA_BUILDERS[s] for s in suffixes}
+    builders = {FILE_TYPES[s] for s in suffixes}
     if len(builders) > 1:
         raise ConfigError(f"the dataset folder mixes formats ({', '.join(sorted(suffixes))})", source=source,
                           key="dataset.source", value=name, hint="Fix: keep one format for all split files.")
@@ -242,7 +242,7 @@ def _explain_folder(folder: Path, source: str | None, name: str) -> None:
     builder = _folder_format(folder, source, name)
     columns = {}
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in _LOCAL_DATA_BUILDERS:
+        if path.is_file() and path.suffix.lower() in FILE_TYPES:
             try:
                 columns[path.name] = datasets.load_dataset(builder, data_files=str(path), split="train").column_names
             except Exception:  # noqa: BLE001 - a file that does not load on its own: the caller's message stands
@@ -271,7 +271,7 @@ def _load_source(data: DataConfig, source: str | None):
             # valid / val / dev, test...); a split it has is used as given, a missing one is carved below.
             loaded = datasets.load_dataset(_folder_format(local, source, data.source), data_dir=str(local))
         elif local is not None:
-            builder = _LOCAL_DATA_BUILDERS.get(local.suffix.lower(), "json")
+            builder = FILE_TYPES.get(local.suffix.lower(), "json")
             loaded = datasets.load_dataset(builder, data_files={"train": str(local)})
         else:
             loaded = datasets.load_dataset(data.source, data.config_name)

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from objectives.sources import ASSETS
-from tests.objectives.test_target_modules import ARCHITECTURES, SMALL
+from objectives.data.sources import ASSETS
+from tests.objectives.adapters.test_target_modules import ARCHITECTURES, SMALL
 
 pytestmark = pytest.mark.slow  # 18 sweeps of 2 trials, 36 exports and final fits (~30 s on 2 CPU cores)
 
@@ -65,7 +65,7 @@ def _data(task: str) -> dict:
 def _label2id(task: str, tokenizer) -> dict[str, int]:
     """The classes sequence_classification trains (it builds its head with num_labels = their count)."""
     from objectives import DataConfig
-    from objectives.sources import load_splits
+    from objectives.data.sources import load_splits
     from objectives.tasks import TASKS
 
     data = DataConfig(**_data(task))
@@ -183,7 +183,7 @@ def _in_head(name: str) -> bool:
 def _expected_layers(model_type: str, choice: str, base) -> tuple[list[str] | str, set[str], dict[str, bool]]:
     """(what the choice resolves to, the linear layers LoRA adapts for it, {every linear layer outside a
     classification head: in an attention block?})."""
-    from objectives.peft_methods import linear_modules, resolve_target_modules
+    from objectives.adapters.peft_methods import linear_modules, resolve_target_modules
 
     modules = {n: inside for n, inside in linear_modules(base).items()
                if _task_name(model_type) == "causal_lm" or not _in_head(n)}

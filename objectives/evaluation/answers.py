@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .settings import Direction
+from ..settings import Direction
 
 ANSWER_METRICS: dict[str, Direction] = {
     "exact_match": "maximize",
