@@ -14,6 +14,67 @@ from typing import Any
 
 import optuna
 
+from spaces import ConfigError
+
+from ..components import BACKENDS
+from ..store.queue import refuse_sqlite
+
+
+def worker_plan(sweep, *, workers: int | None = None, gpus: str | None = None) -> tuple[int | None, list[str] | None]:
+    """(worker processes, each one's GPU ids) of a launch with `--workers` / `--gpus` (text as typed), checked
+    against the sweep: the backend must take workers, GPUs must group into whole trials, storage must not be
+    SQLite for several writers. (None, None): no worker processes, the sweep runs in the launching process.
+
+    Example:
+        >>> from search.sweep import load_sweep
+        >>> worker_plan(load_sweep("demo"), gpus="0,1")
+        (2, ['0', '1'])
+    """
+    gpu_groups = _gpu_groups(_gpu_list(gpus), sweep.spec.resources.devices_per_trial) if gpus is not None else None
+    n_workers = len(gpu_groups) if gpu_groups else workers
+    if n_workers is not None:
+        _check_workers(sweep, n_workers)
+    return n_workers, gpu_groups
+
+
+def _gpu_list(text: str) -> list[str]:
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus or len(set(gpus)) != len(gpus):
+        raise ConfigError("--gpus takes distinct device ids separated by commas", key="--gpus", value=text,
+                          hint="Fix: e.g. --gpus 0,1,2,3 (one worker process per GPU)")
+    return gpus
+
+
+def _gpu_groups(gpus: list[str], per_trial: int) -> list[str]:
+    """One worker per `per_trial` GPUs (resources.devices_per_trial): ["0,1", "2,3"] for 0,1,2,3 and 2 per trial."""
+    if per_trial == 1:
+        return gpus
+    if len(gpus) < per_trial:
+        raise ConfigError(f"--gpus gives {len(gpus)} GPU(s), fewer than one trial takes", key="resources.devices_per_trial",
+                          value=per_trial, hint=f"Fix: --gpus with at least {per_trial} ids, or devices_per_trial "
+                          f"<= {len(gpus)}.")
+    if len(gpus) % per_trial:
+        usable = len(gpus) - len(gpus) % per_trial
+        raise ConfigError(
+            f"--gpus gives {len(gpus)} GPUs, not a multiple of devices_per_trial: {usable // per_trial} trial(s) "
+            f"would run at once and GPU(s) {','.join(gpus[usable:])} would stay idle", key="resources.devices_per_trial",
+            value=per_trial, hint=f"Fix: --gpus {','.join(gpus[:usable])}, or a devices_per_trial that divides "
+            f"{len(gpus)}.")
+    return [",".join(gpus[i:i + per_trial]) for i in range(0, len(gpus), per_trial)]
+
+
+def _check_workers(sweep, n_workers: int) -> None:
+    if n_workers < 0:
+        raise ConfigError("--workers must be 0 or more", key="--workers", value=n_workers)
+    if not BACKENDS.supports(sweep.spec.backend, "workers"):
+        raise ConfigError(f"--workers/--gpus start worker processes, which the {sweep.spec.backend} backend does not "
+                          "take: it places trials itself", key="backend", value=sweep.spec.backend,
+                          allowed=BACKENDS.having("workers"),
+                          hint="Fix: for Ray use ray.max_concurrent_trials and ray.gpus_per_trial.")
+    if n_workers != 1:  # 0: workers will join from elsewhere
+        refuse_sqlite(sweep.storage_url, key="storage", workers=n_workers or "joining")
+
+
 def worker_environment(index: int, n_workers: int, gpu: str | None, storage_url: str) -> dict[str, str]:
     """The environment of local worker `index`: its GPU, a fair share of CPU threads, the storage URL
     (in the environment, not the command line, so `ps` never shows a password)."""

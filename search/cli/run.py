@@ -14,8 +14,8 @@ from objectives import load_splits
 from spaces import ConfigError, load_yaml
 
 from ..backends import get_backend
-from ..backends.workers import LocalWorkers
-from ..components import BACKENDS, build_sampler
+from ..backends.workers import LocalWorkers, worker_plan
+from ..components import build_sampler
 from ..observers.progress import SweepProgress
 from ..results.tables import get_trial, render_top_table, top_trials
 from ..secrets import redact_url
@@ -44,12 +44,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         sweep.spec = sweep.spec.model_copy(update={"storage": storage})
     sweep.enqueue = [_enqueued_params(ref) for ref in args.enqueue]
     sweep.accept_changes = args.accept_changes
-    gpus = _gpu_list(args.gpus) if args.gpus is not None else None
-    if gpus:
-        gpus = _gpu_groups(gpus, sweep.spec.resources.devices_per_trial)
-    n_workers = len(gpus) if gpus else args.workers
-    if n_workers is not None:
-        _check_workers(sweep, n_workers)
+    n_workers, gpus = worker_plan(sweep, workers=args.workers, gpus=args.gpus)
     # Before anything is created (Sweep.check, which the backends run too): what a launch refuses.
     checked = sweep.check(show=lambda report: console.print(report.render()))
     for plan in checked.metric_plans:  # what the task metrics will score
@@ -78,44 +73,6 @@ def cmd_launch(args: argparse.Namespace) -> int:
         interrupted = True
     return _summarize(sweep, console, top=args.top, interrupted=interrupted,
                       ran=f"This launch ran {outcome.ran} trial(s)." if outcome else "")
-
-
-def _gpu_list(text: str) -> list[str]:
-    gpus = [g.strip() for g in text.split(",") if g.strip()]
-    if not gpus or len(set(gpus)) != len(gpus):
-        raise ConfigError("--gpus takes distinct device ids separated by commas", key="--gpus", value=text,
-                          hint="Fix: e.g. --gpus 0,1,2,3 (one worker process per GPU)")
-    return gpus
-
-
-def _gpu_groups(gpus: list[str], per_trial: int) -> list[str]:
-    """One worker per `per_trial` GPUs (resources.devices_per_trial): ["0,1", "2,3"] for 0,1,2,3 and 2 per trial."""
-    if per_trial == 1:
-        return gpus
-    if len(gpus) < per_trial:
-        raise ConfigError(f"--gpus gives {len(gpus)} GPU(s), fewer than one trial takes", key="resources.devices_per_trial",
-                          value=per_trial, hint=f"Fix: --gpus with at least {per_trial} ids, or devices_per_trial "
-                          f"<= {len(gpus)}.")
-    if len(gpus) % per_trial:
-        usable = len(gpus) - len(gpus) % per_trial
-        raise ConfigError(
-            f"--gpus gives {len(gpus)} GPUs, not a multiple of devices_per_trial: {usable // per_trial} trial(s) "
-            f"would run at once and GPU(s) {','.join(gpus[usable:])} would stay idle", key="resources.devices_per_trial",
-            value=per_trial, hint=f"Fix: --gpus {','.join(gpus[:usable])}, or a devices_per_trial that divides "
-            f"{len(gpus)}.")
-    return [",".join(gpus[i:i + per_trial]) for i in range(0, len(gpus), per_trial)]
-
-
-def _check_workers(sweep, n_workers: int) -> None:
-    if n_workers < 0:
-        raise ConfigError("--workers must be 0 or more", key="--workers", value=n_workers)
-    if not BACKENDS.supports(sweep.spec.backend, "workers"):
-        raise ConfigError(f"--workers/--gpus start worker processes, which the {sweep.spec.backend} backend does not "
-                          "take: it places trials itself", key="backend", value=sweep.spec.backend,
-                          allowed=BACKENDS.having("workers"),
-                          hint="Fix: for Ray use ray.max_concurrent_trials and ray.gpus_per_trial.")
-    if n_workers != 1:  # 0: workers will join from elsewhere
-        refuse_sqlite(sweep.storage_url, key="storage", workers=n_workers or "joining")
 
 
 def _launch_workers(sweep, console: Console, *, n_workers: int, gpus: list[str] | None, top: int) -> int:

@@ -44,9 +44,9 @@ from spaces import ConfigError
 
 from ..components import PRUNERS, build_pruner, build_sampler
 from ..settings import ComponentSpec
-from ..store.pausing import mark_paused, park, should_pause
-from ..store.queue import NoTrialLeft, QueueStudy, top_up_slots
-from ..store.record import PAUSED_AT, RETRY_OF, STUDY_SWEEP
+from ..store.pausing import mark_paused, park, pauses_now
+from ..store.queue import NoTrialLeft, QueueStudy, to_be_ended, top_up_slots
+from ..store.record import PAUSED_AT, RETRY_OF, STUDY_SWEEP, trial_by_number
 
 # What `ftsweep replay` compares unless told otherwise: no pruning, Optuna's defaults, stop-only rungs, pausing.
 DEFAULT_STRATEGIES = ("random+none", "tpe+none", "tpe+median", "tpe+successive_halving", "tpe+hyperband",
@@ -215,13 +215,12 @@ def _run(study: QueueStudy, table: CurveTable, tolerance: float, stop_at_target:
         start = 0
         origin_number = trial.user_attrs.get(RETRY_OF)
         if origin_number is not None:  # a paused trial resumed (or ended): its curve so far, as the backend replays it
-            origin = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-                study._study_id, origin_number))
+            origin = trial_by_number(study, origin_number)
             start = int(origin.user_attrs.get(PAUSED_AT, 0))
             for step, value in sorted(origin.intermediate_values.items()):
                 if step <= start:
                     trial.report(value, step)
-        if trial._trial_id in study.ending:
+        if to_be_ended(trial):
             study.tell(trial, state=TrialState.PRUNED)
             continue
         # A new trial gets the nearest configuration not tried yet in this sweep (a real sweep does not train
@@ -241,7 +240,7 @@ def _run(study: QueueStudy, table: CurveTable, tolerance: float, stop_at_target:
             if trial.should_prune():
                 outcome = "pruned"
                 break
-            if should_pause(study, trial._trial_id, step):
+            if pauses_now(trial, step):
                 mark_paused(trial, step)
                 outcome = "paused"
                 break
