@@ -20,7 +20,7 @@ from ..observers.progress import SweepProgress
 from ..results.tables import get_trial, render_top_table, top_trials
 from ..secrets import redact_url
 from ..store.queue import refuse_sqlite
-from ..store.record import state_counts
+from ..store.record import preview_relaunch, state_counts
 from ..store.retries import WorkerPreempted, stop_on_sigterm
 from ..store.storage import WORKER_ID, load_existing_study, open_storage
 from ..sweep import load_run, load_sweep, sweep_from_study
@@ -145,7 +145,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _dry_run(sweep, console: Console, *, n_samples: int) -> int:
-    """Validate everything (space, objective params, model path, data columns), sample, train nothing."""
+    """Validate everything (space, objective params, model path, data columns, a relaunch against its study),
+    sample, train nothing."""
+    for note in preview_relaunch(sweep):
+        console.print(note, markup=False)
     objective = sweep.make_objective()
     objective.check_sources()
     train, validation, test = load_splits(sweep.spec.dataset, seed=sweep.spec.seed,

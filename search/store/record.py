@@ -43,6 +43,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .relaunch import REVISION, check_relaunch, latest_revision
+from .storage import open_storage, study_file_of
 
 CONFIG = "config"
 WORKER = "worker"
@@ -219,11 +220,8 @@ def record_sweep(study: optuna.Study, sweep) -> list[str]:
     (`launch --accept-changes`) records it as a new sweep revision. Returns what the user should be told:
     the revision recorded, a changed search space.
     """
-    launched = sweep.spec.model_dump(mode="json", exclude={"storage"})
-    notes = check_relaunch(study, recorded_sweep=study.user_attrs.get(STUDY_SWEEP), launched_sweep=launched,
-                           recorded_space=study.user_attrs.get(STUDY_SPACE), launched_space=sweep.space.to_dict(),
-                           accept_changes=sweep.accept_changes, source=sweep.source)
-    study.set_user_attr(STUDY_SWEEP, launched)
+    notes = _check_relaunch(study, sweep, write=True)
+    study.set_user_attr(STUDY_SWEEP, sweep.spec.model_dump(mode="json", exclude={"storage"}))
     study.set_user_attr(STUDY_SPACE, sweep.space.to_dict())
     study.set_user_attr(STUDY_METRIC, sweep.metric_label)
     with warnings.catch_warnings():  # experimental in name only: stable since Optuna 3.2
@@ -235,6 +233,26 @@ def record_sweep(study: optuna.Study, sweep) -> list[str]:
     if sweep.accepted_findings is not None:
         study.set_user_attr(STUDY_ACCEPTED, sweep.accepted_findings)
     return notes
+
+
+def preview_relaunch(sweep) -> list[str]:
+    """What launching `sweep` would tell of, or refuse about, the study it joins (`record_sweep`'s relaunch check),
+    read without writing anything or creating a storage file: `launch --dry-run` refuses what the launch would.
+    [] when the study does not exist yet."""
+    file = study_file_of(sweep.storage_url)
+    if file is not None and not file.exists():
+        return []
+    storage = open_storage(sweep.storage_url)
+    if sweep.study_name not in optuna.study.get_all_study_names(storage=storage):
+        return []
+    return _check_relaunch(optuna.load_study(study_name=sweep.study_name, storage=storage), sweep, write=False)
+
+
+def _check_relaunch(study: optuna.Study, sweep, *, write: bool) -> list[str]:
+    return check_relaunch(study, recorded_sweep=study.user_attrs.get(STUDY_SWEEP),
+                          launched_sweep=sweep.spec.model_dump(mode="json", exclude={"storage"}),
+                          recorded_space=study.user_attrs.get(STUDY_SPACE), launched_space=sweep.space.to_dict(),
+                          accept_changes=sweep.accept_changes, source=sweep.source, write=write)
 
 
 # ------------------------------------------------------------------------------------- reading

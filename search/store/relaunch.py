@@ -173,12 +173,13 @@ def sweep_of_revision(study_attrs: dict[str, Any], revision: int) -> dict[str, A
 
 def check_relaunch(study, *, recorded_sweep: dict[str, Any] | None, launched_sweep: dict[str, Any],
                    recorded_space: dict[str, Any] | None, launched_space: dict[str, Any], accept_changes: bool,
-                   source: str | None) -> list[str]:
+                   source: str | None, write: bool = True) -> list[str]:
     """Compare a relaunch with the sweep `study` recorded, before it is overwritten (`record_sweep` calls it).
 
     Refuses a change of what makes trials comparable with a ConfigError listing each one, unless
     `accept_changes`: then it records a new sweep revision on the study. A changed space is recorded as a
     space revision. Returns lines for the user (what was recorded); none for a first launch or a plain resume.
+    With `write=False` (`launch --dry-run`) it refuses and tells the same, and records nothing.
 
     Example:
         >>> import optuna
@@ -212,14 +213,17 @@ def check_relaunch(study, *, recorded_sweep: dict[str, Any] | None, launched_swe
         revision += 1
         entry = {"revision": revision, "at": now, "changes": [c.to_dict() for c in changes],
                  "previous_sweep": recorded_sweep}  # `export --trial N` reproduces an older trial with it
-        study.set_user_attr(STUDY_REVISIONS, [*(study.user_attrs.get(STUDY_REVISIONS) or []), entry])
-        notes.append(f"Sweep revision {revision} recorded ({'; '.join(map(str, changes))}): `best` and `export` "
+        if write:
+            study.set_user_attr(STUDY_REVISIONS, [*(study.user_attrs.get(STUDY_REVISIONS) or []), entry])
+        recorded = "recorded" if write else "would be recorded"
+        notes.append(f"Sweep revision {revision} {recorded} ({'; '.join(map(str, changes))}): `best` and `export` "
                      "now rank its trials only.")
     moved = space_changes(recorded_space, launched_space) if recorded_space is not None else []
     if moved:
         entry = {"at": now, "revision": revision, "changes": [c.to_dict() for c in moved],
                  "previous_space": recorded_space}
-        study.set_user_attr(STUDY_SPACE_REVISIONS, [*(study.user_attrs.get(STUDY_SPACE_REVISIONS) or []), entry])
+        if write:
+            study.set_user_attr(STUDY_SPACE_REVISIONS, [*(study.user_attrs.get(STUDY_SPACE_REVISIONS) or []), entry])
         notes.append(f"The search space changed since the last launch ({'; '.join(map(str, moved))}): finished "
                      "trials keep their params and still rank; new trials sample the new space.")
     return notes

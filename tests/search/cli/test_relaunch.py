@@ -10,7 +10,7 @@ import yaml
 from search.cli import main
 from search.store.record import STUDY_SPACE, STUDY_SWEEP, record_sweep
 from search.store.relaunch import REVISION, STUDY_REVISIONS, STUDY_SPACE_REVISIONS
-from search.store.storage import open_storage
+from search.store.storage import open_storage, study_file_of
 from search.sweep import load_sweep, sweep_from_study
 
 
@@ -33,6 +33,27 @@ def test_a_changed_budget_is_refused_and_leaves_the_study_as_it_was(write_sweep,
     after = _study(path)
     assert len(after.trials) == trials and after.user_attrs[STUDY_SWEEP] == recorded
     assert STUDY_REVISIONS not in after.user_attrs
+
+
+def test_dry_run_refuses_a_changed_relaunch_as_the_launch_does_and_writes_nothing(write_sweep, capsys):
+    path = write_sweep(n_trials=1)
+    assert main(["launch", str(path)]) == 0
+    recorded = _study(path).user_attrs[STUDY_SWEEP]
+    capsys.readouterr()
+
+    assert main(["launch", str(path), "--dry-run", "--set", "budget.max_steps=2"]) == 2
+    assert "budget.max_steps: 4 → 2" in capsys.readouterr().err
+    assert main(["launch", str(path), "--dry-run", "--set", "budget.max_steps=2", "--accept-changes"]) == 0
+    assert "Sweep revision 1 would be recorded (budget.max_steps: 4 → 2)" in capsys.readouterr().out
+    after = _study(path)
+    assert after.user_attrs[STUDY_SWEEP] == recorded and STUDY_REVISIONS not in after.user_attrs
+
+
+def test_dry_run_of_a_new_study_creates_no_storage_file(write_sweep):
+    path = write_sweep(n_trials=1)
+    sweep = load_sweep(path)
+    assert main(["launch", str(path), "--dry-run"]) == 0
+    assert not study_file_of(sweep.storage_url).exists()
 
 
 def test_accepted_changes_make_a_revision_that_best_and_export_rank_alone(write_sweep, tmp_path, capsys):
