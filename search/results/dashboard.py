@@ -76,6 +76,8 @@ def study_names(storage: str) -> list[str]:
     _check_study_file(storage)
     try:
         return optuna.study.get_all_study_names(storage=open_storage(storage))
+    except ConfigError:  # already says what is wrong, password hidden (a missing database driver)
+        raise
     except Exception as exc:
         detail = " ".join(_scrub(str(exc), storage).split())  # SQLAlchemy's messages span lines; errors are one
         raise ConfigError(f"cannot open the storage ({type(exc).__name__}: {detail})",

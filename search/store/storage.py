@@ -3,11 +3,13 @@
 `journal:///FILE` is Optuna's journal file storage, the default (`default_storage_url`): cheap per trial
 and open to several local workers. Databases heartbeat running trials, and so does the journal file
 through `HeartbeatJournalStorage`, so a trial whose worker went silent is failed and retried.
+`postgresql://` and `mysql://` URLs get the driver that is installed (`with_driver`).
 What a trial holds is `search/store/record.py`.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import time
@@ -22,6 +24,8 @@ from optuna.trial import TrialState
 
 from spaces import ConfigError
 
+from ..secrets import redact_url
+
 # FTSWEEP_HOST names this machine where hostnames are not unique (containers that all call themselves
 # "localhost"): a worker on another host is never judged dead by its process id.
 HOST = os.environ.get("FTSWEEP_HOST") or socket.gethostname()
@@ -33,8 +37,9 @@ JOURNAL = "journal:///"  # Optuna's journal file storage: journal:///relative/fi
 
 def open_storage(url: str, *, heartbeat=None, on_stale=None):
     """What `optuna.create_study/load_study(storage=...)` takes for a storage URL: the URL itself for
-    databases, a `JournalStorage` for `journal:///FILE` (several processes on one node or a shared
-    filesystem, without a database server).
+    databases, with the installed driver named where the URL names none (`with_driver`), a
+    `JournalStorage` for `journal:///FILE` (several processes on one node or a shared filesystem,
+    without a database server).
 
     With `heartbeat` (a RetryPolicy), storages shared by several processes heartbeat running trials:
     `study.optimize` then fails a trial silent for `grace_period` and passes it to `on_stale(study,
@@ -51,12 +56,69 @@ def open_storage(url: str, *, heartbeat=None, on_stale=None):
             return JournalStorage(backend)
         return HeartbeatJournalStorage(backend, heartbeat_interval=heartbeat.heartbeat_interval,
                                        grace_period=heartbeat.grace_period, stale_trial_callback=on_stale)
+    url = with_driver(url)
     if heartbeat is None or url.startswith("sqlite"):
         return url
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RDBStorage(url, heartbeat_interval=heartbeat.heartbeat_interval, grace_period=heartbeat.grace_period,
                           heartbeat_stale_trial_callback=on_stale)
+
+
+# The database servers by the scheme users write: the database's name, the driver SQLAlchemy itself picks for a
+# bare scheme, and the drivers ftsweep picks from instead, in order: (URL driver name, DB-API module, what installs it).
+_POSTGRES = ("PostgreSQL", "psycopg", (("psycopg", "psycopg", "pip install 'psycopg[binary]'"),
+                                       ("psycopg2", "psycopg2", "pip install 'ftsweep[postgres]'")))
+_MYSQL = ("MySQL", "mysqldb", (("mysqldb", "MySQLdb", "pip install mysqlclient"),
+                               ("pymysql", "pymysql", "pip install 'ftsweep[mysql]'")))
+SERVERS = {"postgresql": _POSTGRES, "mysql": _MYSQL, "mariadb": _MYSQL}
+SCHEME_ALIASES = {"postgres": "postgresql"}  # Heroku's and libpq's spelling, which SQLAlchemy refuses
+
+
+def with_driver(url: str, importable=None) -> str:
+    """`url` with an installed driver named: `postgresql://` (or `postgres://`) gets psycopg 3, else psycopg2
+    (`ftsweep[postgres]`); `mysql://`/`mariadb://` MySQLdb, else PyMySQL (`ftsweep[mysql]`). A named driver
+    is kept; other URLs are returned as given. `importable`: the module names that import (default: try).
+    No driver is a ConfigError, password hidden, saying what to install.
+
+    Example:
+        >>> with_driver("postgresql://sweeper:pw@db/optuna", importable={"psycopg2"})
+        'postgresql+psycopg2://sweeper:pw@db/optuna'
+        >>> with_driver("postgres://sweeper:pw@db/optuna", importable={"psycopg", "psycopg2"})
+        'postgresql+psycopg://sweeper:pw@db/optuna'
+        >>> with_driver("mysql+mysqlconnector://sweeper:pw@db/optuna", importable=())
+        'mysql+mysqlconnector://sweeper:pw@db/optuna'
+    """
+    scheme, sep, rest = url.partition("://")
+    backend, _, driver = scheme.partition("+")
+    backend = SCHEME_ALIASES.get(backend.lower(), backend.lower())
+    if not sep or backend not in SERVERS:
+        return url
+    database, default, drivers = SERVERS[backend]
+    imports = _imports if importable is None else set(importable).__contains__
+    if driver:  # named by the user: kept, with a clear error if it is one we know and it is missing
+        known = [(module, install) for name, module, install in drivers if name == driver.lower()]
+        if known and not imports(known[0][0]):
+            raise ConfigError(f"the {driver} driver this {scheme}:// URL names is not installed",
+                              key="storage", value=redact_url(url),
+                              hint=f"Fix: {known[0][1]}, or leave the driver out ({backend}://...) to use "
+                                   "an installed one.")
+        return url if scheme == f"{backend}+{driver}" else f"{backend}+{driver}://{rest}"
+    for name, module, _ in drivers:
+        if imports(module):
+            return f"{backend}+{name}://{rest}"
+    names = " or ".join(module for _, module, _ in drivers)
+    raise ConfigError(f"no {database} driver is installed for this {scheme}:// URL (SQLAlchemy's own choice "
+                      f"for {backend}:// is {default}; ftsweep takes {names})", key="storage", value=redact_url(url),
+                      hint=f"Fix: {drivers[-1][2]}.")
+
+
+def _imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:  # not installed, or installed without what it needs (psycopg without libpq)
+        return False
+    return True
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

@@ -69,20 +69,43 @@ def logged():
         logger.removeHandler(handler)
 
 
+def as_users_write_it(url: str, scheme: str = "postgresql") -> str:
+    """The fixture's `postgresql+psycopg2://` URL without a driver, as users write it."""
+    assert url.startswith("postgresql+psycopg2://")
+    return url.replace("postgresql+psycopg2://", f"{scheme}://", 1)
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_a_url_without_a_driver_opens_with_the_installed_one(postgres_db_url, scheme):
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3 and refuses postgres://; ftsweep[postgres] installs
+    # psycopg2. open_storage names the installed driver, with and without the heartbeat (RDBStorage).
+    url = as_users_write_it(postgres_db_url, scheme)
+    study = optuna.create_study(study_name="plain", storage=open_storage(url))
+    study.optimize(lambda trial: trial.suggest_float("x", -2, 2) ** 2, n_trials=2)
+
+    policy = RetryPolicy(heartbeat_interval=1, grace_period=2)
+    storage = open_storage(url, heartbeat=policy, on_stale=retry_stale_trial(policy))
+    assert storage.engine.dialect.driver in ("psycopg2", "psycopg")
+    again = optuna.load_study(study_name="plain", storage=storage)
+    again.optimize(lambda trial: trial.suggest_float("x", -2, 2) ** 2, n_trials=1)
+    assert [t.state for t in again.get_trials()] == [TrialState.COMPLETE] * 3
+
+
 def test_a_sweep_runs_on_postgres_and_the_password_never_leaks(postgres_db_url, write_sweep, tmp_path, capfd,
                                                                logged):
+    url = as_users_write_it(postgres_db_url)  # postgresql://, no driver named: the launch picks the installed one
     path = write_sweep(n_trials=2)  # output under tmp_path/runs; the storage only on the command line
-    assert main(["launch", str(path), "--set", f"storage={postgres_db_url}"]) == 0
+    assert main(["launch", str(path), "--set", f"storage={url}"]) == 0
     launched = capfd.readouterr()
     assert "Done: 2 complete" in launched.out
-    assert "ftsweep:***@127.0.0.1" in launched.out  # where the study lives, without its password
+    assert "postgresql://ftsweep:***@127.0.0.1" in launched.out  # where the study lives, without its password
 
-    assert main(["status", "tiny", "--storage", postgres_db_url, "--json"]) == 0
+    assert main(["status", "tiny", "--storage", url, "--json"]) == 0
     status = capfd.readouterr()
     assert json.loads(status.out)["counts"]["complete"] == 2
 
     # A wrong password is an error message, not an echo of the URL.
-    wrong = postgres_db_url.replace(PASSWORD_SENTINEL, PASSWORD_SENTINEL + "-wrong")
+    wrong = url.replace(PASSWORD_SENTINEL, PASSWORD_SENTINEL + "-wrong")
     assert main(["status", "tiny", "--storage", wrong]) != 0
     refused = capfd.readouterr()
     assert "password authentication failed" in " ".join(refused.err.split())  # rich wraps long lines
