@@ -210,8 +210,8 @@ def _launch_arguments(p: argparse.ArgumentParser) -> None:
                    help="W&B logging mode (overrides tracking.wandb; default auto: offline without credentials)")
     p.add_argument("--ray-address", help="backend ray: connect to this cluster (else RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage of the study (else the sweep's `storage`, else $FTSWEEP_STORAGE, else "
-                   "SQLite in the output directory); prefer $FTSWEEP_STORAGE for URLs with a password")
+                   help="Optuna storage of the study (else the sweep's `storage`, else $FTSWEEP_STORAGE, else the "
+                   "journal file <output_dir>/<study>.journal); prefer $FTSWEEP_STORAGE for URLs with a password")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, metavar="N",
                        help="run trials in N worker processes on this node (0: only prepare the study, for "

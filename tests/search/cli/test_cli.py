@@ -29,6 +29,17 @@ def test_every_documented_command_has_help_and_a_description(capsys):
         assert described.startswith(f"usage: ftsweep {name}") and len(described.splitlines()) > 3, described
 
 
+def test_launch_help_names_the_default_storage_the_launch_uses(capsys, tmp_path):
+    from search.store.storage import default_storage_url
+
+    with pytest.raises(SystemExit):
+        main(["launch", "--help"])
+    described = " ".join(capsys.readouterr().out.split())
+    assert default_storage_url(tmp_path, "demo").endswith("/demo.journal")  # what the help says, checked
+    assert "else the journal file <output_dir>/<study>.journal" in described
+    assert "SQLite" not in described
+
+
 def test_debug_is_accepted_before_and_after_the_command(capsys):
     for argv in (["--debug", "spaces"], ["spaces", "--debug"]):
         assert main(argv) == 0
