@@ -45,10 +45,13 @@ class TrackingConfig(_Strict):
     wandb: Literal["auto", "online", "offline", "off"] = Field(
         default="auto", description="auto: online with credentials and a reachable server, else offline."
     )
-    project: str = "ftsweep"
-    entity: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    dir: str | None = Field(default=None, description="Where W&B writes runs; default: the sweep's output_dir.")
+    # Unset (None): W&B's environment variable, else ftsweep's default. Set here, it wins over the environment.
+    project: str | None = Field(default=None, description="Default: $WANDB_PROJECT, else ftsweep.")
+    entity: str | None = Field(default=None, description="Default: $WANDB_ENTITY, else W&B's default entity.")
+    group: str | None = Field(default=None, description="Default: $WANDB_RUN_GROUP, else the study name.")
+    tags: list[str] | None = Field(default=None, description="Default: $WANDB_TAGS (comma-separated), else none.")
+    dir: str | None = Field(default=None, description="Where W&B writes runs; default: $WANDB_DIR, else the "
+                            "sweep's output_dir.")
     connect_timeout_s: float = Field(default=3.0, gt=0, description="How long `auto`/`online` wait for the server.")
 
     @field_validator("wandb", mode="before")

@@ -42,6 +42,7 @@ from ..store.record import (
     STUDY_DEADLINE,
     TrialRecord,
     finished_count,
+    hand_sweep_run,
     record_sweep,
     state_counts,
 )
@@ -65,6 +66,8 @@ class OptunaBackend(Backend):
     """
 
     name = "optuna"
+    joined = False  # True in a worker that joined the study: the W&B sweep run is then the launch's or claimed
+    tracker = None  # the W&B mirror (a SweepTracker), made by _set_up or by a launch that prepares for workers
 
     def run(self) -> SweepOutcome:
         self.sweep.check()  # before anything is created (once per sweep: a launch has run it already)
@@ -77,6 +80,7 @@ class OptunaBackend(Backend):
     def join(self, *, seed_salt: str = WORKER_ID) -> SweepOutcome:
         """Work on an already prepared study until its queue is empty (or its deadline passes)."""
         objective = self._set_up()
+        self.joined = True
         sweep = self.sweep
         outcome = SweepOutcome(study_name=sweep.study_name, storage_url=redact_url(sweep.storage_url))
         study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage_url))
@@ -99,17 +103,25 @@ class OptunaBackend(Backend):
             objective.setup()  # bad data or a bad model fail here, before the study is touched
         self.device = _device(objective) + (f", {per_trial} processes per trial" if per_trial > 1 else "")
         sweep.output_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = make_tracker(sweep.spec.tracking, sweep.output_dir,
-                                    say=lambda text: self.listener("note", {"text": text}))
+        self.tracker = self._make_tracker()
         return objective
 
-    def prepare(self) -> tuple[optuna.Study, SweepOutcome, int | None]:
+    def _make_tracker(self):
+        return make_tracker(self.sweep.spec.tracking, self.sweep.output_dir,
+                            say=lambda text: self.listener("note", {"text": text}))
+
+    def prepare(self, *, sweep_run_by: str = "launch") -> tuple[optuna.Study, SweepOutcome, int | None]:
         """Create or resume the study: record the sweep, recover interrupted trials, queue `--enqueue`
-        configs, a slot per trial still owed, and the deadline of `timeout`. Runs in one process."""
+        configs, a slot per trial still owed, and the deadline of `timeout`. Runs in one process.
+        `sweep_run_by`: who writes the W&B sweep run, this process ("launch": it stays until the trials end,
+        then calls `end_sweep` unless `run` does) or "workers" (`launch --workers 0`: the last worker out)."""
         sweep, spec = self.sweep, self.sweep.spec
         sweep.check()
+        if sweep_run_by == "launch" and self.tracker is None:
+            self.tracker = self._make_tracker()  # before the study: a W&B setting it refuses stops the launch here
         storage = prepare_storage(sweep.storage_url)
         study = self._create_study(storage)
+        hand_sweep_run(study, sweep_run_by)
         outcome, remaining = self.begin(study, sweep.storage_url)
         if spec.n_trials is not None:
             top_up_slots(study, spec.n_trials)
@@ -176,8 +188,13 @@ class OptunaBackend(Backend):
             raise
         finally:
             self._finish(study, outcome)
-        self.tracker.sweep_end(study, sweep.output_dir)
+        self.tracker.sweep_end(study, sweep.output_dir, worker=self.joined)
         return outcome
+
+    def end_sweep(self, study: optuna.Study) -> None:
+        """Write the W&B sweep run from this process, which prepared the study and did not run its trials (the
+        launch of local workers, once they have exited): one sweep run with every worker's trials."""
+        (self.tracker or self._make_tracker()).sweep_end(study, self.sweep.output_dir)
 
     def _create_study(self, storage) -> optuna.Study:
         sweep = self.sweep

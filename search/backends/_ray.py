@@ -33,8 +33,8 @@ from spaces import ConfigError
 from ..components import PRUNERS, build_sampler
 from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
 from ..secrets import scrub_secrets
-from ..store.record import (ERROR, RETRY_REASONS, TrialRecord, frozen_trial, record_sweep, state_counts,
-                             storage_record)
+from ..store.record import (ERROR, RETRY_REASONS, TrialRecord, frozen_trial, hand_sweep_run, record_sweep,
+                             state_counts, storage_record)
 from ..store.recovery import mark_trial_interrupted
 from ..store.retries import failure_cause
 from ..store.storage import WORKER_ID, prepare_storage
@@ -448,6 +448,7 @@ class RayBackend(Backend):
                                     sampler=sampler, load_if_exists=True)
         for note in record_sweep(study, sweep):  # a sweep revision or a changed space, said once
             self.listener("note", {"text": note})
+        hand_sweep_run(study, "launch")  # this driver writes the W&B sweep run when Tune ends
         # The study is the source of truth for resuming; asking it takes queued trials first.
         outcome, remaining = self.begin(study, sweep.storage_url)
         if remaining == 0:

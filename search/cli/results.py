@@ -164,9 +164,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _tracking_of(study) -> dict:
-    """project/entity/tags of the sweep that wrote the study, for W&B runs made afterwards."""
+    """project/entity/group/tags of the sweep that wrote the study, for W&B runs made afterwards."""
     tracking = (study.user_attrs.get(keys.STUDY_SWEEP) or {}).get("tracking") or {}
-    return {k: tracking[k] for k in ("project", "entity", "tags") if tracking.get(k) is not None}
+    return {k: tracking[k] for k in ("project", "entity", "group", "tags") if tracking.get(k) is not None}
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

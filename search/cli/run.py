@@ -76,12 +76,16 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _launch_workers(sweep, console: Console, *, n_workers: int, gpus: list[str] | None, top: int) -> int:
-    """Prepare the study here, then run its trials in `n_workers` processes (one per GPU with --gpus)."""
+    """Prepare the study here, then run its trials in `n_workers` processes (one per GPU with --gpus).
+
+    This process writes the W&B sweep run once its workers have exited (they write one run per trial); with
+    `--workers 0` it leaves, and the last worker out writes it."""
     progress = SweepProgress(console, metric=sweep.metric_label)
     interrupted, failures = False, []
     try:
         with progress:
-            study, _, remaining = get_backend(sweep.spec.backend)(sweep, listener=progress).prepare()
+            backend = get_backend(sweep.spec.backend)(sweep, listener=progress)
+            study, _, remaining = backend.prepare(sweep_run_by="workers" if n_workers == 0 else "launch")
             if n_workers == 0:
                 progress.stop()
                 console.print(f"Prepared study [cyan]{sweep.study_name}[/] ({remaining} trial(s) to run). "
@@ -94,6 +98,7 @@ def _launch_workers(sweep, console: Console, *, n_workers: int, gpus: list[str] 
                 with LocalWorkers(sweep, n_workers=n_workers, gpus=gpus) as workers:
                     workers.follow(progress, study)
                 failures = workers.failures()
+                backend.end_sweep(study)
     except KeyboardInterrupt:
         interrupted = True
     for line in failures:

@@ -30,11 +30,13 @@ evaluation step) and state:
 | paused_at      | a scheduler paused it       | the step of the checkpoint it keeps (search/store/pausing.py) |
 | revision       | the trial starts            | the sweep revision it ran under (search/store/relaunch.py)   |
 
-The study itself holds the sweep (`record_sweep`), and the revisions a relaunch recorded.
+The study itself holds the sweep (`record_sweep`), the revisions a relaunch recorded, and its W&B sweep run: its
+id, who writes it and a worker's claim to (`hand_sweep_run`, search/observers/tracking.py).
 """
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from collections.abc import Collection, Iterable
 from typing import Any
@@ -89,6 +91,9 @@ STUDY_OBJECTIVE = "objective"
 STUDY_BACKEND = "backend"
 STUDY_ACCEPTED = "accepted_findings"  # data-check errors the launch accepted: [{check, message, split, count}]
 STUDY_DEADLINE = "deadline"  # epoch seconds after which no trial starts (the sweep's timeout)
+STUDY_WANDB_RUN = "wandb_sweep_run"  # the W&B id of the study's one sweep run, made once
+STUDY_WANDB_RUN_BY = "wandb_sweep_run_by"  # who writes it: "launch" (the launching process) or "workers"
+STUDY_WANDB_CLAIM = "wandb_sweep_run_claim"  # "host:pid@N": the worker writing it for the study's N trials
 # STUDY_REVISIONS, STUDY_SPACE_REVISIONS (search/store/relaunch.py): what relaunches changed, and when.
 
 # A trial's evaluation entry: the step, then every metric reported at it.
@@ -233,6 +238,39 @@ def record_sweep(study: optuna.Study, sweep) -> list[str]:
     if sweep.accepted_findings is not None:
         study.set_user_attr(STUDY_ACCEPTED, sweep.accepted_findings)
     return notes
+
+
+def hand_sweep_run(study: optuna.Study, by: str) -> None:
+    """Say who writes the study's W&B sweep run at the end: "launch", the process that prepared the study and
+    stays until its trials end (a launch in one process, or with local workers), or "workers" when it leaves
+    them to it (`launch --workers 0`: the last worker out). Run by the one process that prepares the study.
+
+    Example:
+        >>> study = optuna.create_study()
+        >>> hand_sweep_run(study, "workers")
+        >>> study.user_attrs[STUDY_WANDB_RUN_BY], study.user_attrs[STUDY_WANDB_RUN].startswith("sweep-")
+        ('workers', True)
+    """
+    if by not in ("launch", "workers"):
+        raise ValueError(f"by must be 'launch' or 'workers', not {by!r}")
+    sweep_run_id(study)  # made here, by one process: workers never race to make it
+    study.set_user_attr(STUDY_WANDB_RUN_BY, by)
+
+
+def sweep_run_id(study: optuna.Study) -> str:
+    """The W&B run id of the study's sweep run, made on first use and kept on the study: every process that
+    writes the sweep run, at any launch, resumes that one run.
+
+    Example:
+        >>> study = optuna.create_study()
+        >>> sweep_run_id(study) == sweep_run_id(study) and sweep_run_id(study).startswith("sweep-")
+        True
+    """
+    run_id = study.user_attrs.get(STUDY_WANDB_RUN)
+    if run_id is None:
+        run_id = f"sweep-{uuid.uuid4().hex[:12]}"
+        study.set_user_attr(STUDY_WANDB_RUN, run_id)
+    return run_id
 
 
 def preview_relaunch(sweep) -> list[str]:

@@ -51,6 +51,8 @@ def iter_payloads(path: Path):
 class OfflineRun:
     run_id: str = ""
     name: str = ""
+    project: str = ""
+    entity: str = ""
     group: str = ""
     job_type: str = ""
     tags: list[str] = field(default_factory=list)
@@ -77,6 +79,7 @@ def read_run(path: Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id, run.name = record.run.run_id, record.run.display_name
+            run.project, run.entity = record.run.project, record.run.entity
             run.group, run.job_type, run.tags = record.run.run_group, record.run.job_type, list(record.run.tags)
             for item in record.run.config.update:
                 run.config[item.key] = _value(item.value_json)

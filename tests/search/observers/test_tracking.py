@@ -1,9 +1,12 @@
 """W&B tracking, offline: one run per trial with only its own config and metrics, read back from the
 run files; pruned and failed trials finish with their state; a dead server never breaks a sweep;
-secrets never reach a run file."""
+secrets never reach a run file; one sweep run per study however many workers; W&B's environment
+(WANDB_MODE, WANDB_PROJECT...) counts where the sweep file is silent."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -132,3 +135,131 @@ def test_report_wandb_makes_the_sweep_run_for_an_existing_study(write_sweep, tmp
     assert run.job_type == "sweep" and run.group == "tiny"
     assert any(name.endswith("best-config") for name in run.artifacts)
     assert any(key.startswith("report/") for key in run.summary)
+
+
+# ------------------------------------------------------------------ one sweep run per study, W&B's environment
+
+QUICK = {"max_steps": 2, "eval_every": 2, "batch_size": 4, "eval_batch_size": 16, "max_seq_length": 64}
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _by_job(root: Path) -> tuple[list, list]:
+    runs = read_runs(root)
+    return [r for r in runs if r.job_type == "trial"], [r for r in runs if r.job_type == "sweep"]
+
+
+def _spawn_worker(study_name: str, storage: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "FTSWEEP_STORAGE": storage, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "search.cli", "worker", study_name], cwd=REPO, env=env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow  # worker processes
+def test_one_sweep_run_per_study_whatever_the_workers(write_sweep, tmp_path, monkeypatch):
+    from search.cli import main
+    from search.cli._common import resolve_study
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # tracking.wandb: auto follows it
+    wandb_dir = tmp_path / "runs" / "wandb"
+    # Two local worker processes: the launch that prepared the study writes the sweep run once they exit.
+    path = write_sweep(n_trials=3, budget=QUICK, tracking={"wandb": "auto"})
+    assert main(["launch", str(path), "--workers", "2"]) == 0
+    study = resolve_study(str(path))
+    trial_runs, sweep_runs = _by_job(wandb_dir)
+    assert sorted(r.name for r in trial_runs) == [f"tiny-trial-{n}" for n in range(3)]
+    (sweep_run,) = sweep_runs
+    assert sweep_run.summary["best_value"] == pytest.approx(study.best_value)  # every worker's trials
+    assert sweep_run.summary["best_trial"] == study.best_trial.number
+    # A relaunch resumes the study, finds it done: no second sweep run.
+    folders = sorted(p.name for p in wandb_dir.glob("offline-run-*"))
+    assert main(["launch", str(path), "--workers", "2"]) == 0
+    assert sorted(p.name for p in wandb_dir.glob("offline-run-*")) == folders
+
+    # A cluster: `launch --workers 0` prepares and leaves, two `ftsweep worker` processes (a SLURM array) join;
+    # they end together (the idle one leaves when the other's last trial ends), and one writes the sweep run.
+    other = write_sweep("other.yaml", study_name="other", n_trials=3, budget=QUICK, tracking={"wandb": "auto"})
+    assert main(["launch", str(other), "--workers", "0"]) == 0
+    storage = load_sweep(other).storage_url
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    workers = [_spawn_worker("other", storage, log) for log in logs]
+    for worker, log in zip(workers, logs):
+        assert worker.wait(timeout=600) == 0, log.read_text()[-2000:]
+    other_study = resolve_study(str(other))
+    assert [t.state for t in other_study.get_trials()] == [TrialState.COMPLETE] * 3
+    trial_runs, sweep_runs = _by_job(wandb_dir)
+    assert sorted(r.name for r in trial_runs if r.group == "other") == [f"other-trial-{n}" for n in range(3)]
+    (other_run,) = [r for r in sweep_runs if r.group == "other"]
+    assert other_run.summary["best_value"] == pytest.approx(other_study.best_value)
+    assert len(sweep_runs) == 2 and len({r.run_id for r in sweep_runs}) == 2  # one per study
+
+
+def test_a_relaunch_that_runs_more_trials_resumes_the_same_sweep_run(write_sweep):
+    study, _, first = _sweep(write_sweep, n_trials=2, budget=QUICK, tracking={"wandb": "offline"})
+    study, runs, both = _sweep(write_sweep, n_trials=3, budget=QUICK, tracking={"wandb": "offline"})
+    assert len(runs) == 3 and len(both) == 2  # one offline folder per launch that wrote it...
+    assert {r.run_id for r in both} == {first[0].run_id}  # ...of one W&B run, which `wandb sync` resumes
+    latest = max(both, key=lambda r: len(r.history))
+    assert latest.summary["best_value"] == pytest.approx(study.best_value)
+
+
+def test_wandb_mode_disabled_writes_no_run_and_never_imports_wandb(write_sweep, tmp_path):
+    path = write_sweep(n_trials=2, budget=QUICK, tracking={"wandb": "auto"})
+    code = ("import sys; from search.cli import main; code = main(['launch', sys.argv[1]]); "
+            "print('wandb imported:', 'wandb' in sys.modules); sys.exit(code)")
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Done: 2 complete" in done.stdout and "W&B logging is off: WANDB_MODE=disabled" in done.stdout
+    assert "wandb imported: False" in done.stdout
+    assert not list(tmp_path.rglob("offline-run-*")) and not (tmp_path / "runs" / "wandb").exists()
+
+
+def test_wandbs_environment_fills_what_the_sweep_file_leaves_unset(write_sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_ENTITY", "env-team")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "env-group")
+    monkeypatch.setenv("WANDB_TAGS", "a, b")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_RUN_ID", "leaked")  # an outer run's id must not merge the trials into one run
+    get_backend("optuna")(load_sweep(write_sweep(n_trials=2, budget=QUICK, tracking={"wandb": "offline"}))).run()
+    runs = read_runs(tmp_path / "wandb-home" / "wandb")
+    assert len(runs) == 3 and not (tmp_path / "runs" / "wandb").exists()
+    assert {(r.project, r.entity, r.group) for r in runs} == {("from-env", "env-team", "env-group")}
+    assert all({"a", "b"} <= set(r.tags) for r in runs)
+    assert len({r.run_id for r in runs}) == 3 and "leaked" not in {r.run_id for r in runs}
+
+    # Where the sweep file sets a value, it wins.
+    tracking = {"wandb": "offline", "project": "from-file", "group": "g", "tags": ["t1"], "dir": str(tmp_path / "d")}
+    get_backend("optuna")(load_sweep(write_sweep("file.yaml", study_name="file", n_trials=1, budget=QUICK,
+                                                 tracking=tracking))).run()
+    runs = read_runs(tmp_path / "d" / "wandb")
+    assert len(runs) == 2 and {(r.project, r.group) for r in runs} == {("from-file", "g")}
+    assert all("a" not in r.tags and "t1" in r.tags for r in runs)
+
+
+@pytest.mark.parametrize("asked, env, mode", [
+    ("off", "online", "off"),            # off always wins
+    ("auto", "disabled", "off"),         # W&B's own switch
+    ("offline", "disabled", "off"),
+    ("online", "disabled", "off"),
+    ("auto", "offline", "offline"),      # auto follows the environment
+    ("auto", "dryrun", "offline"),       # W&B's old name for offline
+    ("online", "offline", "offline"),    # the environment turns a mode down...
+    ("offline", "online", "offline"),    # ...never up
+])
+def test_wandb_mode_in_the_environment(asked, env, mode, monkeypatch):
+    from search.observers.tracking import choose_mode
+    from search.settings import TrackingConfig
+
+    monkeypatch.setenv("WANDB_MODE", env)
+    assert choose_mode(TrackingConfig(wandb=asked))[0] == mode
+
+
+def test_an_unknown_wandb_mode_is_refused_by_name(write_sweep, monkeypatch, capsys):
+    from search.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    assert main(["launch", str(write_sweep(tracking={"wandb": "auto"}))]) == 2
+    err = capsys.readouterr().err
+    assert "WANDB_MODE" in err and "sometimes" in err and "disabled" in err
