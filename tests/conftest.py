@@ -86,6 +86,34 @@ def postgres_db_url(postgres_server, request) -> str:
     return postgres_server.create_database(request.node.name)
 
 
+# A real one-machine SLURM cluster (tests/_slurm.py): skipped where it cannot start, unless FTSWEEP_REQUIRE_SLURM=1.
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A throwaway SLURM cluster (munged, slurmctld, slurmd on 127.0.0.1) for the whole session, a
+    `_slurm.SlurmCluster`; SLURM_CONF points at it while the session runs."""
+    from _slurm import SlurmUnavailable, required, start_cluster
+
+    try:
+        cluster = start_cluster()
+    except SlurmUnavailable as error:
+        reason = f"SLURM is not available: {error}"
+    else:
+        before = os.environ.get("SLURM_CONF")
+        os.environ["SLURM_CONF"] = str(cluster.conf)
+        try:
+            yield cluster
+        finally:
+            if before is None:
+                os.environ.pop("SLURM_CONF", None)
+            else:
+                os.environ["SLURM_CONF"] = before
+            cluster.stop()
+        return
+    if required():
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
 def load_script(name: str):
     """Import scripts/NAME.py as a module (scripts/ is not a package), the way `python scripts/NAME.py`
     sees it: registered in sys.modules under NAME, so dataclasses and pickling inside it work."""

@@ -1,9 +1,11 @@
 """The `ftsweep` command: COMMANDS below is the one table of commands; each lives in a module of this
-package (run, results, winners, data, gate, presets) with its arguments next to it.
+package (run, submit, results, winners, data, gate, presets) with its arguments next to it.
 
     ftsweep launch SWEEP.yaml [--set key.path=value ...] [--dry-run] [--enqueue winner.yaml]
                    [--storage URL] [--workers N | --gpus 0,1,2,3]
     ftsweep worker STUDY [--storage URL]   # join a prepared sweep (another node, a SLURM array task)
+    ftsweep submit SWEEP.yaml --array N [--partition P] [--time T] [--gpus-per-worker G]
+                   [--cpus-per-worker C] [--dry-run]   # workers as a SLURM job array on $FTSWEEP_STORAGE
     ftsweep status STUDY           # counts by state, best so far, throughput (works mid-sweep)
     ftsweep best STUDY [--top K] [--json]
     ftsweep show STUDY TRIAL       # one trial: params, learning curve, metrics, failure reason
@@ -45,6 +47,7 @@ for _name, _target in (
     ("launch", "search.cli.run:LAUNCH"),
     ("validate-data", "search.cli.data:VALIDATE_DATA"),
     ("worker", "search.cli.run:WORKER"),
+    ("submit", "search.cli.submit:SUBMIT"),
     ("select", "search.cli.data:SELECT"),
     ("gate", "search.cli.gate:GATE"),
     ("status", "search.cli.results:STATUS"),

@@ -11,7 +11,7 @@ from spaces import ConfigError
 
 
 # The commands the README and the cluster scripts tell users to run (README "Commands").
-DOCUMENTED = ["launch", "validate-data", "worker", "select", "gate", "status", "best", "show", "importance",
+DOCUMENTED = ["launch", "validate-data", "worker", "submit", "select", "gate", "status", "best", "show", "importance",
               "report", "dashboard", "export", "train", "spaces"]
 
 
