@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from ..store.record import (
     finished_count,
     hand_sweep_run,
     record_sweep,
+    sampler_seed,
     state_counts,
 )
 from ..store.recovery import recover_interrupted, retry_stale_trial
@@ -139,12 +139,7 @@ class OptunaBackend(Backend):
                                on_stale=retry_stale_trial(policy))
         probe = optuna.load_study(study_name=sweep.study_name, storage=storage)
         deadline = probe.user_attrs.get(STUDY_DEADLINE)
-        # Offset by the trials already started: a resumed sweep must not replay the same random draws.
-        # Each worker its own seed: workers started together must not draw the same configs.
-        started = sum(t.state != optuna.trial.TrialState.WAITING for t in probe.get_trials(deepcopy=False))
-        seed = spec.seed + started
-        if seed_salt is not None:
-            seed = zlib.crc32(f"{spec.seed}:{seed_salt}".encode()) + started
+        seed = sampler_seed(probe, spec.seed, seed_salt)  # not the first launch's draws again; workers apart
         # (Optuna's TPE defaults to constant_liar: workers treat each other's running trials as bad
         # results and spread out rather than all sampling near the current best.)
         sampler = build_sampler(spec.sampler, sweep.space, seed=seed, source=sweep.source)

@@ -34,7 +34,7 @@ from ..components import PRUNERS, build_sampler
 from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
 from ..secrets import scrub_secrets
 from ..store.record import (ERROR, RETRY_REASONS, TrialRecord, frozen_trial, hand_sweep_run, record_sweep,
-                             state_counts, storage_record)
+                             sampler_seed, state_counts, storage_record)
 from ..store.recovery import mark_trial_interrupted
 from ..store.retries import failure_cause
 from ..store.storage import WORKER_ID, prepare_storage
@@ -443,9 +443,11 @@ class RayBackend(Backend):
         storage = prepare_storage(sweep.storage_url)
         if isinstance(storage, str):  # OptunaSearch takes a storage object
             storage = optuna.storages.RDBStorage(storage)
-        sampler = build_sampler(spec.sampler, sweep.space, seed=spec.seed, source=sweep.source)
         study = optuna.create_study(storage=storage, study_name=sweep.study_name, direction=sweep.direction,
-                                    sampler=sampler, load_if_exists=True)
+                                    load_if_exists=True)
+        # Seeded past the trials already started: a relaunch must not draw its first launch's configs again.
+        study.sampler = sampler = build_sampler(spec.sampler, sweep.space, seed=sampler_seed(study, spec.seed),
+                                                source=sweep.source)
         for note in record_sweep(study, sweep):  # a sweep revision or a changed space, said once
             self.listener("note", {"text": note})
         hand_sweep_run(study, "launch")  # this driver writes the W&B sweep run when Tune ends

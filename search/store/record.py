@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import uuid
 import warnings
+import zlib
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -329,6 +330,26 @@ def finished_count(trials) -> int:
     """How many of `trials` count toward n_trials."""
     superseded = superseded_numbers(trials)
     return sum(counts_toward_budget(t, superseded) for t in trials)
+
+
+def sampler_seed(study: optuna.Study, seed: int, salt: str | None = None) -> int:
+    """The seed of this process's sampler on `study`: the sweep's `seed` offset by the trials already started,
+    so a resumed sweep does not replay the draws of its first launch (a seeded sampler starts its sequence
+    again), and with `salt` (a worker's id) one of its own, so workers started together draw apart.
+
+    Example:
+        >>> study = optuna.create_study()
+        >>> sampler_seed(study, 7)
+        7
+        >>> study.enqueue_trial({}); sampler_seed(study, 7)  # a queued trial has not started
+        7
+        >>> _ = study.ask(); sampler_seed(study, 7)
+        8
+    """
+    started = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    if salt is not None:
+        return zlib.crc32(f"{seed}:{salt}".encode()) + started
+    return seed + started
 
 
 def state_counts(trials) -> dict[str, int]:

@@ -89,10 +89,13 @@ def test_conditional_and_derived_params_are_honoured(write_sweep, backend):
 def test_launching_again_resumes(write_sweep, backend):
     first = _run(write_sweep, backend, n_trials=2)
     before = {t.number: t.value for t in first.get_trials()}
-    again = _run(write_sweep, backend, n_trials=3)
+    again = _run(write_sweep, backend, n_trials=4)
     trials = again.get_trials()
-    assert len(trials) == 3
+    assert len(trials) == 4
     assert {t.number: t.value for t in trials if t.number in before} == before
+    # The seeded sampler goes on from the study: the relaunch does not draw the first launch's configs again.
+    drawn = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(drawn)) == len(drawn), drawn
 
 
 
