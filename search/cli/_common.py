@@ -66,14 +66,15 @@ def _is_terminal(stream) -> bool:
 
 def add_width_argument(p: argparse.ArgumentParser, default=None) -> None:
     """`--width N`: how many columns tables and lines may take (see `console`)."""
-    p.add_argument("--width", type=_columns, metavar="N", default=default,
+    p.add_argument("--width", type=positive_int, metavar="N", default=default,
                    help="print N columns wide (default: $COLUMNS, else the terminal's width; "
                         "whole lines when the output is a file or a pipe)")
 
 
-def _columns(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse `type=` for counts (--width, --array, ...): a whole number of 1 or more."""
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of columns, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
 
 

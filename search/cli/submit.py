@@ -189,22 +189,16 @@ def _sbatch(command: list[str], env: dict[str, str], url: str) -> str:
     return done.stdout
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
-
-
 def _submit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="a sweep YAML file, or the name of a bundled sweep")
     _common.add_overrides(p, "override any sweep field, e.g. --set n_trials=64 (repeatable)")
-    p.add_argument("--array", type=_positive, default=1, metavar="N",
+    p.add_argument("--array", type=_common.positive_int, default=1, metavar="N",
                    help="how many workers: array tasks 0..N-1, one `ftsweep worker` each (default 1)")
     p.add_argument("--partition", metavar="P", help="the SLURM partition (default: the cluster's default one)")
     p.add_argument("--time", metavar="T", help="each worker's time limit, e.g. 4:00:00 (default: the partition's)")
-    p.add_argument("--gpus-per-worker", type=_positive, metavar="G",
+    p.add_argument("--gpus-per-worker", type=_common.positive_int, metavar="G",
                    help="GPUs per worker (sbatch --gpus=G); leave out on CPU-only partitions")
-    p.add_argument("--cpus-per-worker", type=_positive, metavar="C",
+    p.add_argument("--cpus-per-worker", type=_common.positive_int, metavar="C",
                    help="CPUs per worker (sbatch --cpus-per-task=C; default 1)")
     p.add_argument("--storage", metavar="URL",
                    help="the study's storage: a database URL (default: the sweep's `storage`, else "
