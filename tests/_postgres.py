@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _services import run_script
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "cluster" / "start_postgres.sh"
 PASSWORD_SENTINEL = "pw-SENTINEL-7f3a9c"
@@ -39,15 +41,7 @@ def free_port() -> int:
 
 def _run_script(*args: str) -> str:
     env = {**os.environ, "FTSWEEP_DB_PASSWORD": PASSWORD_SENTINEL}  # in the environment, not on a command line
-    try:
-        done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise PostgresUnavailable(f"{SCRIPT.name} {args[0]} did not finish within 120 s") from None
-    if done.returncode != 0:
-        raise PostgresUnavailable(f"{SCRIPT.name} {args[0]} failed (exit {done.returncode}): "
-                                  f"{(done.stderr or done.stdout).strip()[-1500:]}")
-    return done.stdout
+    return run_script(SCRIPT, *args, unavailable=PostgresUnavailable, env=env)
 
 
 @dataclass

@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from _services import run_script
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "cluster" / "start_slurm.sh"
 REQUIRE_ENV = "FTSWEEP_REQUIRE_SLURM"  # =1: a cluster that cannot start fails the tests instead of skipping
@@ -48,15 +50,7 @@ def _free_port_pair() -> int:
 
 
 def _run_script(*args: str, timeout: float = 120) -> str:
-    try:
-        done = subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        raise SlurmUnavailable(f"{SCRIPT.name} {args[0]} did not finish within {timeout:.0f} s") from None
-    if done.returncode != 0:
-        raise SlurmUnavailable(f"{SCRIPT.name} {args[0]} failed (exit {done.returncode}): "
-                               f"{(done.stderr or done.stdout).strip()[-1500:]}")
-    return done.stdout
+    return run_script(SCRIPT, *args, unavailable=SlurmUnavailable, timeout=timeout)
 
 
 @dataclass
