@@ -62,7 +62,8 @@ class TrackingConfig(_Strict):
 
 
 class RetryPolicy(BaseModel):
-    """The `retries:` section of a sweep file (Optuna backend; Ray has `ray.max_failures`).
+    """The `retries:` section of a sweep file, on both backends (on Ray a trial lost with its worker process,
+    raylet or node is `preempted`; `ray.max_failures` adds Ray's own restarts in place before this policy).
 
     Example:
         >>> RetryPolicy().max_retries, RetryPolicy().retry_errors
@@ -168,7 +169,8 @@ class RayConfig(_Strict):
     gpus_per_trial: float = Field(default=0, ge=0, description="0.5 puts two trials on each GPU; a trial over "
                                   "several devices takes devices_per_trial (one GPU a worker).")
     max_concurrent_trials: int | None = Field(default=None, gt=0)
-    max_failures: int = Field(default=0, ge=0, description="Ray retries of a trial that raised (from its last checkpoint).")
+    max_failures: int = Field(default=0, ge=0, description="Ray's own restarts of a trial that failed, whatever the "
+                              "cause, before the `retries:` policy decides (from its last checkpoint; rarely needed).")
     checkpoints_to_keep: int | None = Field(
         default=None, gt=0, description="Adapter checkpoints kept per trial (default 1; 4 under PBT)."
     )

@@ -33,10 +33,12 @@ from spaces import ConfigError
 from ..components import PRUNERS, build_sampler
 from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
 from ..secrets import scrub_secrets
-from ..store.record import (ERROR, RETRY_REASONS, TrialRecord, frozen_trial, hand_sweep_run, record_sweep,
-                             sampler_seed, state_counts, storage_record)
+from ..settings import RetryPolicy
+from ..store.record import (EVAL_HISTORY, ERROR, OOM, OVERRIDES, PREEMPTED, RETRY_OF, RETRY_REASONS, STEP,
+                             TrialRecord, finished_count, frozen_trial, hand_sweep_run, record_sweep, sampler_seed,
+                             state_counts, storage_record, trial_by_number)
 from ..store.recovery import mark_trial_interrupted
-from ..store.retries import failure_cause
+from ..store.retries import enqueue_retry, failure_cause, plan_retry
 from ..store.storage import WORKER_ID, prepare_storage
 from ..trials import decide, failed, settle
 from ..sweep import Sweep
@@ -67,6 +69,8 @@ def _import_ray():
 
 _WORKER_OBJECTIVES: dict[str, Any] = {}
 STUDY_TRIAL = "ftsweep_trial"  # PBT only: the study trial number a Ray trial started as (not a param)
+RESUME_FROM = "ftsweep_resume_from"  # a re-run only: the failed trial's last checkpoint (not a param)
+NOT_PARAMS = (STUDY_TRIAL, RESUME_FROM)
 ABSENT = "<ftsweep: not in this trial>"  # PBT only: a conditional param this trial does not have
 
 
@@ -91,11 +95,12 @@ def trainable(config: dict[str, Any], payload: str) -> None:
 
     objective = _worker_objective(payload)
     started = time.monotonic()  # after set-up, as the Optuna backend times a trial
-    params = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
+    params = {k: v for k, v in config.items() if k not in NOT_PARAMS and v != ABSENT}
     # Where this trial ran, so the study shows placement. JSON text: Tune flattens nested dicts in results.
     placement = json.dumps(placement_here())
     trial_id = tune.get_context().get_trial_id()
-    previous = tune.get_checkpoint()
+    # Ray's own restart of this trial, else the checkpoint of the failed trial this one re-runs (retries: policy).
+    previous = tune.get_checkpoint() or (tune.Checkpoint(config[RESUME_FROM]) if config.get(RESUME_FROM) else None)
     resume_dir = None
     resumed_from, cloned_from, trained_before = 0, None, 0.0
     if previous is not None:
@@ -124,9 +129,10 @@ def trainable(config: dict[str, Any], payload: str) -> None:
 
 try:  # Ray is optional: without it this module still imports, and RayBackend says how to install it.
     from ray.tune import Callback as _Callback
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch as _OptunaSearch
 except ImportError:  # pragma: no cover - exercised only without the extra
-    _OptunaSearch = _Callback = object
+    _OptunaSearch = _Callback = Searcher = object
 
 
 class DefineByRun:
@@ -153,8 +159,12 @@ class StudyRecorder:
     Tells the progress listener as trials report and end. Driver side; fed by `StudyCallback`."""
 
     def __init__(self, study: optuna.Study, *, metric_name: str, metric_keys: set[str], max_steps: int,
-                 listener=None, constraints=(), tracker: SweepTracker | None = None) -> None:
+                 listener=None, constraints=(), tracker: SweepTracker | None = None,
+                 retries: RetryPolicy | None = None, budget=None) -> None:
         self.study = study
+        # The sweep's `retries:` policy, as on the Optuna backend: a failed trial's re-run is queued in the study
+        # (StudySearch takes it next). None under PBT, whose population is fixed (Ray's max_failures only).
+        self.retries, self.budget = retries, budget
         self.tracker = tracker or SweepTracker()  # W&B: one run per trial, as under the Optuna backend
         self.tracked: dict[str, TrialTracker] = {}
         self.constraints = list(constraints)  # ConstraintSpec: feasibility of each completed trial
@@ -167,6 +177,8 @@ class StudyRecorder:
         self.histories: dict[str, list[dict]] = {}
         self.configs: dict[str, dict] = {}  # params each trial trains with now
         self.finished: set[str] = set()
+        self.checkpoints: dict[int, str] = {}  # failed study trials queued to run again: their last checkpoint
+        self.n_trials: int | None = None
 
     def __getstate__(self):  # Ray pickles its searcher and callbacks into experiment checkpoints
         return {**self.__dict__, "listener": None, "tracker": SweepTracker(), "tracked": {}}
@@ -177,10 +189,43 @@ class StudyRecorder:
 
     def attach(self, trial_id: str, ot_trial: optuna.Trial, config: dict) -> None:
         self.trials[trial_id] = ot_trial
-        self.configs[trial_id] = {k: v for k, v in config.items() if k != STUDY_TRIAL and v != ABSENT}
+        self.configs[trial_id] = {k: v for k, v in config.items() if k not in NOT_PARAMS and v != ABSENT}
         # The driver owns the record: a dead driver's trial is stale.
-        self._record(trial_id).started(self.configs[trial_id], worker=WORKER_ID)
+        record = self._record(trial_id)
+        record.started(self.configs[trial_id], worker=WORKER_ID)
         self.tracked[trial_id] = self.tracker.trial(self.study.study_name, ot_trial.number, self.configs[trial_id])
+        if config.get(RESUME_FROM):  # a re-run goes on from the failed trial's curve, as on the Optuna backend
+            step = int(checkpoint_state(config[RESUME_FROM])["step"])
+            previous = trial_by_number(self.study, int(ot_trial.user_attrs[RETRY_OF]))
+            history = [dict(h, resumed_from=step) if h[STEP] == step else dict(h)
+                       for h in previous.user_attrs.get(EVAL_HISTORY, []) if h[STEP] <= step]
+            self.histories[trial_id] = history
+            record.evaluated(history)
+            for entry in history:
+                if self.metric_name in entry:
+                    ot_trial.report(float(entry[self.metric_name]), entry[STEP])
+
+    def resume_point(self, ot_trial: optuna.Trial, config: dict) -> str | None:
+        """The checkpoint a re-run of a failed trial goes on from: the failed trial's last one, when it trained
+        the same params (an OOM re-run changes the batch: it starts over)."""
+        retry_of = ot_trial.user_attrs.get(RETRY_OF)
+        saved = self.checkpoints.get(retry_of) if retry_of is not None else None
+        if saved is None or not Path(saved).is_dir():
+            return None
+        params = {k: v for k, v in config.items() if k not in NOT_PARAMS and v != ABSENT}
+        try:
+            same = checkpoint_state(saved).get("params") == params
+        except Exception:  # an unreadable checkpoint: the re-run starts over
+            return None
+        return saved if same else None
+
+    def owed(self) -> int | None:
+        """Trials still to start for n_trials (None: no n_trials), counting running ones; a failed trial
+        queued to run again stops counting, so its re-run is owed."""
+        if self.n_trials is None:
+            return None
+        trials = self.study.get_trials(deepcopy=False)
+        return self.n_trials - finished_count(trials) - sum(t.state == TrialState.RUNNING for t in trials)
 
     def _live(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The study's record of a Ray trial while it can still be written. After a relaunch Ray may
@@ -246,7 +291,9 @@ class StudyRecorder:
         if frozen is not None:
             self._record(trial_id).restarted(frozen.user_attrs.get(RETRY_REASONS, []) + [scrub_secrets(reason)])
 
-    def complete(self, trial_id: str, result: dict | None, *, error: str | None = None, cause: str = ERROR) -> None:
+    def complete(self, trial_id: str, result: dict | None, *, error: str | None = None, cause: str = ERROR,
+                 checkpoint: str | None = None) -> None:
+        """Record how a Ray trial ended; a failure is re-run per the retry policy, from `checkpoint` (its last)."""
         if self._live(trial_id) is None:
             return
         ot_trial = self.trials[trial_id]
@@ -272,7 +319,8 @@ class StudyRecorder:
             ending = decide([self.metric_name], metrics)  # a NaN or infinite final value: failed, diverged
         else:  # a scheduler stopped it before its budget ran out
             ending = decide([self.metric_name], last_eval, stopped=True)
-        settle(ending, record, tracked, duration_s=duration, trial=ot_trial, constraints=self.constraints)
+        settle(ending, record, tracked, duration_s=duration, trial=ot_trial, constraints=self.constraints,
+               retry=None if self.retries is None else lambda cause: self._retry(ot_trial, cause, checkpoint))
         try:
             frozen = self.study.tell(ot_trial, ending.values[0] if ending.values else None,
                                      state=ending.optuna_state)
@@ -284,6 +332,15 @@ class StudyRecorder:
         self._tell("trial_end", {"study": self.study, "trial": frozen})
 
 
+    def _retry(self, ot_trial: optuna.Trial, cause: str, checkpoint: str | None) -> tuple[str, bool]:
+        plan, outcome = plan_retry(ot_trial, cause, self.retries, self.budget)
+        if plan is not None:
+            if checkpoint is not None:
+                self.checkpoints[ot_trial.number] = checkpoint
+            enqueue_retry(self.study, ot_trial, plan)
+        return outcome, plan is not None
+
+
 class StudySearch(_OptunaSearch):
     """Ray's OptunaSearch on the sweep's own study and sampler. It only suggests: each trial it asks
     the study for is attached to the `StudyRecorder`, which records everything after that."""
@@ -291,11 +348,27 @@ class StudySearch(_OptunaSearch):
     def __init__(self, *args, recorder: StudyRecorder, **kwargs):
         super().__init__(*args, **kwargs)
         self.recorder = recorder
+        self.idle_until = 0.0
 
     def suggest(self, trial_id: str):
-        config = super().suggest(trial_id)
+        if time.monotonic() < self.idle_until:  # Tune asks at every step of its loop: read the study once a second
+            return None
+        owed = self.recorder.owed()
+        if owed is not None and owed <= 0 and trial_id not in self._ot_trials:
+            # Nothing to start now; a running trial that fails may still queue a re-run, so the search
+            # ends only when none runs.
+            if any(t.state == TrialState.RUNNING for t in self.recorder.study.get_trials(deepcopy=False)):
+                self.idle_until = time.monotonic() + 1.0
+                return None
+            return Searcher.FINISHED
+        config = super().suggest(trial_id)  # the study's queued trials (re-runs, --enqueue) come first
         if isinstance(config, dict):
-            self.recorder.attach(trial_id, self._ot_trials[trial_id], config)
+            ot_trial = self._ot_trials[trial_id]
+            config.update(ot_trial.user_attrs.get(OVERRIDES, {}))  # a re-run's changes, e.g. the halved batch
+            resume = self.recorder.resume_point(ot_trial, config)
+            if resume is not None:
+                config[RESUME_FROM] = resume
+            self.recorder.attach(trial_id, ot_trial, config)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -330,8 +403,24 @@ class StudyCallback(_Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         release_workers(trial.last_result)
         error = _trial_error(trial)
+        saved = trial.checkpoint  # the newest checkpoint Ray persisted for it (None before the first)
         self.recorder.complete(trial.trial_id, trial.last_result, error=_error_text(error),
-                               cause=failure_cause(error) if error is not None else ERROR)
+                               cause=ray_failure_cause(error) if error is not None else ERROR,
+                               checkpoint=saved.path if saved is not None else None)
+
+
+def ray_failure_cause(error: BaseException) -> str:
+    """The cause (search/store/retries.py) of a Ray trial's error. Ray's own ways of losing a trial -- its worker
+    process, raylet or node died, was killed or cut off -- are `preempted`, re-run under `retries.max_retries` as
+    a killed worker's trial is on the Optuna backend; Ray's memory monitor killing it is `oom`."""
+    from ray import exceptions
+
+    if isinstance(error, exceptions.OutOfMemoryError):
+        return OOM
+    if isinstance(error, (exceptions.RayActorError, exceptions.NodeDiedError, exceptions.WorkerCrashedError,
+                          exceptions.LocalRayletDiedError, exceptions.OwnerDiedError)):
+        return PREEMPTED
+    return failure_cause(error)
 
 
 def _local_cluster(ray_options) -> dict[str, float]:
@@ -375,7 +464,8 @@ def _trial_error(trial) -> BaseException | None:
     try:  # Ray pickles the error next to the driver's copy of the trial as it handles it
         if trial.pickled_error_file and Path(trial.pickled_error_file).exists():
             error = cloudpickle.loads(Path(trial.pickled_error_file).read_bytes())
-            return getattr(error, "cause", None) or error
+            cause = getattr(error, "cause", None)  # a RayTaskError's: the trial's own exception
+            return cause if isinstance(cause, BaseException) else error
     except Exception:  # an exception that does not unpickle here
         return None
     return None
@@ -465,8 +555,10 @@ class RayBackend(Backend):
         )
         if _is_pbt(spec):
             search, param_space = self._population(study, recorder, remaining)
+            samples = remaining  # a fixed population: Ray's own max_failures restarts its trials
         else:
-            param_space = None
+            param_space, samples = None, -1  # StudySearch ends the search: n_trials counts re-runs as the study does
+            recorder.retries, recorder.budget, recorder.n_trials = spec.retries, spec.budget, spec.n_trials
             search = StudySearch(space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, recorder=recorder,
                                  sampler=sampler, study_name=sweep.study_name, storage=storage, seed=spec.seed)
         _join_ray(ray, spec.ray)
@@ -474,7 +566,7 @@ class RayBackend(Backend):
         tuner = tune.Tuner(trainable_fn, param_space=param_space, run_config=self._run_config(tune, recorder),
                            tune_config=tune.TuneConfig(
                                search_alg=search, scheduler=scheduler,
-                               num_samples=-1 if remaining is None else remaining, max_concurrent_trials=concurrent,
+                               num_samples=-1 if samples is None else samples, max_concurrent_trials=concurrent,
                                # A reused actor would keep a stopped trial's Train run alive; a distributed trial's
                                # actor is only its driver, so a fresh one costs nothing.
                                time_budget_s=spec.timeout, reuse_actors=spec.resources.devices_per_trial == 1))

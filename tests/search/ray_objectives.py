@@ -27,3 +27,22 @@ class FailsOnceObjective(CausalLMObjective):
             return stop
 
         return super().run_trial(params, report_then_fail, *args, **kwargs)
+
+
+class KilledOnceObjective(CausalLMObjective):
+    """A causal LM objective whose first trial anywhere has its worker process killed (SIGKILL, as the OOM
+    killer or a lost node would) right after its first evaluation was checkpointed and reported."""
+
+    def run_trial(self, params, report=None, *args, **kwargs):
+        import signal
+
+        marker = Path(os.environ["FTSWEEP_FAIL_MARKER"])
+
+        def report_then_die(step, metrics):
+            stop = report(step, metrics)
+            if not marker.exists():
+                marker.write_text(f"killed at step {step}\n")
+                os.kill(os.getpid(), signal.SIGKILL)
+            return stop
+
+        return super().run_trial(params, report_then_die, *args, **kwargs)

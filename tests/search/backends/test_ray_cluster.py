@@ -127,6 +127,35 @@ def test_trial_that_fails_once_is_retried_from_its_checkpoint(write_sweep, ray_m
         assert first.user_attrs["fail_reason"] == "RuntimeError: injected failure at step 2"
 
 
+KILLED_ONCE = "tests.search.ray_objectives:KilledOnceObjective"
+
+
+@pytest.mark.parametrize(("objective", "retries", "cause", "reason"), [
+    (KILLED_ONCE, {}, "preempted", "ActorDiedError"),  # its worker process died: re-run by default
+    (FAILS_ONCE, {"retry_errors": True}, "error", "RuntimeError: injected failure at step 2"),
+])
+def test_failed_trial_is_rerun_by_the_retry_policy_from_its_checkpoint(write_sweep, ray_module, tmp_path, objective,
+                                                                       retries, cause, reason):
+    # Without ray.max_failures: the sweep's `retries:` decides, as on the Optuna backend.
+    marker = tmp_path / "failed-once"
+    ray_module.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                    runtime_env={"env_vars": {"FTSWEEP_FAIL_MARKER": str(marker)}})
+    study = _run(write_sweep, n_trials=2, objective=objective, retries=retries, ray={"max_concurrent_trials": 1})
+    trials = study.get_trials()
+    assert marker.read_text().endswith("at step 2\n")
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 2 and states.count(TrialState.FAIL) == 1, states
+    lost = next(t for t in trials if t.state == TrialState.FAIL)
+    assert lost.user_attrs["failure_cause"] == cause and reason in lost.user_attrs["fail_reason"]
+    rerun = next(t for t in trials if t.user_attrs.get("retry_of") == lost.number)
+    assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["retry_cause"] == cause
+    assert rerun.params == lost.params
+    # Went on from the checkpoint of step 2: the lost trial's curve up to there, then only the remaining steps.
+    assert [(h["step"], h.get("resumed_from", 0)) for h in rerun.user_attrs["eval_history"]] == [(2, 2), (4, 2)]
+    assert rerun.user_attrs["eval_history"][0]["eval_loss"] == lost.user_attrs["eval_history"][0]["eval_loss"]
+    assert rerun.intermediate_values.keys() == {2, 4}
+
+
 def test_pbt_clones_adapters_and_mutates_params_keeping_only_adapter_checkpoints(write_sweep, ray_module, tmp_path):
     ray_module.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     study = _run(write_sweep, n_trials=4, budget={"max_steps": 8, "eval_every": 2},
