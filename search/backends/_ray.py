@@ -34,8 +34,8 @@ from ..components import PRUNERS, build_sampler
 from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
 from ..secrets import scrub_secrets
 from ..settings import RetryPolicy
-from ..store.record import (EVAL_HISTORY, ERROR, OOM, OVERRIDES, PREEMPTED, RETRY_OF, RETRY_REASONS, STEP,
-                             TrialRecord, finished_count, frozen_trial, hand_sweep_run, record_sweep, sampler_seed,
+from ..store.record import (EVAL_HISTORY, ERROR, OOM, OVERRIDES, PREEMPTED, RAY_CHECKPOINT, RETRY_OF, RETRY_REASONS,
+                             STEP, TrialRecord, finished_count, frozen_trial, hand_sweep_run, record_sweep, sampler_seed,
                              state_counts, storage_record, trial_by_number)
 from ..store.recovery import mark_trial_interrupted
 from ..store.retries import enqueue_retry, failure_cause, plan_retry
@@ -177,7 +177,6 @@ class StudyRecorder:
         self.histories: dict[str, list[dict]] = {}
         self.configs: dict[str, dict] = {}  # params each trial trains with now
         self.finished: set[str] = set()
-        self.checkpoints: dict[int, str] = {}  # failed study trials queued to run again: their last checkpoint
         self.n_trials: int | None = None
 
     def __getstate__(self):  # Ray pickles its searcher and callbacks into experiment checkpoints
@@ -209,7 +208,10 @@ class StudyRecorder:
         """The checkpoint a re-run of a failed trial goes on from: the failed trial's last one, when it trained
         the same params (an OOM re-run changes the batch: it starts over)."""
         retry_of = ot_trial.user_attrs.get(RETRY_OF)
-        saved = self.checkpoints.get(retry_of) if retry_of is not None else None
+        if retry_of is None:
+            return None
+        # From the study, so a relaunch after the driver died resumes the re-runs it queued too.
+        saved = trial_by_number(self.study, int(retry_of)).user_attrs.get(RAY_CHECKPOINT)
         if saved is None or not Path(saved).is_dir():
             return None
         params = {k: v for k, v in config.items() if k not in NOT_PARAMS and v != ABSENT}
@@ -336,7 +338,7 @@ class StudyRecorder:
         plan, outcome = plan_retry(ot_trial, cause, self.retries, self.budget)
         if plan is not None:
             if checkpoint is not None:
-                self.checkpoints[ot_trial.number] = checkpoint
+                ot_trial.set_user_attr(RAY_CHECKPOINT, checkpoint)
             enqueue_retry(self.study, ot_trial, plan)
         return outcome, plan is not None
 

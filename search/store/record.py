@@ -71,13 +71,14 @@ SLOT = "slot"
 PACK = "pack"  # a packed trial's place: {slot, slots} (objectives/engine/packed.py)
 ENQUEUED = "enqueued"
 PAUSED_AT = "paused_at"  # a paused trial: PRUNED at this step, its checkpoint kept for its continuation
+RAY_CHECKPOINT = "ray_checkpoint"  # a failed Ray trial queued to run again: the checkpoint its re-run goes on from
 
 # REVISION (search/store/relaunch.py): the sweep revision a trial started under.
 
 # Every trial attribute above: a backend writes no other (the backend contract tests check it).
 TRIAL_KEYS = frozenset({CONFIG, WORKER, DEVICE, PLACEMENT, EVAL_HISTORY, METRICS, DURATION, CONSTRAINTS, FAIL_REASON,
                         FAILURE_CAUSE, RETRY, RETRIED, INTERRUPTED, RETRY_OF, RETRY_CAUSE, ATTEMPT, OVERRIDES,
-                        RETRY_REASON, RETRY_REASONS, SLOT, ENQUEUED, PACK, PAUSED_AT, REVISION})
+                        RETRY_REASON, RETRY_REASONS, SLOT, ENQUEUED, PACK, PAUSED_AT, RAY_CHECKPOINT, REVISION})
 
 # What `failure_cause` says (what each means for a re-run: search/store/retries.py).
 PREEMPTED, INTERRUPTED_CAUSE, OOM, DIVERGED, ERROR = "preempted", "interrupted", "oom", "diverged", "error"
