@@ -121,9 +121,14 @@ class RayNetCluster:
     def stop(self) -> None:
         try:
             for host in (self.worker, self.head):
+                # A cut link back up first: sockets closed across it must finish closing, else the kernel keeps
+                # the namespace (and its veth pair) alive after `ip netns delete` until they time out.
+                subprocess.run(["ip", "link", "set", host.veth, "up"], capture_output=True, check=False)
+            for host in (self.worker, self.head):
                 host.kill_all()
             for host in (self.worker, self.head):
                 subprocess.run(["ip", "netns", "delete", host.namespace], capture_output=True, check=False)
+                subprocess.run(["ip", "link", "delete", host.veth], capture_output=True, check=False)
             subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True, check=False)
         finally:
             shutil.rmtree(self.root, ignore_errors=True)

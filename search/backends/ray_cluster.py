@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -34,6 +35,7 @@ def join_ray(ray, ray_options) -> None:
     Joining sends the user's Ray token when there is one; a cluster that refuses it is a ConfigError."""
     if ray.is_initialized():
         return
+    _drop_raylet_log_tails()
     address = ray_options.address or os.environ.get("RAY_ADDRESS")
     if address and address != "auto" and not address.startswith("ray://"):
         # "auto" (a Ray on this machine) turns token auth on by itself; a Ray Client address has its own.
@@ -41,6 +43,33 @@ def join_ray(ray, ray_options) -> None:
         _check_token(address)
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              **({} if address else {"num_cpus": ray_options.num_cpus, "num_gpus": ray_options.num_gpus}))
+
+
+LOG_TAIL = re.compile(r"\s*Last \d+ lines of the Raylet logs:\n.*", re.DOTALL)
+
+
+def _drop_raylet_log_tails() -> None:
+    """Keep Ray's one-line reason when a node's raylet dies, without the last 20 lines of its log that Ray's
+    driver prints after it (`[state-dump]` tables: ~40 lines in the middle of the sweep's progress).
+
+    Ray prints every error the cluster publishes from a driver thread (`listen_error_messages` in
+    ray/_private/worker.py) whatever `log_to_driver` says, and Ray 2.60 has no setting for it, so the
+    printing function is wrapped; without it (another Ray version) nothing changes."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "ftsweep", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix):
+        if data.get("pid") == "raylet":
+            lines = [LOG_TAIL.sub(" (its log: raylet.out in that node's Ray session folder)", line)
+                     for line in data.get("lines", [])]
+            data = {**data, "lines": [line for line in lines if not line.lstrip().startswith("[state-dump]")]}
+        return original(data, ignore_prefix)
+
+    print_to_stdstream.ftsweep = True
+    worker.print_to_stdstream = print_to_stdstream
 
 
 def _send_token_if_any() -> None:
