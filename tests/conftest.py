@@ -114,6 +114,30 @@ def slurm_cluster():
     pytest.skip(reason)
 
 
+# Two Ray hosts in network namespaces (tests/_netns.py): skipped where they cannot be made, unless FTSWEEP_REQUIRE_NETNS=1.
+@pytest.fixture
+def ray_netns():
+    """start(hidden=None) -> a running two-host Ray cluster (a `_netns.RayNetCluster`); every cluster started
+    is stopped after the test, its namespaces and bridge deleted, whether the test passed or not."""
+    from _netns import NetnsUnavailable, required, start_cluster
+
+    clusters = []
+
+    def start(hidden: Path | None = None):
+        try:
+            clusters.append(start_cluster(hidden=hidden))
+        except NetnsUnavailable as error:
+            reason = f"a two-host Ray cluster in network namespaces is not available: {error}"
+            if required():
+                pytest.fail(reason, pytrace=False)
+            pytest.skip(reason)
+        return clusters[-1]
+
+    yield start
+    for cluster in clusters:
+        cluster.stop()
+
+
 def load_script(name: str):
     """Import scripts/NAME.py as a module (scripts/ is not a package), the way `python scripts/NAME.py`
     sees it: registered in sys.modules under NAME, so dataclasses and pickling inside it work."""

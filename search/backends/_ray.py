@@ -43,6 +43,7 @@ from ..store.storage import WORKER_ID, prepare_storage
 from ..trials import decide, failed, settle
 from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
+from .ray_cluster import check_shared_results, join_ray
 from .ray_schedulers import PBT_MUTABLE, ray_scheduler, ray_scheduler_args
 from .ray_train import (DONE_KEY, TRAIN_LOGS, distributed_trainable, local_copy, placement_here, release_workers,
                         run_and_report, train_settings)
@@ -563,7 +564,8 @@ class RayBackend(Backend):
             recorder.retries, recorder.budget, recorder.n_trials = spec.retries, spec.budget, spec.n_trials
             search = StudySearch(space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, recorder=recorder,
                                  sampler=sampler, study_name=sweep.study_name, storage=storage, seed=spec.seed)
-        _join_ray(ray, spec.ray)
+        join_ray(ray, spec.ray)
+        check_shared_results(ray, sweep.output_dir / "ray", source=sweep.source)
         trainable_fn, concurrent = self._trainable(ray, tune)
         tuner = tune.Tuner(trainable_fn, param_space=param_space, run_config=self._run_config(tune, recorder),
                            tune_config=tune.TuneConfig(
@@ -635,11 +637,3 @@ class RayBackend(Backend):
 
 def _is_pbt(spec) -> bool:
     return spec.pruner.name in PRUNERS and PRUNERS.capabilities(spec.pruner.name).get("ray") == "pbt"
-
-
-def _join_ray(ray, ray_options) -> None:
-    """Start a local Ray, or join the cluster at `ray.address` / $RAY_ADDRESS, unless this process has one."""
-    if not ray.is_initialized():
-        address = ray_options.address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 **({} if address else {"num_cpus": ray_options.num_cpus, "num_gpus": ray_options.num_gpus}))
