@@ -55,8 +55,10 @@ def _drop_raylet_log_tails() -> None:
     Ray prints every error the cluster publishes from a driver thread (`listen_error_messages` in
     ray/_private/worker.py) whatever `log_to_driver` says, and Ray 2.60 has no setting for it, so the
     printing function is wrapped; without it (another Ray version) nothing changes."""
-    from ray._private import worker
-
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
     original = getattr(worker, "print_to_stdstream", None)
     if original is None or getattr(original, "ftsweep", False):
         return
@@ -75,9 +77,11 @@ def _drop_raylet_log_tails() -> None:
 def _send_token_if_any() -> None:
     """RAY_AUTH_MODE=token for this process when it is unset and the user has a token, as Ray's own
     `ray.init()` does for a cluster it finds on this machine (authentication_token_setup.py)."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
     if os.environ.get(AUTH_MODE) is not None:  # the user chose
+        return
+    try:  # Ray's own token loader (2.59+): the same places, in the same order, as Ray looks
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:  # a Ray without token authentication: nothing to send
         return
     loader = AuthenticationTokenLoader.instance()
     if loader.has_token(ignore_auth_mode=True):
@@ -89,8 +93,11 @@ def _check_token(address: str) -> None:
     """ConfigError when the cluster at `address` refuses this process's token (or its lack of one).
     A quick GCS handshake: the refusal comes at once, where `ray.init` would retry for 20 s and then
     report a bare ConnectionError. Not answering at all is left to `ray.init` to report."""
-    from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a Ray without token authentication: ray.init reports what goes wrong
+        return
 
     host, _, port = address.rpartition(":")
     try:

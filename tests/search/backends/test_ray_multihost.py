@@ -154,12 +154,17 @@ def test_trial_lost_with_its_host_is_recorded_preempted_and_run_again(write_swee
     print(f"{fault.__name__}: fault -> lost trial {lost.number} recorded {lost.state.name}: "
           f"{(lost.datetime_complete - fault_at).total_seconds():.1f} s")
     assert lost.state == TrialState.FAIL, states
-    retry = next((t for t in trials if t.user_attrs.get(RETRY_OF) == lost.number), None)
-    if retry is not None:
-        print(f"{fault.__name__}: fault -> retry {retry.number} running: "
-              f"{(retry.datetime_start - fault_at).total_seconds():.1f} s, complete: "
-              f"{(retry.datetime_complete - fault_at).total_seconds():.1f} s" if retry.datetime_complete else "")
     assert lost.user_attrs.get(FAILURE_CAUSE) == PREEMPTED, states
-    assert retry is not None and retry.state == TrialState.COMPLETE, states
+    retry = next(t for t in trials if t.user_attrs.get(RETRY_OF) == lost.number)
+    assert retry.state == TrialState.COMPLETE, states
+    print(f"{fault.__name__}: fault -> retry {retry.number} running: "
+          f"{(retry.datetime_start - fault_at).total_seconds():.1f} s, complete: "
+          f"{(retry.datetime_complete - fault_at).total_seconds():.1f} s")
+    # The re-run went on from the lost trial's last checkpoint (on the shared results folder), on the head host.
+    reached = max(lost.intermediate_values)
+    assert retry.user_attrs["eval_history"][0] == {**lost.user_attrs["eval_history"][0],
+                                                   **({"resumed_from": reached} if reached == 30 else {})}
+    assert any(h.get("resumed_from") == reached for h in retry.user_attrs["eval_history"])
+    assert retry.params == lost.params
     assert sum(t.state == TrialState.COMPLETE for t in trials) == n_trials, states
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials), states
