@@ -334,8 +334,8 @@ class StudyRecorder:
             self.finished.add(trial_id)
         self._tell("trial_end", {"study": self.study, "trial": frozen})
 
-
     def _retry(self, ot_trial: optuna.Trial, cause: str, checkpoint: str | None) -> tuple[str, bool]:
+        """`settle`'s question, answered by the sweep's retry policy: (what happens, whether a re-run was queued)."""
         plan, outcome = plan_retry(ot_trial, cause, self.retries, self.budget)
         if plan is not None:
             if checkpoint is not None:
