@@ -35,8 +35,8 @@ from ..observers.tracking import SweepTracker, TrialTracker, make_tracker
 from ..secrets import scrub_secrets
 from ..settings import RetryPolicy
 from ..store.record import (EVAL_HISTORY, ERROR, OOM, OVERRIDES, PREEMPTED, RAY_CHECKPOINT, RETRY_OF, RETRY_REASONS,
-                             STEP, TrialRecord, finished_count, frozen_trial, hand_sweep_run, record_sweep, sampler_seed,
-                             state_counts, storage_record, trial_by_number)
+                             STEP, TrialRecord, finished_count, frozen_trial, hand_sweep_run, record_sweep,
+                             sampler_seed, state_counts, storage_record, trial_by_number)
 from ..store.recovery import mark_trial_interrupted
 from ..store.retries import enqueue_retry, failure_cause, plan_retry
 from ..store.storage import WORKER_ID, prepare_storage
@@ -45,8 +45,8 @@ from ..sweep import Sweep
 from ._base import Backend, SweepOutcome
 from .ray_cluster import check_shared_results, join_ray
 from .ray_schedulers import PBT_MUTABLE, ray_scheduler, ray_scheduler_args
-from .ray_train import (DONE_KEY, TRAIN_LOGS, distributed_trainable, local_copy, placement_here, release_workers,
-                        run_and_report, train_settings)
+from .ray_train import (DONE_KEY, RESUME_FROM, TRAIN_LOGS, TRAIN_RUNS, distributed_trainable, local_copy,
+                        newest_run_checkpoint, placement_here, release_workers, run_and_report, train_settings)
 
 INSTALL_HINT = "pip install 'ftsweep[ray]'"
 DRIVER_CPUS = 0.01  # a distributed trial's Tune actor only drives its Ray Train run (ray_train.py)
@@ -70,8 +70,7 @@ def _import_ray():
 
 _WORKER_OBJECTIVES: dict[str, Any] = {}
 STUDY_TRIAL = "ftsweep_trial"  # PBT only: the study trial number a Ray trial started as (not a param)
-RESUME_FROM = "ftsweep_resume_from"  # a re-run only: the failed trial's last checkpoint (not a param)
-NOT_PARAMS = (STUDY_TRIAL, RESUME_FROM)
+NOT_PARAMS = (STUDY_TRIAL, RESUME_FROM)  # RESUME_FROM: a re-run's checkpoint (ray_train.py)
 ABSENT = "<ftsweep: not in this trial>"  # PBT only: a conditional param this trial does not have
 
 
@@ -385,8 +384,9 @@ class StudyCallback(_Callback):
     """Feeds Ray's trial events to the `StudyRecorder`. With PBT (no searcher), trials are attached
     here, by the study trial number their first config carries."""
 
-    def __init__(self, recorder: StudyRecorder) -> None:
+    def __init__(self, recorder: StudyRecorder, train_runs: Path | None = None) -> None:
         self.recorder = recorder
+        self.train_runs = train_runs  # distributed trials: where their Train runs keep checkpoints
 
     def on_trial_start(self, iteration, trials, trial, **info):
         if trial.trial_id not in self.recorder.trials and STUDY_TRIAL in trial.config:
@@ -406,10 +406,13 @@ class StudyCallback(_Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         release_workers(trial.last_result)
         error = _trial_error(trial)
-        saved = trial.checkpoint  # the newest checkpoint Ray persisted for it (None before the first)
+        saved = trial.checkpoint  # the newest checkpoint Tune persisted for it (None before the first)
+        if saved is not None:
+            saved = saved.path
+        elif self.train_runs is not None:  # a distributed trial's are its Train run's
+            saved = newest_run_checkpoint(self.train_runs, trial.trial_id)
         self.recorder.complete(trial.trial_id, trial.last_result, error=_error_text(error),
-                               cause=ray_failure_cause(error) if error is not None else ERROR,
-                               checkpoint=saved.path if saved is not None else None)
+                               cause=ray_failure_cause(error) if error is not None else ERROR, checkpoint=saved)
 
 
 def ray_failure_cause(error: BaseException) -> str:
@@ -630,7 +633,8 @@ class RayBackend(Backend):
             storage_path=str((sweep.output_dir / "ray").resolve()),
             failure_config=tune.FailureConfig(max_failures=ray_options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
-            callbacks=[StudyCallback(recorder)],
+            callbacks=[StudyCallback(recorder, train_runs=(sweep.output_dir / "ray" / TRAIN_RUNS).resolve()
+                                     if sweep.spec.resources.devices_per_trial > 1 else None)],
             verbose=0,
         )
 

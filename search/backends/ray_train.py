@@ -50,6 +50,7 @@ from ..sweep import Sweep
 DONE_KEY = "ftsweep_done"  # set on a trial's last result: it ran its whole budget
 TRAIN_LOGS = "ftsweep_train_logs"  # JSON [[step, {train_loss, learning_rate, grad_norm}], ...] since the last report
 TRAIN_GROUP = "ftsweep_train_group"  # the placement group holding the trial's Ray Train workers
+RESUME_FROM = "ftsweep_resume_from"  # a re-run's config only: the failed trial's last checkpoint (not a param)
 TRAIN_RUNS = "train"  # the Train runs' folder, beside Tune's experiments in <output_dir>/ray
 
 
@@ -64,7 +65,7 @@ def train_settings(sweep: Sweep) -> dict[str, Any]:
         # ray.cpus_per_trial / gpus_per_trial are the whole trial's: each worker has its share.
         "cpus_per_worker": ray_options.cpus_per_trial / resources.devices_per_trial,
         "use_gpu": ray_options.gpus_per_trial > 0,  # one GPU a worker (RayBackend checks gpus_per_trial)
-        "storage": str((sweep.output_dir / "ray" / TRAIN_RUNS).resolve()),
+        "storage": str((sweep.output_dir / "ray" / TRAIN_RUNS).resolve()),  # newest_run_checkpoint reads it too
         "keep": ray_options.checkpoints_to_keep or 1,
     }
 
@@ -93,9 +94,11 @@ def distributed_trainable(config: dict[str, Any], settings: dict[str, Any]) -> N
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
+    params = {k: v for k, v in config.items() if k != RESUME_FROM}
     trainer = TorchTrainer(
         _rank_loop,
-        train_loop_config={"params": dict(config), "settings": settings, "trial_id": trial_id},
+        train_loop_config={"params": params, "settings": settings, "trial_id": trial_id,
+                           "resume_from": config.get(RESUME_FROM)},
         scaling_config=ray.train.ScalingConfig(num_workers=settings["workers"], use_gpu=settings["use_gpu"],
                                                resources_per_worker={"CPU": settings["cpus_per_worker"]}),
         torch_config=TorchConfig(backend="nccl" if settings["use_gpu"] else "gloo",
@@ -112,6 +115,21 @@ def distributed_trainable(config: dict[str, Any], settings: dict[str, Any]) -> N
         trainer.fit()
     except ray.train.WorkerGroupError as exc:
         raise trial_failure(exc) from None
+
+
+def newest_run_checkpoint(storage: str | Path, trial_id: str) -> str | None:
+    """The newest complete checkpoint of Tune trial `trial_id`'s Train run under `storage` (train_settings'), or
+    None. Tune does not hold a Train run's checkpoints, so a re-run of a failed distributed trial takes it from
+    the run's folder; within a run the steps only grow, so the highest step is the newest."""
+    newest = None
+    for folder in Path(storage, trial_id).glob("checkpoint_*"):
+        try:
+            step = int(checkpoint_state(folder)["step"])
+        except ValueError:  # cut short while it was written: the one before
+            continue
+        if newest is None or step > newest[0]:
+            newest = (step, folder)
+    return str(newest[1]) if newest else None
 
 
 def trial_failure(exc) -> BaseException:
@@ -198,7 +216,9 @@ def _rank_loop(config: dict[str, Any]) -> None:
     started = time.monotonic()  # after set-up, as the Optuna backend times a trial
     params = dict(config["params"])
     resume_dir, resumed_from, trained_before = None, 0, 0.0
-    previous = ray.train.get_checkpoint()
+    # The run's own newest checkpoint (Tune restarted this trial), else the failed trial's this one re-runs.
+    previous = ray.train.get_checkpoint() or (
+        ray.train.Checkpoint(config["resume_from"]) if config.get("resume_from") else None)
     if previous is not None:
         resume_dir = local_copy(previous)
         state = checkpoint_state(resume_dir)

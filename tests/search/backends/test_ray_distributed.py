@@ -132,6 +132,23 @@ def test_a_lost_worker_fails_the_run_and_the_rerun_goes_on_from_its_checkpoint(w
     assert _all_gone("RayTrainWorker", "TrainController", "PlacementGroupCleaner")
 
 
+def test_a_lost_worker_is_preempted_and_the_retry_policy_reruns_it_from_its_checkpoint(write_sweep, ray_module):
+    # No ray.max_failures: the sweep's `retries:` re-runs the trial as a new study trial, from the Train run's
+    # newest checkpoint.
+    ray_module.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    sweep = load_sweep(write_sweep(**COMMON, n_trials=1,
+                                   objective="tests.search.fault_objectives:RankOneDiesOnceAfterStep4"))
+    get_backend("ray")(sweep).run()
+    lost, rerun = _study(sweep).trials
+    assert lost.state == TrialState.FAIL and lost.user_attrs["failure_cause"] == "preempted"
+    assert lost.user_attrs["fail_reason"].startswith("RankLost: a worker of the distributed trial was lost")
+    assert rerun.state == TrialState.COMPLETE and rerun.user_attrs["retry_of"] == lost.number
+    history = rerun.user_attrs["eval_history"]
+    assert [h["step"] for h in history] == [2, 4, 6] and history[1]["resumed_from"] == 4
+    assert [h["eval_loss"] for h in history] == pytest.approx(_alone(sweep, rerun.user_attrs["config"]), rel=1e-5)
+    assert _all_gone("RayTrainWorker", "TrainController", "PlacementGroupCleaner")
+
+
 def test_one_trials_two_workers_run_on_the_two_nodes_of_a_cluster(write_sweep, ray_module):
     from ray.cluster_utils import Cluster
 
