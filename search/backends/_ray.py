@@ -74,6 +74,11 @@ NOT_PARAMS = (STUDY_TRIAL, RESUME_FROM)  # RESUME_FROM: a re-run's checkpoint (r
 ABSENT = "<ftsweep: not in this trial>"  # PBT only: a conditional param this trial does not have
 
 
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The params a Ray trial's config trains with: without ftsweep's own keys and PBT's absent params."""
+    return {k: v for k, v in config.items() if k not in NOT_PARAMS and v != ABSENT}
+
+
 def _worker_objective(payload: str):
     """The objective for this sweep in this worker process, set up on first use only."""
     objective = _WORKER_OBJECTIVES.get(payload)
@@ -95,7 +100,7 @@ def trainable(config: dict[str, Any], payload: str) -> None:
 
     objective = _worker_objective(payload)
     started = time.monotonic()  # after set-up, as the Optuna backend times a trial
-    params = {k: v for k, v in config.items() if k not in NOT_PARAMS and v != ABSENT}
+    params = trial_params(config)
     # Where this trial ran, so the study shows placement. JSON text: Tune flattens nested dicts in results.
     placement = json.dumps(placement_here())
     trial_id = tune.get_context().get_trial_id()
@@ -160,11 +165,12 @@ class StudyRecorder:
 
     def __init__(self, study: optuna.Study, *, metric_name: str, metric_keys: set[str], max_steps: int,
                  listener=None, constraints=(), tracker: SweepTracker | None = None,
-                 retries: RetryPolicy | None = None, budget=None) -> None:
+                 retries: RetryPolicy | None = None, budget=None, n_trials: int | None = None) -> None:
         self.study = study
         # The sweep's `retries:` policy, as on the Optuna backend: a failed trial's re-run is queued in the study
         # (StudySearch takes it next). None under PBT, whose population is fixed (Ray's max_failures only).
         self.retries, self.budget = retries, budget
+        self.n_trials = n_trials  # what StudySearch searches for (None: until the timeout)
         self.tracker = tracker or SweepTracker()  # W&B: one run per trial, as under the Optuna backend
         self.tracked: dict[str, TrialTracker] = {}
         self.constraints = list(constraints)  # ConstraintSpec: feasibility of each completed trial
@@ -177,7 +183,6 @@ class StudyRecorder:
         self.histories: dict[str, list[dict]] = {}
         self.configs: dict[str, dict] = {}  # params each trial trains with now
         self.finished: set[str] = set()
-        self.n_trials: int | None = None
 
     def __getstate__(self):  # Ray pickles its searcher and callbacks into experiment checkpoints
         return {**self.__dict__, "listener": None, "tracker": SweepTracker(), "tracked": {}}
@@ -188,7 +193,7 @@ class StudyRecorder:
 
     def attach(self, trial_id: str, ot_trial: optuna.Trial, config: dict) -> None:
         self.trials[trial_id] = ot_trial
-        self.configs[trial_id] = {k: v for k, v in config.items() if k not in NOT_PARAMS and v != ABSENT}
+        self.configs[trial_id] = trial_params(config)
         # The driver owns the record: a dead driver's trial is stale.
         record = self._record(trial_id)
         record.started(self.configs[trial_id], worker=WORKER_ID)
@@ -214,20 +219,21 @@ class StudyRecorder:
         saved = trial_by_number(self.study, int(retry_of)).user_attrs.get(RAY_CHECKPOINT)
         if saved is None or not Path(saved).is_dir():
             return None
-        params = {k: v for k, v in config.items() if k not in NOT_PARAMS and v != ABSENT}
         try:
-            same = checkpoint_state(saved).get("params") == params
+            same = checkpoint_state(saved).get("params") == trial_params(config)
         except Exception:  # an unreadable checkpoint: the re-run starts over
             return None
         return saved if same else None
 
-    def owed(self) -> int | None:
-        """Trials still to start for n_trials (None: no n_trials), counting running ones; a failed trial
-        queued to run again stops counting, so its re-run is owed."""
+    def owed(self) -> tuple[int | None, int]:
+        """(trials still to start for n_trials, trials running), from one read of the study; (None, 0) without
+        n_trials. Running trials count toward n_trials; a failed trial queued to run again stops counting, so
+        its re-run is owed."""
         if self.n_trials is None:
-            return None
+            return None, 0
         trials = self.study.get_trials(deepcopy=False)
-        return self.n_trials - finished_count(trials) - sum(t.state == TrialState.RUNNING for t in trials)
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        return self.n_trials - finished_count(trials) - running, running
 
     def _live(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The study's record of a Ray trial while it can still be written. After a relaunch Ray may
@@ -355,11 +361,11 @@ class StudySearch(_OptunaSearch):
     def suggest(self, trial_id: str):
         if time.monotonic() < self.idle_until:  # Tune asks at every step of its loop: read the study once a second
             return None
-        owed = self.recorder.owed()
+        owed, running = self.recorder.owed()
         if owed is not None and owed <= 0 and trial_id not in self._ot_trials:
             # Nothing to start now; a running trial that fails may still queue a re-run, so the search
             # ends only when none runs.
-            if any(t.state == TrialState.RUNNING for t in self.recorder.study.get_trials(deepcopy=False)):
+            if running:
                 self.idle_until = time.monotonic() + 1.0
                 return None
             return Searcher.FINISHED
@@ -558,13 +564,14 @@ class RayBackend(Backend):
                 "train_loss", "steps", "stopped_early_at", "interval_train_loss", "train_eval_gap"},
             constraints=spec.constraints,
             tracker=make_tracker(spec.tracking, sweep.output_dir, say=lambda text: self.listener("note", {"text": text})),
+            # PBT's fixed population is restarted by Ray's own max_failures only.
+            **({} if _is_pbt(spec) else {"retries": spec.retries, "budget": spec.budget, "n_trials": spec.n_trials}),
         )
         if _is_pbt(spec):
             search, param_space = self._population(study, recorder, remaining)
-            samples = remaining  # a fixed population: Ray's own max_failures restarts its trials
+            samples = remaining
         else:
             param_space, samples = None, -1  # StudySearch ends the search: n_trials counts re-runs as the study does
-            recorder.retries, recorder.budget, recorder.n_trials = spec.retries, spec.budget, spec.n_trials
             search = StudySearch(space=DefineByRun(sweep.to_payload()), metric=metric, mode=mode, recorder=recorder,
                                  sampler=sampler, study_name=sweep.study_name, storage=storage, seed=spec.seed)
         join_ray(ray, spec.ray)
@@ -573,7 +580,7 @@ class RayBackend(Backend):
         tuner = tune.Tuner(trainable_fn, param_space=param_space, run_config=self._run_config(tune, recorder),
                            tune_config=tune.TuneConfig(
                                search_alg=search, scheduler=scheduler,
-                               num_samples=-1 if samples is None else samples, max_concurrent_trials=concurrent,
+                               num_samples=samples, max_concurrent_trials=concurrent,
                                # A reused actor would keep a stopped trial's Train run alive; a distributed trial's
                                # actor is only its driver, so a fresh one costs nothing.
                                time_budget_s=spec.timeout, reuse_actors=spec.resources.devices_per_trial == 1))
